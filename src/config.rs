@@ -1,0 +1,443 @@
+//! Configuration: one TOML file whose every key has a default, so `modgate serve` runs with none.
+//!
+//! [`Config`] is the file's shape (serde); [`load`] and [`parse`] turn text into a validated
+//! `Config` or a [`ConfigError`] that names the offending key. Components compile what they need
+//! (globs, roots) from a validated `Config` and never fail on it afterwards.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest validity a leaf certificate may have.
+pub const MAX_LEAF_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Why a configuration was refused. `key` is the dotted TOML path of the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub storage: StorageConfig,
+    pub ca: CaConfig,
+    pub intercept: InterceptConfig,
+    pub egress: EgressConfig,
+    pub auth: AuthConfig,
+    pub upstream: UpstreamConfig,
+    pub log: LogConfig,
+}
+
+/// `[proxy]`: the listener agents talk to.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3128)),
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[admin]`: metrics, health and the CA certificate.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+/// `[storage]`: where persistent data lives.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// `[ca]`: the interception certificate authority.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaConfig {
+    pub dir: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub leaf_validity: Duration,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            dir: PathBuf::from("certs"),
+            leaf_validity: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// `[intercept]`: hosts whose TLS modgate terminates.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InterceptConfig {
+    pub hosts: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Default for InterceptConfig {
+    fn default() -> Self {
+        InterceptConfig {
+            hosts: vec!["proxy.golang.org".into(), "sum.golang.org".into()],
+            tls_handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[egress]`: which other hosts may be reached through a tunnel or plain-HTTP forward.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressConfig {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            allow: vec!["*".into()],
+            deny: vec![],
+        }
+    }
+}
+
+/// `[auth]`: optional proxy authentication.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub realm: String,
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            realm: "modgate".into(),
+            users: vec![],
+        }
+    }
+}
+
+/// One `[[auth.users]]` entry: a name and an Argon2 PHC hash (`modgate auth hash`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password_hash: String,
+}
+
+/// `[upstream]`: how modgate talks to the servers behind it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub extra_ca_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tls_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub max_idle_per_host: usize,
+    /// Host name -> base URL (`https://host[:port][/prefix]`) that replaces it upstream.
+    pub overrides: BTreeMap<String, String>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            extra_ca_file: None,
+            connect_timeout: Duration::from_secs(10),
+            tls_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_host: 32,
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[log]`: diagnostics and access log.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+            access_log: true,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates configuration text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().to_string();
+        let message = match inner.span() {
+            Some(span) => {
+                let line = text[..span.start].matches('\n').count() + 1;
+                format!("{message} (line {line})")
+            }
+            None => message,
+        };
+        ConfigError::Invalid {
+            key: if key == "." { "config".into() } else { key },
+            message,
+        }
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl Config {
+    /// Checks every rule serde cannot express; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.proxy.listen == self.admin.listen && self.proxy.listen.port() != 0 {
+            return Err(ConfigError::invalid(
+                "admin.listen",
+                "must differ from proxy.listen",
+            ));
+        }
+        nonzero("proxy.header_read_timeout", self.proxy.header_read_timeout)?;
+        if self.ca.leaf_validity < Duration::from_secs(2 * 3600)
+            || self.ca.leaf_validity > MAX_LEAF_VALIDITY
+        {
+            return Err(ConfigError::invalid(
+                "ca.leaf_validity",
+                "must be between 2h and 30days",
+            ));
+        }
+        for (i, host) in self.intercept.hosts.iter().enumerate() {
+            crate::policy::egress::HostSet::new([host.as_str()])
+                .map_err(|e| ConfigError::invalid(&format!("intercept.hosts[{i}]"), e))?;
+        }
+        nonzero(
+            "intercept.tls_handshake_timeout",
+            self.intercept.tls_handshake_timeout,
+        )?;
+        for (key, list) in [
+            ("egress.allow", &self.egress.allow),
+            ("egress.deny", &self.egress.deny),
+        ] {
+            for (i, glob) in list.iter().enumerate() {
+                crate::policy::egress::HostSet::new([glob.as_str()])
+                    .map_err(|e| ConfigError::invalid(&format!("{key}[{i}]"), e))?;
+            }
+        }
+        for (i, user) in self.auth.users.iter().enumerate() {
+            if user.name.is_empty() || user.name.contains(':') {
+                return Err(ConfigError::invalid(
+                    &format!("auth.users[{i}].name"),
+                    "must be non-empty and contain no ':'",
+                ));
+            }
+            if argon2::PasswordHash::new(&user.password_hash).is_err() {
+                return Err(ConfigError::invalid(
+                    &format!("auth.users[{i}].password_hash"),
+                    "not a PHC password hash; make one with `modgate auth hash`",
+                ));
+            }
+        }
+        if let Some(path) = &self.upstream.extra_ca_file
+            && !path.is_file()
+        {
+            return Err(ConfigError::invalid(
+                "upstream.extra_ca_file",
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+        nonzero("upstream.connect_timeout", self.upstream.connect_timeout)?;
+        nonzero("upstream.tls_timeout", self.upstream.tls_timeout)?;
+        nonzero("upstream.response_timeout", self.upstream.response_timeout)?;
+        nonzero("upstream.idle_timeout", self.upstream.idle_timeout)?;
+        for (host, base) in &self.upstream.overrides {
+            let key = format!("upstream.overrides.\"{host}\"");
+            crate::proxy::upstream::BaseUrl::parse(base)
+                .map_err(|e| ConfigError::invalid(&key, e))?;
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!("invalid level or filter {:?}", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn nonzero(key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(ConfigError::invalid(key, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+/// A fully commented configuration file holding every key at its default value.
+pub const EXAMPLE: &str = include_str!("config_example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_to_the_defaults() {
+        assert_eq!(parse(EXAMPLE).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn example_names_every_key() {
+        let value = toml::Value::try_from(Config::default()).unwrap();
+        let mut keys = vec![];
+        collect_keys("", &value, &mut keys);
+        for key in keys {
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(
+                EXAMPLE.contains(&format!("{leaf} =")) || EXAMPLE.contains(&format!("[{key}]")),
+                "config example lacks {key}"
+            );
+        }
+    }
+
+    fn collect_keys(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = value {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.push(key.clone());
+                collect_keys(&key, v, out);
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[upstream]\nconect_timeout = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("upstream"), "{err}");
+        assert!(err.contains("conect_timeout"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let err = parse("[upstream]\nconnect_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("upstream.connect_timeout:"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let cases = [
+            ("[ca]\nleaf_validity = \"90days\"\n", "ca.leaf_validity:"),
+            ("[egress]\ndeny = [\"a[\"]\n", "egress.deny[0]:"),
+            (
+                "[upstream.overrides]\n\"proxy.golang.org\" = \"ftp://x\"\n",
+                "upstream.overrides.\"proxy.golang.org\":",
+            ),
+            (
+                "[[auth.users]]\nname = \"ci\"\npassword_hash = \"plain\"\n",
+                "auth.users[0].password_hash:",
+            ),
+            (
+                "[upstream]\nconnect_timeout = \"0s\"\n",
+                "upstream.connect_timeout:",
+            ),
+            ("[log]\nlevel = \"modgate=loud\"\n", "log.level:"),
+            ("[log]\nformat = \"xml\"\n", "log.format:"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{text:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! modgate: a forward HTTPS proxy for Go module traffic.
+//!
+//! Agents reach it with `HTTPS_PROXY`; it terminates TLS for module hosts with its own CA,
+//! decides per request what to do, and forwards, tunnels or refuses everything else by policy.
+//! Modules in request-path order:
+//!
+//! - [`config`]: the TOML file and its defaults;
+//! - [`proxy`]: listener, CONNECT, tunnels, TLS interception, CA, upstream client;
+//! - [`policy`]: pure decisions (egress);
+//! - [`serve`]: what happens to each intercepted request;
+//! - [`telemetry`]: metrics, access log, admin endpoints.
+//!
+//! [`Gateway::start`] wires them together; `main.rs` and the tests both use it.
+
+#![forbid(unsafe_code)]
+#![deny(missing_debug_implementations)]
+
+pub mod body;
+pub mod config;
+pub mod policy;
+pub mod proxy;
+pub mod serve;
+pub mod telemetry;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::policy::egress::{EgressPolicy, normalize_host};
+use crate::proxy::auth::ProxyAuth;
+use crate::proxy::ca::{CertAuthority, LeafCache};
+use crate::proxy::upstream::{BaseUrl, UpstreamClient};
+use crate::telemetry::metrics::Metrics;
+
+/// Everything a connection needs, shared by all of them.
+#[derive(Debug)]
+pub struct State {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub ca: Arc<CertAuthority>,
+    pub leaves: LeafCache,
+    pub egress: EgressPolicy,
+    pub auth: Option<ProxyAuth>,
+    pub upstream: UpstreamClient,
+    overrides: HashMap<String, BaseUrl>,
+    /// Cancelled when the gateway starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+impl State {
+    /// Where requests for `host:port` go: its override, or `https://host:port`.
+    pub fn upstream_base(&self, host: &str, port: u16) -> Result<BaseUrl, String> {
+        match self.overrides.get(&normalize_host(host)) {
+            Some(base) => Ok(base.clone()),
+            None => BaseUrl::https(host, port),
+        }
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    state: Arc<State>,
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    created_ca: bool,
+    accept_loops: TaskTracker,
+}
+
+impl Gateway {
+    /// Loads (or creates) the CA, binds both listeners and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::new());
+        let (ca, created_ca) = CertAuthority::load_or_init(&config.ca.dir)?;
+        let ca = Arc::new(ca);
+        let leaves = LeafCache::new(ca.clone(), config.ca.leaf_validity, metrics.clone());
+        let egress = EgressPolicy::new(&config.intercept, &config.egress)
+            .map_err(|e| anyhow::anyhow!("intercept/egress: {e}"))?;
+        let upstream = UpstreamClient::new(&config.upstream, metrics.clone())
+            .map_err(|e| anyhow::anyhow!("upstream: {e}"))?;
+        let mut overrides = HashMap::new();
+        for (host, base) in &config.upstream.overrides {
+            let base =
+                BaseUrl::parse(base).map_err(|e| anyhow::anyhow!("upstream.overrides: {e}"))?;
+            overrides.insert(normalize_host(host), base);
+        }
+        std::fs::create_dir_all(&config.storage.data_dir).with_context(|| {
+            format!(
+                "storage.data_dir: cannot create {}",
+                config.storage.data_dir.display()
+            )
+        })?;
+        let proxy_listener = TcpListener::bind(config.proxy.listen)
+            .await
+            .with_context(|| format!("proxy.listen: cannot bind {}", config.proxy.listen))?;
+        let admin_listener = TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
+        let proxy_addr = proxy_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let state = Arc::new(State {
+            auth: ProxyAuth::new(&config.auth),
+            config,
+            metrics,
+            ca,
+            leaves,
+            egress,
+            upstream,
+            overrides,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let accept_loops = TaskTracker::new();
+        accept_loops.spawn(proxy::listener::run(proxy_listener, state.clone()));
+        accept_loops.spawn(telemetry::admin::run(admin_listener, state.clone()));
+        accept_loops.close();
+        tracing::info!(%proxy_addr, %admin_addr, ca = %state.ca.cert_path().display(), "modgate started");
+        Ok(Gateway {
+            state,
+            proxy_addr,
+            admin_addr,
+            created_ca,
+            accept_loops,
+        })
+    }
+
+    /// Address of the proxy listener.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// Address of the admin listener.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Whether this start created a new CA.
+    pub fn created_ca(&self) -> bool {
+        self.created_ca
+    }
+
+    /// Shared state (metrics, CA), for the CLI and tests.
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// The lines an agent needs, for this gateway.
+    pub fn agent_env(&self) -> String {
+        let ca_path = std::path::absolute(self.state.ca.cert_path())
+            .unwrap_or_else(|_| self.state.ca.cert_path());
+        agent_env_lines(&format!("http://{}", self.proxy_addr), &ca_path)
+    }
+
+    /// Stops accepting, lets in-flight requests and tunnels finish for at most the configured
+    /// drain time, then returns. Returns whether everything finished in time.
+    pub async fn shutdown(self) -> bool {
+        let deadline = self.state.config.proxy.drain_timeout;
+        self.state.shutdown.cancel();
+        self.accept_loops.wait().await;
+        self.state.tasks.close();
+        let drained = tokio::time::timeout(deadline, self.state.tasks.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                remaining = self.state.tasks.len(),
+                "drain deadline reached; closing remaining connections"
+            );
+        }
+        drained
+    }
+
+    /// Runs until SIGTERM or ctrl-c, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+        }
+        let drained = self.shutdown().await;
+        tracing::info!(drained, "modgate stopped");
+        Ok(())
+    }
+}
+
+/// Shell lines that point an agent at a gateway.
+pub fn agent_env_lines(proxy_url: &str, ca_path: &std::path::Path) -> String {
+    format!(
+        "export HTTPS_PROXY={proxy_url}\nexport SSL_CERT_FILE={ca}\nexport GIT_SSL_CAINFO={ca}\n",
+        ca = ca_path.display()
+    )
+}

@@ -1,0 +1,175 @@
+//! The `modgate` command: a thin CLI over the library.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use modgate::config::{self, Config};
+use modgate::proxy::ca::CertAuthority;
+use modgate::{Gateway, agent_env_lines};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "modgate",
+    version,
+    about = "A forward HTTPS proxy for Go module traffic"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (defaults: proxy 127.0.0.1:3128, admin 127.0.0.1:9090).
+    Serve {
+        /// TOML configuration file; without one, built-in defaults apply.
+        #[arg(long, short, env = "MODGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Certificate-authority helpers.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Proxy-authentication helpers.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print a fully commented configuration file with every key at its default.
+    Example,
+    /// Validate a configuration file; on error, name the offending key.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create a new CA (fails if one exists).
+    Init {
+        /// CA directory (default: ca.dir of the config, else ./certs).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short, env = "MODGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the CA's path, SHA-256 fingerprint, PEM and the agent environment lines.
+    Show {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short, env = "MODGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuthCommand {
+    /// Read a password on standard input and print its hash for [[auth.users]].
+    Hash,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("modgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(p) => config::load(p)?,
+        None => Config::default(),
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = load_config(config.as_ref())?;
+            modgate::telemetry::init_logging(&config.log);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let gateway = Gateway::start(config).await?;
+                if gateway.created_ca() {
+                    println!(
+                        "modgate: created a new CA in {}",
+                        gateway.state().ca.cert_path().display()
+                    );
+                }
+                println!(
+                    "modgate: proxy on {}, admin on http://{} (/metrics /healthz /readyz /ca.pem)",
+                    gateway.proxy_addr(),
+                    gateway.admin_addr()
+                );
+                println!("Agent set-up:\n{}", gateway.agent_env());
+                gateway.run_until_signal().await
+            })
+        }
+        Command::Config { command } => match command {
+            ConfigCommand::Example => {
+                print!("{}", config::EXAMPLE);
+                Ok(())
+            }
+            ConfigCommand::Check { file } => {
+                config::load(&file)?;
+                println!("{}: ok", file.display());
+                Ok(())
+            }
+        },
+        Command::Ca { command } => match command {
+            CaCommand::Init { dir, config } => {
+                let dir = ca_dir(dir, config.as_ref())?;
+                let ca = CertAuthority::init(&dir)?;
+                println!("created CA {}", ca.cert_path().display());
+                println!("SHA-256 fingerprint: {}", ca.fingerprint());
+                Ok(())
+            }
+            CaCommand::Show { dir, config } => {
+                let cfg = load_config(config.as_ref())?;
+                let dir = dir.unwrap_or(cfg.ca.dir.clone());
+                let ca = CertAuthority::load(&dir)?;
+                let path = std::path::absolute(ca.cert_path())?;
+                println!("path: {}", path.display());
+                println!("SHA-256 fingerprint: {}", ca.fingerprint());
+                println!("{}", ca.cert_pem().trim_end());
+                println!("Agent set-up:");
+                print!(
+                    "{}",
+                    agent_env_lines(&format!("http://{}", cfg.proxy.listen), &path)
+                );
+                Ok(())
+            }
+        },
+        Command::Auth {
+            command: AuthCommand::Hash,
+        } => {
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input)?;
+            let password = input.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "empty password on standard input");
+            println!("{}", modgate::proxy::auth::hash_password(password));
+            Ok(())
+        }
+    }
+}
+
+fn ca_dir(dir: Option<PathBuf>, config: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match dir {
+        Some(d) => d,
+        None => load_config(config)?.ca.dir,
+    })
+}

@@ -1,0 +1,163 @@
+//! Proxy authentication (`Proxy-Authorization: Basic`), against Argon2 password hashes.
+//!
+//! Verified credentials are remembered for a few minutes by their SHA-256 digest, so the slow hash
+//! runs once per client rather than once per CONNECT. Plain passwords are never stored or logged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use base64::Engine;
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::config::AuthConfig;
+
+/// Checks proxy credentials.
+#[derive(Clone)]
+pub struct ProxyAuth {
+    users: Arc<HashMap<String, String>>,
+    realm: String,
+    verified: moka::future::Cache<[u8; 32], ()>,
+}
+
+impl std::fmt::Debug for ProxyAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyAuth")
+            .field("users", &self.users.len())
+            .field("realm", &self.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyAuth {
+    /// `None` when no users are configured (authentication off).
+    pub fn new(cfg: &AuthConfig) -> Option<ProxyAuth> {
+        if cfg.users.is_empty() {
+            return None;
+        }
+        Some(ProxyAuth {
+            users: Arc::new(
+                cfg.users
+                    .iter()
+                    .map(|u| (u.name.clone(), u.password_hash.clone()))
+                    .collect(),
+            ),
+            realm: cfg.realm.clone(),
+            verified: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+        })
+    }
+
+    /// The `Proxy-Authenticate` challenge value.
+    pub fn challenge(&self) -> String {
+        format!("Basic realm=\"{}\"", self.realm.replace(['"', '\\'], ""))
+    }
+
+    /// Whether `headers` carry valid credentials.
+    pub async fn check(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers.get(http::header::PROXY_AUTHORIZATION) else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+        if self.verified.get(&digest).await.is_some() {
+            return true;
+        }
+        let Some((user, password)) = parse_basic(value.as_bytes()) else {
+            return false;
+        };
+        let Some(hash) = self.users.get(&user).cloned() else {
+            // Spend the same effort as a real check so user names cannot be probed by timing.
+            let _ = tokio::task::spawn_blocking(move || hash_password(&password)).await;
+            return false;
+        };
+        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .unwrap_or(false);
+        if ok {
+            self.verified.insert(digest, ()).await;
+        }
+        ok
+    }
+}
+
+fn parse_basic(value: &[u8]) -> Option<(String, String)> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// Hashes a password into an Argon2id PHC string (for `modgate auth hash`).
+pub fn hash_password(password: &str) -> String {
+    let salt = argon2::password_hash::SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .expect("16 bytes is a valid salt length");
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("default Argon2 parameters are valid")
+        .to_string()
+}
+
+/// Checks `password` against a PHC string; compares in constant time.
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(hash) => Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UserConfig;
+
+    fn header(user: &str, pass: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        h.insert(
+            http::header::PROXY_AUTHORIZATION,
+            format!("Basic {token}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[tokio::test]
+    async fn checks_credentials() {
+        let auth = ProxyAuth::new(&AuthConfig {
+            realm: "r".into(),
+            users: vec![UserConfig {
+                name: "ci".into(),
+                password_hash: hash_password("s3cret"),
+            }],
+        })
+        .unwrap();
+        assert!(auth.check(&header("ci", "s3cret")).await);
+        assert!(auth.check(&header("ci", "s3cret")).await, "cached");
+        assert!(!auth.check(&header("ci", "wrong")).await);
+        assert!(!auth.check(&header("nobody", "s3cret")).await);
+        assert!(!auth.check(&HeaderMap::new()).await);
+        let mut bearer = HeaderMap::new();
+        bearer.insert(
+            http::header::PROXY_AUTHORIZATION,
+            "Bearer x".parse().unwrap(),
+        );
+        assert!(!auth.check(&bearer).await);
+    }
+
+    #[test]
+    fn no_users_means_no_auth() {
+        assert!(ProxyAuth::new(&AuthConfig::default()).is_none());
+    }
+}

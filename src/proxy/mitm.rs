@@ -1,0 +1,140 @@
+//! TLS interception: after CONNECT to an intercepted host, terminate the client's TLS with a leaf
+//! certificate for that host (ALPN h2 and http/1.1) and serve each request.
+//!
+//! The ClientHello's SNI must equal the CONNECT host (an IP-literal CONNECT may omit SNI);
+//! anything else, including bytes that are not TLS, ends the connection with a clear refusal.
+//! This is the one place a [`ReqCtx`] is created.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::State;
+use crate::policy::egress::normalize_host;
+use crate::proxy::ctx::{ConnCtx, ReqCtx};
+
+/// Concurrent HTTP/2 streams allowed per intercepted connection.
+const H2_MAX_STREAMS: u32 = 256;
+
+/// Serves one intercepted tunnel until it closes or the gateway shuts down.
+pub async fn serve<IO>(io: IO, conn: Arc<ConnCtx>, state: Arc<State>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _guard = state.metrics.connection("intercept");
+    let started = Instant::now();
+    let timeout = state.config.intercept.tls_handshake_timeout;
+    let tls = match tokio::time::timeout(timeout, accept_tls(io, &conn, &state)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(reason)) => {
+            state
+                .metrics
+                .tls_failures
+                .with_label_values(&[reason])
+                .inc();
+            tracing::info!(client = %conn.client, host = %conn.host, reason, "intercepted TLS refused");
+            return;
+        }
+        Err(_) => {
+            state
+                .metrics
+                .tls_failures
+                .with_label_values(&["timeout"])
+                .inc();
+            tracing::info!(client = %conn.client, host = %conn.host, "TLS handshake timed out");
+            return;
+        }
+    };
+    state
+        .metrics
+        .tls_handshake_duration
+        .with_label_values(&["client"])
+        .observe(started.elapsed().as_secs_f64());
+
+    let svc_state = state.clone();
+    let svc_conn = conn.clone();
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let ctx = ReqCtx::new(
+            svc_conn.clone(),
+            req.method().clone(),
+            svc_conn.host.clone(),
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+        );
+        crate::serve::dispatch(req, ctx, svc_state.clone())
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.proxy.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS);
+    let http = builder.serve_connection(TokioIo::new(tls), svc);
+    tokio::pin!(http);
+    tokio::select! {
+        res = http.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(client = %conn.client, host = %conn.host, error = %e, "intercepted connection ended with error");
+            }
+        }
+        _ = state.shutdown.cancelled() => {
+            http.as_mut().graceful_shutdown();
+            let _ = http.await;
+        }
+    }
+}
+
+/// Reads the ClientHello, checks SNI, and completes the handshake with the host's leaf.
+/// The error is a bounded reason label.
+async fn accept_tls<IO>(
+    io: IO,
+    conn: &ConnCtx,
+    state: &State,
+) -> Result<TlsStream<IO>, &'static str>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match (&mut acceptor).await {
+        Ok(start) => start,
+        Err(_) => {
+            if let Some(mut io) = acceptor.take_io() {
+                let msg = format!(
+                    "modgate: expected a TLS ClientHello for {} after CONNECT\n",
+                    conn.host
+                );
+                let resp = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}",
+                    msg.len()
+                );
+                let _ = io.write_all(resp.as_bytes()).await;
+                let _ = io.shutdown().await;
+            }
+            return Err("not_tls");
+        }
+    };
+    let hello = start.client_hello();
+    match hello.server_name() {
+        Some(sni) if normalize_host(sni) == conn.host => {}
+        Some(_) => return Err("sni_mismatch"),
+        None if conn.host.parse::<std::net::IpAddr>().is_ok() => {}
+        None => return Err("no_sni"),
+    }
+    let cfg = state
+        .leaves
+        .server_config(&conn.host)
+        .await
+        .map_err(|_| "cert_error")?;
+    start.into_stream(cfg).await.map_err(|_| "handshake")
+}

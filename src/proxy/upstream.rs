@@ -1,0 +1,497 @@
+//! The upstream client: pooled HTTP/1.1 and HTTP/2 over rustls, with Mozilla roots plus an
+//! optional extra CA file, and separate connect, TLS, response-head and idle timeouts.
+//!
+//! Upstream certificates are always verified; there is no switch to turn that off.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::body::{Body, BoxError};
+use crate::config::UpstreamConfig;
+use crate::telemetry::metrics::Metrics;
+
+/// A parsed upstream base URL: scheme, authority and an optional path prefix without a trailing
+/// slash. Used for `upstream.overrides`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    prefix: String,
+}
+
+impl BaseUrl {
+    /// Parses `http(s)://host[:port][/prefix]`.
+    pub fn parse(s: &str) -> Result<BaseUrl, String> {
+        let uri: Uri = s.parse().map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+        let scheme = uri
+            .scheme()
+            .filter(|s| **s == http::uri::Scheme::HTTPS || **s == http::uri::Scheme::HTTP)
+            .ok_or_else(|| format!("{s:?} must start with https:// or http://"))?
+            .clone();
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("{s:?} has no host"))?
+            .clone();
+        if authority.as_str().contains('@') {
+            return Err(format!("{s:?} must not contain credentials"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("{s:?} must not have a query"));
+        }
+        let prefix = uri.path().trim_end_matches('/').to_string();
+        Ok(BaseUrl {
+            scheme,
+            authority,
+            prefix,
+        })
+    }
+
+    /// `https://host:port` for a host reached directly.
+    pub fn https(host: &str, port: u16) -> Result<BaseUrl, String> {
+        let authority = if port == 443 {
+            host.to_string()
+        } else if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        BaseUrl::parse(&format!("https://{authority}"))
+    }
+
+    /// The URI for `path_and_query` (which starts with `/`) under this base.
+    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.prefix, path_and_query))
+            .build()
+    }
+
+    /// The host part, for labels and logs.
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
+}
+
+impl std::fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
+    }
+}
+
+/// Why an upstream exchange failed. Texts never contain credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {host}: {reason}")]
+    Connect { host: String, reason: String },
+    #[error("TLS with {host} failed: {reason}")]
+    Tls { host: String, reason: String },
+    #[error("{host} did not answer within {timeout:?}")]
+    Timeout { host: String, timeout: Duration },
+    #[error("request to {host} failed: {reason}")]
+    Protocol { host: String, reason: String },
+    #[error("cannot build upstream request: {0}")]
+    Request(String),
+}
+
+impl UpstreamError {
+    /// Bounded label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::Tls { .. } => "tls",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::Request(_) => "request",
+        }
+    }
+}
+
+/// Connector-level failure, carried through hyper-util's error as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0}")]
+    Tcp(String),
+    #[error("{0}")]
+    Tls(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// The pooled upstream client shared by all connections.
+#[derive(Clone, Debug)]
+pub struct UpstreamClient {
+    client: Client<Connector, Body>,
+    response_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl UpstreamClient {
+    /// Builds the client from validated configuration.
+    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<UpstreamClient, String> {
+        let tls = client_tls_config(cfg.extra_ca_file.as_deref())?;
+        let connector = Connector {
+            tls: TlsConnector::from(Arc::new(tls)),
+            connect_timeout: cfg.connect_timeout,
+            tls_timeout: cfg.tls_timeout,
+            metrics: metrics.clone(),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.idle_timeout)
+            .pool_max_idle_per_host(cfg.max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_adaptive_window(true)
+            .build(connector);
+        Ok(UpstreamClient {
+            client,
+            response_timeout: cfg.response_timeout,
+            metrics,
+        })
+    }
+
+    /// Sends `req` and waits for the response head. `label` names the upstream in metrics and
+    /// must come from configuration (bounded).
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+        label: &str,
+    ) -> Result<(Response<Incoming>, Duration), UpstreamError> {
+        let host = req.uri().host().unwrap_or_default().to_string();
+        let start = Instant::now();
+        let res = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
+        let elapsed = start.elapsed();
+        let res = match res {
+            Err(_) => Err(UpstreamError::Timeout {
+                host,
+                timeout: self.response_timeout,
+            }),
+            Ok(Err(e)) => Err(classify_client_error(host, e)),
+            Ok(Ok(resp)) => Ok(resp),
+        };
+        let outcome = match &res {
+            Ok(r) => crate::telemetry::metrics::status_class(r.status().as_u16()),
+            Err(e) => e.kind(),
+        };
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[label, outcome])
+            .observe(elapsed.as_secs_f64());
+        res.map(|r| (r, elapsed))
+    }
+}
+
+fn classify_client_error(host: String, e: hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if let Some(ce) = s.downcast_ref::<ConnectError>() {
+            return match ce {
+                ConnectError::Tcp(reason) => UpstreamError::Connect {
+                    host,
+                    reason: reason.clone(),
+                },
+                ConnectError::Tls(reason) => UpstreamError::Tls {
+                    host,
+                    reason: reason.clone(),
+                },
+                ConnectError::Timeout(t) => UpstreamError::Timeout { host, timeout: *t },
+            };
+        }
+        source = s.source();
+    }
+    let reason = match std::error::Error::source(&e) {
+        Some(s) => s.to_string(),
+        None => e.to_string(),
+    };
+    UpstreamError::Protocol { host, reason }
+}
+
+/// rustls client configuration: Mozilla roots plus `extra_ca_file`, ALPN h2 and http/1.1.
+pub fn client_tls_config(extra_ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("{}: no CERTIFICATE blocks", path.display()));
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(crate::proxy::tls_provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Opens TCP (and TLS for https) connections to upstreams.
+#[derive(Clone)]
+struct Connector {
+    tls: TlsConnector,
+    connect_timeout: Duration,
+    tls_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector").finish_non_exhaustive()
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = UpstreamIo;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.connect(uri).await.map_err(Into::into) })
+    }
+}
+
+impl Connector {
+    async fn connect(self, uri: Uri) -> Result<UpstreamIo, ConnectError> {
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let host = uri
+            .host()
+            .ok_or_else(|| ConnectError::Tcp("URL has no host".into()))?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tcp = tokio::time::timeout(self.connect_timeout, connect_tcp(&host, port))
+            .await
+            .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
+        if !https {
+            return Ok(UpstreamIo {
+                inner: TokioIo::new(MaybeTls::Plain(tcp)),
+                h2: false,
+            });
+        }
+        let name = ServerName::try_from(host.clone())
+            .map_err(|_| ConnectError::Tls(format!("invalid server name {host:?}")))?;
+        let start = Instant::now();
+        let tls = tokio::time::timeout(self.tls_timeout, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| ConnectError::Timeout(self.tls_timeout))?
+            .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        self.metrics
+            .tls_handshake_duration
+            .with_label_values(&["upstream"])
+            .observe(start.elapsed().as_secs_f64());
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        Ok(UpstreamIo {
+            inner: TokioIo::new(MaybeTls::Tls(Box::new(tls))),
+            h2,
+        })
+    }
+}
+
+/// Connects to the first address of `host:port` that accepts.
+pub async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| ConnectError::Tcp(format!("cannot resolve {host}: {e}")))?
+        .collect();
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(ConnectError::Tcp(match last {
+        Some(e) => e.to_string(),
+        None => format!("{host} has no addresses"),
+    }))
+}
+
+enum MaybeTls {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection to an upstream, as hyper-util's pool wants it.
+pub struct UpstreamIo {
+    inner: TokioIo<MaybeTls>,
+    h2: bool,
+}
+
+impl std::fmt::Debug for UpstreamIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamIo")
+            .field("h2", &self.h2)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        let c = Connected::new();
+        if self.h2 { c.negotiated_h2() } else { c }
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_join() {
+        let b = BaseUrl::parse("https://mirror.example:8443/api/go/").unwrap();
+        assert_eq!(
+            b.join("/golang.org/x/mod/@v/list").unwrap().to_string(),
+            "https://mirror.example:8443/api/go/golang.org/x/mod/@v/list"
+        );
+        let b = BaseUrl::https("proxy.golang.org", 443).unwrap();
+        assert_eq!(
+            b.join("/x?y=1").unwrap().to_string(),
+            "https://proxy.golang.org/x?y=1"
+        );
+        assert_eq!(
+            BaseUrl::https("::1", 8443).unwrap().to_string(),
+            "https://[::1]:8443"
+        );
+    }
+
+    #[test]
+    fn base_url_rejects() {
+        for bad in ["ftp://x", "x", "https://u:p@x/", "https://x/?q=1"] {
+            assert!(BaseUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Pass-through forwarding: an intercepted request goes to its host (or that host's configured
+//! override) unchanged but for hop-by-hop headers; an absolute-form plain-HTTP request goes to
+//! its origin under the egress policy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use crate::State;
+use crate::body::{self, Body};
+use crate::policy::egress::{Decision, normalize_host};
+use crate::proxy::ctx::{ConnCtx, ReqCtx};
+use crate::serve::respond::{ServeError, error_response};
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including any named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("proxy-connection");
+}
+
+/// Forwards an intercepted request to its upstream.
+pub async fn intercepted(
+    req: Request<Incoming>,
+    ctx: &mut ReqCtx,
+    state: &State,
+) -> Result<Response<Body>, ServeError> {
+    let base = state
+        .upstream_base(&ctx.conn.host, ctx.conn.port)
+        .map_err(ServeError::Internal)?;
+    let label = state.egress.intercept_label(&ctx.conn.host);
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = base.join(path).map_err(|e| {
+        ServeError::ClientBadRequest(format!("modgate: invalid request target: {e}"))
+    })?;
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    let out = Request::from_parts(parts, body::boxed(body));
+    let (resp, waited) = state.upstream.send(out, label).await?;
+    ctx.upstream_time = Some(waited);
+    Ok(into_client_response(resp))
+}
+
+fn into_client_response(resp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body::boxed(body))
+}
+
+/// Forwards an absolute-form `http://` request from the proxy listener.
+pub async fn plain_http(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: Arc<State>,
+) -> Response<Body> {
+    let host = req.uri().host().map(normalize_host).unwrap_or_default();
+    let port = req.uri().port_u16().unwrap_or(80);
+    let conn = ConnCtx::new(peer, "connect", host.clone(), port);
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let mut ctx = ReqCtx::new(conn, req.method().clone(), host.clone(), path);
+    ctx.route = "http_forward";
+    let resp = match forward_plain(req, &host, &mut ctx, &state).await {
+        Ok(resp) => resp,
+        Err(e) => error_response(&e),
+    };
+    super::finish(resp, ctx, &state)
+}
+
+async fn forward_plain(
+    req: Request<Incoming>,
+    host: &str,
+    ctx: &mut ReqCtx,
+    state: &State,
+) -> Result<Response<Body>, ServeError> {
+    if !crate::proxy::listener::valid_host(host) {
+        return Err(ServeError::ClientBadRequest(format!(
+            "modgate: invalid host {host:?} in request URL"
+        )));
+    }
+    let decision = state.egress.decide_forward(host);
+    state
+        .metrics
+        .egress_decisions
+        .with_label_values(&[decision.kind()])
+        .inc();
+    if let Decision::Deny(reason) = decision {
+        return Err(ServeError::ClientForbidden(reason));
+    }
+    let (mut parts, body) = req.into_parts();
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    let out = Request::from_parts(parts, body::boxed(body));
+    let (resp, waited) = state.upstream.send(out, "direct").await?;
+    ctx.upstream_time = Some(waited);
+    let resp = into_client_response(resp);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ServeError::ClientBadRequest(
+            "modgate: protocol upgrades are not forwarded".into(),
+        ));
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::PROXY_AUTHORIZATION, "Basic x".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert(header::ACCEPT, "*/*".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::ACCEPT));
+    }
+}

@@ -1,0 +1,77 @@
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz` and `/ca.pem`.
+//! It never serves the CA key.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::State;
+use crate::body::{Body, full};
+use crate::serve::respond::text;
+
+/// Serves admin requests until shutdown.
+pub async fn run(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc_state = state.clone();
+            let svc = service_fn(move |req| handle(req, svc_state.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(state.config.proxy.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = conn.await;
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "use GET"));
+    }
+    let resp = match req.uri().path() {
+        "/metrics" => with_type(
+            full(state.metrics.render()),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        "/healthz" => text(StatusCode::OK, "ok"),
+        "/readyz" if state.shutdown.is_cancelled() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        }
+        "/readyz" => text(StatusCode::OK, "ready"),
+        "/ca.pem" => with_type(
+            full(state.ca.cert_pem().to_string()),
+            "application/x-pem-file",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics, /healthz, /readyz or /ca.pem",
+        ),
+    };
+    Ok(resp)
+}
+
+fn with_type(body: Body, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    resp
+}

@@ -1,0 +1,215 @@
+//! Every metric modgate exports, registered once on one [`prometheus::Registry`].
+//!
+//! Label values come only from `&'static str` sources (route, kind, cache outcome, status class,
+//! configured upstream names), so cardinality is bounded. Handlers do not touch metrics: the
+//! request observation point (`access_log`) and the connection layers do.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+/// Handles to all metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Intercepted and forwarded requests, from head received to body fully sent.
+    pub request_duration: HistogramVec,
+    /// Upstream exchanges, from request sent to response head received.
+    pub upstream_duration: HistogramVec,
+    /// TLS handshakes (side = client for intercepted tunnels, upstream for modgate's own).
+    pub tls_handshake_duration: HistogramVec,
+    /// Leaf certificates signed by the CA.
+    pub certs_issued: IntCounter,
+    /// Leaf certificate issuance failures.
+    pub cert_errors: IntCounter,
+    /// Open connections by kind (client, tunnel, intercept).
+    pub connections_active: IntGaugeVec,
+    /// Accepted connections by kind.
+    pub connections_total: IntCounterVec,
+    /// CONNECT and forward decisions.
+    pub egress_decisions: IntCounterVec,
+    /// Bytes copied through blind tunnels (direction = upstream or client).
+    pub tunnel_bytes: IntCounterVec,
+    /// Body bytes sent to clients for intercepted or forwarded requests.
+    pub response_bytes: IntCounterVec,
+    /// Client TLS handshakes refused or failed on intercepted tunnels, by reason.
+    pub tls_failures: IntCounterVec,
+    /// Failed proxy authentications.
+    pub auth_failures: IntCounter,
+    /// Constant 1, labelled with the version.
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric on a fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "modgate_request_duration_seconds",
+                    "Time from request head to last body byte sent, per intercepted or forwarded request.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route", "kind", "cache", "status"],
+            )
+            .expect("metric"),
+            upstream_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "modgate_upstream_duration_seconds",
+                    "Time from upstream request sent to response head received.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["upstream", "outcome"],
+            )
+            .expect("metric"),
+            tls_handshake_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "modgate_tls_handshake_duration_seconds",
+                    "TLS handshake time (side=client: agent to modgate; side=upstream: modgate to upstream).",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["side"],
+            )
+            .expect("metric"),
+            certs_issued: IntCounter::new(
+                "modgate_certs_issued_total",
+                "Leaf certificates signed by the interception CA.",
+            )
+            .expect("metric"),
+            cert_errors: IntCounter::new(
+                "modgate_cert_errors_total",
+                "Leaf certificate issuance failures.",
+            )
+            .expect("metric"),
+            connections_active: IntGaugeVec::new(
+                Opts::new("modgate_connections_active", "Open connections by kind."),
+                &["kind"],
+            )
+            .expect("metric"),
+            connections_total: IntCounterVec::new(
+                Opts::new("modgate_connections_total", "Connections accepted or established, by kind."),
+                &["kind"],
+            )
+            .expect("metric"),
+            egress_decisions: IntCounterVec::new(
+                Opts::new(
+                    "modgate_egress_decisions_total",
+                    "Policy decisions for CONNECT and plain-HTTP targets.",
+                ),
+                &["decision"],
+            )
+            .expect("metric"),
+            tunnel_bytes: IntCounterVec::new(
+                Opts::new("modgate_tunnel_bytes_total", "Bytes copied through blind tunnels."),
+                &["direction"],
+            )
+            .expect("metric"),
+            response_bytes: IntCounterVec::new(
+                Opts::new(
+                    "modgate_response_bytes_total",
+                    "Response body bytes sent to clients for intercepted or forwarded requests.",
+                ),
+                &["route"],
+            )
+            .expect("metric"),
+            tls_failures: IntCounterVec::new(
+                Opts::new(
+                    "modgate_tls_failures_total",
+                    "Client TLS handshakes on intercepted tunnels that were refused or failed.",
+                ),
+                &["reason"],
+            )
+            .expect("metric"),
+            auth_failures: IntCounter::new(
+                "modgate_proxy_auth_failures_total",
+                "Requests refused for missing or wrong proxy credentials.",
+            )
+            .expect("metric"),
+            build_info: IntGaugeVec::new(
+                Opts::new("modgate_build_info", "Build information; the value is always 1."),
+                &["version"],
+            )
+            .expect("metric"),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.request_duration.clone()),
+            Box::new(m.upstream_duration.clone()),
+            Box::new(m.tls_handshake_duration.clone()),
+            Box::new(m.certs_issued.clone()),
+            Box::new(m.cert_errors.clone()),
+            Box::new(m.connections_active.clone()),
+            Box::new(m.connections_total.clone()),
+            Box::new(m.egress_decisions.clone()),
+            Box::new(m.tunnel_bytes.clone()),
+            Box::new(m.response_bytes.clone()),
+            Box::new(m.tls_failures.clone()),
+            Box::new(m.auth_failures.clone()),
+            Box::new(m.build_info.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("unique metric names");
+        }
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for kind in ["client", "tunnel", "intercept"] {
+            m.connections_active.with_label_values(&[kind]);
+            m.connections_total.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = vec![];
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("text encoder writes UTF-8")
+    }
+
+    /// Marks a connection of `kind` open until the guard drops.
+    pub fn connection(&self, kind: &'static str) -> ConnGuard {
+        self.connections_total.with_label_values(&[kind]).inc();
+        let gauge = self.connections_active.with_label_values(&[kind]);
+        gauge.inc();
+        ConnGuard { gauge }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Decrements an active-connections gauge on drop.
+#[derive(Debug)]
+pub struct ConnGuard {
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// "2xx" .. "5xx" for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
