@@ -89,6 +89,12 @@ async fn handle(
         );
         return Ok(resp);
     }
+    if head_size(&req) > MAX_HEAD_BYTES {
+        return Ok(text(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "modgate: request head too large",
+        ));
+    }
     if req.method() == Method::CONNECT {
         return Ok(connect(req, peer, state).await);
     }
@@ -99,6 +105,16 @@ async fn handle(
         StatusCode::BAD_REQUEST,
         "modgate: this is a forward proxy; use it as HTTPS_PROXY (CONNECT) or send absolute-form http:// requests",
     ))
+}
+
+/// Approximate size of the request head as sent (hyper only bounds what it buffers per read).
+fn head_size<B>(req: &Request<B>) -> usize {
+    req.uri().to_string().len()
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
 }
 
 /// Parses a CONNECT authority into a host and a port; the text is the client's error.

@@ -8,16 +8,18 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::State;
 use crate::policy::egress::normalize_host;
 use crate::proxy::ctx::{ConnCtx, ReqCtx};
+use crate::proxy::io::Prefixed;
 
 /// Concurrent HTTP/2 streams allowed per intercepted connection.
 const H2_MAX_STREAMS: u32 = 256;
@@ -98,32 +100,37 @@ where
 /// Reads the ClientHello, checks SNI, and completes the handshake with the host's leaf.
 /// The error is a bounded reason label.
 async fn accept_tls<IO>(
-    io: IO,
+    mut io: IO,
     conn: &ConnCtx,
     state: &State,
-) -> Result<TlsStream<IO>, &'static str>
+) -> Result<TlsStream<Prefixed<IO>>, &'static str>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-    let start = match (&mut acceptor).await {
-        Ok(start) => start,
-        Err(_) => {
-            if let Some(mut io) = acceptor.take_io() {
-                let msg = format!(
-                    "modgate: expected a TLS ClientHello for {} after CONNECT\n",
-                    conn.host
-                );
-                let resp = format!(
-                    "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}",
-                    msg.len()
-                );
-                let _ = io.write_all(resp.as_bytes()).await;
-                let _ = io.shutdown().await;
-            }
-            return Err("not_tls");
+    // A TLS connection starts with a handshake record (0x16). Anything else gets a plain-text
+    // refusal the client can read, rather than a TLS alert.
+    let mut first = vec![0u8; 8];
+    let n = io.read(&mut first).await.map_err(|_| "not_tls")?;
+    first.truncate(n);
+    if first.first() != Some(&0x16) {
+        if n > 0 {
+            let msg = format!(
+                "modgate: expected a TLS ClientHello for {} after CONNECT\n",
+                conn.host
+            );
+            let resp = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}",
+                msg.len()
+            );
+            let _ = io.write_all(resp.as_bytes()).await;
+            let _ = io.shutdown().await;
         }
-    };
+        return Err("not_tls");
+    }
+    let io = Prefixed::new(Bytes::from(first), io);
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+        .await
+        .map_err(|_| "bad_client_hello")?;
     let hello = start.client_hello();
     match hello.server_name() {
         Some(sni) if normalize_host(sni) == conn.host => {}

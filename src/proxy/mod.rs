@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod ca;
 pub mod ctx;
+pub mod io;
 pub mod listener;
 pub mod mitm;
 pub mod tunnel;

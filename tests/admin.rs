@@ -1,0 +1,128 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Response;
+use tokio::net::TcpStream;
+
+use crate::util::*;
+
+async fn admin_get(gw: &TestGateway, path: &str) -> (u16, String) {
+    let s = TcpStream::connect(gw.admin).await.unwrap();
+    let (status, _, body) = http_get(s, "admin", path, Alpn::H1).await;
+    (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_endpoints() {
+    let ca = TestCa::new();
+    let gw = TestGateway::start(&ca, |_| {}).await;
+    assert_eq!(admin_get(&gw, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(admin_get(&gw, "/readyz").await.0, 200);
+    let (status, pem) = admin_get(&gw, "/ca.pem").await;
+    assert_eq!(status, 200);
+    assert_eq!(pem, gw.ca_pem);
+    assert!(!pem.contains("PRIVATE KEY"));
+    assert_eq!(admin_get(&gw, "/ca-key.pem").await.0, 404);
+    let (status, metrics) = admin_get(&gw, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("modgate_build_info{version=\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("modgate_connections_active"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_change_with_requests() {
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca, fixed("hello")).await;
+    let base = up.base_url();
+    let gw = TestGateway::start(&ca, move |c| {
+        c.upstream.overrides.insert("sum.golang.org".into(), base);
+    })
+    .await;
+    let before = gw.metrics().await;
+    assert_eq!(
+        metric(&before, "modgate_request_duration_seconds_count", &[]),
+        0.0
+    );
+    assert_eq!(metric(&before, "modgate_certs_issued_total", &[]), 0.0);
+    let (status, _, _) = gw.get("sum.golang.org:443", "/latest", Alpn::H1).await;
+    assert_eq!(status, 200);
+    // The request is observed when its body has been sent; give the server a moment.
+    let mut after = String::new();
+    for _ in 0..100 {
+        after = gw.metrics().await;
+        if metric(&after, "modgate_request_duration_seconds_count", &[]) == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metric(
+            &after,
+            "modgate_request_duration_seconds_count",
+            &[
+                ("route", "forward"),
+                ("kind", "other"),
+                ("cache", "bypass"),
+                ("status", "2xx")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "modgate_response_bytes_total",
+            &[("route", "forward")]
+        ),
+        5.0
+    );
+    assert_eq!(metric(&after, "modgate_certs_issued_total", &[]), 1.0);
+    assert!(
+        metric(
+            &after,
+            "modgate_connections_total",
+            &[("kind", "intercept")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_drains_in_flight_requests() {
+    let ca = TestCa::new();
+    let slow: Handler = Arc::new(|_, _| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            Response::new(modgate::body::full("slow but complete"))
+        })
+    });
+    let up = Upstream::tls(&ca, slow).await;
+    let base = up.base_url();
+    let mut gw = TestGateway::start(&ca, move |c| {
+        c.upstream.overrides.insert("proxy.golang.org".into(), base);
+        c.proxy.drain_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let (stream, head) = connect(gw.proxy, "proxy.golang.org:443", "").await;
+    assert_eq!(status(&head), 200);
+    let tls = tls_connect(stream, "proxy.golang.org", gw.roots(), Alpn::H1)
+        .await
+        .unwrap();
+    let request = tokio::spawn(http_get(tls, "proxy.golang.org", "/slow", Alpn::H1));
+    // Wait until the upstream has the request, then shut down.
+    while up.paths().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let proxy = gw.proxy;
+    let drained = gw.gateway.take().unwrap().shutdown().await;
+    assert!(drained, "in-flight work finished before the deadline");
+    let (status, _, body) = request.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"slow but complete");
+    assert!(
+        TcpStream::connect(proxy).await.is_err(),
+        "no longer accepting"
+    );
+}

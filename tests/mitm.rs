@@ -1,0 +1,273 @@
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use x509_parser::prelude::*;
+
+use crate::util::*;
+
+async fn gateway_for(up: &Upstream, ca: &TestCa) -> TestGateway {
+    let base = up.base_url();
+    TestGateway::start(ca, move |c| {
+        c.upstream
+            .overrides
+            .insert("proxy.golang.org".into(), base.clone());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn intercepted_h1_and_h2_reach_the_upstream_unchanged() {
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca, fixed("v1.0.0\nv1.1.0\n")).await;
+    let gw = gateway_for(&up, &ca).await;
+    for alpn in [Alpn::H1, Alpn::H2] {
+        let (status, _, body) = gw
+            .get("proxy.golang.org:443", "/example.com/m/@v/list?x=1", alpn)
+            .await;
+        assert_eq!(status, 200, "{alpn:?}");
+        assert_eq!(&body[..], b"v1.0.0\nv1.1.0\n");
+    }
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        assert_eq!(s.path, "/example.com/m/@v/list?x=1");
+        assert!(!s.headers.contains_key("proxy-authorization"));
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "modgate_request_duration_seconds_count",
+            &[("route", "forward"), ("status", "2xx")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "modgate_upstream_duration_seconds_count",
+            &[("upstream", "proxy.golang.org")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "modgate_tls_handshake_duration_seconds_count",
+            &[("side", "client")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "modgate_egress_decisions_total",
+            &[("decision", "intercept")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_errors_are_plain_text_502() {
+    let ca = TestCa::new();
+    // Nothing listens on this port.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let gw = TestGateway::start(&ca, move |c| {
+        c.upstream.overrides.insert(
+            "proxy.golang.org".into(),
+            format!("https://127.0.0.1:{port}"),
+        );
+    })
+    .await;
+    let (status, headers, body) = gw.get("proxy.golang.org:443", "/x/@v/list", Alpn::H1).await;
+    assert_eq!(status, 502);
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert!(String::from_utf8_lossy(&body).starts_with("modgate: cannot connect to 127.0.0.1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_certificate_is_always_verified() {
+    let ca = TestCa::new();
+    let other_ca = TestCa::new();
+    // The upstream's certificate is signed by a CA the gateway does not trust.
+    let up = Upstream::tls(&other_ca, fixed("secret")).await;
+    let gw = gateway_for(&up, &ca).await;
+    let (status, _, body) = gw.get("proxy.golang.org:443", "/x", Alpn::H1).await;
+    assert_eq!(status, 502);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("TLS with 127.0.0.1 failed"), "{body}");
+    assert!(
+        up.paths().is_empty(),
+        "no request may reach an unverified upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sni_must_match_the_connect_host() {
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca, fixed("ok")).await;
+    let gw = TestGateway::start(&ca, {
+        let base = up.base_url();
+        move |c| {
+            c.intercept.hosts.push("other.test".into());
+            c.upstream.overrides.insert("proxy.golang.org".into(), base);
+        }
+    })
+    .await;
+    let (stream, head) = connect(gw.proxy, "proxy.golang.org:443", "").await;
+    assert_eq!(status(&head), 200);
+    let err = tls_connect(stream, "other.test", gw.roots(), Alpn::H1).await;
+    assert!(
+        err.is_err(),
+        "an SNI other than the CONNECT host must be refused"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "modgate_tls_failures_total",
+            &[("reason", "sni_mismatch")]
+        ),
+        1.0
+    );
+    // Other clients are unaffected.
+    let (status, _, _) = gw.get("proxy.golang.org:443", "/", Alpn::H1).await;
+    assert_eq!(status, 200);
+    assert!(up.paths().len() == 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_tls_bytes_on_an_intercepted_tunnel_get_a_plain_refusal() {
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca, fixed("ok")).await;
+    let gw = gateway_for(&up, &ca).await;
+    let (mut stream, head) = connect(gw.proxy, "proxy.golang.org:443", "").await;
+    assert_eq!(status(&head), 200);
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: proxy.golang.org\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut out))
+        .await
+        .expect("connection closes")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(
+        out.contains("expected a TLS ClientHello for proxy.golang.org"),
+        "{out}"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "modgate_tls_failures_total", &[("reason", "not_tls")]),
+        1.0
+    );
+    let (status, _, _) = gw.get("proxy.golang.org:443", "/", Alpn::H2).await;
+    assert_eq!(status, 200);
+    assert!(
+        up.paths().len() == 1,
+        "the refused request never reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leaf_certificate_properties() {
+    let ca = TestCa::new();
+    let gw = TestGateway::start(&ca, |c| {
+        c.intercept.hosts.push("127.0.0.1".into());
+    })
+    .await;
+    let ca_der = rustls_pemfile::certs(&mut gw.ca_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
+
+    // CA properties.
+    let bc = ca_cert.basic_constraints().unwrap().unwrap();
+    assert!(bc.critical && bc.value.ca && bc.value.path_len_constraint == Some(0));
+    let ku = ca_cert.key_usage().unwrap().unwrap();
+    assert!(ku.critical && ku.value.key_cert_sign() && ku.value.crl_sign());
+    assert!(!ku.value.digital_signature());
+    let ca_years = (ca_cert.validity().not_after.timestamp()
+        - ca_cert.validity().not_before.timestamp())
+        / (365 * 24 * 3600);
+    assert!((9..=10).contains(&ca_years), "{ca_years}");
+    assert_eq!(
+        ca_cert.public_key().algorithm.algorithm.to_id_string(),
+        "1.2.840.10045.2.1",
+        "EC key"
+    );
+
+    for (target, sni) in [
+        ("proxy.golang.org:443", "proxy.golang.org"),
+        ("127.0.0.1:443", "127.0.0.1"),
+    ] {
+        let (stream, head) = connect(gw.proxy, target, "").await;
+        assert_eq!(status(&head), 200);
+        let tls = tls_connect(stream, sni, gw.roots(), Alpn::H1)
+            .await
+            .unwrap();
+        let leaf_der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        let (_, leaf) = X509Certificate::from_der(&leaf_der).unwrap();
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(san.value.general_names.len(), 1);
+        match &san.value.general_names[0] {
+            GeneralName::DNSName(n) => assert_eq!(*n, sni),
+            GeneralName::IPAddress(ip) => {
+                assert_eq!(*ip, &[127, 0, 0, 1][..]);
+                assert_eq!(sni, "127.0.0.1");
+            }
+            other => panic!("unexpected SAN {other:?}"),
+        }
+        let eku = leaf.extended_key_usage().unwrap().unwrap();
+        assert!(eku.value.server_auth && !eku.value.client_auth);
+        assert!(!leaf.is_ca());
+        assert_ne!(
+            leaf.public_key().raw,
+            ca_cert.public_key().raw,
+            "leaf has its own key"
+        );
+        assert_eq!(leaf.issuer(), ca_cert.subject());
+        assert!(leaf.verify_signature(Some(ca_cert.public_key())).is_ok());
+        let serial = leaf.raw_serial();
+        let serial = if serial[0] == 0 { &serial[1..] } else { serial };
+        assert_eq!(serial.len(), 16, "128-bit serial");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let nb = leaf.validity().not_before.timestamp();
+        let na = leaf.validity().not_after.timestamp();
+        assert!((now - nb - 3600).abs() < 120, "backdated one hour");
+        assert!(na - nb <= 30 * 24 * 3600 + 3600, "at most 30 days");
+        assert!(na > now);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_first_connections_sign_once() {
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca, fixed("ok")).await;
+    let gw = gateway_for(&up, &ca).await;
+    let mut tasks = vec![];
+    for _ in 0..20 {
+        let proxy = gw.proxy;
+        let roots = gw.roots();
+        tasks.push(tokio::spawn(async move {
+            let (stream, head) = connect(proxy, "proxy.golang.org:443", "").await;
+            assert_eq!(status(&head), 200);
+            tls_connect(stream, "proxy.golang.org", roots, Alpn::H1)
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "modgate_certs_issued_total", &[]), 1.0);
+}

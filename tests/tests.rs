@@ -1,0 +1,13 @@
+//! Integration tests: real gateways on loopback, real TLS, real clients. One binary, one module
+//! per area along the request path.
+
+mod util;
+
+/// Admin endpoints, metrics and lifecycle.
+mod admin;
+/// CONNECT handling: tunnels, denials, malformed requests, proxy authentication.
+mod connect;
+/// The real go command, curl and git through the gateway.
+mod e2e;
+/// TLS interception: h1/h2, SNI rules, leaf certificates, upstream verification.
+mod mitm;

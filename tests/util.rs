@@ -1,0 +1,588 @@
+//! Test harness: a gateway on ephemeral loopback ports, TLS upstream fixtures with their own test
+//! CA, and an agent that speaks CONNECT, TLS, HTTP/1.1 and h2 like a real client.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use modgate::Gateway;
+use modgate::body::{Body, full};
+use modgate::config::Config;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+// === TestCa ===
+
+/// A CA for upstream fixtures (not the gateway's CA).
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub pem: String,
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "modgate test upstream CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upstream-ca.pem");
+        std::fs::write(&path, cert.pem()).unwrap();
+        TestCa {
+            issuer: Issuer::new(params, key),
+            pem: cert.pem(),
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// A server certificate for `names` (DNS names or IP literals).
+    pub fn leaf(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+}
+
+// === Upstream fixture ===
+
+/// One request an upstream fixture received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+}
+
+pub type Handler = Arc<
+    dyn Fn(http::request::Parts, Bytes) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A TLS (or plain) HTTP server on 127.0.0.1 that records every request.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    /// Starts a TLS server with a certificate for 127.0.0.1 and localhost signed by `ca`.
+    pub async fn tls(ca: &TestCa, handler: Handler) -> Upstream {
+        let (certs, key) = ca.leaf(&["127.0.0.1", "localhost"]);
+        Self::tls_with_cert(certs, key, handler).await
+    }
+
+    pub async fn tls_with_cert(
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        handler: Handler,
+    ) -> Upstream {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self::start(
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
+            handler,
+        )
+        .await
+    }
+
+    /// Starts a plain-HTTP server.
+    pub async fn plain(handler: Handler) -> Upstream {
+        Self::start(None, handler).await
+    }
+
+    async fn start(tls: Option<tokio_rustls::TlsAcceptor>, handler: Handler) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(vec![]));
+        let seen2 = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = handler.clone();
+                let seen = seen2.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let handler = handler.clone();
+                        let seen = seen.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            seen.lock().unwrap().push(Seen {
+                                method: parts.method.to_string(),
+                                path: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
+                                version: parts.version,
+                                headers: parts.headers.clone(),
+                            });
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            Ok::<_, std::convert::Infallible>(handler(parts, body).await)
+                        }
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                });
+            }
+        });
+        Upstream { addr, seen, task }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.path.clone())
+            .collect()
+    }
+}
+
+/// A handler serving a fixed map of path -> body, 404 otherwise.
+pub fn files(map: HashMap<String, Vec<u8>>) -> Handler {
+    let map = Arc::new(map);
+    Arc::new(move |parts, _body| {
+        let map = map.clone();
+        Box::pin(async move {
+            match map.get(parts.uri.path()) {
+                Some(data) => Response::new(full(data.clone())),
+                None => {
+                    let mut r = Response::new(full("not found"));
+                    *r.status_mut() = StatusCode::NOT_FOUND;
+                    r
+                }
+            }
+        })
+    })
+}
+
+/// A handler answering every request with `text`.
+pub fn fixed(text: &'static str) -> Handler {
+    Arc::new(move |_, _| Box::pin(async move { Response::new(full(text)) }))
+}
+
+// === Gateway ===
+
+/// A gateway on ephemeral ports with its CA and data in a temporary directory.
+pub struct TestGateway {
+    pub gateway: Option<Gateway>,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+    pub ca_path: PathBuf,
+}
+
+impl TestGateway {
+    /// Starts a gateway; `edit` adjusts the test configuration (loopback ports, temp dirs, and
+    /// the test CA trusted for upstreams).
+    pub async fn start(upstream_ca: &TestCa, edit: impl FnOnce(&mut Config)) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.proxy.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.ca.dir = dir.path().join("certs");
+        cfg.storage.data_dir = dir.path().join("data");
+        cfg.upstream.extra_ca_file = Some(upstream_ca.path.clone());
+        cfg.upstream.connect_timeout = std::time::Duration::from_secs(5);
+        edit(&mut cfg);
+        let gateway = Gateway::start(cfg).await.expect("gateway starts");
+        let ca_path = gateway.state().ca.cert_path();
+        TestGateway {
+            proxy: gateway.proxy_addr(),
+            admin: gateway.admin_addr(),
+            ca_pem: gateway.state().ca.cert_pem().to_string(),
+            ca_path,
+            gateway: Some(gateway),
+            dir,
+        }
+    }
+
+    pub fn gw(&self) -> &Gateway {
+        self.gateway.as_ref().unwrap()
+    }
+
+    /// Roots holding only the gateway CA, as an agent has them.
+    pub fn roots(&self) -> rustls::RootCertStore {
+        roots_from_pem(&self.ca_pem)
+    }
+
+    /// CONNECT to `target`, TLS with `sni` trusting the gateway CA, then one GET over `alpn`.
+    pub async fn get(
+        &self,
+        target: &str,
+        path: &str,
+        alpn: Alpn,
+    ) -> (StatusCode, http::HeaderMap, Bytes) {
+        let (stream, head) = connect(self.proxy, target, "").await;
+        assert_eq!(status(&head), 200, "CONNECT {target}: {head}");
+        let host = target.rsplit_once(':').unwrap().0;
+        let tls = tls_connect(stream, host, self.roots(), alpn)
+            .await
+            .expect("TLS with gateway");
+        http_get(tls, host, path, alpn).await
+    }
+
+    /// Scrapes /metrics.
+    pub async fn metrics(&self) -> String {
+        let stream = TcpStream::connect(self.admin).await.unwrap();
+        let (status, _, body) = http_get(stream, "admin", "/metrics", Alpn::H1).await;
+        assert_eq!(status, 200);
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+}
+
+/// Sum of the samples of `name` whose labels contain every `labels` pair.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            if !labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+pub fn roots_from_pem(pem: &str) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    roots
+}
+
+// === Agent ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    H1,
+    H2,
+}
+
+/// Sends `CONNECT target` (plus raw `extra` header lines) and reads the response head.
+pub async fn connect(proxy: SocketAddr, target: &str, extra: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    (s, head)
+}
+
+/// Reads bytes up to and including the blank line that ends a response head.
+pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut buf = vec![];
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => buf.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Reads a whole response (head, then a Content-Length body or until close).
+pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> (u16, String, String) {
+    let head = read_head(s).await;
+    let len = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    let mut body = vec![];
+    match len {
+        Some(n) => {
+            body.resize(n, 0);
+            s.read_exact(&mut body).await.unwrap();
+        }
+        None => {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut body))
+                    .await;
+        }
+    }
+    (
+        status(&head),
+        head,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Status code of a response head ("HTTP/1.1 200 ...").
+pub fn status(head: &str) -> u16 {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+pub async fn tls_connect<S>(
+    stream: S,
+    sni: &str,
+    roots: rustls::RootCertStore,
+    alpn: Alpn,
+) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = match alpn {
+        Alpn::H1 => vec![b"http/1.1".to_vec()],
+        Alpn::H2 => vec![b"h2".to_vec()],
+    };
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, stream)
+        .await
+}
+
+/// One GET over an established connection.
+pub async fn http_get<S>(
+    io: S,
+    host: &str,
+    path: &str,
+    alpn: Alpn,
+) -> (StatusCode, http::HeaderMap, Bytes)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let req = Request::get(path)
+        .header(http::header::HOST, host)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = match alpn {
+        Alpn::H1 => {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            send.send_request(req).await.unwrap()
+        }
+        Alpn::H2 => {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let mut req = req;
+            *req.uri_mut() = format!("https://{host}{path}").parse().unwrap();
+            send.send_request(req).await.unwrap()
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+// === Tools ===
+
+/// Path of a required tool; panics (never skips) when it is missing.
+pub fn tool(name: &str) -> PathBuf {
+    let candidates: &[&str] = match name {
+        "go" => &[
+            "/usr/lib/go-1.19/bin/go",
+            "/usr/lib/go/bin/go",
+            "/usr/local/go/bin/go",
+        ],
+        _ => &[],
+    };
+    for c in candidates {
+        if Path::new(c).is_file() {
+            return PathBuf::from(c);
+        }
+    }
+    if let Ok(path) = which(name) {
+        return path;
+    }
+    panic!("required tool `{name}` is not installed (run .ci/run or apt-get install it)");
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(())
+}
+
+// === git http-backend ===
+
+/// A handler that runs `git http-backend` (CGI) over the repositories under `root`.
+pub fn git_http_backend(root: PathBuf) -> Handler {
+    Arc::new(move |parts, body| {
+        let root = root.clone();
+        Box::pin(async move {
+            let header = |name: &str| {
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let mut cmd = tokio::process::Command::new(tool("git"));
+            cmd.arg("http-backend")
+                .env_clear()
+                .env("GIT_PROJECT_ROOT", &root)
+                .env("GIT_HTTP_EXPORT_ALL", "1")
+                .env("PATH_INFO", parts.uri.path())
+                .env("QUERY_STRING", parts.uri.query().unwrap_or(""))
+                .env("REQUEST_METHOD", parts.method.as_str())
+                .env("CONTENT_TYPE", header("content-type"))
+                .env("CONTENT_LENGTH", body.len().to_string())
+                .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+                .env("GIT_PROTOCOL", header("git-protocol"))
+                .env("REMOTE_ADDR", "127.0.0.1")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn().expect("git http-backend starts");
+            let mut stdin = child.stdin.take().unwrap();
+            let writer = tokio::spawn(async move {
+                let _ = stdin.write_all(&body).await;
+            });
+            let out = child.wait_with_output().await.unwrap();
+            writer.await.unwrap();
+            let split = out
+                .stdout
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| (i, 4))
+                .or_else(|| {
+                    out.stdout
+                        .windows(2)
+                        .position(|w| w == b"\n\n")
+                        .map(|i| (i, 2))
+                });
+            let Some((at, sep)) = split else {
+                let mut r = Response::new(full(out.stderr));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                return r;
+            };
+            let head = String::from_utf8_lossy(&out.stdout[..at]).into_owned();
+            let mut resp = Response::new(full(out.stdout[at + sep..].to_vec()));
+            for line in head.lines() {
+                let Some((k, v)) = line.split_once(':') else {
+                    continue;
+                };
+                let v = v.trim();
+                if k.eq_ignore_ascii_case("status") {
+                    let code = v.split_whitespace().next().unwrap_or("500");
+                    *resp.status_mut() = StatusCode::from_bytes(code.as_bytes()).unwrap();
+                } else {
+                    resp.headers_mut().append(
+                        http::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
+                        http::HeaderValue::from_str(v).unwrap(),
+                    );
+                }
+            }
+            resp
+        })
+    })
+}
+
+/// Runs `git` with `args` in `dir`, panicking with its output on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(tool("git"))
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
