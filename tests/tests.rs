@@ -5,8 +5,12 @@ mod util;
 
 /// Admin endpoints, metrics and lifecycle.
 mod admin;
+/// The modgate binary's commands.
+mod cli;
 /// CONNECT handling: tunnels, denials, malformed requests, proxy authentication.
 mod connect;
+/// The README matches the code.
+mod docs;
 /// The real go command, curl and git through the gateway.
 mod e2e;
 /// TLS interception: h1/h2, SNI rules, leaf certificates, upstream verification.

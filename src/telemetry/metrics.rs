@@ -18,6 +18,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    names: Vec<String>,
     /// Intercepted and forwarded requests, from head received to body fully sent.
     pub request_duration: HistogramVec,
     /// Upstream exchanges, from request sent to response head received.
@@ -50,7 +51,7 @@ impl Metrics {
     /// Creates and registers every metric on a fresh registry.
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let m = Metrics {
+        let mut m = Metrics {
             request_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "modgate_request_duration_seconds",
@@ -138,6 +139,7 @@ impl Metrics {
             )
             .expect("metric"),
             registry,
+            names: vec![],
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.request_duration.clone()),
@@ -154,17 +156,32 @@ impl Metrics {
             Box::new(m.auth_failures.clone()),
             Box::new(m.build_info.clone()),
         ];
+        let mut names = vec![];
         for c in collectors {
+            names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             m.registry.register(c).expect("unique metric names");
         }
+        m.names = names;
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Series that exist from the start read as 0 instead of absent.
         for kind in ["client", "tunnel", "intercept"] {
             m.connections_active.with_label_values(&[kind]);
             m.connections_total.with_label_values(&[kind]);
         }
+        for decision in ["intercept", "tunnel", "deny"] {
+            m.egress_decisions.with_label_values(&[decision]);
+        }
+        for direction in ["upstream", "client"] {
+            m.tunnel_bytes.with_label_values(&[direction]);
+        }
         m
+    }
+
+    /// Names of every metric family, whether or not it has samples yet.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Prometheus text exposition of every metric.

@@ -1,0 +1,146 @@
+//! The `modgate` binary: configuration commands, CA commands, and serve's lifecycle.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_modgate");
+
+fn run(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_example_checks_clean_and_bad_keys_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, example, _) = run(&["config", "example"], dir.path());
+    assert!(ok);
+    assert!(example.contains("[upstream]") && example.contains("listen = \"127.0.0.1:3128\""));
+    std::fs::write(dir.path().join("example.toml"), &example).unwrap();
+    let (ok, out, err) = run(&["config", "check", "example.toml"], dir.path());
+    assert!(ok, "{err}");
+    assert!(out.contains("ok"));
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[upstream]\nresponse_timeout = \"forever\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(&["config", "check", "bad.toml"], dir.path());
+    assert!(!ok);
+    assert!(err.contains("upstream.response_timeout"), "{err}");
+
+    std::fs::write(
+        dir.path().join("typo.toml"),
+        "[proxy]\nlisten_addr = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(&["config", "check", "typo.toml"], dir.path());
+    assert!(!ok);
+    assert!(err.contains("listen_addr"), "{err}");
+}
+
+#[test]
+fn ca_init_and_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = run(&["ca", "init", "--dir", "myca"], dir.path());
+    assert!(ok, "{err}");
+    assert!(out.contains("SHA-256 fingerprint"));
+    let (ok, _, err) = run(&["ca", "init", "--dir", "myca"], dir.path());
+    assert!(!ok, "a second init must refuse");
+    assert!(err.contains("already exists"), "{err}");
+    let (ok, out, err) = run(&["ca", "show", "--dir", "myca"], dir.path());
+    assert!(ok, "{err}");
+    assert!(out.contains("-----BEGIN CERTIFICATE-----"));
+    assert!(!out.contains("PRIVATE KEY"));
+    assert!(out.contains("export HTTPS_PROXY=http://127.0.0.1:3128"));
+    assert!(out.contains("export SSL_CERT_FILE=") && out.contains("export GIT_SSL_CAINFO="));
+    let fp = out
+        .lines()
+        .find(|l| l.starts_with("SHA-256 fingerprint: "))
+        .unwrap();
+    assert_eq!(fp.len(), "SHA-256 fingerprint: ".len() + 32 * 3 - 1);
+}
+
+#[test]
+fn serve_refuses_a_world_readable_ca_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run(&["ca", "init"], dir.path()).0);
+    let key = dir.path().join("certs/ca-key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, _, err) = run(&["serve"], dir.path());
+    assert!(!ok);
+    assert!(err.contains("readable by group or others"), "{err}");
+}
+
+#[test]
+fn serve_with_defaults_creates_a_ca_prints_agent_lines_and_exits_0_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    // Defaults, except ephemeral ports so tests can run side by side.
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", "c.toml"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = vec![];
+    while let Some(Ok(line)) = lines.next() {
+        let done = line.starts_with("export GIT_SSL_CAINFO=");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = seen.join("\n");
+    assert!(text.contains("created a new CA"), "{text}");
+    assert!(
+        text.contains("export HTTPS_PROXY=http://127.0.0.1:"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "export SSL_CERT_FILE={}",
+            dir.path().join("certs/ca.pem").display()
+        )),
+        "{text}"
+    );
+    assert!(dir.path().join("data").is_dir(), "data directory created");
+    let mode = std::fs::metadata(dir.path().join("certs/ca-key.pem")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "modgate did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
