@@ -144,3 +144,81 @@ fn serve_with_defaults_creates_a_ca_prints_agent_lines_and_exits_0_on_sigterm() 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn json_access_log_has_one_line_per_request_with_its_fields() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", "c.toml"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut proxy, mut admin) = (String::new(), String::new());
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(rest) = line.split_once("admin on http://") {
+            admin = rest.1.split_whitespace().next().unwrap().to_string();
+        }
+        if let Some(p) = line.strip_prefix("export HTTPS_PROXY=http://") {
+            proxy = p.to_string();
+            break;
+        }
+    }
+    // One plain-HTTP request through the proxy to the admin listener.
+    let mut s = std::net::TcpStream::connect(&proxy).unwrap();
+    write!(
+        s,
+        "GET http://{admin}/healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let access: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))
+        })
+        .filter(|v| v["target"] == "modgate::access")
+        .collect();
+    assert_eq!(access.len(), 1, "{stderr}");
+    let line = &access[0];
+    for field in [
+        "request_id",
+        "client",
+        "host",
+        "method",
+        "path",
+        "status",
+        "bytes",
+        "total_ms",
+        "upstream_ms",
+    ] {
+        assert!(!line[field].is_null(), "missing {field}: {line}");
+    }
+    assert_eq!(line["path"], "/healthz");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes"], 3);
+}

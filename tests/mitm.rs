@@ -32,6 +32,7 @@ async fn intercepted_h1_and_h2_reach_the_upstream_unchanged() {
     for s in &seen {
         assert_eq!(s.path, "/example.com/m/@v/list?x=1");
         assert!(!s.headers.contains_key("proxy-authorization"));
+        assert_eq!(s.version, http::Version::HTTP_2, "h2 upstream when offered");
     }
     let m = gw.metrics().await;
     assert_eq!(
