@@ -179,17 +179,26 @@ impl Gateway {
         drained
     }
 
-    /// Runs until SIGTERM or ctrl-c, then shuts down gracefully.
-    pub async fn run_until_signal(self) -> anyhow::Result<()> {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
-        }
+    /// Runs until `stop` completes (e.g. a signal), then shuts down gracefully.
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) {
+        stop.await;
         let drained = self.shutdown().await;
         tracing::info!(drained, "modgate stopped");
-        Ok(())
     }
+}
+
+/// Completes on SIGTERM or ctrl-c. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal arriving during start-up is not lost.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("interrupt: draining"),
+        }
+    })
 }
 
 /// Shell lines that point an agent at a gateway.

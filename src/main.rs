@@ -103,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             modgate::telemetry::init_logging(&config.log);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
+                let stop = modgate::shutdown_signal()?;
                 let gateway = Gateway::start(config).await?;
                 if gateway.created_ca() {
                     println!(
@@ -116,7 +117,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     gateway.admin_addr()
                 );
                 println!("Agent set-up:\n{}", gateway.agent_env());
-                gateway.run_until_signal().await
+                gateway.run_until(stop).await;
+                Ok(())
             })
         }
         Command::Config { command } => match command {
