@@ -17,6 +17,7 @@
 
 pub mod body;
 pub mod config;
+pub mod gomod;
 pub mod policy;
 pub mod proxy;
 pub mod serve;

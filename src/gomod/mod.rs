@@ -1,0 +1,6 @@
+//! Pure Go formats, ported from golang.org/x/mod: module paths and escaping (`path`), versions
+//! (`version`) and module zips (`zip`). No I/O beyond reading a zip the caller opened.
+
+pub mod path;
+pub mod version;
+pub mod zip;
