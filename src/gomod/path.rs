@@ -309,8 +309,7 @@ pub fn unescape_path(escaped: &str) -> Result<String, PathError> {
 
 /// `module.UnescapeVersion`.
 pub fn unescape_version(escaped: &str) -> Result<String, PathError> {
-    let v =
-        unescape_string(escaped).ok_or_else(|| PathError::BadEscapedVersion(escaped.into()))?;
+    let v = unescape_string(escaped).ok_or_else(|| PathError::BadEscapedVersion(escaped.into()))?;
     check_elem(&v, Kind::File).map_err(|reason| PathError::Version {
         version: v.clone(),
         reason,
@@ -426,7 +425,10 @@ mod tests {
     #[test]
     fn escaping_vectors_from_the_reference() {
         let cases = [
-            ("github.com/Azure/azure-sdk-for-go", "github.com/!azure/azure-sdk-for-go"),
+            (
+                "github.com/Azure/azure-sdk-for-go",
+                "github.com/!azure/azure-sdk-for-go",
+            ),
             (
                 "github.com/GoogleCloudPlatform/cloudsql-proxy",
                 "github.com/!google!cloud!platform/cloudsql-proxy",
@@ -439,7 +441,13 @@ mod tests {
         }
         assert_eq!(escape_version("v1.0.0-RC1").unwrap(), "v1.0.0-!r!c1");
         assert_eq!(unescape_version("v1.0.0-!r!c1").unwrap(), "v1.0.0-RC1");
-        for bad in ["github.com/Azure/x", "x.com/a!", "x.com/!A", "x.com/!1", "x.com/é"] {
+        for bad in [
+            "github.com/Azure/x",
+            "x.com/a!",
+            "x.com/!A",
+            "x.com/!1",
+            "x.com/é",
+        ] {
             assert!(unescape_path(bad).is_err(), "{bad}");
         }
         assert!(unescape_version("v1.0.0!").is_err());
@@ -453,7 +461,10 @@ mod tests {
     fn path_major() {
         assert_eq!(split_path_version("x.com/m/v2"), Some(("x.com/m", "/v2")));
         assert_eq!(split_path_version("x.com/m"), Some(("x.com/m", "")));
-        assert_eq!(split_path_version("gopkg.in/yaml.v2"), Some(("gopkg.in/yaml", ".v2")));
+        assert_eq!(
+            split_path_version("gopkg.in/yaml.v2"),
+            Some(("gopkg.in/yaml", ".v2"))
+        );
         assert_eq!(
             split_path_version("gopkg.in/check.v1-unstable"),
             Some(("gopkg.in/check", ".v1-unstable"))

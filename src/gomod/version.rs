@@ -31,7 +31,10 @@ fn ident_char(b: u8) -> bool {
 
 /// Splits `-pre.release` off the front of `v`; numeric identifiers may not have leading zeros.
 fn parse_prerelease(v: &str) -> Option<(&str, &str)> {
-    let end = 1 + v[1..].bytes().take_while(|&b| ident_char(b) || b == b'.').count();
+    let end = 1 + v[1..]
+        .bytes()
+        .take_while(|&b| ident_char(b) || b == b'.')
+        .count();
     let (pre, rest) = v.split_at(end);
     for ident in pre[1..].split('.') {
         if ident.is_empty() {
@@ -45,7 +48,10 @@ fn parse_prerelease(v: &str) -> Option<(&str, &str)> {
 }
 
 fn parse_build(v: &str) -> Option<(&str, &str)> {
-    let end = 1 + v[1..].bytes().take_while(|&b| ident_char(b) || b == b'.').count();
+    let end = 1 + v[1..]
+        .bytes()
+        .take_while(|&b| ident_char(b) || b == b'.')
+        .count();
     let (build, rest) = v.split_at(end);
     if build[1..].split('.').any(str::is_empty) {
         return None;
@@ -125,7 +131,9 @@ pub fn is_canonical(v: &str) -> bool {
 
 /// `semver.Major`: `vN`, or empty if invalid.
 pub fn major(v: &str) -> String {
-    parse(v).map(|p| format!("v{}", p.major)).unwrap_or_default()
+    parse(v)
+        .map(|p| format!("v{}", p.major))
+        .unwrap_or_default()
 }
 
 /// `semver.Build`: `+build` or empty.
@@ -251,20 +259,39 @@ mod tests {
             ("v1.2.3-pre", "v1.2.3-pre"),
             ("v1.2.3-pre.1+meta", "v1.2.3-pre.1"),
             ("v2.0.0+incompatible", "v2.0.0"),
-            ("v0.0.0-20191109021931-daa7c04131f5", "v0.0.0-20191109021931-daa7c04131f5"),
+            (
+                "v0.0.0-20191109021931-daa7c04131f5",
+                "v0.0.0-20191109021931-daa7c04131f5",
+            ),
         ];
         for (v, c) in table {
             assert!(is_valid(v), "{v}");
             assert_eq!(canonical(v), c, "{v}");
         }
         for bad in [
-            "", "1.2.3", "v", "v01.2.3", "v1.02.3", "v1.2.03", "v1.2.3-", "v1.2.3-01",
-            "v1.2.3-a..b", "v1.2.3+", "v1.2.3+a..b", "v1.2-pre", "v1.2.3.4", "v1.2.3 ", "V1.2.3",
+            "",
+            "1.2.3",
+            "v",
+            "v01.2.3",
+            "v1.02.3",
+            "v1.2.03",
+            "v1.2.3-",
+            "v1.2.3-01",
+            "v1.2.3-a..b",
+            "v1.2.3+",
+            "v1.2.3+a..b",
+            "v1.2-pre",
+            "v1.2.3.4",
+            "v1.2.3 ",
+            "V1.2.3",
             "v1.2.3-pre_x",
         ] {
             assert!(!is_valid(bad), "{bad:?}");
         }
-        assert_eq!(module_canonical("v2.0.0+incompatible"), "v2.0.0+incompatible");
+        assert_eq!(
+            module_canonical("v2.0.0+incompatible"),
+            "v2.0.0+incompatible"
+        );
         assert!(is_canonical("v2.0.0+incompatible"));
         assert!(!is_canonical("v1.2"));
         assert!(!is_canonical("v1.2.3+meta"));

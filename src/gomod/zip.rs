@@ -28,7 +28,9 @@ pub enum ZipError {
     Malformed(String),
     #[error("{name}: {reason}")]
     Entry { name: String, reason: String },
-    #[error("total uncompressed size of module contents too large (max size is {MAX_ZIP_FILE} bytes)")]
+    #[error(
+        "total uncompressed size of module contents too large (max size is {MAX_ZIP_FILE} bytes)"
+    )]
     ContentTooLarge,
 }
 
@@ -93,10 +95,14 @@ pub fn check_zip<R: Read + Seek>(
             return Err(ZipError::ContentTooLarge);
         }
         if name == "go.mod" && sz > MAX_GO_MOD {
-            return Err(bad(format!("go.mod file too large (max size is {MAX_GO_MOD} bytes)")));
+            return Err(bad(format!(
+                "go.mod file too large (max size is {MAX_GO_MOD} bytes)"
+            )));
         }
         if name == "LICENSE" && sz > MAX_LICENSE {
-            return Err(bad(format!("LICENSE file too large (max size is {MAX_LICENSE} bytes)")));
+            return Err(bad(format!(
+                "LICENSE file too large (max size is {MAX_LICENSE} bytes)"
+            )));
         }
     }
     Ok(())
@@ -107,7 +113,9 @@ fn is_clean(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('/')
         && !name.ends_with('/')
-        && name.split('/').all(|e| !e.is_empty() && e != "." && e != "..")
+        && name
+            .split('/')
+            .all(|e| !e.is_empty() && e != "." && e != "..")
 }
 
 /// Finds case-insensitive collisions and paths listed as both file and directory.
@@ -171,7 +179,12 @@ mod tests {
 
     #[test]
     fn accepts_a_module_zip() {
-        check(&["example.com/m@v1.0.0/go.mod", "example.com/m@v1.0.0/a/b.go", "example.com/m@v1.0.0/LICENSE"]).unwrap();
+        check(&[
+            "example.com/m@v1.0.0/go.mod",
+            "example.com/m@v1.0.0/a/b.go",
+            "example.com/m@v1.0.0/LICENSE",
+        ])
+        .unwrap();
         check(&["example.com/m@v1.0.0/dir/", "example.com/m@v1.0.0/dir/x.go"]).unwrap();
     }
 
@@ -184,8 +197,14 @@ mod tests {
             (&["example.com/m@v1.0.0/../evil.go"], "not clean"),
             (&["example.com/m@v1.0.0/a/./b.go"], "not clean"),
             (&["example.com/m@v1.0.0/a:b.go"], "invalid char"),
-            (&["example.com/m@v1.0.0/A.go", "example.com/m@v1.0.0/a.go"], "case-insensitive"),
-            (&["example.com/m@v1.0.0/a", "example.com/m@v1.0.0/a/b.go"], "both a file and a directory"),
+            (
+                &["example.com/m@v1.0.0/A.go", "example.com/m@v1.0.0/a.go"],
+                "case-insensitive",
+            ),
+            (
+                &["example.com/m@v1.0.0/a", "example.com/m@v1.0.0/a/b.go"],
+                "both a file and a directory",
+            ),
             (&["example.com/m@v1.0.0/sub/go.mod"], "not in module root"),
             (&["example.com/m@v1.0.0/GO.MOD"], "lowercase"),
         ];
@@ -195,9 +214,18 @@ mod tests {
         }
         let m = ModulePath::new("example.com/m").unwrap();
         let junk = b"not a zip".to_vec();
-        assert!(matches!(check_zip(&m, "v1.0.0", Cursor::new(junk), 9), Err(ZipError::Malformed(_))));
+        assert!(matches!(
+            check_zip(&m, "v1.0.0", Cursor::new(junk), 9),
+            Err(ZipError::Malformed(_))
+        ));
         let ok = zip_of(&["example.com/m@v1.0.0/x.go"]);
-        assert!(matches!(check_zip(&m, "v1.0", Cursor::new(ok.clone()), 1), Err(ZipError::NotCanonical(_))));
-        assert!(matches!(check_zip(&m, "v2.0.0", Cursor::new(ok), 1), Err(ZipError::Version(_))));
+        assert!(matches!(
+            check_zip(&m, "v1.0", Cursor::new(ok.clone()), 1),
+            Err(ZipError::NotCanonical(_))
+        ));
+        assert!(matches!(
+            check_zip(&m, "v2.0.0", Cursor::new(ok), 1),
+            Err(ZipError::Version(_))
+        ));
     }
 }
