@@ -47,6 +47,9 @@ pub struct Config {
     pub egress: EgressConfig,
     pub auth: AuthConfig,
     pub upstream: UpstreamConfig,
+    pub modules: ModulesConfig,
+    pub sumdb: SumDbConfig,
+    pub cache: CacheConfig,
     pub log: LogConfig,
 }
 
@@ -211,6 +214,102 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// `[modules]`: which modules are private and where public ones come from.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModulesConfig {
+    /// GOPRIVATE-style patterns: one comma-separated string or a list.
+    pub private: PatternList,
+    /// Hosts agents use as GOPROXY; intercepted automatically.
+    pub proxy_hosts: Vec<String>,
+    /// The GOPROXY list public modules are fetched from (`,` and `|` as in GOPROXY).
+    pub upstream: String,
+}
+
+impl Default for ModulesConfig {
+    fn default() -> Self {
+        ModulesConfig {
+            private: PatternList::default(),
+            proxy_hosts: vec!["proxy.golang.org".into()],
+            upstream: "https://proxy.golang.org".into(),
+        }
+    }
+}
+
+/// GOPRIVATE syntax: `"a,b"` or `["a", "b"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(from = "OneOrMany", into = "Vec<String>")]
+pub struct PatternList(pub Vec<String>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<OneOrMany> for PatternList {
+    fn from(v: OneOrMany) -> Self {
+        match v {
+            OneOrMany::One(s) => PatternList(vec![s]),
+            OneOrMany::Many(v) => PatternList(v),
+        }
+    }
+}
+
+impl From<PatternList> for Vec<String> {
+    fn from(p: PatternList) -> Self {
+        p.0
+    }
+}
+
+impl PatternList {
+    /// The entries as written (each may still hold commas).
+    pub fn entries(&self) -> Vec<&str> {
+        self.0.iter().map(String::as_str).collect()
+    }
+}
+
+/// `[sumdb]`: checksum databases proxied through modgate.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SumDbConfig {
+    /// Database name (as in GOSUMDB) = base URL. Each name's host is intercepted.
+    pub dbs: BTreeMap<String, String>,
+}
+
+impl Default for SumDbConfig {
+    fn default() -> Self {
+        SumDbConfig {
+            dbs: BTreeMap::from([("sum.golang.org".to_string(), "https://sum.golang.org".to_string())]),
+        }
+    }
+}
+
+/// `[cache]`: the persistent module and checksum cache under `storage.data_dir`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Size bound; least recently used entries are evicted beyond it.
+    pub max_size: bytesize::ByteSize,
+    /// How long mutable answers (list, @latest, queries, partial tiles, /latest) stay fresh.
+    #[serde(with = "humantime_serde")]
+    pub mutable_ttl: Duration,
+    /// How long not-found answers are remembered.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_size: bytesize::ByteSize::gib(20),
+            mutable_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
 /// `[log]`: diagnostics and access log.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -336,6 +435,30 @@ impl Config {
             crate::proxy::upstream::BaseUrl::parse(base)
                 .map_err(|e| ConfigError::invalid(&key, e))?;
         }
+        crate::policy::patterns::Patterns::parse(self.modules.private.entries())
+            .map_err(|e| ConfigError::invalid("modules.private", e))?;
+        for (i, host) in self.modules.proxy_hosts.iter().enumerate() {
+            if !crate::proxy::listener::valid_host(host) || host.contains('*') {
+                return Err(ConfigError::invalid(
+                    &format!("modules.proxy_hosts[{i}]"),
+                    format!("{host:?} is not a host name"),
+                ));
+            }
+        }
+        crate::serve::upstreams::GoProxyList::parse(&self.modules.upstream)
+            .map_err(|e| ConfigError::invalid("modules.upstream", e))?;
+        for (name, url) in &self.sumdb.dbs {
+            let key = format!("sumdb.dbs.\"{name}\"");
+            let host = name.split('/').next().unwrap_or_default();
+            if !crate::proxy::listener::valid_host(host) || name.contains(['+', ' ']) || name.ends_with('/') {
+                return Err(ConfigError::invalid(&key, "name must look like host[/path]"));
+            }
+            crate::proxy::upstream::BaseUrl::parse(url).map_err(|e| ConfigError::invalid(&key, e))?;
+        }
+        if self.cache.max_size.as_u64() < 1024 * 1024 {
+            return Err(ConfigError::invalid("cache.max_size", "must be at least 1MiB"));
+        }
+        nonzero("cache.mutable_ttl", self.cache.mutable_ttl)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::invalid(
                 "log.level",
@@ -399,6 +522,14 @@ mod tests {
     }
 
     #[test]
+    fn private_accepts_a_string_or_a_list() {
+        let one = parse("[modules]\nprivate = \"*.corp.example,github.com/acme\"\n").unwrap();
+        assert_eq!(one.modules.private.entries(), vec!["*.corp.example,github.com/acme"]);
+        let many = parse("[modules]\nprivate = [\"*.corp.example\", \"github.com/acme\"]\n").unwrap();
+        assert_eq!(many.modules.private.entries(), vec!["*.corp.example", "github.com/acme"]);
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = parse("[upstream]\nconect_timeout = \"1s\"\n")
             .unwrap_err()
@@ -434,6 +565,11 @@ mod tests {
             ),
             ("[log]\nlevel = \"modgate=loud\"\n", "log.level:"),
             ("[log]\nformat = \"xml\"\n", "log.format:"),
+            ("[modules]\nprivate = \"ok.com,bad[\"\n", "modules.private:"),
+            ("[modules]\nupstream = \"ftp://x\"\n", "modules.upstream:"),
+            ("[modules]\nproxy_hosts = [\"a b\"]\n", "modules.proxy_hosts[0]:"),
+            ("[cache]\nmax_size = \"lots\"\n", "cache.max_size:"),
+            ("[sumdb.dbs]\n\"sum.x.org\" = \"nope\"\n", "sumdb.dbs.\"sum.x.org\":"),
         ];
         for (text, want) in cases {
             let err = parse(text).unwrap_err().to_string();

@@ -2,5 +2,6 @@
 //! (`version`) and module zips (`zip`). No I/O beyond reading a zip the caller opened.
 
 pub mod path;
+pub mod sumdb;
 pub mod version;
 pub mod zip;

@@ -4,6 +4,7 @@
 
 pub mod forward;
 pub mod respond;
+pub mod upstreams;
 
 use std::convert::Infallible;
 use std::sync::Arc;

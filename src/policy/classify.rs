@@ -1,0 +1,563 @@
+//! `classify`: what an intercepted request is, decided from its host, method, path and query
+//! alone. Paths are percent-decoded, then bang-unescaped, then validated with Go's rules; what
+//! fails gets a [`ClassifyError`] with a plain-text reason and goes nowhere. Pure.
+
+use crate::gomod::path::{ModulePath, check_import_path, check_path_major, unescape_version};
+use crate::gomod::sumdb::Tile;
+use crate::gomod::version;
+
+/// A GOPROXY operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyOp {
+    /// `@v/list`
+    List,
+    /// `@v/<version>.info` for a canonical version (immutable).
+    Info(String),
+    /// `@v/<query>.info` for a branch, tag, commit prefix or other non-canonical name (mutable).
+    Query(String),
+    /// `@v/<version>.mod`
+    Mod(String),
+    /// `@v/<version>.zip`
+    Zip(String),
+    /// `@latest`
+    Latest,
+}
+
+impl ProxyOp {
+    /// Bounded label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProxyOp::List => "list",
+            ProxyOp::Info(_) => "info",
+            ProxyOp::Query(_) => "query",
+            ProxyOp::Mod(_) => "mod",
+            ProxyOp::Zip(_) => "zip",
+            ProxyOp::Latest => "latest",
+        }
+    }
+
+    /// The version or query named, if any.
+    pub fn version(&self) -> Option<&str> {
+        match self {
+            ProxyOp::Info(v) | ProxyOp::Query(v) | ProxyOp::Mod(v) | ProxyOp::Zip(v) => Some(v),
+            ProxyOp::List | ProxyOp::Latest => None,
+        }
+    }
+}
+
+/// A checksum-database operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SumDbOp {
+    /// `/sumdb/<name>/supported` (proxy hosts only).
+    Supported,
+    /// `/latest`
+    Latest,
+    /// `/lookup/<module>@<version>`
+    Lookup { module: ModulePath, version: String },
+    /// `/tile/...`
+    Tile(Tile),
+}
+
+impl SumDbOp {
+    /// Bounded label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SumDbOp::Supported => "supported",
+            SumDbOp::Latest => "latest",
+            SumDbOp::Lookup { .. } => "lookup",
+            SumDbOp::Tile(t) if t.l == -1 => "data_tile",
+            SumDbOp::Tile(_) => "tile",
+        }
+    }
+}
+
+/// What a request is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A GOPROXY protocol call on a proxy host.
+    GoProxy { module: ModulePath, op: ProxyOp },
+    /// A checksum-database call for the configured database `db`.
+    SumDb { db: String, op: SumDbOp },
+    /// `?go-get=1` discovery for an import path.
+    GoGet { path: String },
+    /// Git smart-HTTP for the repository at `repo` (host and path, without `/info/refs` etc.).
+    Git { repo: String, service: &'static str },
+    /// Anything else on an intercepted host.
+    Other,
+}
+
+impl Target {
+    /// Bounded label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::GoProxy { .. } => "goproxy",
+            Target::SumDb { .. } => "sumdb",
+            Target::GoGet { .. } => "goget",
+            Target::Git { .. } => "git",
+            Target::Other => "other",
+        }
+    }
+
+    /// The module or import path the request is about, if any.
+    pub fn module_path(&self) -> Option<&str> {
+        match self {
+            Target::GoProxy { module, .. } => Some(module.as_str()),
+            Target::SumDb {
+                op: SumDbOp::Lookup { module, .. },
+                ..
+            } => Some(module.as_str()),
+            Target::GoGet { path } => Some(path),
+            Target::Git { repo, .. } => Some(repo.strip_suffix(".git").unwrap_or(repo)),
+            _ => None,
+        }
+    }
+}
+
+/// Why a request was not classified; the text is for the go command's user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    /// Malformed input: 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Well-formed but names nothing that can exist: 404 (lets GOPROXY lists fall through).
+    #[error("{0}")]
+    NotFound(String),
+    /// Not GET or HEAD on a read-only protocol: 405.
+    #[error("{0}")]
+    Method(String),
+}
+
+/// Hosts that speak each protocol.
+#[derive(Debug, Clone, Default)]
+pub struct Classifier {
+    /// GOPROXY hosts (lower-case).
+    proxy_hosts: Vec<String>,
+    /// Checksum-database names (`host` or `host/path`), lower-case host.
+    sumdbs: Vec<String>,
+}
+
+impl Classifier {
+    pub fn new(proxy_hosts: &[String], sumdbs: &[String]) -> Classifier {
+        Classifier {
+            proxy_hosts: proxy_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            sumdbs: sumdbs.to_vec(),
+        }
+    }
+
+    /// Whether `host` is a GOPROXY host.
+    pub fn is_proxy_host(&self, host: &str) -> bool {
+        self.proxy_hosts.iter().any(|h| h == host)
+    }
+
+    /// Classifies one request. `host` is lower-case without port; `raw_path` is as received
+    /// (percent-encoded, starting with `/`).
+    pub fn classify(
+        &self,
+        host: &str,
+        method: &str,
+        raw_path: &str,
+        query: Option<&str>,
+    ) -> Result<Target, ClassifyError> {
+        let path = percent_decode(raw_path)?;
+        if self.is_proxy_host(host) {
+            read_only(method)?;
+            if let Some(rest) = path.strip_prefix("/sumdb/") {
+                return self.classify_sumdb_under_proxy(rest);
+            }
+            return classify_goproxy(&path);
+        }
+        for db in &self.sumdbs {
+            let (db_host, db_prefix) = match db.split_once('/') {
+                Some((h, p)) => (h, format!("/{p}")),
+                None => (db.as_str(), String::new()),
+            };
+            if db_host == host
+                && let Some(rest) = path.strip_prefix(&db_prefix)
+                && let Some(rest) = rest.strip_prefix('/')
+            {
+                read_only(method)?;
+                let op = sumdb_op(rest, false).ok_or_else(|| {
+                    ClassifyError::NotFound(format!(
+                        "not found: {path:?} is not a checksum database request"
+                    ))
+                })??;
+                return Ok(Target::SumDb {
+                    db: db.clone(),
+                    op,
+                });
+            }
+        }
+        if query.is_some_and(has_go_get) {
+            let full = format!("{host}{}", path.trim_end_matches('/'));
+            check_import_path(&full).map_err(|e| ClassifyError::BadRequest(e.to_string()))?;
+            return Ok(Target::GoGet { path: full });
+        }
+        if let Some(t) = classify_git(host, &path, query) {
+            return Ok(t);
+        }
+        Ok(Target::Other)
+    }
+
+    fn classify_sumdb_under_proxy(&self, rest: &str) -> Result<Target, ClassifyError> {
+        for db in &self.sumdbs {
+            if let Some(op_path) = rest.strip_prefix(db.as_str())
+                && let Some(op_path) = op_path.strip_prefix('/')
+            {
+                let op = sumdb_op(op_path, true).ok_or_else(|| {
+                    ClassifyError::NotFound(format!(
+                        "not found: {op_path:?} is not a checksum database request"
+                    ))
+                })??;
+                return Ok(Target::SumDb {
+                    db: db.clone(),
+                    op,
+                });
+            }
+        }
+        Err(ClassifyError::NotFound(format!(
+            "not found: checksum database {:?} is not proxied by modgate",
+            rest.rsplit_once('/').map(|(n, _)| n).unwrap_or(rest)
+        )))
+    }
+}
+
+fn read_only(method: &str) -> Result<(), ClassifyError> {
+    if method == "GET" || method == "HEAD" {
+        Ok(())
+    } else {
+        Err(ClassifyError::Method(format!(
+            "method {method} not allowed: the GOPROXY and checksum-database protocols are read-only"
+        )))
+    }
+}
+
+fn has_go_get(query: &str) -> bool {
+    query.split('&').any(|kv| kv == "go-get=1")
+}
+
+/// Decodes `%XX` escapes. Encoded slashes and backslashes, malformed escapes, invalid UTF-8 and
+/// control characters are refused.
+pub fn percent_decode(raw: &str) -> Result<String, ClassifyError> {
+    let bad = |why: &str| ClassifyError::BadRequest(format!("invalid request path: {why}"));
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(bad("malformed percent escape"));
+            };
+            let v = (h * 16 + l) as u8;
+            if v == b'/' || v == b'\\' {
+                return Err(bad("encoded slash"));
+            }
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    let s = String::from_utf8(out).map_err(|_| bad("not UTF-8"))?;
+    if s.chars().any(|c| c.is_control()) {
+        return Err(bad("control character"));
+    }
+    if !s.starts_with('/') {
+        return Err(bad("must start with /"));
+    }
+    Ok(s)
+}
+
+fn classify_goproxy(path: &str) -> Result<Target, ClassifyError> {
+    let not_proxy = || {
+        ClassifyError::NotFound(format!("not found: {path:?} is not a GOPROXY protocol request"))
+    };
+    let p = &path[1..];
+    let (esc_module, op) = if let Some(i) = p.find("/@v/") {
+        let file = &p[i + 4..];
+        let op = if file == "list" {
+            ProxyOp::List
+        } else if let Some(v) = file.strip_suffix(".info") {
+            ProxyOp::Info(v.to_string())
+        } else if let Some(v) = file.strip_suffix(".mod") {
+            ProxyOp::Mod(v.to_string())
+        } else if let Some(v) = file.strip_suffix(".zip") {
+            ProxyOp::Zip(v.to_string())
+        } else {
+            return Err(not_proxy());
+        };
+        (&p[..i], op)
+    } else if let Some(m) = p.strip_suffix("/@latest") {
+        (m, ProxyOp::Latest)
+    } else {
+        return Err(not_proxy());
+    };
+    let module = ModulePath::from_escaped(esc_module)
+        .map_err(|e| ClassifyError::BadRequest(format!("invalid module path: {e}")))?;
+    let is_mod = matches!(op, ProxyOp::Mod(_));
+    let op = match op {
+        ProxyOp::Info(esc) => {
+            let v = unescape(&esc)?;
+            if version::is_canonical(&v) {
+                major_fits(&module, &v)?;
+                ProxyOp::Info(v)
+            } else {
+                ProxyOp::Query(v)
+            }
+        }
+        ProxyOp::Mod(esc) | ProxyOp::Zip(esc) => {
+            let v = unescape(&esc)?;
+            if !version::is_canonical(&v) {
+                return Err(ClassifyError::BadRequest(format!(
+                    "invalid version {v:?}: .mod and .zip need a canonical version"
+                )));
+            }
+            major_fits(&module, &v)?;
+            if is_mod { ProxyOp::Mod(v) } else { ProxyOp::Zip(v) }
+        }
+        other => other,
+    };
+    Ok(Target::GoProxy { module, op })
+}
+
+fn unescape(esc: &str) -> Result<String, ClassifyError> {
+    unescape_version(esc).map_err(|e| ClassifyError::BadRequest(format!("invalid version: {e}")))
+}
+
+fn major_fits(module: &ModulePath, v: &str) -> Result<(), ClassifyError> {
+    check_path_major(v, module.path_major())
+        .map_err(|e| ClassifyError::NotFound(format!("not found: {module}@{v}: invalid version: {e}")))
+}
+
+/// Parses a checksum-database operation path (after the DB's base). `None`: not a sumdb path.
+fn sumdb_op(rest: &str, under_proxy: bool) -> Option<Result<SumDbOp, ClassifyError>> {
+    if rest == "supported" && under_proxy {
+        return Some(Ok(SumDbOp::Supported));
+    }
+    if rest == "latest" {
+        return Some(Ok(SumDbOp::Latest));
+    }
+    if let Some(lookup) = rest.strip_prefix("lookup/") {
+        return Some(parse_lookup(lookup));
+    }
+    if rest.starts_with("tile/") {
+        return Some(Tile::parse(rest).map(SumDbOp::Tile).ok_or_else(|| {
+            ClassifyError::BadRequest(format!("invalid checksum database tile path {rest:?}"))
+        }));
+    }
+    None
+}
+
+fn parse_lookup(lookup: &str) -> Result<SumDbOp, ClassifyError> {
+    let bad = |why: String| ClassifyError::BadRequest(format!("invalid lookup {lookup:?}: {why}"));
+    let (esc_module, esc_version) = lookup
+        .split_once('@')
+        .ok_or_else(|| bad("want module@version".into()))?;
+    let module = ModulePath::from_escaped(esc_module).map_err(|e| bad(e.to_string()))?;
+    let v = unescape_version(esc_version).map_err(|e| bad(e.to_string()))?;
+    if !version::is_canonical(&v) {
+        return Err(bad("version is not canonical".into()));
+    }
+    Ok(SumDbOp::Lookup { module, version: v })
+}
+
+fn classify_git(host: &str, path: &str, query: Option<&str>) -> Option<Target> {
+    let service_q = query.and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("service="))
+            .and_then(|s| match s {
+                "git-upload-pack" => Some("git-upload-pack"),
+                "git-receive-pack" => Some("git-receive-pack"),
+                _ => None,
+            })
+    });
+    let (repo, service) = if let Some(repo) = path.strip_suffix("/info/refs") {
+        (repo, service_q?)
+    } else if let Some(repo) = path.strip_suffix("/git-upload-pack") {
+        (repo, "git-upload-pack")
+    } else if let Some(repo) = path.strip_suffix("/git-receive-pack") {
+        (repo, "git-receive-pack")
+    } else {
+        return None;
+    };
+    if repo.is_empty() {
+        return None;
+    }
+    Some(Target::Git {
+        repo: format!("{host}{repo}"),
+        service,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c() -> Classifier {
+        Classifier::new(
+            &["proxy.golang.org".into(), "goproxy.io".into()],
+            &["sum.golang.org".into()],
+        )
+    }
+
+    fn proxy(path: &str) -> Result<Target, ClassifyError> {
+        c().classify("proxy.golang.org", "GET", path, None)
+    }
+
+    fn gp(module: &str, op: ProxyOp) -> Target {
+        Target::GoProxy {
+            module: ModulePath::new(module).unwrap(),
+            op,
+        }
+    }
+
+    #[test]
+    fn goproxy_calls() {
+        let table = [
+            ("/golang.org/x/mod/@v/list", gp("golang.org/x/mod", ProxyOp::List)),
+            ("/golang.org/x/mod/@latest", gp("golang.org/x/mod", ProxyOp::Latest)),
+            (
+                "/github.com/%21azure/go-autorest/@v/v1.2.3.info",
+                gp("github.com/Azure/go-autorest", ProxyOp::Info("v1.2.3".into())),
+            ),
+            (
+                "/github.com/!azure/go-autorest/@v/v1.2.3.mod",
+                gp("github.com/Azure/go-autorest", ProxyOp::Mod("v1.2.3".into())),
+            ),
+            (
+                "/example.com/m/@v/v2.0.0+incompatible.zip",
+                gp("example.com/m", ProxyOp::Zip("v2.0.0+incompatible".into())),
+            ),
+            (
+                "/example.com/m/v2/@v/v2.1.0-!r!c1.zip",
+                gp("example.com/m/v2", ProxyOp::Zip("v2.1.0-RC1".into())),
+            ),
+            ("/example.com/m/@v/master.info", gp("example.com/m", ProxyOp::Query("master".into()))),
+            ("/example.com/m/@v/v1.2.info", gp("example.com/m", ProxyOp::Query("v1.2".into()))),
+            ("/example.com/m/@v/!feature.info", gp("example.com/m", ProxyOp::Query("Feature".into()))),
+            (
+                "/example.com/m/@v/v0.0.0-20200101000000-abcdefabcdef.info",
+                gp(
+                    "example.com/m",
+                    ProxyOp::Info("v0.0.0-20200101000000-abcdefabcdef".into()),
+                ),
+            ),
+        ];
+        for (path, want) in table {
+            assert_eq!(proxy(path).unwrap(), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn hostile_and_invalid_paths() {
+        let bad = [
+            "/example.com/../m/@v/list",
+            "/example.com/%2e%2e/m/@v/list",
+            "/example.com%2Fm/@v/list",
+            "/example.com%5cm/@v/list",
+            "/Example.com/m/@v/list",
+            "/example.com/M/@v/list",
+            "/example.com/!m!/@v/list",
+            "/example.com/!M/@v/list",
+            "/example.com/m%00/@v/list",
+            "/example.com/m\u{1}/@v/list",
+            "/example.com/m%ZZ/@v/list",
+            "/example.com/m%/@v/list",
+            "/example.com/com1/@v/list",
+            "/example.com/m/@v/v1.2.zip",
+            "/example.com/m/@v/master.mod",
+            "/example.com/m/@v/v1.0.0!.info",
+            "/example.com/m/@v/V1.0.0.mod",
+            "/example.com/m/@v/../../etc/passwd.info",
+            "/example.com/m/@v/a%2Fb.info",
+            "/localhost/m/@v/list",
+            "/example.com/m/v1/@v/list",
+            "/%ff/@v/list",
+        ];
+        for path in bad {
+            let r = proxy(path);
+            assert!(matches!(r, Err(ClassifyError::BadRequest(_))), "{path}: {r:?}");
+        }
+        let long = format!("/example.com/{}/@v/list", "a".repeat(100));
+        assert!(proxy(&long).is_ok());
+        // Well-formed but impossible: 404 so GOPROXY lists fall through.
+        for path in ["/example.com/m/@v/v2.0.0.mod", "/example.com/m/v2/@v/v1.0.0.zip", "/", "/favicon.ico", "/example.com/m/@v/foo"] {
+            let r = proxy(path);
+            assert!(matches!(r, Err(ClassifyError::NotFound(_))), "{path}: {r:?}");
+        }
+        assert!(matches!(
+            c().classify("proxy.golang.org", "POST", "/example.com/m/@v/list", None),
+            Err(ClassifyError::Method(_))
+        ));
+    }
+
+    #[test]
+    fn sumdb_calls() {
+        let cl = c();
+        let lookup = cl
+            .classify("sum.golang.org", "GET", "/lookup/github.com/!azure/x@v1.0.0", None)
+            .unwrap();
+        assert_eq!(
+            lookup,
+            Target::SumDb {
+                db: "sum.golang.org".into(),
+                op: SumDbOp::Lookup {
+                    module: ModulePath::new("github.com/Azure/x").unwrap(),
+                    version: "v1.0.0".into()
+                }
+            }
+        );
+        let t = cl
+            .classify("proxy.golang.org", "GET", "/sumdb/sum.golang.org/tile/8/0/x004/822.p/3", None)
+            .unwrap();
+        assert!(matches!(t, Target::SumDb { op: SumDbOp::Tile(t), .. } if !t.is_full()));
+        assert_eq!(
+            cl.classify("proxy.golang.org", "GET", "/sumdb/sum.golang.org/supported", None).unwrap(),
+            Target::SumDb { db: "sum.golang.org".into(), op: SumDbOp::Supported }
+        );
+        assert_eq!(
+            cl.classify("sum.golang.org", "GET", "/latest", None).unwrap(),
+            Target::SumDb { db: "sum.golang.org".into(), op: SumDbOp::Latest }
+        );
+        // `supported` exists only under a proxy.
+        assert!(matches!(cl.classify("sum.golang.org", "GET", "/supported", None), Err(ClassifyError::NotFound(_))));
+        assert!(matches!(
+            cl.classify("proxy.golang.org", "GET", "/sumdb/sum.other.org/supported", None),
+            Err(ClassifyError::NotFound(_))
+        ));
+        for bad in ["/lookup/x.com/m", "/lookup/x.com/m@master", "/lookup/X.com/m@v1.0.0", "/tile/8/0/4822"] {
+            assert!(
+                matches!(cl.classify("sum.golang.org", "GET", bad, None), Err(ClassifyError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn go_get_and_git() {
+        let cl = c();
+        assert_eq!(
+            cl.classify("git.corp.example", "GET", "/team/lib/pkg", Some("go-get=1")).unwrap(),
+            Target::GoGet { path: "git.corp.example/team/lib/pkg".into() }
+        );
+        assert_eq!(
+            cl.classify("git.corp.example", "GET", "/team/lib.git/info/refs", Some("service=git-upload-pack"))
+                .unwrap(),
+            Target::Git { repo: "git.corp.example/team/lib.git".into(), service: "git-upload-pack" }
+        );
+        assert_eq!(
+            cl.classify("git.corp.example", "POST", "/team/lib/git-upload-pack", None).unwrap(),
+            Target::Git { repo: "git.corp.example/team/lib".into(), service: "git-upload-pack" }
+        );
+        assert_eq!(
+            cl.classify("git.corp.example", "GET", "/team/lib/info/refs", None).unwrap(),
+            Target::Other
+        );
+        assert_eq!(cl.classify("git.corp.example", "GET", "/", None).unwrap(), Target::Other);
+        assert!(cl.classify("git.corp.example", "GET", "/a b", Some("go-get=1")).is_err());
+    }
+}

@@ -1,0 +1,371 @@
+//! `route`: from a [`Target`] and the private-module rules to the [`Route`] a request takes.
+//!
+//! This is the one place the never-leak invariant is decided: [`PublicFetch`] and
+//! [`SumDbFetch`], the only routes that reach public upstreams, can be constructed only here, and
+//! only for module paths that match no private pattern. Pure.
+
+use crate::gomod::path::ModulePath;
+use crate::policy::classify::{ProxyOp, SumDbOp, Target};
+use crate::policy::patterns::Patterns;
+
+/// How long a cached answer stays valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheClass {
+    /// Never changes once served (`.mod`, `.zip`, canonical `.info`, sumdb lookups, full tiles).
+    Immutable,
+    /// May change (`list`, `@latest`, queries, partial tiles, `/latest`): TTL, stale on error.
+    Mutable,
+}
+
+impl CacheClass {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CacheClass::Immutable => "immutable",
+            CacheClass::Mutable => "mutable",
+        }
+    }
+}
+
+/// What kind of bytes an entry holds; decides content type and validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    Text,
+    Json,
+    Zip,
+    Binary,
+}
+
+impl Content {
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Content::Text => "text/plain; charset=utf-8",
+            Content::Json => "application/json",
+            Content::Zip => "application/zip",
+            Content::Binary => "application/octet-stream",
+        }
+    }
+}
+
+/// A GOPROXY call for a public module: served from the cache or the public upstream list.
+/// Constructed only by [`route`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicFetch {
+    module: ModulePath,
+    op: ProxyOp,
+    key: String,
+    upstream_path: String,
+}
+
+impl PublicFetch {
+    pub fn module(&self) -> &ModulePath {
+        &self.module
+    }
+    pub fn op(&self) -> &ProxyOp {
+        &self.op
+    }
+    /// Cache key (a relative, validated path).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// Path to append to each upstream GOPROXY base URL.
+    pub fn upstream_path(&self) -> &str {
+        &self.upstream_path
+    }
+    pub fn class(&self) -> CacheClass {
+        match self.op {
+            ProxyOp::Info(_) | ProxyOp::Mod(_) | ProxyOp::Zip(_) => CacheClass::Immutable,
+            ProxyOp::List | ProxyOp::Query(_) | ProxyOp::Latest => CacheClass::Mutable,
+        }
+    }
+    pub fn content(&self) -> Content {
+        match self.op {
+            ProxyOp::List | ProxyOp::Mod(_) => Content::Text,
+            ProxyOp::Info(_) | ProxyOp::Query(_) | ProxyOp::Latest => Content::Json,
+            ProxyOp::Zip(_) => Content::Zip,
+        }
+    }
+}
+
+/// A checksum-database call for a configured database. Constructed only by [`route`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SumDbFetch {
+    db: String,
+    op: SumDbOp,
+    key: String,
+    upstream_path: String,
+}
+
+impl SumDbFetch {
+    pub fn db(&self) -> &str {
+        &self.db
+    }
+    pub fn op(&self) -> &SumDbOp {
+        &self.op
+    }
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// Path to append to the database's base URL.
+    pub fn upstream_path(&self) -> &str {
+        &self.upstream_path
+    }
+    pub fn class(&self) -> CacheClass {
+        match &self.op {
+            SumDbOp::Lookup { .. } => CacheClass::Immutable,
+            SumDbOp::Tile(t) if t.is_full() => CacheClass::Immutable,
+            _ => CacheClass::Mutable,
+        }
+    }
+    pub fn content(&self) -> Content {
+        match &self.op {
+            SumDbOp::Tile(t) if t.l >= 0 => Content::Binary,
+            _ => Content::Text,
+        }
+    }
+}
+
+/// The way a request is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Public module: cache, then the upstream GOPROXY list.
+    Public(PublicFetch),
+    /// Checksum database: cache, then the database.
+    SumDb(SumDbFetch),
+    /// `/sumdb/<name>/supported` for a configured database: answered locally with 200.
+    SumDbSupported,
+    /// A private module path: answered locally, never forwarded.
+    PrivateRefused {
+        /// The matching private pattern.
+        rule: String,
+        /// Bounded label: goproxy, sumdb, goget or git.
+        kind: &'static str,
+        /// 404 text for the go command's user.
+        message: String,
+    },
+    /// Non-module traffic on an intercepted host: forwarded unchanged.
+    Forward,
+}
+
+impl Route {
+    /// Bounded label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Public(_) => "public",
+            Route::SumDb(_) => "sumdb",
+            Route::SumDbSupported => "sumdb",
+            Route::PrivateRefused { .. } => "private_refused",
+            Route::Forward => "forward",
+        }
+    }
+}
+
+/// The rules `route` applies.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    pub private: Patterns,
+}
+
+/// Decides the route for `target`.
+pub fn route(target: &Target, rules: &Rules) -> Route {
+    if let Some(path) = target.module_path()
+        && let Some(rule) = rules.private.matching(path)
+    {
+        return private_refusal(target, path, rule);
+    }
+    match target {
+        Target::GoProxy { module, op } => {
+            let esc = module.escaped();
+            let tail = match op {
+                ProxyOp::List => "@v/list".to_string(),
+                ProxyOp::Latest => "@latest".to_string(),
+                ProxyOp::Info(v) | ProxyOp::Query(v) => format!("@v/{}.info", escape_v(v)),
+                ProxyOp::Mod(v) => format!("@v/{}.mod", escape_v(v)),
+                ProxyOp::Zip(v) => format!("@v/{}.zip", escape_v(v)),
+            };
+            Route::Public(PublicFetch {
+                module: module.clone(),
+                op: op.clone(),
+                key: format!("mod/{esc}/{tail}"),
+                upstream_path: go_path_escape(&format!("/{esc}/{tail}")),
+            })
+        }
+        Target::SumDb {
+            op: SumDbOp::Supported,
+            ..
+        } => Route::SumDbSupported,
+        Target::SumDb { db, op } => {
+            let tail = match op {
+                SumDbOp::Latest => "latest".to_string(),
+                SumDbOp::Lookup { module, version } => {
+                    format!("lookup/{}@{}", module.escaped(), escape_v(version))
+                }
+                SumDbOp::Tile(t) => t.path(),
+                SumDbOp::Supported => unreachable!("handled above"),
+            };
+            Route::SumDb(SumDbFetch {
+                db: db.clone(),
+                op: op.clone(),
+                key: format!("sumdb/{db}/{tail}"),
+                upstream_path: go_path_escape(&format!("/{tail}")),
+            })
+        }
+        Target::GoGet { .. } | Target::Git { .. } | Target::Other => Route::Forward,
+    }
+}
+
+fn escape_v(v: &str) -> String {
+    crate::gomod::path::escape_version(v).unwrap_or_else(|_| v.to_string())
+}
+
+fn private_refusal(target: &Target, path: &str, rule: &str) -> Route {
+    let (kind, message) = match target {
+        Target::SumDb { .. } => (
+            "sumdb",
+            format!(
+                "not found: {path} is private (matches {rule:?}) and is never looked up in a public checksum database; add the pattern to GONOSUMDB (or GOPRIVATE)"
+            ),
+        ),
+        Target::GoGet { .. } => (
+            "goget",
+            format!(
+                "not found: {path} is private (matches {rule:?}); modgate answers discovery for private modules only through a configured private route"
+            ),
+        ),
+        Target::Git { .. } => (
+            "git",
+            format!(
+                "not found: {path} is private (matches {rule:?}); modgate forwards git for private modules only through a configured private route"
+            ),
+        ),
+        _ => (
+            "goproxy",
+            format!(
+                "not found: {path} is private (matches {rule:?}) and is never fetched from a public proxy; modgate serves private modules through a configured private route, or set GOPRIVATE so the go command fetches it directly"
+            ),
+        ),
+    };
+    Route::PrivateRefused {
+        rule: rule.to_string(),
+        kind,
+        message,
+    }
+}
+
+/// Go's path escaping for URLs (`url.PathEscape` with slashes kept): unreserved characters and
+/// `$&+,/:;=@` stay, everything else is `%XX` (so `!` is sent as `%21`, like the go command).
+pub fn go_path_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let keep = b.is_ascii_alphanumeric() || b"-_.~$&+,/:;=@".contains(&b);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::classify::Classifier;
+
+    fn rules(p: &[&str]) -> Rules {
+        Rules {
+            private: Patterns::parse(p.iter().copied()).unwrap(),
+        }
+    }
+
+    fn classify(host: &str, path: &str, q: Option<&str>) -> Target {
+        Classifier::new(&["proxy.golang.org".into()], &["sum.golang.org".into()])
+            .classify(host, "GET", path, q)
+            .unwrap()
+    }
+
+    #[test]
+    fn public_goproxy_routes_carry_key_and_upstream_path() {
+        let t = classify("proxy.golang.org", "/github.com/%21azure/x/@v/v1.0.0-!r!c1.zip", None);
+        let Route::Public(f) = route(&t, &rules(&[])) else { panic!() };
+        assert_eq!(f.key(), "mod/github.com/!azure/x/@v/v1.0.0-!r!c1.zip");
+        assert_eq!(f.upstream_path(), "/github.com/%21azure/x/@v/v1.0.0-%21r%21c1.zip");
+        assert_eq!(f.class(), CacheClass::Immutable);
+        assert_eq!(f.content(), Content::Zip);
+        let t = classify("proxy.golang.org", "/x.com/m/@v/list", None);
+        let Route::Public(f) = route(&t, &rules(&[])) else { panic!() };
+        assert_eq!(f.class(), CacheClass::Mutable);
+        let t = classify("proxy.golang.org", "/x.com/m/@v/v2.0.0+incompatible.info", None);
+        let Route::Public(f) = route(&t, &rules(&[])) else { panic!() };
+        assert_eq!(f.upstream_path(), "/x.com/m/@v/v2.0.0+incompatible.info");
+        assert_eq!(f.class(), CacheClass::Immutable);
+    }
+
+    #[test]
+    fn sumdb_routes() {
+        let t = classify("sum.golang.org", "/tile/8/0/x004/822", None);
+        let Route::SumDb(f) = route(&t, &rules(&[])) else { panic!() };
+        assert_eq!(f.key(), "sumdb/sum.golang.org/tile/8/0/x004/822");
+        assert_eq!(f.class(), CacheClass::Immutable);
+        assert_eq!(f.content(), Content::Binary);
+        let t = classify("sum.golang.org", "/tile/8/0/x004/822.p/7", None);
+        let Route::SumDb(f) = route(&t, &rules(&[])) else { panic!() };
+        assert_eq!(f.class(), CacheClass::Mutable);
+        let t = classify("sum.golang.org", "/latest", None);
+        assert!(matches!(route(&t, &rules(&[])), Route::SumDb(f) if f.class() == CacheClass::Mutable));
+        let t = classify("proxy.golang.org", "/sumdb/sum.golang.org/supported", None);
+        assert_eq!(route(&t, &rules(&[])), Route::SumDbSupported);
+    }
+
+    /// Never-leak: every request shape that names a private path is refused locally.
+    #[test]
+    fn private_paths_never_reach_a_public_route() {
+        let r = rules(&["*.corp.example", "github.com/acme/*"]);
+        let private_modules = ["git.corp.example/team/lib", "github.com/acme/tool/v2", "a.b.corp.example/x"];
+        for m in private_modules {
+            let esc = crate::gomod::path::escape_path(m).unwrap();
+            let requests = [
+                ("proxy.golang.org", format!("/{esc}/@v/list"), None, "goproxy"),
+                ("proxy.golang.org", format!("/{esc}/@latest"), None, "goproxy"),
+                ("proxy.golang.org", format!("/{esc}/@v/main.info"), None, "goproxy"),
+                ("proxy.golang.org", format!("/{esc}/@v/v2.0.0.mod"), None, "goproxy"),
+                ("proxy.golang.org", format!("/{esc}/@v/v2.0.0.zip"), None, "goproxy"),
+                ("proxy.golang.org", format!("/sumdb/sum.golang.org/lookup/{esc}@v2.0.0"), None, "sumdb"),
+                ("sum.golang.org", format!("/lookup/{esc}@v2.0.0"), None, "sumdb"),
+            ];
+            for (host, path, q, kind) in requests {
+                let Ok(t) = Classifier::new(&["proxy.golang.org".into()], &["sum.golang.org".into()])
+                    .classify(host, "GET", &path, q)
+                else {
+                    continue; // invalid for this module's major version: answered 404 locally
+                };
+                match route(&t, &r) {
+                    Route::PrivateRefused { kind: k, message, .. } => {
+                        assert_eq!(k, kind, "{host}{path}");
+                        assert!(message.starts_with("not found: "), "{message}");
+                    }
+                    other => panic!("{host}{path} leaked to {other:?}"),
+                }
+            }
+            let host = m.split('/').next().unwrap();
+            let rest = &m[host.len()..];
+            let t = classify(host, rest, Some("go-get=1"));
+            assert!(matches!(route(&t, &r), Route::PrivateRefused { kind: "goget", .. }), "{m}");
+            let t = classify(host, &format!("{rest}.git/info/refs"), Some("service=git-upload-pack"));
+            assert!(matches!(route(&t, &r), Route::PrivateRefused { kind: "git", .. }), "{m}");
+        }
+        // The sumdb refusal tells the user what to do.
+        let t = classify("sum.golang.org", "/lookup/git.corp.example/x@v1.0.0", None);
+        let Route::PrivateRefused { message, .. } = route(&t, &r) else { panic!() };
+        assert!(message.contains("GONOSUMDB"));
+        // Public neighbours still go out.
+        let t = classify("proxy.golang.org", "/github.com/acmeco/tool/@v/list", None);
+        assert!(matches!(route(&t, &r), Route::Public(_)));
+    }
+
+    #[test]
+    fn go_path_escape_matches_go() {
+        assert_eq!(go_path_escape("/github.com/!azure/x@v1.0.0"), "/github.com/%21azure/x@v1.0.0");
+        assert_eq!(go_path_escape("/a b/#?%"), "/a%20b/%23%3F%25");
+        assert_eq!(go_path_escape("/x/@v/v2.0.0+incompatible.zip"), "/x/@v/v2.0.0+incompatible.zip");
+    }
+}

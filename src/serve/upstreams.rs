@@ -1,0 +1,92 @@
+//! The public GOPROXY list and how it is walked: `,` falls through to the next entry on
+//! not-found (404/410), `|` on any error, the last entry never falls through, and `off` ends the
+//! list with not-found — the go command's rules (reference §1.1, §1.7).
+
+use crate::proxy::upstream::BaseUrl;
+
+/// One entry of the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Proxy {
+        base: BaseUrl,
+        /// The separator after this entry was `|`: fall through on any error.
+        on_any_error: bool,
+    },
+    Off,
+}
+
+/// A parsed GOPROXY list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoProxyList {
+    entries: Vec<Entry>,
+}
+
+impl GoProxyList {
+    /// Parses GOPROXY syntax. `direct` is refused: modgate itself fetches public modules only
+    /// from proxies.
+    pub fn parse(list: &str) -> Result<GoProxyList, String> {
+        let mut entries = vec![];
+        let mut rest = list;
+        while !rest.is_empty() {
+            let (item, sep, next) = match rest.find([',', '|']) {
+                Some(i) => (&rest[..i], rest.as_bytes()[i], &rest[i + 1..]),
+                None => (rest, b',', ""),
+            };
+            rest = next;
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            match item {
+                "off" => {
+                    entries.push(Entry::Off);
+                    break;
+                }
+                "direct" => {
+                    return Err(
+                        "\"direct\" is not supported: list proxy URLs (and \"off\")".to_string()
+                    );
+                }
+                _ => {}
+            }
+            let url = if item.contains(['.', ':', '/']) && !item.contains(":/") {
+                format!("https://{item}")
+            } else {
+                item.to_string()
+            };
+            let base = BaseUrl::parse(&url)?;
+            entries.push(Entry::Proxy {
+                base,
+                on_any_error: sep == b'|',
+            });
+        }
+        if entries.is_empty() {
+            return Err("the list contains no entries".into());
+        }
+        Ok(GoProxyList { entries })
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_like_the_go_command() {
+        let l = GoProxyList::parse(" https://a.example ,b.example:8443|https://c.example/p/ ,off,https://ignored").unwrap();
+        let e = l.entries();
+        assert_eq!(e.len(), 4);
+        assert!(matches!(&e[0], Entry::Proxy { base, on_any_error: false } if base.to_string() == "https://a.example"));
+        assert!(matches!(&e[1], Entry::Proxy { base, on_any_error: true } if base.to_string() == "https://b.example:8443"));
+        assert!(matches!(&e[2], Entry::Proxy { base, on_any_error: false } if base.to_string() == "https://c.example/p"));
+        assert_eq!(e[3], Entry::Off);
+        assert!(GoProxyList::parse("direct").is_err());
+        assert!(GoProxyList::parse(",").is_err());
+        assert!(GoProxyList::parse("foo").is_err());
+        assert!(GoProxyList::parse("file:///srv/goproxy").is_err());
+    }
+}
