@@ -21,6 +21,7 @@ pub mod gomod;
 pub mod policy;
 pub mod proxy;
 pub mod serve;
+pub mod store;
 pub mod telemetry;
 
 use std::collections::HashMap;

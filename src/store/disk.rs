@@ -1,0 +1,409 @@
+//! The on-disk cache: one file per entry under `<data>/cache/<key>`, written to `<data>/tmp`,
+//! fsynced and renamed into place, so a crash never leaves a partial entry that is later served.
+//! An in-memory index (rebuilt by scanning the directory at start) tracks sizes and use order and
+//! evicts the least recently used entries beyond the size bound.
+//!
+//! Keys are relative paths made by `policy::route` from validated module paths and versions; this
+//! module additionally refuses any key with an empty, `.` or `..` component. Freshness is the
+//! file's modification time; not-found answers are entries whose key ends in `.notfound`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use prometheus::{IntCounter, IntGauge};
+
+/// Suffix of not-found entries.
+pub const NOT_FOUND_SUFFIX: &str = ".notfound";
+
+/// Cache failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid cache key {0:?}")]
+    BadKey(String),
+    #[error("cache I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("entry rejected: {0}")]
+    Rejected(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Gauges and counters the cache keeps current.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    pub bytes: IntGauge,
+    pub entries: IntGauge,
+    pub evictions: IntCounter,
+    pub errors: IntCounter,
+}
+
+/// A cached entry as found.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub path: PathBuf,
+    pub len: u64,
+    pub modified: SystemTime,
+}
+
+impl Found {
+    /// Time since the entry was written (zero if the clock went backwards).
+    pub fn age(&self) -> std::time::Duration {
+        SystemTime::now()
+            .duration_since(self.modified)
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    /// key -> (size, tick of last use)
+    entries: HashMap<String, (u64, u64)>,
+    /// tick -> key, oldest first
+    order: BTreeMap<u64, String>,
+    tick: u64,
+    bytes: u64,
+}
+
+impl Index {
+    fn touch(&mut self, key: &str) -> bool {
+        let Some((_, t)) = self.entries.get_mut(key) else {
+            return false;
+        };
+        self.order.remove(t);
+        self.tick += 1;
+        *t = self.tick;
+        self.order.insert(self.tick, key.to_string());
+        true
+    }
+
+    fn insert(&mut self, key: &str, size: u64) {
+        self.remove(key);
+        self.tick += 1;
+        self.entries.insert(key.to_string(), (size, self.tick));
+        self.order.insert(self.tick, key.to_string());
+        self.bytes += size;
+    }
+
+    fn remove(&mut self, key: &str) -> bool {
+        if let Some((size, t)) = self.entries.remove(key) {
+            self.order.remove(&t);
+            self.bytes -= size;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn oldest(&self) -> Option<String> {
+        self.order.values().next().cloned()
+    }
+}
+
+/// The disk cache.
+#[derive(Debug)]
+pub struct DiskCache {
+    root: PathBuf,
+    tmp: PathBuf,
+    max_bytes: u64,
+    index: Mutex<Index>,
+    metrics: StoreMetrics,
+}
+
+impl DiskCache {
+    /// Opens (creating) the cache under `data_dir`, removes leftover temporary files, and
+    /// rebuilds the index from the files present (oldest modification first).
+    pub fn open(data_dir: &Path, max_bytes: u64, metrics: StoreMetrics) -> Result<DiskCache, StoreError> {
+        let root = data_dir.join("cache");
+        let tmp = data_dir.join("tmp");
+        fs::create_dir_all(&root).map_err(io_err(&root))?;
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        }
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        let mut found = vec![];
+        scan(&root, &root, &mut found).map_err(io_err(&root))?;
+        found.sort_by_key(|(_, _, mtime)| *mtime);
+        let mut index = Index::default();
+        for (key, size, _) in found {
+            index.insert(&key, size);
+        }
+        let cache = DiskCache {
+            root,
+            tmp,
+            max_bytes,
+            index: Mutex::new(index),
+            metrics,
+        };
+        cache.evict();
+        cache.publish();
+        Ok(cache)
+    }
+
+    fn publish(&self) {
+        let idx = self.index.lock().expect("index poisoned");
+        self.metrics.bytes.set(idx.bytes as i64);
+        self.metrics.entries.set(idx.entries.len() as i64);
+    }
+
+    /// Number of entries and bytes held.
+    pub fn usage(&self) -> (usize, u64) {
+        let idx = self.index.lock().expect("index poisoned");
+        (idx.entries.len(), idx.bytes)
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
+        if key.is_empty()
+            || key.starts_with('/')
+            || key.contains('\0')
+            || key.contains('\\')
+            || key.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(StoreError::BadKey(key.to_string()));
+        }
+        Ok(self.root.join(key))
+    }
+
+    /// The entry for `key`, marking it used. Entries that vanished from disk are dropped.
+    pub fn get(&self, key: &str) -> Option<Found> {
+        let path = self.path_of(key).ok()?;
+        if !self.index.lock().expect("index poisoned").touch(key) {
+            return None;
+        }
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Some(Found {
+                path,
+                len: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            }),
+            _ => {
+                self.index.lock().expect("index poisoned").remove(key);
+                self.publish();
+                None
+            }
+        }
+    }
+
+    /// Starts writing a new version of `key` into a temporary file.
+    pub fn begin(self: &Arc<Self>, key: &str) -> Result<PendingEntry, StoreError> {
+        let dest = self.path_of(key)?;
+        let name: [u8; 12] = rand::random();
+        let tmp_path = self.tmp.join(name.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp_path)
+            .map_err(io_err(&tmp_path))?;
+        Ok(PendingEntry {
+            cache: self.clone(),
+            key: key.to_string(),
+            dest,
+            tmp_path,
+            file: Some(file),
+            len: 0,
+        })
+    }
+
+    /// Stores a small entry in one step.
+    pub fn put(self: &Arc<Self>, key: &str, data: &[u8]) -> Result<(), StoreError> {
+        let mut p = self.begin(key)?;
+        p.write(data)?;
+        p.commit(|_| Ok(()))
+    }
+
+    /// Removes `key` (and its file).
+    pub fn remove(&self, key: &str) {
+        if let Ok(path) = self.path_of(key) {
+            let _ = fs::remove_file(path);
+        }
+        self.index.lock().expect("index poisoned").remove(key);
+        self.publish();
+    }
+
+    fn committed(&self, key: &str, len: u64) {
+        self.index.lock().expect("index poisoned").insert(key, len);
+        self.evict();
+        self.publish();
+    }
+
+    /// Removes least recently used entries until the size bound holds.
+    pub fn evict(&self) {
+        loop {
+            let victim = {
+                let idx = self.index.lock().expect("index poisoned");
+                if idx.bytes <= self.max_bytes {
+                    break;
+                }
+                idx.oldest()
+            };
+            let Some(key) = victim else { break };
+            if let Ok(path) = self.path_of(&key) {
+                let _ = fs::remove_file(path);
+            }
+            self.index.lock().expect("index poisoned").remove(&key);
+            self.metrics.evictions.inc();
+            tracing::debug!(key, "evicted");
+        }
+        self.publish();
+    }
+
+    /// Counts a failed cache write.
+    pub fn count_error(&self) {
+        self.metrics.errors.inc();
+    }
+}
+
+fn scan(root: &Path, dir: &Path, out: &mut Vec<(String, u64, SystemTime)>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        let path = entry.path();
+        if ft.is_dir() {
+            scan(root, &path, out)?;
+        } else if ft.is_file() {
+            let meta = entry.metadata()?;
+            let Ok(rel) = path.strip_prefix(root) else { continue };
+            let Some(key) = rel.to_str() else { continue };
+            out.push((
+                key.to_string(),
+                meta.len(),
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An entry being written. Dropping it without [`commit`](PendingEntry::commit) discards it.
+#[derive(Debug)]
+pub struct PendingEntry {
+    cache: Arc<DiskCache>,
+    key: String,
+    dest: PathBuf,
+    tmp_path: PathBuf,
+    file: Option<File>,
+    len: u64,
+}
+
+impl PendingEntry {
+    /// Appends `data` (blocking; call from a blocking context for large writes).
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let file = self.file.as_mut().expect("file present until commit");
+        file.write_all(data).map_err(io_err(&self.tmp_path))?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Fsyncs, runs `validate` on the complete file, then renames it into place atomically.
+    pub fn commit(
+        mut self,
+        validate: impl FnOnce(&File) -> Result<(), String>,
+    ) -> Result<(), StoreError> {
+        let file = self.file.take().expect("file present until commit");
+        file.sync_all().map_err(io_err(&self.tmp_path))?;
+        validate(&file).map_err(StoreError::Rejected)?;
+        drop(file);
+        if let Some(parent) = self.dest.parent() {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        fs::rename(&self.tmp_path, &self.dest).map_err(io_err(&self.dest))?;
+        if let Some(parent) = self.dest.parent()
+            && let Ok(dir) = File::open(parent)
+        {
+            let _ = dir.sync_all();
+        }
+        self.cache.committed(&self.key, self.len);
+        Ok(())
+    }
+}
+
+impl Drop for PendingEntry {
+    fn drop(&mut self) {
+        if self.file.is_some() || self.tmp_path.exists() {
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> StoreMetrics {
+        StoreMetrics {
+            bytes: IntGauge::new("b", "b").unwrap(),
+            entries: IntGauge::new("e", "e").unwrap(),
+            evictions: IntCounter::new("v", "v").unwrap(),
+            errors: IntCounter::new("r", "r").unwrap(),
+        }
+    }
+
+    #[test]
+    fn put_get_and_reject() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap());
+        c.put("mod/x.com/m/@v/list", b"v1.0.0\n").unwrap();
+        let f = c.get("mod/x.com/m/@v/list").unwrap();
+        assert_eq!(std::fs::read(&f.path).unwrap(), b"v1.0.0\n");
+        assert!(c.get("mod/x.com/m/@v/other").is_none());
+        for bad in ["../x", "a/../b", "/abs", "a//b", "", "a/./b"] {
+            assert!(matches!(c.begin(bad), Err(StoreError::BadKey(_))), "{bad}");
+        }
+        let mut p = c.begin("mod/x.com/m/@v/v1.0.0.zip").unwrap();
+        p.write(b"bad").unwrap();
+        assert!(p.commit(|_| Err("corrupt".into())).is_err());
+        assert!(c.get("mod/x.com/m/@v/v1.0.0.zip").is_none());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "no temp file left");
+    }
+
+    #[test]
+    fn uncommitted_writes_are_never_visible_and_tmp_is_cleared_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap());
+        let mut p = c.begin("k/a").unwrap();
+        p.write(b"partial").unwrap();
+        std::mem::forget(p); // as if the process died here
+        assert!(c.get("k/a").is_none());
+        let again = DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap();
+        assert!(again.get("k/a").is_none());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn evicts_least_recently_used_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(DiskCache::open(dir.path(), 300, metrics()).unwrap());
+        c.put("k/a", &[0; 100]).unwrap();
+        c.put("k/b", &[0; 100]).unwrap();
+        c.put("k/c", &[0; 100]).unwrap();
+        assert!(c.get("k/a").is_some()); // a is now the most recently used
+        c.put("k/d", &[0; 100]).unwrap(); // over the bound: b goes
+        assert!(c.get("k/b").is_none());
+        assert!(c.get("k/a").is_some() && c.get("k/c").is_some() && c.get("k/d").is_some());
+        assert_eq!(c.usage(), (3, 300));
+        drop(c);
+        let c = DiskCache::open(dir.path(), 300, metrics()).unwrap();
+        assert_eq!(c.usage(), (3, 300));
+        assert!(c.get("k/a").is_some());
+    }
+}
