@@ -281,7 +281,10 @@ pub struct SumDbConfig {
 impl Default for SumDbConfig {
     fn default() -> Self {
         SumDbConfig {
-            dbs: BTreeMap::from([("sum.golang.org".to_string(), "https://sum.golang.org".to_string())]),
+            dbs: BTreeMap::from([(
+                "sum.golang.org".to_string(),
+                "https://sum.golang.org".to_string(),
+            )]),
         }
     }
 }
@@ -450,13 +453,23 @@ impl Config {
         for (name, url) in &self.sumdb.dbs {
             let key = format!("sumdb.dbs.\"{name}\"");
             let host = name.split('/').next().unwrap_or_default();
-            if !crate::proxy::listener::valid_host(host) || name.contains(['+', ' ']) || name.ends_with('/') {
-                return Err(ConfigError::invalid(&key, "name must look like host[/path]"));
+            if !crate::proxy::listener::valid_host(host)
+                || name.contains(['+', ' '])
+                || name.ends_with('/')
+            {
+                return Err(ConfigError::invalid(
+                    &key,
+                    "name must look like host[/path]",
+                ));
             }
-            crate::proxy::upstream::BaseUrl::parse(url).map_err(|e| ConfigError::invalid(&key, e))?;
+            crate::proxy::upstream::BaseUrl::parse(url)
+                .map_err(|e| ConfigError::invalid(&key, e))?;
         }
         if self.cache.max_size.as_u64() < 1024 * 1024 {
-            return Err(ConfigError::invalid("cache.max_size", "must be at least 1MiB"));
+            return Err(ConfigError::invalid(
+                "cache.max_size",
+                "must be at least 1MiB",
+            ));
         }
         nonzero("cache.mutable_ttl", self.cache.mutable_ttl)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
@@ -527,9 +540,16 @@ mod tests {
     #[test]
     fn private_accepts_a_string_or_a_list() {
         let one = parse("[modules]\nprivate = \"*.corp.example,github.com/acme\"\n").unwrap();
-        assert_eq!(one.modules.private.entries(), vec!["*.corp.example,github.com/acme"]);
-        let many = parse("[modules]\nprivate = [\"*.corp.example\", \"github.com/acme\"]\n").unwrap();
-        assert_eq!(many.modules.private.entries(), vec!["*.corp.example", "github.com/acme"]);
+        assert_eq!(
+            one.modules.private.entries(),
+            vec!["*.corp.example,github.com/acme"]
+        );
+        let many =
+            parse("[modules]\nprivate = [\"*.corp.example\", \"github.com/acme\"]\n").unwrap();
+        assert_eq!(
+            many.modules.private.entries(),
+            vec!["*.corp.example", "github.com/acme"]
+        );
     }
 
     #[test]
@@ -570,9 +590,15 @@ mod tests {
             ("[log]\nformat = \"xml\"\n", "log.format:"),
             ("[modules]\nprivate = \"ok.com,bad[\"\n", "modules.private:"),
             ("[modules]\nupstream = \"ftp://x\"\n", "modules.upstream:"),
-            ("[modules]\nproxy_hosts = [\"a b\"]\n", "modules.proxy_hosts[0]:"),
+            (
+                "[modules]\nproxy_hosts = [\"a b\"]\n",
+                "modules.proxy_hosts[0]:",
+            ),
             ("[cache]\nmax_size = \"lots\"\n", "cache.max_size:"),
-            ("[sumdb.dbs]\n\"sum.x.org\" = \"nope\"\n", "sumdb.dbs.\"sum.x.org\":"),
+            (
+                "[sumdb.dbs]\n\"sum.x.org\" = \"nope\"\n",
+                "sumdb.dbs.\"sum.x.org\":",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(text).unwrap_err().to_string();

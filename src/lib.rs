@@ -34,10 +34,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::policy::egress::{EgressPolicy, normalize_host};
+use crate::policy::Policy;
+use crate::policy::egress::normalize_host;
 use crate::proxy::auth::ProxyAuth;
 use crate::proxy::ca::{CertAuthority, LeafCache};
 use crate::proxy::upstream::{BaseUrl, UpstreamClient};
+use crate::serve::cached::FillOutcome;
+use crate::serve::upstreams::GoProxyList;
+use crate::store::disk::DiskCache;
+use crate::store::flight::Flights;
 use crate::telemetry::metrics::Metrics;
 
 /// Everything a connection needs, shared by all of them.
@@ -47,10 +52,16 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub ca: Arc<CertAuthority>,
     pub leaves: LeafCache,
-    pub egress: EgressPolicy,
+    pub policy: Policy,
     pub auth: Option<ProxyAuth>,
     pub upstream: UpstreamClient,
     overrides: HashMap<String, BaseUrl>,
+    /// The public GOPROXY list.
+    pub public_upstreams: GoProxyList,
+    /// Checksum-database name -> base URL.
+    pub sumdbs: HashMap<String, BaseUrl>,
+    pub cache: Arc<DiskCache>,
+    pub flights: Arc<Flights<FillOutcome>>,
     /// Cancelled when the gateway starts shutting down.
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
@@ -60,9 +71,14 @@ pub struct State {
 impl State {
     /// Where requests for `host:port` go: its override, or `https://host:port`.
     pub fn upstream_base(&self, host: &str, port: u16) -> Result<BaseUrl, String> {
-        match self.overrides.get(&normalize_host(host)) {
-            Some(base) => Ok(base.clone()),
-            None => BaseUrl::https(host, port),
+        Ok(self.resolve(&BaseUrl::https(host, port)?))
+    }
+
+    /// `base` with its host's override applied, if one is configured.
+    pub fn resolve(&self, base: &BaseUrl) -> BaseUrl {
+        match self.overrides.get(&normalize_host(base.host())) {
+            Some(over) => base.with_override(over),
+            None => base.clone(),
         }
     }
 }
@@ -85,8 +101,14 @@ impl Gateway {
         let (ca, created_ca) = CertAuthority::load_or_init(&config.ca.dir)?;
         let ca = Arc::new(ca);
         let leaves = LeafCache::new(ca.clone(), config.ca.leaf_validity, metrics.clone());
-        let egress = EgressPolicy::new(&config.intercept, &config.egress)
-            .map_err(|e| anyhow::anyhow!("intercept/egress: {e}"))?;
+        let policy = Policy::new(&config).map_err(|e| anyhow::anyhow!("policy: {e}"))?;
+        let public_upstreams = GoProxyList::parse(&config.modules.upstream)
+            .map_err(|e| anyhow::anyhow!("modules.upstream: {e}"))?;
+        let mut sumdbs = HashMap::new();
+        for (name, url) in &config.sumdb.dbs {
+            let base = BaseUrl::parse(url).map_err(|e| anyhow::anyhow!("sumdb.dbs: {e}"))?;
+            sumdbs.insert(name.clone(), base);
+        }
         let upstream = UpstreamClient::new(&config.upstream, metrics.clone())
             .map_err(|e| anyhow::anyhow!("upstream: {e}"))?;
         let mut overrides = HashMap::new();
@@ -101,6 +123,14 @@ impl Gateway {
                 config.storage.data_dir.display()
             )
         })?;
+        let cache = {
+            let dir = config.storage.data_dir.clone();
+            let max = config.cache.max_size.as_u64();
+            let store_metrics = metrics.store();
+            tokio::task::spawn_blocking(move || DiskCache::open(&dir, max, store_metrics))
+                .await?
+                .with_context(|| "storage.data_dir: cannot open the module cache")?
+        };
         let proxy_listener = TcpListener::bind(config.proxy.listen)
             .await
             .with_context(|| format!("proxy.listen: cannot bind {}", config.proxy.listen))?;
@@ -115,9 +145,13 @@ impl Gateway {
             metrics,
             ca,
             leaves,
-            egress,
+            policy,
             upstream,
             overrides,
+            public_upstreams,
+            sumdbs,
+            cache: Arc::new(cache),
+            flights: Arc::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });

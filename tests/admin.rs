@@ -38,7 +38,8 @@ async fn metrics_change_with_requests() {
     let up = Upstream::tls(&ca, fixed("hello")).await;
     let base = up.base_url();
     let gw = TestGateway::start(&ca, move |c| {
-        c.upstream.overrides.insert("sum.golang.org".into(), base);
+        c.intercept.hosts.push("files.test".into());
+        c.upstream.overrides.insert("files.test".into(), base);
     })
     .await;
     let before = gw.metrics().await;
@@ -47,7 +48,7 @@ async fn metrics_change_with_requests() {
         0.0
     );
     assert_eq!(metric(&before, "modgate_certs_issued_total", &[]), 0.0);
-    let (status, _, _) = gw.get("sum.golang.org:443", "/latest", Alpn::H1).await;
+    let (status, _, _) = gw.get("files.test:443", "/latest", Alpn::H1).await;
     assert_eq!(status, 200);
     // The request is observed when its body has been sent; give the server a moment.
     let mut after = String::new();
@@ -101,16 +102,17 @@ async fn shutdown_drains_in_flight_requests() {
     let up = Upstream::tls(&ca, slow).await;
     let base = up.base_url();
     let mut gw = TestGateway::start(&ca, move |c| {
-        c.upstream.overrides.insert("proxy.golang.org".into(), base);
+        c.intercept.hosts.push("files.test".into());
+        c.upstream.overrides.insert("files.test".into(), base);
         c.proxy.drain_timeout = Duration::from_secs(10);
     })
     .await;
-    let (stream, head) = connect(gw.proxy, "proxy.golang.org:443", "").await;
+    let (stream, head) = connect(gw.proxy, "files.test:443", "").await;
     assert_eq!(status(&head), 200);
-    let tls = tls_connect(stream, "proxy.golang.org", gw.roots(), Alpn::H1)
+    let tls = tls_connect(stream, "files.test", gw.roots(), Alpn::H1)
         .await
         .unwrap();
-    let request = tokio::spawn(http_get(tls, "proxy.golang.org", "/slow", Alpn::H1));
+    let request = tokio::spawn(http_get(tls, "files.test", "/slow", Alpn::H1));
     // Wait until the upstream has the request, then shut down.
     while up.paths().is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -5,12 +5,15 @@ use x509_parser::prelude::*;
 
 use crate::util::*;
 
-async fn gateway_for(up: &Upstream, ca: &TestCa) -> TestGateway {
+/// A gateway intercepting `files.test` (a host with no module protocol: forwarded unchanged)
+/// and sending it to `up`.
+pub async fn gateway_for(up: &Upstream, ca: &TestCa) -> TestGateway {
     let base = up.base_url();
     TestGateway::start(ca, move |c| {
+        c.intercept.hosts.push("files.test".into());
         c.upstream
             .overrides
-            .insert("proxy.golang.org".into(), base.clone());
+            .insert("files.test".into(), base.clone());
     })
     .await
 }
@@ -22,7 +25,7 @@ async fn intercepted_h1_and_h2_reach_the_upstream_unchanged() {
     let gw = gateway_for(&up, &ca).await;
     for alpn in [Alpn::H1, Alpn::H2] {
         let (status, _, body) = gw
-            .get("proxy.golang.org:443", "/example.com/m/@v/list?x=1", alpn)
+            .get("files.test:443", "/example.com/m/@v/list?x=1", alpn)
             .await;
         assert_eq!(status, 200, "{alpn:?}");
         assert_eq!(&body[..], b"v1.0.0\nv1.1.0\n");
@@ -47,7 +50,7 @@ async fn intercepted_h1_and_h2_reach_the_upstream_unchanged() {
         metric(
             &m,
             "modgate_upstream_duration_seconds_count",
-            &[("upstream", "proxy.golang.org")]
+            &[("upstream", "files.test")]
         ),
         2.0
     );
@@ -83,7 +86,9 @@ async fn upstream_errors_are_plain_text_502() {
         );
     })
     .await;
-    let (status, headers, body) = gw.get("proxy.golang.org:443", "/x/@v/list", Alpn::H1).await;
+    let (status, headers, body) = gw
+        .get("proxy.golang.org:443", "/x.com/m/@v/list", Alpn::H1)
+        .await;
     assert_eq!(status, 502);
     assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
     assert!(String::from_utf8_lossy(&body).starts_with("modgate: cannot connect to 127.0.0.1"));
@@ -96,7 +101,7 @@ async fn upstream_certificate_is_always_verified() {
     // The upstream's certificate is signed by a CA the gateway does not trust.
     let up = Upstream::tls(&other_ca, fixed("secret")).await;
     let gw = gateway_for(&up, &ca).await;
-    let (status, _, body) = gw.get("proxy.golang.org:443", "/x", Alpn::H1).await;
+    let (status, _, body) = gw.get("files.test:443", "/x", Alpn::H1).await;
     assert_eq!(status, 502);
     let body = String::from_utf8_lossy(&body);
     assert!(body.contains("TLS with 127.0.0.1 failed"), "{body}");
@@ -114,11 +119,12 @@ async fn sni_must_match_the_connect_host() {
         let base = up.base_url();
         move |c| {
             c.intercept.hosts.push("other.test".into());
-            c.upstream.overrides.insert("proxy.golang.org".into(), base);
+            c.intercept.hosts.push("files.test".into());
+            c.upstream.overrides.insert("files.test".into(), base);
         }
     })
     .await;
-    let (stream, head) = connect(gw.proxy, "proxy.golang.org:443", "").await;
+    let (stream, head) = connect(gw.proxy, "files.test:443", "").await;
     assert_eq!(status(&head), 200);
     let err = tls_connect(stream, "other.test", gw.roots(), Alpn::H1).await;
     assert!(
@@ -135,7 +141,7 @@ async fn sni_must_match_the_connect_host() {
         1.0
     );
     // Other clients are unaffected.
-    let (status, _, _) = gw.get("proxy.golang.org:443", "/", Alpn::H1).await;
+    let (status, _, _) = gw.get("files.test:443", "/", Alpn::H1).await;
     assert_eq!(status, 200);
     assert!(up.paths().len() == 1);
 }
@@ -145,7 +151,7 @@ async fn non_tls_bytes_on_an_intercepted_tunnel_get_a_plain_refusal() {
     let ca = TestCa::new();
     let up = Upstream::tls(&ca, fixed("ok")).await;
     let gw = gateway_for(&up, &ca).await;
-    let (mut stream, head) = connect(gw.proxy, "proxy.golang.org:443", "").await;
+    let (mut stream, head) = connect(gw.proxy, "files.test:443", "").await;
     assert_eq!(status(&head), 200);
     stream
         .write_all(b"GET /x HTTP/1.1\r\nHost: proxy.golang.org\r\n\r\n")
@@ -158,7 +164,7 @@ async fn non_tls_bytes_on_an_intercepted_tunnel_get_a_plain_refusal() {
         .unwrap();
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(
-        out.contains("expected a TLS ClientHello for proxy.golang.org"),
+        out.contains("expected a TLS ClientHello for files.test"),
         "{out}"
     );
     let m = gw.metrics().await;
@@ -166,7 +172,7 @@ async fn non_tls_bytes_on_an_intercepted_tunnel_get_a_plain_refusal() {
         metric(&m, "modgate_tls_failures_total", &[("reason", "not_tls")]),
         1.0
     );
-    let (status, _, _) = gw.get("proxy.golang.org:443", "/", Alpn::H2).await;
+    let (status, _, _) = gw.get("files.test:443", "/", Alpn::H2).await;
     assert_eq!(status, 200);
     assert!(
         up.paths().len() == 1,
@@ -259,9 +265,9 @@ async fn concurrent_first_connections_sign_once() {
         let proxy = gw.proxy;
         let roots = gw.roots();
         tasks.push(tokio::spawn(async move {
-            let (stream, head) = connect(proxy, "proxy.golang.org:443", "").await;
+            let (stream, head) = connect(proxy, "files.test:443", "").await;
             assert_eq!(status(&head), 200);
-            tls_connect(stream, "proxy.golang.org", roots, Alpn::H1)
+            tls_connect(stream, "files.test", roots, Alpn::H1)
                 .await
                 .unwrap();
         }));

@@ -239,6 +239,11 @@ impl TestGateway {
     /// Starts a gateway; `edit` adjusts the test configuration (loopback ports, temp dirs, and
     /// the test CA trusted for upstreams).
     pub async fn start(upstream_ca: &TestCa, edit: impl FnOnce(&mut Config)) -> TestGateway {
+        // RUST_LOG=modgate=debug shows the gateway's logs for a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::default();
         cfg.proxy.listen = "127.0.0.1:0".parse().unwrap();

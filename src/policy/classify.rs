@@ -181,10 +181,7 @@ impl Classifier {
                         "not found: {path:?} is not a checksum database request"
                     ))
                 })??;
-                return Ok(Target::SumDb {
-                    db: db.clone(),
-                    op,
-                });
+                return Ok(Target::SumDb { db: db.clone(), op });
             }
         }
         if query.is_some_and(has_go_get) {
@@ -208,10 +205,7 @@ impl Classifier {
                         "not found: {op_path:?} is not a checksum database request"
                     ))
                 })??;
-                return Ok(Target::SumDb {
-                    db: db.clone(),
-                    op,
-                });
+                return Ok(Target::SumDb { db: db.clone(), op });
             }
         }
         Err(ClassifyError::NotFound(format!(
@@ -274,7 +268,9 @@ pub fn percent_decode(raw: &str) -> Result<String, ClassifyError> {
 
 fn classify_goproxy(path: &str) -> Result<Target, ClassifyError> {
     let not_proxy = || {
-        ClassifyError::NotFound(format!("not found: {path:?} is not a GOPROXY protocol request"))
+        ClassifyError::NotFound(format!(
+            "not found: {path:?} is not a GOPROXY protocol request"
+        ))
     };
     let p = &path[1..];
     let (esc_module, op) = if let Some(i) = p.find("/@v/") {
@@ -317,7 +313,11 @@ fn classify_goproxy(path: &str) -> Result<Target, ClassifyError> {
                 )));
             }
             major_fits(&module, &v)?;
-            if is_mod { ProxyOp::Mod(v) } else { ProxyOp::Zip(v) }
+            if is_mod {
+                ProxyOp::Mod(v)
+            } else {
+                ProxyOp::Zip(v)
+            }
         }
         other => other,
     };
@@ -329,8 +329,9 @@ fn unescape(esc: &str) -> Result<String, ClassifyError> {
 }
 
 fn major_fits(module: &ModulePath, v: &str) -> Result<(), ClassifyError> {
-    check_path_major(v, module.path_major())
-        .map_err(|e| ClassifyError::NotFound(format!("not found: {module}@{v}: invalid version: {e}")))
+    check_path_major(v, module.path_major()).map_err(|e| {
+        ClassifyError::NotFound(format!("not found: {module}@{v}: invalid version: {e}"))
+    })
 }
 
 /// Parses a checksum-database operation path (after the DB's base). `None`: not a sumdb path.
@@ -418,15 +419,27 @@ mod tests {
     #[test]
     fn goproxy_calls() {
         let table = [
-            ("/golang.org/x/mod/@v/list", gp("golang.org/x/mod", ProxyOp::List)),
-            ("/golang.org/x/mod/@latest", gp("golang.org/x/mod", ProxyOp::Latest)),
+            (
+                "/golang.org/x/mod/@v/list",
+                gp("golang.org/x/mod", ProxyOp::List),
+            ),
+            (
+                "/golang.org/x/mod/@latest",
+                gp("golang.org/x/mod", ProxyOp::Latest),
+            ),
             (
                 "/github.com/%21azure/go-autorest/@v/v1.2.3.info",
-                gp("github.com/Azure/go-autorest", ProxyOp::Info("v1.2.3".into())),
+                gp(
+                    "github.com/Azure/go-autorest",
+                    ProxyOp::Info("v1.2.3".into()),
+                ),
             ),
             (
                 "/github.com/!azure/go-autorest/@v/v1.2.3.mod",
-                gp("github.com/Azure/go-autorest", ProxyOp::Mod("v1.2.3".into())),
+                gp(
+                    "github.com/Azure/go-autorest",
+                    ProxyOp::Mod("v1.2.3".into()),
+                ),
             ),
             (
                 "/example.com/m/@v/v2.0.0+incompatible.zip",
@@ -436,9 +449,18 @@ mod tests {
                 "/example.com/m/v2/@v/v2.1.0-!r!c1.zip",
                 gp("example.com/m/v2", ProxyOp::Zip("v2.1.0-RC1".into())),
             ),
-            ("/example.com/m/@v/master.info", gp("example.com/m", ProxyOp::Query("master".into()))),
-            ("/example.com/m/@v/v1.2.info", gp("example.com/m", ProxyOp::Query("v1.2".into()))),
-            ("/example.com/m/@v/!feature.info", gp("example.com/m", ProxyOp::Query("Feature".into()))),
+            (
+                "/example.com/m/@v/master.info",
+                gp("example.com/m", ProxyOp::Query("master".into())),
+            ),
+            (
+                "/example.com/m/@v/v1.2.info",
+                gp("example.com/m", ProxyOp::Query("v1.2".into())),
+            ),
+            (
+                "/example.com/m/@v/!feature.info",
+                gp("example.com/m", ProxyOp::Query("Feature".into())),
+            ),
             (
                 "/example.com/m/@v/v0.0.0-20200101000000-abcdefabcdef.info",
                 gp(
@@ -480,14 +502,26 @@ mod tests {
         ];
         for path in bad {
             let r = proxy(path);
-            assert!(matches!(r, Err(ClassifyError::BadRequest(_))), "{path}: {r:?}");
+            assert!(
+                matches!(r, Err(ClassifyError::BadRequest(_))),
+                "{path}: {r:?}"
+            );
         }
         let long = format!("/example.com/{}/@v/list", "a".repeat(100));
         assert!(proxy(&long).is_ok());
         // Well-formed but impossible: 404 so GOPROXY lists fall through.
-        for path in ["/example.com/m/@v/v2.0.0.mod", "/example.com/m/v2/@v/v1.0.0.zip", "/", "/favicon.ico", "/example.com/m/@v/foo"] {
+        for path in [
+            "/example.com/m/@v/v2.0.0.mod",
+            "/example.com/m/v2/@v/v1.0.0.zip",
+            "/",
+            "/favicon.ico",
+            "/example.com/m/@v/foo",
+        ] {
             let r = proxy(path);
-            assert!(matches!(r, Err(ClassifyError::NotFound(_))), "{path}: {r:?}");
+            assert!(
+                matches!(r, Err(ClassifyError::NotFound(_))),
+                "{path}: {r:?}"
+            );
         }
         assert!(matches!(
             c().classify("proxy.golang.org", "POST", "/example.com/m/@v/list", None),
@@ -499,7 +533,12 @@ mod tests {
     fn sumdb_calls() {
         let cl = c();
         let lookup = cl
-            .classify("sum.golang.org", "GET", "/lookup/github.com/!azure/x@v1.0.0", None)
+            .classify(
+                "sum.golang.org",
+                "GET",
+                "/lookup/github.com/!azure/x@v1.0.0",
+                None,
+            )
             .unwrap();
         assert_eq!(
             lookup,
@@ -512,26 +551,60 @@ mod tests {
             }
         );
         let t = cl
-            .classify("proxy.golang.org", "GET", "/sumdb/sum.golang.org/tile/8/0/x004/822.p/3", None)
+            .classify(
+                "proxy.golang.org",
+                "GET",
+                "/sumdb/sum.golang.org/tile/8/0/x004/822.p/3",
+                None,
+            )
             .unwrap();
         assert!(matches!(t, Target::SumDb { op: SumDbOp::Tile(t), .. } if !t.is_full()));
         assert_eq!(
-            cl.classify("proxy.golang.org", "GET", "/sumdb/sum.golang.org/supported", None).unwrap(),
-            Target::SumDb { db: "sum.golang.org".into(), op: SumDbOp::Supported }
+            cl.classify(
+                "proxy.golang.org",
+                "GET",
+                "/sumdb/sum.golang.org/supported",
+                None
+            )
+            .unwrap(),
+            Target::SumDb {
+                db: "sum.golang.org".into(),
+                op: SumDbOp::Supported
+            }
         );
         assert_eq!(
-            cl.classify("sum.golang.org", "GET", "/latest", None).unwrap(),
-            Target::SumDb { db: "sum.golang.org".into(), op: SumDbOp::Latest }
+            cl.classify("sum.golang.org", "GET", "/latest", None)
+                .unwrap(),
+            Target::SumDb {
+                db: "sum.golang.org".into(),
+                op: SumDbOp::Latest
+            }
         );
         // `supported` exists only under a proxy.
-        assert!(matches!(cl.classify("sum.golang.org", "GET", "/supported", None), Err(ClassifyError::NotFound(_))));
         assert!(matches!(
-            cl.classify("proxy.golang.org", "GET", "/sumdb/sum.other.org/supported", None),
+            cl.classify("sum.golang.org", "GET", "/supported", None),
             Err(ClassifyError::NotFound(_))
         ));
-        for bad in ["/lookup/x.com/m", "/lookup/x.com/m@master", "/lookup/X.com/m@v1.0.0", "/tile/8/0/4822"] {
+        assert!(matches!(
+            cl.classify(
+                "proxy.golang.org",
+                "GET",
+                "/sumdb/sum.other.org/supported",
+                None
+            ),
+            Err(ClassifyError::NotFound(_))
+        ));
+        for bad in [
+            "/lookup/x.com/m",
+            "/lookup/x.com/m@master",
+            "/lookup/X.com/m@v1.0.0",
+            "/tile/8/0/4822",
+        ] {
             assert!(
-                matches!(cl.classify("sum.golang.org", "GET", bad, None), Err(ClassifyError::BadRequest(_))),
+                matches!(
+                    cl.classify("sum.golang.org", "GET", bad, None),
+                    Err(ClassifyError::BadRequest(_))
+                ),
                 "{bad}"
             );
         }
@@ -541,23 +614,50 @@ mod tests {
     fn go_get_and_git() {
         let cl = c();
         assert_eq!(
-            cl.classify("git.corp.example", "GET", "/team/lib/pkg", Some("go-get=1")).unwrap(),
-            Target::GoGet { path: "git.corp.example/team/lib/pkg".into() }
-        );
-        assert_eq!(
-            cl.classify("git.corp.example", "GET", "/team/lib.git/info/refs", Some("service=git-upload-pack"))
+            cl.classify("git.corp.example", "GET", "/team/lib/pkg", Some("go-get=1"))
                 .unwrap(),
-            Target::Git { repo: "git.corp.example/team/lib.git".into(), service: "git-upload-pack" }
+            Target::GoGet {
+                path: "git.corp.example/team/lib/pkg".into()
+            }
         );
         assert_eq!(
-            cl.classify("git.corp.example", "POST", "/team/lib/git-upload-pack", None).unwrap(),
-            Target::Git { repo: "git.corp.example/team/lib".into(), service: "git-upload-pack" }
+            cl.classify(
+                "git.corp.example",
+                "GET",
+                "/team/lib.git/info/refs",
+                Some("service=git-upload-pack")
+            )
+            .unwrap(),
+            Target::Git {
+                repo: "git.corp.example/team/lib.git".into(),
+                service: "git-upload-pack"
+            }
         );
         assert_eq!(
-            cl.classify("git.corp.example", "GET", "/team/lib/info/refs", None).unwrap(),
+            cl.classify(
+                "git.corp.example",
+                "POST",
+                "/team/lib/git-upload-pack",
+                None
+            )
+            .unwrap(),
+            Target::Git {
+                repo: "git.corp.example/team/lib".into(),
+                service: "git-upload-pack"
+            }
+        );
+        assert_eq!(
+            cl.classify("git.corp.example", "GET", "/team/lib/info/refs", None)
+                .unwrap(),
             Target::Other
         );
-        assert_eq!(cl.classify("git.corp.example", "GET", "/", None).unwrap(), Target::Other);
-        assert!(cl.classify("git.corp.example", "GET", "/a b", Some("go-get=1")).is_err());
+        assert_eq!(
+            cl.classify("git.corp.example", "GET", "/", None).unwrap(),
+            Target::Other
+        );
+        assert!(
+            cl.classify("git.corp.example", "GET", "/a b", Some("go-get=1"))
+                .is_err()
+        );
     }
 }

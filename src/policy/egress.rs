@@ -6,7 +6,7 @@
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::config::{EgressConfig, InterceptConfig};
+use crate::config::EgressConfig;
 
 /// A set of host-name globs.
 #[derive(Debug, Clone)]
@@ -103,10 +103,13 @@ pub struct EgressPolicy {
 }
 
 impl EgressPolicy {
-    /// Builds the policy from validated configuration.
-    pub fn new(intercept: &InterceptConfig, egress: &EgressConfig) -> Result<Self, String> {
+    /// Builds the policy: `intercept` is every host (or glob) whose TLS modgate terminates.
+    pub fn new<'a>(
+        intercept: impl IntoIterator<Item = &'a str>,
+        egress: &EgressConfig,
+    ) -> Result<Self, String> {
         Ok(EgressPolicy {
-            intercept: HostSet::new(intercept.hosts.iter().map(String::as_str))?,
+            intercept: HostSet::new(intercept)?,
             allow: HostSet::new(egress.allow.iter().map(String::as_str))?,
             deny: HostSet::new(egress.deny.iter().map(String::as_str))?,
         })
@@ -153,10 +156,7 @@ mod tests {
 
     fn policy(intercept: &[&str], allow: &[&str], deny: &[&str]) -> EgressPolicy {
         EgressPolicy::new(
-            &InterceptConfig {
-                hosts: intercept.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            },
+            intercept.iter().copied(),
             &EgressConfig {
                 allow: allow.iter().map(|s| s.to_string()).collect(),
                 deny: deny.iter().map(|s| s.to_string()).collect(),

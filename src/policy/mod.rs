@@ -1,6 +1,56 @@
-//! Pure decisions, no I/O: what happens to a connection (`egress`) and, later, to each request.
+//! Pure decisions, no I/O: what happens to a connection (`egress`), what a request is
+//! (`classify`), which rule applies (`patterns`) and so which route it takes (`route`).
 
 pub mod classify;
 pub mod egress;
 pub mod patterns;
 pub mod route;
+
+use crate::config::Config;
+use classify::{Classifier, ClassifyError, Target};
+use egress::EgressPolicy;
+use patterns::Patterns;
+use route::{Route, Rules};
+
+/// Every decision modgate makes, compiled once from configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub egress: EgressPolicy,
+    pub classifier: Classifier,
+    pub rules: Rules,
+}
+
+impl Policy {
+    /// Compiles the policy from validated configuration. Proxy hosts and checksum-database hosts
+    /// join the intercept set automatically.
+    pub fn new(config: &Config) -> Result<Policy, String> {
+        let sumdb_names: Vec<String> = config.sumdb.dbs.keys().cloned().collect();
+        let mut intercept: Vec<String> = config.intercept.hosts.clone();
+        intercept.extend(config.modules.proxy_hosts.iter().cloned());
+        intercept.extend(
+            sumdb_names
+                .iter()
+                .map(|n| n.split('/').next().unwrap_or(n).to_string()),
+        );
+        Ok(Policy {
+            egress: EgressPolicy::new(intercept.iter().map(String::as_str), &config.egress)?,
+            classifier: Classifier::new(&config.modules.proxy_hosts, &sumdb_names),
+            rules: Rules {
+                private: Patterns::parse(config.modules.private.entries())?,
+            },
+        })
+    }
+
+    /// Classifies and routes one request.
+    pub fn decide(
+        &self,
+        host: &str,
+        method: &str,
+        raw_path: &str,
+        query: Option<&str>,
+    ) -> Result<(Target, Route), ClassifyError> {
+        let target = self.classifier.classify(host, method, raw_path, query)?;
+        let route = route::route(&target, &self.rules);
+        Ok((target, route))
+    }
+}

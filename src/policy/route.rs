@@ -285,17 +285,34 @@ mod tests {
 
     #[test]
     fn public_goproxy_routes_carry_key_and_upstream_path() {
-        let t = classify("proxy.golang.org", "/github.com/%21azure/x/@v/v1.0.0-!r!c1.zip", None);
-        let Route::Public(f) = route(&t, &rules(&[])) else { panic!() };
+        let t = classify(
+            "proxy.golang.org",
+            "/github.com/%21azure/x/@v/v1.0.0-!r!c1.zip",
+            None,
+        );
+        let Route::Public(f) = route(&t, &rules(&[])) else {
+            panic!()
+        };
         assert_eq!(f.key(), "mod/github.com/!azure/x/@v/v1.0.0-!r!c1.zip");
-        assert_eq!(f.upstream_path(), "/github.com/%21azure/x/@v/v1.0.0-%21r%21c1.zip");
+        assert_eq!(
+            f.upstream_path(),
+            "/github.com/%21azure/x/@v/v1.0.0-%21r%21c1.zip"
+        );
         assert_eq!(f.class(), CacheClass::Immutable);
         assert_eq!(f.content(), Content::Zip);
         let t = classify("proxy.golang.org", "/x.com/m/@v/list", None);
-        let Route::Public(f) = route(&t, &rules(&[])) else { panic!() };
+        let Route::Public(f) = route(&t, &rules(&[])) else {
+            panic!()
+        };
         assert_eq!(f.class(), CacheClass::Mutable);
-        let t = classify("proxy.golang.org", "/x.com/m/@v/v2.0.0+incompatible.info", None);
-        let Route::Public(f) = route(&t, &rules(&[])) else { panic!() };
+        let t = classify(
+            "proxy.golang.org",
+            "/x.com/m/@v/v2.0.0+incompatible.info",
+            None,
+        );
+        let Route::Public(f) = route(&t, &rules(&[])) else {
+            panic!()
+        };
         assert_eq!(f.upstream_path(), "/x.com/m/@v/v2.0.0+incompatible.info");
         assert_eq!(f.class(), CacheClass::Immutable);
     }
@@ -303,15 +320,21 @@ mod tests {
     #[test]
     fn sumdb_routes() {
         let t = classify("sum.golang.org", "/tile/8/0/x004/822", None);
-        let Route::SumDb(f) = route(&t, &rules(&[])) else { panic!() };
+        let Route::SumDb(f) = route(&t, &rules(&[])) else {
+            panic!()
+        };
         assert_eq!(f.key(), "sumdb/sum.golang.org/tile/8/0/x004/822");
         assert_eq!(f.class(), CacheClass::Immutable);
         assert_eq!(f.content(), Content::Binary);
         let t = classify("sum.golang.org", "/tile/8/0/x004/822.p/7", None);
-        let Route::SumDb(f) = route(&t, &rules(&[])) else { panic!() };
+        let Route::SumDb(f) = route(&t, &rules(&[])) else {
+            panic!()
+        };
         assert_eq!(f.class(), CacheClass::Mutable);
         let t = classify("sum.golang.org", "/latest", None);
-        assert!(matches!(route(&t, &rules(&[])), Route::SumDb(f) if f.class() == CacheClass::Mutable));
+        assert!(
+            matches!(route(&t, &rules(&[])), Route::SumDb(f) if f.class() == CacheClass::Mutable)
+        );
         let t = classify("proxy.golang.org", "/sumdb/sum.golang.org/supported", None);
         assert_eq!(route(&t, &rules(&[])), Route::SumDbSupported);
     }
@@ -320,26 +343,68 @@ mod tests {
     #[test]
     fn private_paths_never_reach_a_public_route() {
         let r = rules(&["*.corp.example", "github.com/acme/*"]);
-        let private_modules = ["git.corp.example/team/lib", "github.com/acme/tool/v2", "a.b.corp.example/x"];
+        let private_modules = [
+            "git.corp.example/team/lib",
+            "github.com/acme/tool/v2",
+            "a.b.corp.example/x",
+        ];
         for m in private_modules {
             let esc = crate::gomod::path::escape_path(m).unwrap();
             let requests = [
-                ("proxy.golang.org", format!("/{esc}/@v/list"), None, "goproxy"),
-                ("proxy.golang.org", format!("/{esc}/@latest"), None, "goproxy"),
-                ("proxy.golang.org", format!("/{esc}/@v/main.info"), None, "goproxy"),
-                ("proxy.golang.org", format!("/{esc}/@v/v2.0.0.mod"), None, "goproxy"),
-                ("proxy.golang.org", format!("/{esc}/@v/v2.0.0.zip"), None, "goproxy"),
-                ("proxy.golang.org", format!("/sumdb/sum.golang.org/lookup/{esc}@v2.0.0"), None, "sumdb"),
-                ("sum.golang.org", format!("/lookup/{esc}@v2.0.0"), None, "sumdb"),
+                (
+                    "proxy.golang.org",
+                    format!("/{esc}/@v/list"),
+                    None,
+                    "goproxy",
+                ),
+                (
+                    "proxy.golang.org",
+                    format!("/{esc}/@latest"),
+                    None,
+                    "goproxy",
+                ),
+                (
+                    "proxy.golang.org",
+                    format!("/{esc}/@v/main.info"),
+                    None,
+                    "goproxy",
+                ),
+                (
+                    "proxy.golang.org",
+                    format!("/{esc}/@v/v2.0.0.mod"),
+                    None,
+                    "goproxy",
+                ),
+                (
+                    "proxy.golang.org",
+                    format!("/{esc}/@v/v2.0.0.zip"),
+                    None,
+                    "goproxy",
+                ),
+                (
+                    "proxy.golang.org",
+                    format!("/sumdb/sum.golang.org/lookup/{esc}@v2.0.0"),
+                    None,
+                    "sumdb",
+                ),
+                (
+                    "sum.golang.org",
+                    format!("/lookup/{esc}@v2.0.0"),
+                    None,
+                    "sumdb",
+                ),
             ];
             for (host, path, q, kind) in requests {
-                let Ok(t) = Classifier::new(&["proxy.golang.org".into()], &["sum.golang.org".into()])
-                    .classify(host, "GET", &path, q)
+                let Ok(t) =
+                    Classifier::new(&["proxy.golang.org".into()], &["sum.golang.org".into()])
+                        .classify(host, "GET", &path, q)
                 else {
                     continue; // invalid for this module's major version: answered 404 locally
                 };
                 match route(&t, &r) {
-                    Route::PrivateRefused { kind: k, message, .. } => {
+                    Route::PrivateRefused {
+                        kind: k, message, ..
+                    } => {
                         assert_eq!(k, kind, "{host}{path}");
                         assert!(message.starts_with("not found: "), "{message}");
                     }
@@ -349,13 +414,25 @@ mod tests {
             let host = m.split('/').next().unwrap();
             let rest = &m[host.len()..];
             let t = classify(host, rest, Some("go-get=1"));
-            assert!(matches!(route(&t, &r), Route::PrivateRefused { kind: "goget", .. }), "{m}");
-            let t = classify(host, &format!("{rest}.git/info/refs"), Some("service=git-upload-pack"));
-            assert!(matches!(route(&t, &r), Route::PrivateRefused { kind: "git", .. }), "{m}");
+            assert!(
+                matches!(route(&t, &r), Route::PrivateRefused { kind: "goget", .. }),
+                "{m}"
+            );
+            let t = classify(
+                host,
+                &format!("{rest}.git/info/refs"),
+                Some("service=git-upload-pack"),
+            );
+            assert!(
+                matches!(route(&t, &r), Route::PrivateRefused { kind: "git", .. }),
+                "{m}"
+            );
         }
         // The sumdb refusal tells the user what to do.
         let t = classify("sum.golang.org", "/lookup/git.corp.example/x@v1.0.0", None);
-        let Route::PrivateRefused { message, .. } = route(&t, &r) else { panic!() };
+        let Route::PrivateRefused { message, .. } = route(&t, &r) else {
+            panic!()
+        };
         assert!(message.contains("GONOSUMDB"));
         // Public neighbours still go out.
         let t = classify("proxy.golang.org", "/github.com/acmeco/tool/@v/list", None);
@@ -364,8 +441,14 @@ mod tests {
 
     #[test]
     fn go_path_escape_matches_go() {
-        assert_eq!(go_path_escape("/github.com/!azure/x@v1.0.0"), "/github.com/%21azure/x@v1.0.0");
+        assert_eq!(
+            go_path_escape("/github.com/!azure/x@v1.0.0"),
+            "/github.com/%21azure/x@v1.0.0"
+        );
         assert_eq!(go_path_escape("/a b/#?%"), "/a%20b/%23%3F%25");
-        assert_eq!(go_path_escape("/x/@v/v2.0.0+incompatible.zip"), "/x/@v/v2.0.0+incompatible.zip");
+        assert_eq!(
+            go_path_escape("/x/@v/v2.0.0+incompatible.zip"),
+            "/x/@v/v2.0.0+incompatible.zip"
+        );
     }
 }

@@ -56,6 +56,10 @@ pub struct ReqCtx {
     pub start: Instant,
     /// Time spent waiting for the upstream's response head, if one was asked.
     pub upstream_time: Option<Duration>,
+    /// Module path, version or query, and operation, once classified.
+    pub module: Option<String>,
+    pub version: Option<String>,
+    pub op: &'static str,
 }
 
 impl ReqCtx {
@@ -71,6 +75,9 @@ impl ReqCtx {
             cache: "bypass",
             start: Instant::now(),
             upstream_time: None,
+            module: None,
+            version: None,
+            op: "",
         }
     }
 }

@@ -163,7 +163,7 @@ async fn connect(req: Request<Incoming>, peer: SocketAddr, state: Arc<State>) ->
         Ok(t) => t,
         Err(reason) => return text(StatusCode::BAD_REQUEST, &reason),
     };
-    let decision = state.egress.decide_connect(&host);
+    let decision = state.policy.egress.decide_connect(&host);
     state
         .metrics
         .egress_decisions

@@ -84,6 +84,15 @@ impl BaseUrl {
             .build()
     }
 
+    /// This URL with `over`'s scheme and authority, and `over`'s path prefix in front of its own.
+    pub fn with_override(&self, over: &BaseUrl) -> BaseUrl {
+        BaseUrl {
+            scheme: over.scheme.clone(),
+            authority: over.authority.clone(),
+            prefix: format!("{}{}", over.prefix, self.prefix),
+        }
+    }
+
     /// The host part, for labels and logs.
     pub fn host(&self) -> &str {
         self.authority.host()

@@ -51,7 +51,7 @@ pub async fn intercepted(
     let base = state
         .upstream_base(&ctx.conn.host, ctx.conn.port)
         .map_err(ServeError::Internal)?;
-    let label = state.egress.intercept_label(&ctx.conn.host);
+    let label = state.policy.egress.intercept_label(&ctx.conn.host);
     let (mut parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -110,7 +110,7 @@ async fn forward_plain(
             "modgate: invalid host {host:?} in request URL"
         )));
     }
-    let decision = state.egress.decide_forward(host);
+    let decision = state.policy.egress.decide_forward(host);
     state
         .metrics
         .egress_decisions

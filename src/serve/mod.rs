@@ -1,7 +1,9 @@
-//! What happens to each request: one entry point, [`dispatch`], and one handler per route.
-//! Handlers return `Result<Response, ServeError>`; `respond` turns errors into responses, and the
-//! access log wraps every response body.
+//! What happens to each request: one entry point, [`dispatch`], which classifies and routes the
+//! request (pure, in `policy`) and runs the route's handler. Handlers return
+//! `Result<Response, ServeError>`; `respond` turns errors into responses, and the access log wraps
+//! every response body.
 
+pub mod cached;
 pub mod forward;
 pub mod respond;
 pub mod upstreams;
@@ -14,8 +16,16 @@ use hyper::body::Incoming;
 
 use crate::State;
 use crate::body::Body;
+use crate::gomod::zip::MAX_ZIP_FILE;
+use crate::policy::classify::{ProxyOp, SumDbOp, Target};
+use crate::policy::route::{PublicFetch, Route, SumDbFetch};
 use crate::proxy::ctx::ReqCtx;
+use crate::serve::cached::{Source, Spec};
+use crate::serve::respond::ServeError;
 use crate::telemetry::access_log;
+
+/// Largest non-zip body accepted from an upstream (info, mod, list, sumdb answers).
+const MAX_SMALL_BODY: u64 = 64 << 20;
 
 /// Handles one intercepted request and arranges for it to be observed when its body ends.
 pub async fn dispatch(
@@ -23,11 +33,120 @@ pub async fn dispatch(
     mut ctx: ReqCtx,
     state: Arc<State>,
 ) -> Result<Response<Body>, Infallible> {
-    let resp = match forward::intercepted(req, &mut ctx, &state).await {
+    let resp = match handle(req, &mut ctx, &state).await {
         Ok(resp) => resp,
         Err(e) => respond::error_response(&e),
     };
     Ok(finish(resp, ctx, &state))
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    ctx: &mut ReqCtx,
+    state: &Arc<State>,
+) -> Result<Response<Body>, ServeError> {
+    let decided = state.policy.decide(
+        &ctx.conn.host,
+        req.method().as_str(),
+        req.uri().path(),
+        req.uri().query(),
+    );
+    let (target, route) = match decided {
+        Ok(v) => v,
+        Err(e) => {
+            ctx.route = "invalid";
+            return Err(e.into());
+        }
+    };
+    ctx.kind = target.kind();
+    ctx.route = route.name();
+    describe(&target, ctx);
+    match route {
+        Route::Public(f) => {
+            let spec = public_spec(&f, state);
+            cached::serve(spec, ctx, state, req.method()).await
+        }
+        Route::SumDb(f) => {
+            let spec = sumdb_spec(&f, state)?;
+            cached::serve(spec, ctx, state, req.method()).await
+        }
+        Route::SumDbSupported => Ok(Response::new(crate::body::empty())),
+        Route::PrivateRefused { kind, message, .. } => {
+            state
+                .metrics
+                .private_refused
+                .with_label_values(&[kind])
+                .inc();
+            tracing::info!(
+                module = ctx.module.as_deref(),
+                kind,
+                "private module path refused locally"
+            );
+            Err(ServeError::ClientNotFound(message))
+        }
+        Route::Forward => forward::intercepted(req, ctx, state).await,
+    }
+}
+
+/// Records what the request is about, for the access log.
+fn describe(target: &Target, ctx: &mut ReqCtx) {
+    ctx.module = target.module_path().map(str::to_string);
+    match target {
+        Target::GoProxy { op, .. } => {
+            ctx.op = op.name();
+            ctx.version = op.version().map(str::to_string);
+        }
+        Target::SumDb { op, .. } => {
+            ctx.op = op.name();
+            if let SumDbOp::Lookup { version, .. } = op {
+                ctx.version = Some(version.clone());
+            }
+        }
+        Target::GoGet { .. } => ctx.op = "go-get",
+        Target::Git { service, .. } => ctx.op = service,
+        Target::Other => {}
+    }
+}
+
+fn public_spec(f: &PublicFetch, state: &State) -> Spec {
+    let zip = match f.op() {
+        ProxyOp::Zip(v) => Some((f.module().clone(), v.clone())),
+        _ => None,
+    };
+    Spec {
+        key: f.key().to_string(),
+        class: f.class(),
+        content: f.content(),
+        max_len: if zip.is_some() {
+            MAX_ZIP_FILE
+        } else {
+            MAX_SMALL_BODY
+        },
+        zip,
+        sources: cached::sources_from(state.public_upstreams.entries()),
+        path: f.upstream_path().to_string(),
+    }
+}
+
+fn sumdb_spec(f: &SumDbFetch, state: &State) -> Result<Spec, ServeError> {
+    let base = state.sumdbs.get(f.db()).ok_or_else(|| {
+        ServeError::ClientNotFound(format!(
+            "not found: checksum database {} is not configured",
+            f.db()
+        ))
+    })?;
+    Ok(Spec {
+        key: f.key().to_string(),
+        class: f.class(),
+        content: f.content(),
+        zip: None,
+        max_len: MAX_SMALL_BODY,
+        sources: vec![Source::Url {
+            base: base.clone(),
+            on_any_error: false,
+        }],
+        path: f.upstream_path().to_string(),
+    })
 }
 
 /// Wraps the response body so the request is logged and measured once it is done.

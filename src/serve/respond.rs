@@ -4,6 +4,7 @@
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::{Body, full};
+use crate::policy::classify::ClassifyError;
 use crate::proxy::upstream::UpstreamError;
 
 /// Everything a request handler can fail with.
@@ -15,6 +16,22 @@ pub enum ServeError {
     /// Policy forbids it.
     #[error("{0}")]
     ClientForbidden(String),
+    /// Nothing can exist here (GOPROXY fall-through semantics: 404).
+    #[error("{0}")]
+    ClientNotFound(String),
+    /// Wrong method for a read-only protocol.
+    #[error("{0}")]
+    ClientMethod(String),
+    /// An upstream answered with an error status.
+    #[error("upstream {upstream} answered {status}{}", if detail.is_empty() { String::new() } else { format!(": {detail}") })]
+    UpstreamStatus {
+        upstream: String,
+        status: u16,
+        detail: String,
+    },
+    /// A shared upstream fetch failed (the text comes from the fetch that failed).
+    #[error("{0}")]
+    UpstreamFailed(String),
     /// The upstream failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -29,6 +46,10 @@ impl ServeError {
         match self {
             ServeError::ClientBadRequest(_) => "client_bad_request",
             ServeError::ClientForbidden(_) => "client_forbidden",
+            ServeError::ClientNotFound(_) => "client_not_found",
+            ServeError::ClientMethod(_) => "client_method",
+            ServeError::UpstreamStatus { .. } => "upstream_status",
+            ServeError::UpstreamFailed(_) => "upstream_failed",
             ServeError::Upstream(e) => e.kind(),
             ServeError::Internal(_) => "internal",
         }
@@ -39,6 +60,11 @@ impl ServeError {
         match self {
             ServeError::ClientBadRequest(_) => StatusCode::BAD_REQUEST,
             ServeError::ClientForbidden(_) => StatusCode::FORBIDDEN,
+            ServeError::ClientNotFound(_) => StatusCode::NOT_FOUND,
+            ServeError::ClientMethod(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ServeError::UpstreamStatus { .. } | ServeError::UpstreamFailed(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ServeError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Upstream(UpstreamError::Request(_)) => StatusCode::BAD_REQUEST,
             ServeError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -47,10 +73,23 @@ impl ServeError {
     }
 }
 
+impl From<ClassifyError> for ServeError {
+    fn from(e: ClassifyError) -> Self {
+        match e {
+            ClassifyError::BadRequest(m) => ServeError::ClientBadRequest(m),
+            ClassifyError::NotFound(m) => ServeError::ClientNotFound(m),
+            ClassifyError::Method(m) => ServeError::ClientMethod(m),
+        }
+    }
+}
+
 /// The response for `err`.
 pub fn error_response(err: &ServeError) -> Response<Body> {
     let msg = match err {
-        ServeError::ClientBadRequest(m) | ServeError::ClientForbidden(m) => m.clone(),
+        ServeError::ClientBadRequest(m)
+        | ServeError::ClientForbidden(m)
+        | ServeError::ClientNotFound(m)
+        | ServeError::ClientMethod(m) => m.clone(),
         other => format!("modgate: {other}"),
     };
     text(err.status(), &msg)
@@ -79,6 +118,19 @@ mod tests {
             (ServeError::ClientBadRequest("x".into()), 400),
             (ServeError::ClientForbidden("x".into()), 403),
             (ServeError::Internal("x".into()), 500),
+            (ServeError::ClientNotFound("x".into()), 404),
+            (ServeError::ClientMethod("x".into()), 405),
+            (ServeError::UpstreamFailed("x".into()), 502),
+            (
+                ServeError::UpstreamStatus {
+                    upstream: "u".into(),
+                    status: 500,
+                    detail: String::new(),
+                },
+                502,
+            ),
+            (ClassifyError::BadRequest("x".into()).into(), 400),
+            (ClassifyError::NotFound("x".into()).into(), 404),
             (
                 UpstreamError::Connect {
                     host: host(),

@@ -77,12 +77,21 @@ mod tests {
 
     #[test]
     fn parses_like_the_go_command() {
-        let l = GoProxyList::parse(" https://a.example ,b.example:8443|https://c.example/p/ ,off,https://ignored").unwrap();
+        let l = GoProxyList::parse(
+            " https://a.example ,b.example:8443|https://c.example/p/ ,off,https://ignored",
+        )
+        .unwrap();
         let e = l.entries();
         assert_eq!(e.len(), 4);
-        assert!(matches!(&e[0], Entry::Proxy { base, on_any_error: false } if base.to_string() == "https://a.example"));
-        assert!(matches!(&e[1], Entry::Proxy { base, on_any_error: true } if base.to_string() == "https://b.example:8443"));
-        assert!(matches!(&e[2], Entry::Proxy { base, on_any_error: false } if base.to_string() == "https://c.example/p"));
+        assert!(
+            matches!(&e[0], Entry::Proxy { base, on_any_error: false } if base.to_string() == "https://a.example")
+        );
+        assert!(
+            matches!(&e[1], Entry::Proxy { base, on_any_error: true } if base.to_string() == "https://b.example:8443")
+        );
+        assert!(
+            matches!(&e[2], Entry::Proxy { base, on_any_error: false } if base.to_string() == "https://c.example/p")
+        );
         assert_eq!(e[3], Entry::Off);
         assert!(GoProxyList::parse("direct").is_err());
         assert!(GoProxyList::parse(",").is_err());

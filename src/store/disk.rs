@@ -25,10 +25,7 @@ pub enum StoreError {
     #[error("invalid cache key {0:?}")]
     BadKey(String),
     #[error("cache I/O on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { path: PathBuf, source: io::Error },
     #[error("entry rejected: {0}")]
     Rejected(String),
 }
@@ -124,7 +121,11 @@ pub struct DiskCache {
 impl DiskCache {
     /// Opens (creating) the cache under `data_dir`, removes leftover temporary files, and
     /// rebuilds the index from the files present (oldest modification first).
-    pub fn open(data_dir: &Path, max_bytes: u64, metrics: StoreMetrics) -> Result<DiskCache, StoreError> {
+    pub fn open(
+        data_dir: &Path,
+        max_bytes: u64,
+        metrics: StoreMetrics,
+    ) -> Result<DiskCache, StoreError> {
         let root = data_dir.join("cache");
         let tmp = data_dir.join("tmp");
         fs::create_dir_all(&root).map_err(io_err(&root))?;
@@ -168,7 +169,9 @@ impl DiskCache {
             || key.starts_with('/')
             || key.contains('\0')
             || key.contains('\\')
-            || key.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+            || key
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
         {
             return Err(StoreError::BadKey(key.to_string()));
         }
@@ -199,8 +202,11 @@ impl DiskCache {
     pub fn begin(self: &Arc<Self>, key: &str) -> Result<PendingEntry, StoreError> {
         let dest = self.path_of(key)?;
         let name: [u8; 12] = rand::random();
-        let tmp_path = self.tmp.join(name.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let tmp_path = self
+            .tmp
+            .join(name.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&tmp_path)
@@ -273,7 +279,9 @@ fn scan(root: &Path, dir: &Path, out: &mut Vec<(String, u64, SystemTime)>) -> io
             scan(root, &path, out)?;
         } else if ft.is_file() {
             let meta = entry.metadata()?;
-            let Ok(rel) = path.strip_prefix(root) else { continue };
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
             let Some(key) = rel.to_str() else { continue };
             out.push((
                 key.to_string(),
@@ -373,7 +381,11 @@ mod tests {
         p.write(b"bad").unwrap();
         assert!(p.commit(|_| Err("corrupt".into())).is_err());
         assert!(c.get("mod/x.com/m/@v/v1.0.0.zip").is_none());
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "no temp file left");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "no temp file left"
+        );
     }
 
     #[test]
@@ -386,7 +398,10 @@ mod tests {
         assert!(c.get("k/a").is_none());
         let again = DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap();
         assert!(again.get("k/a").is_none());
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]

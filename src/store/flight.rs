@@ -33,7 +33,7 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
     pub fn join(self: &Arc<Self>, key: &str) -> Join<T> {
         let mut map = self.map.lock().expect("flight map poisoned");
         if let Some(rx) = map.get(key)
-            && !rx.has_changed().is_err()
+            && rx.has_changed().is_ok()
         {
             return Join::Follower(Follower { rx: rx.clone() });
         }
@@ -76,7 +76,10 @@ impl<T> Leader<T> {
     fn remove(&self) {
         let mut map = self.flights.map.lock().expect("flight map poisoned");
         if let Some(rx) = map.get(&self.key)
-            && self.tx.as_ref().is_some_and(|tx| rx.same_channel(&tx.subscribe()))
+            && self
+                .tx
+                .as_ref()
+                .is_some_and(|tx| rx.same_channel(&tx.subscribe()))
         {
             map.remove(&self.key);
         }
@@ -115,10 +118,14 @@ mod tests {
     #[tokio::test]
     async fn one_leader_many_followers() {
         let f: Arc<Flights<u32>> = Arc::default();
-        let Join::Leader(leader) = f.join("k") else { panic!("first caller leads") };
+        let Join::Leader(leader) = f.join("k") else {
+            panic!("first caller leads")
+        };
         let mut followers = vec![];
         for _ in 0..5 {
-            let Join::Follower(fl) = f.join("k") else { panic!("later callers follow") };
+            let Join::Follower(fl) = f.join("k") else {
+                panic!("later callers follow")
+            };
             followers.push(tokio::spawn(fl.wait()));
         }
         assert!(matches!(f.join("other"), Join::Leader(_)));
@@ -126,14 +133,21 @@ mod tests {
         for fl in followers {
             assert_eq!(fl.await.unwrap(), Some(7));
         }
-        assert!(matches!(f.join("k"), Join::Leader(_)), "a finished flight is gone");
+        assert!(
+            matches!(f.join("k"), Join::Leader(_)),
+            "a finished flight is gone"
+        );
     }
 
     #[tokio::test]
     async fn dropped_leader_releases_followers() {
         let f: Arc<Flights<u32>> = Arc::default();
-        let Join::Leader(leader) = f.join("k") else { panic!() };
-        let Join::Follower(fl) = f.join("k") else { panic!() };
+        let Join::Leader(leader) = f.join("k") else {
+            panic!()
+        };
+        let Join::Follower(fl) = f.join("k") else {
+            panic!()
+        };
         drop(leader);
         assert_eq!(fl.wait().await, None);
         assert!(f.is_empty());

@@ -5,8 +5,8 @@
 //! request observation point (`access_log`) and the connection layers do.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -45,6 +45,18 @@ pub struct Metrics {
     pub auth_failures: IntCounter,
     /// Constant 1, labelled with the version.
     pub build_info: IntGaugeVec,
+    /// Bytes held by the module cache.
+    pub cache_bytes: IntGauge,
+    /// Entries held by the module cache.
+    pub cache_entries: IntGauge,
+    /// Entries evicted to keep the cache within its bound.
+    pub cache_evictions: IntCounter,
+    /// Cache writes that failed (disk full, read-only directory ...).
+    pub cache_store_errors: IntCounter,
+    /// Cache fills from upstream, by outcome.
+    pub cache_fills: IntCounterVec,
+    /// Requests for private module paths answered locally, by kind.
+    pub private_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -138,6 +150,33 @@ impl Metrics {
                 &["version"],
             )
             .expect("metric"),
+            cache_bytes: IntGauge::new("modgate_cache_bytes", "Bytes held by the module cache.")
+                .expect("metric"),
+            cache_entries: IntGauge::new("modgate_cache_entries", "Entries held by the module cache.")
+                .expect("metric"),
+            cache_evictions: IntCounter::new(
+                "modgate_cache_evictions_total",
+                "Cache entries evicted to respect cache.max_size.",
+            )
+            .expect("metric"),
+            cache_store_errors: IntCounter::new(
+                "modgate_cache_store_errors_total",
+                "Cache writes that failed; the request was still answered from upstream.",
+            )
+            .expect("metric"),
+            cache_fills: IntCounterVec::new(
+                Opts::new("modgate_cache_fills_total", "Upstream fetches made to fill the cache, by outcome."),
+                &["outcome"],
+            )
+            .expect("metric"),
+            private_refused: IntCounterVec::new(
+                Opts::new(
+                    "modgate_private_refused_total",
+                    "Requests naming a private module path that were answered locally instead of reaching a public upstream.",
+                ),
+                &["kind"],
+            )
+            .expect("metric"),
             registry,
             names: vec![],
         };
@@ -155,6 +194,12 @@ impl Metrics {
             Box::new(m.tls_failures.clone()),
             Box::new(m.auth_failures.clone()),
             Box::new(m.build_info.clone()),
+            Box::new(m.cache_bytes.clone()),
+            Box::new(m.cache_entries.clone()),
+            Box::new(m.cache_evictions.clone()),
+            Box::new(m.cache_store_errors.clone()),
+            Box::new(m.cache_fills.clone()),
+            Box::new(m.private_refused.clone()),
         ];
         let mut names = vec![];
         for c in collectors {
@@ -176,6 +221,12 @@ impl Metrics {
         for direction in ["upstream", "client"] {
             m.tunnel_bytes.with_label_values(&[direction]);
         }
+        for outcome in ["committed", "not_found", "failed", "rejected", "uncached"] {
+            m.cache_fills.with_label_values(&[outcome]);
+        }
+        for kind in ["goproxy", "sumdb", "goget", "git"] {
+            m.private_refused.with_label_values(&[kind]);
+        }
         m
     }
 
@@ -191,6 +242,16 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("text encoder writes UTF-8")
+    }
+
+    /// The handles the disk cache keeps current.
+    pub fn store(&self) -> crate::store::disk::StoreMetrics {
+        crate::store::disk::StoreMetrics {
+            bytes: self.cache_bytes.clone(),
+            entries: self.cache_entries.clone(),
+            evictions: self.cache_evictions.clone(),
+            errors: self.cache_store_errors.clone(),
+        }
     }
 
     /// Marks a connection of `kind` open until the guard drops.

@@ -1,0 +1,616 @@
+//! Serving through the cache: hit, miss with single-flight fill, stale-if-error.
+//!
+//! On a miss the first request leads: a spawned task walks the upstream list, streams the body to
+//! its client while writing it to a temporary file, validates it (length, and module-zip rules
+//! for zips) and only then commits it. The final chunk is held back until validation passes, so a
+//! client never receives a complete body that was rejected. Other requests for the same key wait
+//! for the leader and are served from the committed entry. Memory stays bounded by a small
+//! channel and a write batch, whatever the body size.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::State;
+use crate::body::{Body, BoxError};
+use crate::gomod::path::ModulePath;
+use crate::policy::route::{CacheClass, Content};
+use crate::proxy::ctx::ReqCtx;
+use crate::proxy::upstream::BaseUrl;
+use crate::serve::respond::ServeError;
+use crate::serve::upstreams::Entry;
+use crate::store::disk::{Found, NOT_FOUND_SUFFIX, PendingEntry};
+use crate::store::flight::Join;
+
+/// Header naming the cache outcome on every cached route's response.
+pub const CACHE_HEADER: &str = "x-modgate-cache";
+/// Largest body kept in memory when serving a hit; larger ones stream from the file.
+const INLINE_MAX: u64 = 256 * 1024;
+/// Bytes gathered before a blocking write to the cache file.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Longest not-found text kept.
+const NOT_FOUND_TEXT_MAX: usize = 4096;
+
+/// How a fill ended, as told to followers.
+#[derive(Debug, Clone)]
+pub enum FillOutcome {
+    /// The entry is in the cache.
+    Committed,
+    /// Every upstream said not found; `text` is what to show.
+    NotFound { status: u16, text: Bytes },
+    /// The upstream failed; the text explains.
+    Failed(String),
+    /// The leader served the client but could not store the entry: fetch yourself.
+    Uncached,
+}
+
+impl FillOutcome {
+    fn label(&self) -> &'static str {
+        match self {
+            FillOutcome::Committed => "committed",
+            FillOutcome::NotFound { .. } => "not_found",
+            FillOutcome::Failed(_) => "failed",
+            FillOutcome::Uncached => "uncached",
+        }
+    }
+}
+
+/// One upstream to try, in order.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Url {
+        base: BaseUrl,
+        /// `|` after this entry: fall through on any error.
+        on_any_error: bool,
+    },
+    /// `off`: stop here with not-found.
+    Off,
+}
+
+/// Everything needed to serve one cacheable request.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub key: String,
+    pub class: CacheClass,
+    pub content: Content,
+    /// Validate the body as the module zip for this module@version before committing.
+    pub zip: Option<(ModulePath, String)>,
+    /// Longest acceptable body.
+    pub max_len: u64,
+    pub sources: Vec<Source>,
+    /// Path appended to each source's base URL.
+    pub path: String,
+}
+
+/// Turns a configured GOPROXY list into sources.
+pub fn sources_from(list: &[Entry]) -> Vec<Source> {
+    list.iter()
+        .map(|e| match e {
+            Entry::Proxy { base, on_any_error } => Source::Url {
+                base: base.clone(),
+                on_any_error: *on_any_error,
+            },
+            Entry::Off => Source::Off,
+        })
+        .collect()
+}
+
+/// Serves `spec` from the cache, filling it from upstream on a miss.
+pub async fn serve(
+    spec: Spec,
+    ctx: &mut ReqCtx,
+    state: &Arc<State>,
+    method: &Method,
+) -> Result<Response<Body>, ServeError> {
+    let ttl = state.config.cache.mutable_ttl;
+    let negative_ttl = state.config.cache.negative_ttl;
+    let spec = Arc::new(spec);
+    for _attempt in 0..3 {
+        let found = state.cache.get(&spec.key);
+        if let Some(f) = &found
+            && (spec.class == CacheClass::Immutable || f.age() < ttl)
+        {
+            ctx.cache = "hit";
+            return serve_found(f, spec.content, "hit", method).await;
+        }
+        let neg_key = format!("{}{NOT_FOUND_SUFFIX}", spec.key);
+        if let Some(n) = state.cache.get(&neg_key)
+            && n.age() < negative_ttl
+            && found.as_ref().is_none_or(|f| f.modified < n.modified)
+            && let Ok(data) = tokio::fs::read(&n.path).await
+        {
+            ctx.cache = "hit";
+            let (status, text) = decode_not_found(&data);
+            return Ok(not_found(status, text, "hit"));
+        }
+        match state.flights.join(&spec.key) {
+            Join::Leader(leader) => {
+                let (tx, rx) = oneshot::channel();
+                tokio::spawn(lead(spec.clone(), state.clone(), leader, tx));
+                let led = rx.await.map_err(|_| {
+                    ServeError::Internal("cache fill task ended unexpectedly".into())
+                })?;
+                ctx.upstream_time = led.waited;
+                return match led.result {
+                    Ok(resp) => {
+                        ctx.cache = "miss";
+                        Ok(resp)
+                    }
+                    Err(e) => match &found {
+                        Some(stale) => {
+                            ctx.cache = "stale";
+                            tracing::warn!(key = %spec.key, error = %e, "serving stale entry: upstream failed");
+                            serve_found(stale, spec.content, "stale", method).await
+                        }
+                        None => Err(e),
+                    },
+                };
+            }
+            Join::Follower(follower) => match follower.wait().await {
+                Some(FillOutcome::Committed) => {
+                    if let Some(f) = state.cache.get(&spec.key) {
+                        ctx.cache = "coalesced";
+                        return serve_found(&f, spec.content, "coalesced", method).await;
+                    }
+                }
+                Some(FillOutcome::NotFound { status, text }) => {
+                    ctx.cache = "coalesced";
+                    return Ok(not_found(status, text, "coalesced"));
+                }
+                Some(FillOutcome::Failed(msg)) => {
+                    if let Some(stale) = &found {
+                        ctx.cache = "stale";
+                        return serve_found(stale, spec.content, "stale", method).await;
+                    }
+                    ctx.cache = "coalesced";
+                    return Err(ServeError::UpstreamFailed(msg));
+                }
+                // The leader could not store it, or gave up: compete again.
+                Some(FillOutcome::Uncached) | None => {}
+            },
+        }
+    }
+    Err(ServeError::Internal(
+        "could not fill the cache entry after several attempts".into(),
+    ))
+}
+
+/// The leader's answer for its own client.
+struct Led {
+    result: Result<Response<Body>, ServeError>,
+    waited: Option<Duration>,
+}
+
+/// Fetches from upstream, answers the leader's client through `reply`, fills the cache and
+/// tells the followers. Runs as its own task so a client going away does not stop the fill.
+async fn lead(
+    spec: Arc<Spec>,
+    state: Arc<State>,
+    leader: crate::store::flight::Leader<FillOutcome>,
+    reply: oneshot::Sender<Led>,
+) {
+    let fills = |o: &FillOutcome| {
+        state
+            .metrics
+            .cache_fills
+            .with_label_values(&[o.label()])
+            .inc()
+    };
+    let (resp, waited) = match fetch(&spec, &state).await {
+        Fetched::Ok(resp, waited) => (resp, waited),
+        Fetched::NotFound { status, text } => {
+            let mut stored = Vec::with_capacity(text.len() + 4);
+            stored.extend_from_slice(format!("{status}\n").as_bytes());
+            stored.extend_from_slice(&text);
+            let cache = state.cache.clone();
+            let key = format!("{}{NOT_FOUND_SUFFIX}", spec.key);
+            let stored_ok = tokio::task::spawn_blocking(move || cache.put(&key, &stored))
+                .await
+                .map(|r| r.is_ok())
+                .unwrap_or(false);
+            if !stored_ok {
+                state.cache.count_error();
+            }
+            let outcome = FillOutcome::NotFound {
+                status,
+                text: text.clone(),
+            };
+            fills(&outcome);
+            let _ = reply.send(Led {
+                result: Ok(not_found(status, text, "miss")),
+                waited: None,
+            });
+            leader.finish(outcome);
+            return;
+        }
+        Fetched::Err(e) => {
+            let outcome = FillOutcome::Failed(e.to_string());
+            fills(&outcome);
+            let _ = reply.send(Led {
+                result: Err(e),
+                waited: None,
+            });
+            leader.finish(outcome);
+            return;
+        }
+    };
+
+    let declared_len = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|n| n > spec.max_len) {
+        let e = ServeError::UpstreamFailed(format!(
+            "upstream body of {} bytes exceeds the limit of {} bytes",
+            declared_len.unwrap_or_default(),
+            spec.max_len
+        ));
+        let outcome = FillOutcome::Failed(e.to_string());
+        fills(&outcome);
+        let _ = reply.send(Led {
+            result: Err(e),
+            waited: Some(waited),
+        });
+        leader.finish(outcome);
+        return;
+    }
+
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
+    let mut client_resp = Response::new(StreamBody::new(tokio_stream_from(rx)).boxed());
+    set_headers(&mut client_resp, spec.content, "miss", declared_len);
+    let _ = reply.send(Led {
+        result: Ok(client_resp),
+        waited: Some(waited),
+    });
+
+    let outcome = fill(&spec, &state, resp.into_body(), declared_len, tx).await;
+    fills(&outcome);
+    leader.finish(outcome);
+}
+
+/// Result of walking the upstream list.
+enum Fetched {
+    Ok(Response<Incoming>, Duration),
+    NotFound { status: u16, text: Bytes },
+    Err(ServeError),
+}
+
+/// Walks the sources with GOPROXY fall-through rules.
+async fn fetch(spec: &Spec, state: &State) -> Fetched {
+    let mut not_found: Option<(u16, Bytes)> = None;
+    let mut error: Option<ServeError> = None;
+    let mut total_wait = Duration::ZERO;
+    for source in &spec.sources {
+        let (base, on_any_error) = match source {
+            Source::Off => {
+                not_found.get_or_insert((
+                    404,
+                    Bytes::from_static(b"not found: module lookup disabled by GOPROXY=off"),
+                ));
+                break;
+            }
+            Source::Url { base, on_any_error } => (base, *on_any_error),
+        };
+        let target = state.resolve(base);
+        let uri = match target.join(&spec.path) {
+            Ok(u) => u,
+            Err(e) => return Fetched::Err(ServeError::Internal(format!("bad upstream URL: {e}"))),
+        };
+        let req = Request::get(uri)
+            .header(
+                http::header::USER_AGENT,
+                concat!("modgate/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(http::header::ACCEPT_ENCODING, "identity")
+            .body(crate::body::empty())
+            .expect("static request parts are valid");
+        match state.upstream.send(req, base.host()).await {
+            Ok((resp, waited)) => {
+                total_wait += waited;
+                match resp.status() {
+                    StatusCode::OK => return Fetched::Ok(resp, total_wait),
+                    StatusCode::NOT_FOUND | StatusCode::GONE => {
+                        let status = resp.status().as_u16();
+                        let text = read_text(resp.into_body(), state).await;
+                        not_found.get_or_insert((status, text));
+                        continue;
+                    }
+                    other => {
+                        let text = read_text(resp.into_body(), state).await;
+                        let e = ServeError::UpstreamStatus {
+                            upstream: base.to_string(),
+                            status: other.as_u16(),
+                            detail: String::from_utf8_lossy(&text)
+                                .lines()
+                                .next()
+                                .unwrap_or("")
+                                .chars()
+                                .take(200)
+                                .collect(),
+                        };
+                        if on_any_error {
+                            error = Some(e);
+                            continue;
+                        }
+                        return Fetched::Err(e);
+                    }
+                }
+            }
+            Err(e) => {
+                if on_any_error {
+                    error = Some(e.into());
+                    continue;
+                }
+                return Fetched::Err(e.into());
+            }
+        }
+    }
+    if let Some(e) = error {
+        return Fetched::Err(e);
+    }
+    match not_found {
+        Some((status, text)) => Fetched::NotFound { status, text },
+        None => Fetched::Err(ServeError::Internal("no upstream configured".into())),
+    }
+}
+
+/// Reads at most a few KB of an error body, with the response timeout.
+async fn read_text(mut body: Incoming, state: &State) -> Bytes {
+    let mut buf = BytesMut::new();
+    let read = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+                if buf.len() >= NOT_FOUND_TEXT_MAX {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(state.config.upstream.response_timeout, read).await;
+    buf.truncate(NOT_FOUND_TEXT_MAX);
+    buf.freeze()
+}
+
+/// Streams `body` to the client channel and the cache; returns the outcome for followers.
+async fn fill(
+    spec: &Spec,
+    state: &Arc<State>,
+    mut body: Incoming,
+    declared_len: Option<u64>,
+    tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+) -> FillOutcome {
+    let mut pending: Option<PendingEntry> = match state.cache.begin(&spec.key) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(key = %spec.key, error = %e, "cannot write cache entry");
+            state.cache.count_error();
+            None
+        }
+    };
+    let mut client = Some(tx);
+    let mut batch = BytesMut::new();
+    let mut held: Option<Bytes> = None;
+    let mut total: u64 = 0;
+    let idle = state.config.upstream.response_timeout;
+
+    let failure: Option<String> = loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => break Some(format!("upstream stalled for {idle:?} mid-body")),
+            Ok(None) => break None,
+            Ok(Some(Err(e))) => break Some(format!("upstream body failed: {e}")),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > spec.max_len {
+            break Some(format!(
+                "upstream body exceeds the limit of {} bytes",
+                spec.max_len
+            ));
+        }
+        if pending.is_some() {
+            batch.extend_from_slice(&data);
+            if batch.len() >= WRITE_BATCH {
+                pending = write_batch(pending, batch.split().freeze(), state).await;
+            }
+        }
+        // Hold the newest chunk back until the whole body is validated.
+        if let Some(prev) = held.replace(data) {
+            send(&mut client, Ok(Frame::data(prev))).await;
+        }
+    };
+
+    let failure = failure.or_else(|| match declared_len {
+        Some(n) if n != total => Some(format!(
+            "upstream sent {total} bytes but declared Content-Length {n}"
+        )),
+        _ => None,
+    });
+    if let Some(msg) = failure {
+        tracing::warn!(key = %spec.key, error = %msg, "cache fill failed; nothing stored");
+        send(&mut client, Err(msg.clone().into())).await;
+        return FillOutcome::Failed(msg);
+    }
+
+    if !batch.is_empty() {
+        pending = write_batch(pending, batch.freeze(), state).await;
+    }
+    let committed = match pending {
+        None => Err(None),
+        Some(p) => {
+            let zip = spec.zip.clone();
+            let key = spec.key.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                p.commit(|file| match &zip {
+                    Some((module, version)) => {
+                        let len = file.metadata().map_err(|e| e.to_string())?.len();
+                        crate::gomod::zip::check_zip(module, version, file, len)
+                            .map_err(|e| format!("invalid module zip for {module}@{version}: {e}"))
+                    }
+                    None => Ok(()),
+                })
+            })
+            .await;
+            match res {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(crate::store::disk::StoreError::Rejected(msg))) => Err(Some(msg)),
+                Ok(Err(e)) => {
+                    tracing::warn!(key, error = %e, "cache commit failed");
+                    state.cache.count_error();
+                    Err(None)
+                }
+                Err(e) => Err(Some(format!("validation task failed: {e}"))),
+            }
+        }
+    };
+    match committed {
+        Ok(()) => {
+            if let Some(last) = held {
+                send(&mut client, Ok(Frame::data(last))).await;
+            }
+            // A fresh positive answer replaces any remembered not-found.
+            state
+                .cache
+                .remove(&format!("{}{NOT_FOUND_SUFFIX}", spec.key));
+            FillOutcome::Committed
+        }
+        Err(Some(rejected)) => {
+            tracing::warn!(key = %spec.key, error = %rejected, "upstream body rejected; nothing stored");
+            state
+                .metrics
+                .cache_fills
+                .with_label_values(&["rejected"])
+                .inc();
+            send(&mut client, Err(rejected.clone().into())).await;
+            FillOutcome::Failed(rejected)
+        }
+        Err(None) => {
+            // Not stored (disk trouble), but the bytes were fine: the client gets them.
+            if let Some(last) = held {
+                send(&mut client, Ok(Frame::data(last))).await;
+            }
+            FillOutcome::Uncached
+        }
+    }
+}
+
+async fn write_batch(
+    pending: Option<PendingEntry>,
+    data: Bytes,
+    state: &State,
+) -> Option<PendingEntry> {
+    let mut p = pending?;
+    let res = tokio::task::spawn_blocking(move || p.write(&data).map(|_| p)).await;
+    match res {
+        Ok(Ok(p)) => Some(p),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cache write failed; continuing without caching");
+            state.cache.count_error();
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+async fn send(
+    client: &mut Option<mpsc::Sender<Result<Frame<Bytes>, BoxError>>>,
+    item: Result<Frame<Bytes>, BoxError>,
+) {
+    if let Some(tx) = client
+        && tx.send(item).await.is_err()
+    {
+        // The client went away; the fill goes on for the cache and the followers.
+        *client = None;
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + Sync + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn set_headers(resp: &mut Response<Body>, content: Content, cache: &'static str, len: Option<u64>) {
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content.content_type()),
+    );
+    h.insert(CACHE_HEADER, HeaderValue::from_static(cache));
+    if let Some(n) = len {
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    if cache == "stale" {
+        h.insert(
+            http::header::WARNING,
+            HeaderValue::from_static("110 modgate \"Response is Stale\""),
+        );
+    }
+}
+
+/// Serves a cached entry: small ones from memory, large ones streamed from the file.
+async fn serve_found(
+    found: &Found,
+    content: Content,
+    cache: &'static str,
+    method: &Method,
+) -> Result<Response<Body>, ServeError> {
+    let body: Body = if method == Method::HEAD {
+        crate::body::empty()
+    } else if found.len <= INLINE_MAX {
+        let data = tokio::fs::read(&found.path)
+            .await
+            .map_err(|e| ServeError::Internal(format!("reading cache entry: {e}")))?;
+        Full::new(Bytes::from(data))
+            .map_err(|never| match never {})
+            .boxed()
+    } else {
+        let file = tokio::fs::File::open(&found.path)
+            .await
+            .map_err(|e| ServeError::Internal(format!("reading cache entry: {e}")))?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+        StreamBody::new(futures_util::StreamExt::map(stream, |r| {
+            r.map(Frame::data).map_err(|e| Box::new(e) as BoxError)
+        }))
+        .boxed()
+    };
+    let mut resp = Response::new(body);
+    set_headers(&mut resp, content, cache, Some(found.len));
+    Ok(resp)
+}
+
+fn decode_not_found(data: &[u8]) -> (u16, Bytes) {
+    let text = String::from_utf8_lossy(data);
+    match text.split_once('\n') {
+        Some((status, rest)) => (status.parse().unwrap_or(404), Bytes::from(rest.to_string())),
+        None => (404, Bytes::from(text.to_string())),
+    }
+}
+
+fn not_found(status: u16, text: Bytes, cache: &'static str) -> Response<Body> {
+    let mut text = text.to_vec();
+    if text.is_empty() {
+        text.extend_from_slice(b"not found");
+    }
+    if !text.ends_with(b"\n") {
+        text.push(b'\n');
+    }
+    let mut resp = Response::new(crate::body::full(text));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(CACHE_HEADER, HeaderValue::from_static(cache));
+    resp
+}
