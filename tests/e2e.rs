@@ -1,28 +1,10 @@
 //! Real clients through a real gateway: the go command (Debian golang-1.19-go), curl and git.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
 use crate::util::*;
-
-/// A module zip as the GOPROXY protocol serves it: every entry under `module@version/`.
-fn module_zip(module: &str, version: &str, files: &[(&str, &str)]) -> Vec<u8> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut zip = zip::ZipWriter::new(&mut buf);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        for (name, content) in files {
-            zip.start_file(format!("{module}@{version}/{name}"), opts)
-                .unwrap();
-            zip.write_all(content.as_bytes()).unwrap();
-        }
-        zip.finish().unwrap();
-    }
-    buf.into_inner()
-}
 
 /// A GOPROXY tree holding example.com/hello v1.0.0.
 fn goproxy_files() -> HashMap<String, Vec<u8>> {
@@ -224,5 +206,240 @@ async fn git_clone_through_an_intercepted_host() {
     assert!(
         paths.iter().any(|p| p == "/repo.git/git-upload-pack"),
         "{paths:?}"
+    );
+}
+
+/// A GOPROXY tree with a small dependency graph, including an upper-case path.
+fn module_tree(root: &Path) {
+    write_module(
+        root,
+        "example.com/greet",
+        "v1.0.0",
+        "module example.com/greet\n\ngo 1.19\n",
+        &[(
+            "greet.go",
+            "package greet\n\nfunc Word() string { return \"hello\" }\n",
+        )],
+    );
+    write_module(
+        root,
+        "example.com/greet",
+        "v1.1.0",
+        "module example.com/greet\n\ngo 1.19\n",
+        &[(
+            "greet.go",
+            "package greet\n\nfunc Word() string { return \"hello, verified\" }\n",
+        )],
+    );
+    write_module(
+        root,
+        "example.com/hello",
+        "v1.0.0",
+        "module example.com/hello\n\ngo 1.19\n\nrequire example.com/greet v1.1.0\n",
+        &[(
+            "hello.go",
+            "package hello\n\nimport \"example.com/greet\"\n\nfunc Greeting() string { return greet.Word() + \" world\" }\n",
+        )],
+    );
+    write_module(
+        root,
+        "github.com/Upper/Case",
+        "v0.1.0",
+        "module github.com/Upper/Case\n\ngo 1.19\n",
+        &[("case.go", "package Case\n\nconst Suffix = \"!\"\n")],
+    );
+}
+
+fn write_app(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("go.mod"),
+        "module example.com/app\n\ngo 1.19\n\nrequire (\n\texample.com/hello v1.0.0\n\tgithub.com/Upper/Case v0.1.0\n)\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("main.go"),
+        "package main\n\nimport (\n\t\"fmt\"\n\n\tcase_ \"github.com/Upper/Case\"\n\t\"example.com/hello\"\n)\n\nfunc main() { fmt.Println(hello.Greeting() + case_.Suffix) }\n",
+    )
+    .unwrap();
+}
+
+/// The go command with the default GOPROXY, a GOSUMDB key for the local database, and only
+/// HTTPS_PROXY and the gateway CA pointing at modgate.
+fn go(
+    args: &[&str],
+    dir: &Path,
+    home: &Path,
+    gw: &TestGateway,
+    gosumdb: &str,
+) -> std::process::Output {
+    go_env_extra(args, dir, home, gw, gosumdb, &[])
+}
+
+fn go_env_extra(
+    args: &[&str],
+    dir: &Path,
+    home: &Path,
+    gw: &TestGateway,
+    gosumdb: &str,
+    extra: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = Command::new(tool("go"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("GOPATH", home.join("gopath"))
+        .env("GOMODCACHE", home.join("modcache"))
+        .env("GOCACHE", home.join("gocache"))
+        .env("GOSUMDB", gosumdb)
+        .env("GOFLAGS", "-mod=mod -modcacherw")
+        .env("CGO_ENABLED", "0")
+        .env("HTTPS_PROXY", format!("http://{}", gw.proxy))
+        .env("SSL_CERT_FILE", &gw.ca_path)
+        .envs(extra.iter().copied());
+    tokio::task::block_in_place(|| cmd.output().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_build_verified_by_checksum_db_then_offline_from_cache() {
+    let ca = TestCa::new();
+    let tree = tempfile::tempdir().unwrap();
+    module_tree(tree.path());
+    let proxy = Upstream::tls(&ca, files_dir(tree.path().to_path_buf())).await;
+    let sumdb = SumDb::start(&ca, tree.path());
+    let (proxy_base, sumdb_base) = (proxy.base_url(), sumdb.base_url());
+    let gw = TestGateway::start(&ca, move |c| {
+        c.upstream
+            .overrides
+            .insert("proxy.golang.org".into(), proxy_base);
+        c.upstream
+            .overrides
+            .insert("sum.golang.org".into(), sumdb_base);
+        c.modules.private = modgate::config::PatternList(vec!["corp.example".into()]);
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+
+    // 1. A cold build: modules through the gateway, every hash verified by the checksum DB.
+    let home1 = work.path().join("home1");
+    let app1 = work.path().join("app1");
+    write_app(&app1);
+    let out = go(
+        &["build", "-o", "app", "."],
+        &app1,
+        &home1,
+        &gw,
+        &sumdb.vkey,
+    );
+    assert!(
+        out.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(app1.join("app")).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello, verified world!"
+    );
+    let gosum = std::fs::read_to_string(app1.join("go.sum")).unwrap();
+    assert!(gosum.contains("example.com/greet v1.1.0 h1:"), "{gosum}");
+    assert!(
+        gosum.contains("github.com/Upper/Case v0.1.0/go.mod h1:"),
+        "{gosum}"
+    );
+    let lookups: Vec<String> = sumdb
+        .requests()
+        .into_iter()
+        .filter(|p| p.starts_with("/lookup/"))
+        .collect();
+    assert!(
+        lookups
+            .iter()
+            .any(|p| p == "/lookup/github.com/!upper/!case@v0.1.0"),
+        "{lookups:?}"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "modgate_request_duration_seconds_count",
+            &[("route", "sumdb"), ("status", "2xx")]
+        ) >= 3.0
+    );
+
+    // 2. The canary: an agent without GOPRIVATE asks for a private module. It must fail, and
+    // neither public upstream may ever see the path.
+    let home_c = work.path().join("home-canary");
+    let out = go(
+        &["mod", "download", "-json", "corp.example/secret@v1.0.0"],
+        work.path(),
+        &home_c,
+        &gw,
+        &sumdb.vkey,
+    );
+    assert!(
+        !out.status.success(),
+        "a private module cannot come from the public route"
+    );
+    // With the proxy as the only source, the go command shows modgate's explanation.
+    let out = go_env_extra(
+        &["mod", "download", "-json", "corp.example/secret@v1.0.0"],
+        work.path(),
+        &home_c,
+        &gw,
+        &sumdb.vkey,
+        &[("GOPROXY", "https://proxy.golang.org")],
+    );
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("is private"), "{text}");
+    let m = gw.metrics().await;
+    assert!(metric(&m, "modgate_private_refused_total", &[("kind", "goproxy")]) >= 2.0);
+    let (status, _, body) = gw
+        .get(
+            "sum.golang.org:443",
+            "/lookup/corp.example/secret@v1.0.0",
+            Alpn::H1,
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("GONOSUMDB"));
+    let seen_proxy = proxy.paths();
+    let seen_sumdb = sumdb.requests();
+    assert!(
+        !seen_proxy.iter().any(|p| p.contains("corp.example")),
+        "{seen_proxy:?}"
+    );
+    assert!(
+        !seen_sumdb.iter().any(|p| p.contains("corp.example")),
+        "{seen_sumdb:?}"
+    );
+
+    // 3. Both upstreams go away; a fresh machine (new module cache, no go.sum) builds again
+    // from the gateway's cache, still verifying against the (cached) checksum database.
+    let vkey = sumdb.vkey.clone();
+    drop(proxy);
+    drop(sumdb);
+    let home2 = work.path().join("home2");
+    let app2 = work.path().join("app2");
+    write_app(&app2);
+    let out = go(&["build", "-o", "app", "."], &app2, &home2, &gw, &vkey);
+    assert!(
+        out.status.success(),
+        "offline go build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(app2.join("app")).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello, verified world!"
+    );
+    assert_eq!(
+        std::fs::read_to_string(app2.join("go.sum")).unwrap(),
+        gosum,
+        "same hashes"
     );
 }

@@ -15,3 +15,5 @@ mod docs;
 mod e2e;
 /// TLS interception: h1/h2, SNI rules, leaf certificates, upstream verification.
 mod mitm;
+/// The public route: cache rules, single-flight, fall-through, never-leak.
+mod public;

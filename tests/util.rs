@@ -591,3 +591,261 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+// === Scripted upstream ===
+
+/// What a scripted upstream answers for one path.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Status and body, after an optional delay.
+    Body(u16, Vec<u8>, std::time::Duration),
+    /// Declares `declared` bytes, sends `sent`, then breaks the connection.
+    Abort { declared: u64, sent: Vec<u8> },
+}
+
+/// Replies by path that a test can change while the upstream runs.
+#[derive(Debug, Default)]
+pub struct Script {
+    replies: Mutex<HashMap<String, Reply>>,
+}
+
+impl Script {
+    pub fn set(&self, path: &str, reply: Reply) {
+        self.replies.lock().unwrap().insert(path.to_string(), reply);
+    }
+
+    pub fn ok(&self, path: &str, body: impl Into<Vec<u8>>) {
+        self.set(
+            path,
+            Reply::Body(200, body.into(), std::time::Duration::ZERO),
+        );
+    }
+}
+
+/// A handler answering from `script` (404 "not found: <path>" for unknown paths).
+pub fn scripted(script: Arc<Script>) -> Handler {
+    Arc::new(move |parts, _| {
+        let reply = script
+            .replies
+            .lock()
+            .unwrap()
+            .get(parts.uri.path())
+            .cloned();
+        let path = parts.uri.path().to_string();
+        Box::pin(async move {
+            match reply {
+                None => {
+                    let mut r = Response::new(full(format!("not found: {path}")));
+                    *r.status_mut() = StatusCode::NOT_FOUND;
+                    r
+                }
+                Some(Reply::Body(status, body, delay)) => {
+                    tokio::time::sleep(delay).await;
+                    let mut r = Response::new(full(body));
+                    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                    r
+                }
+                Some(Reply::Abort { declared, sent }) => {
+                    let chunks: Vec<Result<hyper::body::Frame<Bytes>, modgate::body::BoxError>> = vec![
+                        Ok(hyper::body::Frame::data(Bytes::from(sent))),
+                        Err("upstream broke off".into()),
+                    ];
+                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+                    let mut r = Response::new(http_body_util::BodyExt::boxed(body));
+                    r.headers_mut()
+                        .insert(http::header::CONTENT_LENGTH, declared.into());
+                    r
+                }
+            }
+        })
+    })
+}
+
+// === Module trees ===
+
+/// A module zip as the GOPROXY protocol serves it: every entry under `module@version/`.
+pub fn module_zip(module: &str, version: &str, files: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, content) in files {
+            zip.start_file(format!("{module}@{version}/{name}"), opts)
+                .unwrap();
+            zip.write_all(content.as_bytes()).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+/// Writes `module@version` into a GOPROXY file tree (escaped paths): .info, .mod, .zip, list.
+pub fn write_module(root: &Path, module: &str, version: &str, gomod: &str, files: &[(&str, &str)]) {
+    let esc = modgate::gomod::path::escape_path(module).unwrap();
+    let escv = modgate::gomod::path::escape_version(version).unwrap();
+    let dir = root.join(&esc).join("@v");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{escv}.info")),
+        format!(r#"{{"Version":"{version}","Time":"2024-01-02T03:04:05Z"}}"#),
+    )
+    .unwrap();
+    std::fs::write(dir.join(format!("{escv}.mod")), gomod).unwrap();
+    let mut all: Vec<(&str, &str)> = vec![("go.mod", gomod)];
+    all.extend_from_slice(files);
+    std::fs::write(
+        dir.join(format!("{escv}.zip")),
+        module_zip(module, version, &all),
+    )
+    .unwrap();
+    let list = dir.join("list");
+    let mut existing = std::fs::read_to_string(&list).unwrap_or_default();
+    existing.push_str(version);
+    existing.push('\n');
+    std::fs::write(list, existing).unwrap();
+}
+
+/// A handler serving a GOPROXY file tree from disk (request paths are percent-decoded).
+pub fn files_dir(root: PathBuf) -> Handler {
+    Arc::new(move |parts, _| {
+        let root = root.clone();
+        Box::pin(async move {
+            let decoded = parts.uri.path().replace("%21", "!");
+            let rel = decoded.trim_start_matches('/');
+            let ok = !rel.split('/').any(|c| c == ".." || c.is_empty());
+            match ok
+                .then(|| std::fs::read(root.join(rel)))
+                .and_then(Result::ok)
+            {
+                Some(data) => Response::new(full(data)),
+                None => {
+                    let mut r = Response::new(full(format!("not found: {decoded}")));
+                    *r.status_mut() = StatusCode::NOT_FOUND;
+                    r
+                }
+            }
+        })
+    })
+}
+
+// === Checksum database fixture ===
+
+/// The Go checksum-database fixture (tests/fixtures/sumdb), serving TLS on 127.0.0.1.
+pub struct SumDb {
+    pub vkey: String,
+    pub addr: String,
+    pub log: PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SumDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SumDb {
+    /// Builds (once) and starts the fixture over the GOPROXY tree at `goproxy`.
+    pub fn start(ca: &TestCa, goproxy: &Path) -> SumDb {
+        use std::io::BufRead as _;
+        let bin = sumdb_fixture_binary();
+        let dir = tempfile::tempdir().unwrap();
+        let (certs, key) = ca.leaf(&["127.0.0.1", "localhost"]);
+        let cert_pem = pem_block("CERTIFICATE", certs[0].as_ref());
+        let key_pem = pem_block("PRIVATE KEY", key.secret_der());
+        std::fs::write(dir.path().join("cert.pem"), cert_pem).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key_pem).unwrap();
+        let log = dir.path().join("requests.log");
+        let mut child = std::process::Command::new(bin)
+            .arg("-goproxy")
+            .arg(goproxy)
+            .arg("-cert")
+            .arg(dir.path().join("cert.pem"))
+            .arg("-key")
+            .arg(dir.path().join("key.pem"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let (vkey, addr) = line
+            .trim()
+            .split_once(' ')
+            .expect("fixture prints key and address");
+        SumDb {
+            vkey: vkey.to_string(),
+            addr: addr.to_string(),
+            log,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Every path the database was asked for.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with('/'))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Builds the sumdb fixture with the real go command and Debian's x/mod sources.
+fn sumdb_fixture_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let gopath = Path::new("/usr/share/gocode");
+        assert!(
+            gopath.join("src/golang.org/x/mod/sumdb").is_dir(),
+            "golang-golang-x-mod-dev is not installed (run .ci/run or apt-get install it)"
+        );
+        let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sumdb-fixture");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let bin = out_dir.join(format!("sumdb-fixture-{}", std::process::id()));
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sumdb/main.go");
+        let out = std::process::Command::new(tool("go"))
+            .arg("build")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", gopath)
+            .env("GOCACHE", out_dir.join("gocache"))
+            .env("GOFLAGS", "")
+            .env("HOME", &out_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "building the sumdb fixture failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bin
+    })
+    .clone()
+}

@@ -136,11 +136,9 @@ pub async fn serve(
                     ServeError::Internal("cache fill task ended unexpectedly".into())
                 })?;
                 ctx.upstream_time = led.waited;
+                ctx.cache = "miss";
                 return match led.result {
-                    Ok(resp) => {
-                        ctx.cache = "miss";
-                        Ok(resp)
-                    }
+                    Ok(resp) => Ok(resp),
                     Err(e) => match &found {
                         Some(stale) => {
                             ctx.cache = "stale";

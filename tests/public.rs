@@ -1,0 +1,539 @@
+//! The public route: cache rules (immutable, TTL, stale-if-error, negative answers),
+//! single-flight, atomic commits, zip validation, eviction, restart, GOPROXY fall-through, and
+//! the never-leak guard, all against scripted TLS upstreams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::util::*;
+
+const HOST: &str = "proxy.golang.org:443";
+
+async fn gateway(
+    script: &Arc<Script>,
+    ca: &TestCa,
+    edit: impl FnOnce(&mut modgate::config::Config),
+) -> (Upstream, TestGateway) {
+    let up = Upstream::tls(ca, scripted(script.clone())).await;
+    let base = up.base_url();
+    let gw = TestGateway::start(ca, move |c| {
+        c.upstream.overrides.insert("proxy.golang.org".into(), base);
+        c.modules.private =
+            modgate::config::PatternList(vec!["*.corp.example,github.com/acme/*".into()]);
+        edit(c);
+    })
+    .await;
+    (up, gw)
+}
+
+fn count(up: &Upstream, path: &str) -> usize {
+    up.paths().iter().filter(|p| *p == path).count()
+}
+
+async fn get(gw: &TestGateway, path: &str) -> (u16, String, String) {
+    let (status, headers, body) = gw.get(HOST, path, Alpn::H1).await;
+    let cache = headers
+        .get("x-modgate-cache")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (
+        status.as_u16(),
+        cache,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn immutable_entries_are_served_from_cache_forever() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    script.ok("/example.com/m/@v/v1.0.0.mod", "module example.com/m\n");
+    let (up, gw) = gateway(&script, &ca, |_| {}).await;
+    assert_eq!(
+        get(&gw, "/example.com/m/@v/v1.0.0.mod").await,
+        (200, "miss".into(), "module example.com/m\n".into())
+    );
+    // Even if the upstream changes its mind, the cached bytes stay.
+    script.ok("/example.com/m/@v/v1.0.0.mod", "module tampered\n");
+    for _ in 0..3 {
+        assert_eq!(
+            get(&gw, "/example.com/m/@v/v1.0.0.mod").await,
+            (200, "hit".into(), "module example.com/m\n".into())
+        );
+    }
+    assert_eq!(count(&up, "/example.com/m/@v/v1.0.0.mod"), 1);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "modgate_request_duration_seconds_count",
+            &[("route", "public"), ("cache", "hit")]
+        ),
+        3.0
+    );
+    assert!(metric(&m, "modgate_cache_entries", &[]) >= 1.0);
+    assert!(metric(&m, "modgate_cache_bytes", &[]) >= 21.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutable_entries_expire_and_are_served_stale_when_upstream_fails() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    script.ok("/example.com/m/@v/list", "v1.0.0\n");
+    let (up, gw) = gateway(&script, &ca, |c| {
+        c.cache.mutable_ttl = Duration::from_millis(300)
+    })
+    .await;
+    assert_eq!(
+        get(&gw, "/example.com/m/@v/list").await,
+        (200, "miss".into(), "v1.0.0\n".into())
+    );
+    assert_eq!(get(&gw, "/example.com/m/@v/list").await.1, "hit");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    script.ok("/example.com/m/@v/list", "v1.0.0\nv1.1.0\n");
+    assert_eq!(
+        get(&gw, "/example.com/m/@v/list").await,
+        (200, "miss".into(), "v1.0.0\nv1.1.0\n".into())
+    );
+    assert_eq!(count(&up, "/example.com/m/@v/list"), 2);
+
+    // Every upstream fails: the expired entry is served, marked stale.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    script.set(
+        "/example.com/m/@v/list",
+        Reply::Body(503, b"down".to_vec(), Duration::ZERO),
+    );
+    let (status, headers, body) = gw.get(HOST, "/example.com/m/@v/list", Alpn::H2).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-modgate-cache"], "stale");
+    assert!(headers.contains_key("warning"));
+    assert_eq!(&body[..], b"v1.0.0\nv1.1.0\n");
+    // With nothing cached, the failure reaches the client as a 502 with the reason.
+    script.set(
+        "/example.com/other/@v/list",
+        Reply::Body(503, b"down for maintenance".to_vec(), Duration::ZERO),
+    );
+    let (status, _, body) = get(&gw, "/example.com/other/@v/list").await;
+    assert_eq!(status, 502);
+    assert!(
+        body.contains("answered 503") && body.contains("down for maintenance"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_found_is_passed_through_and_remembered_briefly() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let (up, gw) = gateway(&script, &ca, |c| {
+        c.cache.negative_ttl = Duration::from_millis(300)
+    })
+    .await;
+    let (status, cache, body) = get(&gw, "/example.com/nope/@v/list").await;
+    assert_eq!((status, cache.as_str()), (404, "miss"));
+    assert_eq!(body, "not found: /example.com/nope/@v/list\n");
+    assert_eq!(get(&gw, "/example.com/nope/@v/list").await.1, "hit");
+    assert_eq!(count(&up, "/example.com/nope/@v/list"), 1);
+    // Once the module appears upstream and the negative entry expires, it is found.
+    script.ok("/example.com/nope/@v/list", "v0.1.0\n");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        get(&gw, "/example.com/nope/@v/list").await,
+        (200, "miss".into(), "v0.1.0\n".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_misses_make_one_upstream_fetch() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let zip = module_zip(
+        "example.com/big",
+        "v1.0.0",
+        &[("a.go", &"package a\n".repeat(50_000))],
+    );
+    script.set(
+        "/example.com/big/@v/v1.0.0.zip",
+        Reply::Body(200, zip.clone(), Duration::from_millis(500)),
+    );
+    let (up, gw) = gateway(&script, &ca, |_| {}).await;
+    let gw = Arc::new(gw);
+    let mut tasks = vec![];
+    for i in 0..50 {
+        let gw = gw.clone();
+        let alpn = if i % 2 == 0 { Alpn::H1 } else { Alpn::H2 };
+        tasks.push(tokio::spawn(async move {
+            gw.get(HOST, "/example.com/big/@v/v1.0.0.zip", alpn).await
+        }));
+    }
+    let mut outcomes = std::collections::HashMap::<String, usize>::new();
+    for t in tasks {
+        let (status, headers, body) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body.len(), zip.len());
+        assert!(body[..] == zip[..], "identical bytes");
+        *outcomes
+            .entry(headers["x-modgate-cache"].to_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        count(&up, "/example.com/big/@v/v1.0.0.zip"),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes.get("miss"), Some(&1), "{outcomes:?}");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "modgate_cache_fills_total", &[("outcome", "committed")]),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aborted_or_invalid_bodies_are_never_committed() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let good = module_zip("example.com/m", "v1.0.0", &[("m.go", "package m\n")]);
+    script.set(
+        "/example.com/m/@v/v1.0.0.zip",
+        Reply::Abort {
+            declared: good.len() as u64,
+            sent: good[..good.len() / 2].to_vec(),
+        },
+    );
+    // A well-formed zip whose entries are outside the module prefix.
+    let evil = module_zip("example.com/evil", "v1.0.0", &[("m.go", "package m\n")]);
+    script.ok("/example.com/bad/@v/v1.0.0.zip", evil);
+    // Bytes that are not a zip at all.
+    script.ok("/example.com/junk/@v/v1.0.0.zip", "not a zip");
+    let (up, gw) = gateway(&script, &ca, |_| {}).await;
+    let cache_dir = gw.dir.path().join("data/cache");
+
+    for path in [
+        "/example.com/m/@v/v1.0.0.zip",
+        "/example.com/bad/@v/v1.0.0.zip",
+        "/example.com/junk/@v/v1.0.0.zip",
+    ] {
+        let (stream, head) = connect(gw.proxy, HOST, "").await;
+        assert_eq!(status(&head), 200);
+        let tls = tls_connect(stream, "proxy.golang.org", gw.roots(), Alpn::H1)
+            .await
+            .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header("host", "proxy.golang.org")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let ok_status = resp.status() == 200;
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+        assert!(
+            !ok_status || body.is_err(),
+            "{path}: the client must see an error status or a broken body, not a complete 200"
+        );
+    }
+    let mut files = vec![];
+    walk(&cache_dir, &mut files);
+    assert!(
+        files.iter().all(|f| !f.ends_with(".zip")),
+        "nothing committed: {files:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(gw.dir.path().join("data/tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "no temp files left"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "modgate_cache_fills_total", &[("outcome", "rejected")]),
+        2.0,
+        "{m}"
+    );
+
+    // The upstream recovers: the next request fetches again and succeeds.
+    script.ok("/example.com/m/@v/v1.0.0.zip", good.clone());
+    let (status, _, body) = gw.get(HOST, "/example.com/m/@v/v1.0.0.zip", Alpn::H2).await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], &good[..]);
+    assert_eq!(count(&up, "/example.com/m/@v/v1.0.0.zip"), 2);
+}
+
+fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            walk(&e.path(), out);
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn least_recently_used_entries_are_evicted_first() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let big = |c: char| {
+        format!(
+            "module example.com/{c}\n// {}\n",
+            c.to_string().repeat(300_000)
+        )
+    };
+    for c in ['a', 'b', 'c', 'd'] {
+        script.ok(&format!("/example.com/{c}/@v/v1.0.0.mod"), big(c));
+    }
+    let (up, gw) = gateway(&script, &ca, |c| {
+        c.cache.max_size = bytesize::ByteSize::mib(1)
+    })
+    .await;
+    for c in ['a', 'b', 'c'] {
+        assert_eq!(
+            get(&gw, &format!("/example.com/{c}/@v/v1.0.0.mod")).await.1,
+            "miss"
+        );
+    }
+    assert_eq!(get(&gw, "/example.com/a/@v/v1.0.0.mod").await.1, "hit");
+    // d pushes the cache over 1 MiB: b is the least recently used.
+    assert_eq!(get(&gw, "/example.com/d/@v/v1.0.0.mod").await.1, "miss");
+    assert_eq!(get(&gw, "/example.com/a/@v/v1.0.0.mod").await.1, "hit");
+    assert_eq!(get(&gw, "/example.com/c/@v/v1.0.0.mod").await.1, "hit");
+    let (status, cache, body) = get(&gw, "/example.com/b/@v/v1.0.0.mod").await;
+    assert_eq!((status, cache.as_str()), (200, "miss"));
+    assert_eq!(body, big('b'));
+    assert_eq!(count(&up, "/example.com/b/@v/v1.0.0.mod"), 2);
+    assert_eq!(count(&up, "/example.com/a/@v/v1.0.0.mod"), 1);
+    let m = gw.metrics().await;
+    assert!(metric(&m, "modgate_cache_evictions_total", &[]) >= 1.0);
+    assert!(metric(&m, "modgate_cache_bytes", &[]) <= 1024.0 * 1024.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_survives_a_restart_with_upstreams_down() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let zip = module_zip("example.com/m", "v1.0.0", &[("m.go", "package m\n")]);
+    script.ok("/example.com/m/@v/v1.0.0.zip", zip.clone());
+    script.ok("/example.com/m/@v/v1.0.0.info", r#"{"Version":"v1.0.0"}"#);
+    let (up, mut gw) = gateway(&script, &ca, |_| {}).await;
+    assert_eq!(get(&gw, "/example.com/m/@v/v1.0.0.zip").await.1, "miss");
+    assert_eq!(get(&gw, "/example.com/m/@v/v1.0.0.info").await.1, "miss");
+    let data_dir = gw.dir.path().join("data");
+    let ca_dir = gw.dir.path().join("certs");
+    assert!(gw.gateway.take().unwrap().shutdown().await);
+    drop(up);
+
+    let gw2 = TestGateway::start(&ca, |c| {
+        c.storage.data_dir = data_dir.clone();
+        c.ca.dir = ca_dir.clone();
+        c.upstream
+            .overrides
+            .insert("proxy.golang.org".into(), "https://127.0.0.1:9".into());
+    })
+    .await;
+    let (status, headers, body) = gw2
+        .get(HOST, "/example.com/m/@v/v1.0.0.zip", Alpn::H2)
+        .await;
+    assert_eq!(
+        (
+            status.as_u16(),
+            headers["x-modgate-cache"].to_str().unwrap()
+        ),
+        (200, "hit")
+    );
+    assert_eq!(&body[..], &zip[..]);
+    assert_eq!(get(&gw2, "/example.com/m/@v/v1.0.0.info").await.1, "hit");
+    let m = gw2.metrics().await;
+    assert_eq!(metric(&m, "modgate_cache_entries", &[]), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn goproxy_list_falls_through_like_the_go_command() {
+    let ca = TestCa::new();
+    let first = Arc::new(Script::default());
+    let second = Arc::new(Script::default());
+    first.set(
+        "/example.com/err/@v/list",
+        Reply::Body(500, b"boom".to_vec(), Duration::ZERO),
+    );
+    second.ok("/example.com/nf/@v/list", "v1.0.0\n");
+    second.ok("/example.com/err/@v/list", "v2.0.0\n");
+    let a = Upstream::tls(&ca, scripted(first.clone())).await;
+    let b = Upstream::tls(&ca, scripted(second.clone())).await;
+    let (a_base, b_base) = (a.base_url(), b.base_url());
+    let comma = TestGateway::start(&ca, |c| {
+        c.modules.upstream = "https://first.test,https://second.test".into();
+        c.upstream
+            .overrides
+            .insert("first.test".into(), a_base.clone());
+        c.upstream
+            .overrides
+            .insert("second.test".into(), b_base.clone());
+    })
+    .await;
+    // 404 on the first entry falls through on ",".
+    assert_eq!(
+        get(&comma, "/example.com/nf/@v/list").await,
+        (200, "miss".into(), "v1.0.0\n".into())
+    );
+    // Any other error stops at ",".
+    assert_eq!(get(&comma, "/example.com/err/@v/list").await.0, 502);
+    assert_eq!(count(&b, "/example.com/err/@v/list"), 0);
+
+    let pipe = TestGateway::start(&ca, |c| {
+        c.modules.upstream = "https://first.test|https://second.test".into();
+        c.upstream
+            .overrides
+            .insert("first.test".into(), a_base.clone());
+        c.upstream
+            .overrides
+            .insert("second.test".into(), b_base.clone());
+    })
+    .await;
+    // "|" falls through on any error.
+    assert_eq!(
+        get(&pipe, "/example.com/err/@v/list").await,
+        (200, "miss".into(), "v2.0.0\n".into())
+    );
+    // Not found everywhere: the first not-found text.
+    let (status, _, body) = get(&pipe, "/example.com/none/@v/list").await;
+    assert_eq!(status, 404);
+    assert!(body.starts_with("not found:"), "{body}");
+
+    let off = TestGateway::start(&ca, |c| c.modules.upstream = "off".into()).await;
+    let (status, _, body) = get(&off, "/example.com/nf/@v/list").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("GOPROXY=off"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_and_invalid_paths_never_leave_the_gateway() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let (up, gw) = gateway(&script, &ca, |_| {}).await;
+    for path in [
+        "/git.corp.example/team/lib/@v/list",
+        "/git.corp.example/team/lib/@latest",
+        "/git.corp.example/team/lib/@v/v1.0.0.info",
+        "/git.corp.example/team/lib/@v/main.info",
+        "/git.corp.example/team/lib/@v/v1.0.0.mod",
+        "/git.corp.example/team/lib/@v/v1.0.0.zip",
+        "/github.com/acme/tool/@v/list",
+    ] {
+        let (status, _, body) = get(&gw, path).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(
+            body.contains("is private") && body.contains("never fetched from a public proxy"),
+            "{body}"
+        );
+    }
+    for path in ["/sumdb/sum.golang.org/lookup/git.corp.example/team/lib@v1.0.0"] {
+        let (status, _, body) = get(&gw, path).await;
+        assert_eq!(status, 404);
+        assert!(body.contains("GONOSUMDB"), "{body}");
+    }
+    let (status, _, body) = gw
+        .get(
+            "sum.golang.org:443",
+            "/lookup/github.com/acme/tool@v1.0.0",
+            Alpn::H1,
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("GONOSUMDB"));
+
+    for (path, want) in [
+        ("/example.com/../etc/@v/list", 400),
+        ("/example.com/%2e%2e/x/@v/list", 400),
+        ("/example.com%2Fx/@v/list", 400),
+        ("/example.com/!X/@v/list", 400),
+        ("/example.com/x%00/@v/list", 400),
+        ("/example.com/aux/@v/list", 400),
+        ("/example.com/x/@v/v1.0.zip", 400),
+        ("/example.com/x/@v/..%2f..%2fetc.info", 400),
+        ("/example.com/x/@v/v2.0.0.mod", 404),
+        ("/robots.txt", 404),
+    ] {
+        let (status, headers, body) = gw.get(HOST, path, Alpn::H1).await;
+        assert_eq!(
+            status.as_u16(),
+            want,
+            "{path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    }
+    assert!(
+        up.paths().is_empty(),
+        "the public upstream saw: {:?}",
+        up.paths()
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "modgate_private_refused_total", &[("kind", "goproxy")]),
+        7.0
+    );
+    assert_eq!(
+        metric(&m, "modgate_private_refused_total", &[("kind", "sumdb")]),
+        2.0
+    );
+    let mut files = vec![];
+    walk(&gw.dir.path().join("data/cache"), &mut files);
+    assert!(files.is_empty(), "{files:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checksum_database_is_proxied_and_cached_byte_for_byte() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let lookup = "42\nexample.com/m v1.0.0 h1:abc=\nexample.com/m v1.0.0/go.mod h1:def=\n\ngo.sum database tree\n43\nroot=\n\n— sum.golang.org sig\n";
+    script.ok("/lookup/example.com/m@v1.0.0", lookup);
+    script.ok("/tile/8/0/000", vec![7u8; 256 * 32]);
+    script.ok("/tile/8/0/001.p/5", vec![9u8; 5 * 32]);
+    let sum = Upstream::tls(&ca, scripted(script.clone())).await;
+    let base = sum.base_url();
+    let gw = TestGateway::start(&ca, move |c| {
+        c.upstream.overrides.insert("sum.golang.org".into(), base);
+    })
+    .await;
+    // Through the proxy host, as the go command does after /supported.
+    let (status, _, body) = get(&gw, "/sumdb/sum.golang.org/supported").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!(
+        get(&gw, "/sumdb/sum.golang.org/lookup/example.com/m@v1.0.0").await,
+        (200, "miss".into(), lookup.into())
+    );
+    // And directly on the database host: same cache entry.
+    let (status, headers, body) = gw
+        .get(
+            "sum.golang.org:443",
+            "/lookup/example.com/m@v1.0.0",
+            Alpn::H2,
+        )
+        .await;
+    assert_eq!(
+        (
+            status.as_u16(),
+            headers["x-modgate-cache"].to_str().unwrap()
+        ),
+        (200, "hit")
+    );
+    assert_eq!(String::from_utf8_lossy(&body), lookup);
+    let (_, headers, body) = gw
+        .get("sum.golang.org:443", "/tile/8/0/000", Alpn::H1)
+        .await;
+    assert_eq!(body.len(), 256 * 32);
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    let (_, _, body) = gw
+        .get("sum.golang.org:443", "/tile/8/0/001.p/5", Alpn::H1)
+        .await;
+    assert_eq!(&body[..], &vec![9u8; 5 * 32][..]);
+    assert_eq!(count(&sum, "/lookup/example.com/m@v1.0.0"), 1);
+    // A database that is not configured is not proxied: 404 lets the go command go direct.
+    assert_eq!(get(&gw, "/sumdb/sum.other.example/supported").await.0, 404);
+}
