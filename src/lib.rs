@@ -6,8 +6,11 @@
 //!
 //! - [`config`]: the TOML file and its defaults;
 //! - [`proxy`]: listener, CONNECT, tunnels, TLS interception, CA, upstream client;
-//! - [`policy`]: pure decisions (egress);
-//! - [`serve`]: what happens to each intercepted request;
+//! - [`policy`]: pure decisions: egress, classification, private patterns, routes;
+//! - [`gomod`]: Go's path, version, zip and checksum-database formats;
+//! - [`store`]: the persistent cache and single-flight fills;
+//! - [`serve`]: what happens to each intercepted request (cached public route, sumdb, forward);
+//! - [`explain`]: the same decisions, printed for an operator;
 //! - [`telemetry`]: metrics, access log, admin endpoints.
 //!
 //! [`Gateway::start`] wires them together; `main.rs` and the tests both use it.
@@ -17,6 +20,7 @@
 
 pub mod body;
 pub mod config;
+pub mod explain;
 pub mod gomod;
 pub mod policy;
 pub mod proxy;

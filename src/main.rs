@@ -38,6 +38,13 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Show how a module path or URL would be classified, routed and cached.
+    Explain {
+        /// A module path (e.g. golang.org/x/mod) or a URL (https://proxy.golang.org/...).
+        input: String,
+        #[arg(long, short, env = "MODGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Proxy-authentication helpers.
     Auth {
         #[command(subcommand)]
@@ -156,6 +163,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Explain { input, config } => {
+            let cfg = load_config(config.as_ref())?;
+            print!(
+                "{}",
+                modgate::explain::explain(&cfg, &input).map_err(anyhow::Error::msg)?
+            );
+            Ok(())
+        }
         Command::Auth {
             command: AuthCommand::Hash,
         } => {

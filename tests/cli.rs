@@ -222,3 +222,36 @@ fn json_access_log_has_one_line_per_request_with_its_fields() {
     assert_eq!(line["status"], 200);
     assert_eq!(line["bytes"], 3);
 }
+
+#[test]
+fn explain_prints_target_rule_route_upstream_and_cache_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[modules]\nprivate = \"*.corp.example\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run(
+        &["explain", "golang.org/x/mod", "--config", "c.toml"],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    for want in [
+        "target:      goproxy list golang.org/x/mod",
+        "rule:        none (public)",
+        "upstream:    https://proxy.golang.org/golang.org/x/mod/@v/list",
+        "cache key:   mod/golang.org/x/mod/@v/list",
+    ] {
+        assert!(out.contains(want), "{want}\n{out}");
+    }
+    let (ok, out, _) = run(
+        &["explain", "git.corp.example/team/lib", "--config", "c.toml"],
+        dir.path(),
+    );
+    assert!(ok);
+    assert!(out.contains("private (\"*.corp.example\""), "{out}");
+    assert!(!out.contains("upstream:"), "{out}");
+    let (ok, _, err) = run(&["explain", "not a path"], dir.path());
+    assert!(!ok);
+    assert!(err.contains("malformed module path"), "{err}");
+}

@@ -1,0 +1,207 @@
+//! `modgate explain`: what the gateway would do with a module path or a URL, computed by the same
+//! pure `policy` code that serves requests. No network, no disk.
+
+use std::fmt::Write as _;
+
+use crate::config::Config;
+use crate::gomod::path::escape_path;
+use crate::policy::Policy;
+use crate::policy::classify::Target;
+use crate::policy::egress::{Decision, normalize_host};
+use crate::policy::route::Route;
+use crate::serve::upstreams::{Entry, GoProxyList};
+
+/// Explains `input` (a module path, or an `https://` / `http://` URL) under `config`.
+pub fn explain(config: &Config, input: &str) -> Result<String, String> {
+    let policy = Policy::new(config)?;
+    let url = if input.starts_with("https://") || input.starts_with("http://") {
+        input.to_string()
+    } else {
+        let esc = escape_path(input).map_err(|e| e.to_string())?;
+        let host = config
+            .modules
+            .proxy_hosts
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "proxy.golang.org".into());
+        format!("https://{host}/{esc}/@v/list")
+    };
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let host = normalize_host(uri.host().ok_or("URL has no host")?);
+    let mut out = String::new();
+    let _ = writeln!(out, "input:       {input}");
+    if url != input {
+        let _ = writeln!(out, "request:     GET {url}");
+    }
+    let decision = policy.egress.decide_connect(&host);
+    let _ = writeln!(
+        out,
+        "connection:  {}",
+        match &decision {
+            Decision::Intercept => format!("intercept ({host} is in the intercept set)"),
+            Decision::Tunnel =>
+                format!("tunnel ({host} is not intercepted; allowed by egress policy)"),
+            Decision::Deny(reason) => format!("deny ({reason})"),
+        }
+    );
+    if decision != Decision::Intercept {
+        return Ok(out);
+    }
+    let (target, route) = match policy.decide(&host, "GET", uri.path(), uri.query()) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = writeln!(out, "target:      invalid");
+            let _ = writeln!(
+                out,
+                "answer:      {} {e}",
+                crate::serve::respond::ServeError::from(e.clone()).status()
+            );
+            return Ok(out);
+        }
+    };
+    let _ = writeln!(out, "target:      {}", describe_target(&target));
+    let rule = target
+        .module_path()
+        .and_then(|p| {
+            policy
+                .rules
+                .private
+                .matching(p)
+                .map(|r| format!("private ({r:?} matches {p})"))
+        })
+        .unwrap_or_else(|| "none (public)".to_string());
+    let _ = writeln!(out, "rule:        {rule}");
+    match &route {
+        Route::Public(f) => {
+            let _ = writeln!(
+                out,
+                "route:       public (cache, then the public GOPROXY list)"
+            );
+            let list = GoProxyList::parse(&config.modules.upstream)?;
+            for e in list.entries() {
+                match e {
+                    Entry::Proxy { base, on_any_error } => {
+                        let _ = writeln!(
+                            out,
+                            "upstream:    {}{}{}",
+                            base,
+                            f.upstream_path(),
+                            if *on_any_error {
+                                "  (then next on any error)"
+                            } else {
+                                "  (then next on 404/410)"
+                            }
+                        );
+                    }
+                    Entry::Off => {
+                        let _ = writeln!(out, "upstream:    off (not found)");
+                    }
+                }
+            }
+            let _ = writeln!(out, "cache key:   {} ({})", f.key(), f.class().name());
+        }
+        Route::SumDb(f) => {
+            let _ = writeln!(
+                out,
+                "route:       sumdb (cache, then the checksum database)"
+            );
+            if let Some(base) = config.sumdb.dbs.get(f.db()) {
+                let _ = writeln!(
+                    out,
+                    "upstream:    {}{}",
+                    base.trim_end_matches('/'),
+                    f.upstream_path()
+                );
+            }
+            let _ = writeln!(out, "cache key:   {} ({})", f.key(), f.class().name());
+        }
+        Route::SumDbSupported => {
+            let _ = writeln!(out, "route:       sumdb supported (answered locally: 200)");
+        }
+        Route::PrivateRefused { message, .. } => {
+            let _ = writeln!(
+                out,
+                "route:       private, refused locally (404); never sent to a public upstream"
+            );
+            let _ = writeln!(out, "answer:      {message}");
+        }
+        Route::Forward => {
+            let _ = writeln!(
+                out,
+                "route:       forward (unchanged to the host or its override; not cached)"
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn describe_target(t: &Target) -> String {
+    match t {
+        Target::GoProxy { module, op } => match op.version() {
+            Some(v) => format!("goproxy {} {module}@{v}", op.name()),
+            None => format!("goproxy {} {module}", op.name()),
+        },
+        Target::SumDb { db, op } => format!("sumdb {} ({db})", op.name()),
+        Target::GoGet { path } => format!("go-get discovery for {path}"),
+        Target::Git { repo, service } => format!("git {service} for {repo}"),
+        Target::Other => "other (not a module protocol request)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explains_public_private_and_invalid() {
+        let mut cfg = Config::default();
+        cfg.modules.private = crate::config::PatternList(vec!["*.corp.example".into()]);
+        let out = explain(&cfg, "github.com/Azure/go-autorest").unwrap();
+        assert!(
+            out.contains("target:      goproxy list github.com/Azure/go-autorest"),
+            "{out}"
+        );
+        assert!(out.contains("rule:        none (public)"), "{out}");
+        assert!(
+            out.contains(
+                "upstream:    https://proxy.golang.org/github.com/%21azure/go-autorest/@v/list"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("cache key:   mod/github.com/!azure/go-autorest/@v/list (mutable)"),
+            "{out}"
+        );
+
+        let out = explain(
+            &cfg,
+            "https://proxy.golang.org/git.corp.example/x/@v/v1.0.0.zip",
+        )
+        .unwrap();
+        assert!(
+            out.contains("rule:        private (\"*.corp.example\" matches git.corp.example/x)"),
+            "{out}"
+        );
+        assert!(out.contains("refused locally"), "{out}");
+
+        let out = explain(
+            &cfg,
+            "https://sum.golang.org/lookup/golang.org/x/mod@v0.7.0",
+        )
+        .unwrap();
+        assert!(
+            out.contains("upstream:    https://sum.golang.org/lookup/golang.org/x/mod@v0.7.0"),
+            "{out}"
+        );
+        assert!(out.contains("(immutable)"), "{out}");
+
+        let out = explain(&cfg, "https://proxy.golang.org/example.com/%2e%2e/@v/list").unwrap();
+        assert!(out.contains("answer:      400"), "{out}");
+
+        let out = explain(&cfg, "https://github.com/").unwrap();
+        assert!(out.contains("connection:  tunnel"), "{out}");
+        assert!(explain(&cfg, "Not A Path").is_err());
+    }
+}
