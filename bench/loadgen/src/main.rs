@@ -1,0 +1,413 @@
+//! loadgen: the benchmark load client for modgate, plus the pieces a benchmark needs around it.
+//!
+//! - `run`: fixed concurrency, fixed duration (or request count), keep-alive or a new
+//!   connection + TLS handshake per request, HTTP/1.1 or h2, optionally through an HTTP CONNECT
+//!   proxy, trusting extra roots; prints one JSON line with throughput and latency percentiles.
+//! - `serve`: a static HTTPS file server (h1 and h2) — the "direct upstream" limit.
+//! - `certs`: a CA and a 127.0.0.1/localhost server certificate for `serve`.
+//! - `mkzip`: a valid module zip of a given size (stored, incompressible content).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate load and print a JSON summary.
+    Run(RunArgs),
+    /// Serve a directory over HTTPS on 127.0.0.1; prints the address.
+    Serve {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: SocketAddr,
+    },
+    /// Write ca.pem, cert.pem and key.pem (server certificate for 127.0.0.1 and localhost).
+    Certs {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Write a module zip of about `size` bytes.
+    Mkzip {
+        #[arg(long)]
+        module: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        size: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Parser, Clone)]
+struct RunArgs {
+    /// https:// URLs, requested round-robin.
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
+    /// HTTP proxy (host:port) to CONNECT through.
+    #[arg(long)]
+    proxy: Option<String>,
+    /// PEM roots to trust (in addition to none: only these are trusted).
+    #[arg(long)]
+    ca: Vec<PathBuf>,
+    /// Use h2 (ALPN h2), else HTTP/1.1.
+    #[arg(long)]
+    h2: bool,
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Run for this long (e.g. 10s).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Stop after this many requests in total instead.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Open a new connection (and TLS handshake) for every request.
+    #[arg(long)]
+    new_conn: bool,
+    /// A label copied into the output.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(60 * n)),
+        _ => Err(format!("bad duration {s}")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Run(args) => run(args).await,
+        Cmd::Serve { dir, cert, key, addr } => serve(dir, cert, key, addr).await,
+        Cmd::Certs { dir } => certs(&dir),
+        Cmd::Mkzip { module, version, size, out } => mkzip(&module, &version, size, &out),
+    }
+}
+
+// === run ===
+
+struct Target {
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_url(url: &str) -> anyhow::Result<Target> {
+    let uri: http::Uri = url.parse()?;
+    if uri.scheme_str() != Some("https") {
+        bail!("only https:// URLs are supported: {url}");
+    }
+    Ok(Target {
+        host: uri.host().context("no host")?.to_string(),
+        port: uri.port_u16().unwrap_or(443),
+        path: uri.path_and_query().map(|p| p.to_string()).unwrap_or("/".into()),
+    })
+}
+
+fn tls_config(cas: &[PathBuf], h2: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        let pem = std::fs::read(ca).with_context(|| ca.display().to_string())?;
+        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(c?)?;
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    Ok(Arc::new(cfg))
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+async fn open(t: &Target, args: &RunArgs, tls: &Arc<rustls::ClientConfig>) -> anyhow::Result<Sender> {
+    let tcp = match &args.proxy {
+        Some(p) => {
+            let mut s = TcpStream::connect(p).await?;
+            s.set_nodelay(true)?;
+            let authority = format!("{}:{}", t.host, t.port);
+            s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+                .await?;
+            let head = read_head(&mut s).await?;
+            if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+                bail!("CONNECT refused: {}", head.lines().next().unwrap_or(""));
+            }
+            s
+        }
+        None => {
+            let s = TcpStream::connect((t.host.as_str(), t.port)).await?;
+            s.set_nodelay(true)?;
+            s
+        }
+    };
+    let name = ServerName::try_from(t.host.clone())?;
+    let io = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?;
+    handshake(io, args.h2).await
+}
+
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S, h2: bool) -> anyhow::Result<Sender> {
+    if h2 {
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+        tokio::spawn(conn);
+        Ok(Sender::H2(send))
+    } else {
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        tokio::spawn(conn);
+        Ok(Sender::H1(send))
+    }
+}
+
+async fn read_head(s: &mut TcpStream) -> anyhow::Result<String> {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await? == 0 {
+            bail!("proxy closed the connection");
+        }
+        buf.push(b[0]);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+async fn one(sender: &mut Sender, t: &Target) -> anyhow::Result<u64> {
+    let req = http::Request::get(format!("https://{}:{}{}", t.host, t.port, t.path))
+        .header(http::header::HOST, &t.host)
+        .body(Empty::new())?;
+    let resp = match sender {
+        Sender::H1(s) => {
+            let mut req = req;
+            *req.uri_mut() = t.path.parse()?;
+            s.ready().await?;
+            s.send_request(req).await?
+        }
+        Sender::H2(s) => {
+            s.ready().await?;
+            s.send_request(req).await?
+        }
+    };
+    if resp.status() != 200 {
+        bail!("status {}", resp.status());
+    }
+    let mut body = resp.into_body();
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame?.into_data() {
+            n += d.len() as u64;
+        }
+    }
+    Ok(n)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let targets: Arc<Vec<Target>> = Arc::new(args.urls.iter().map(|u| parse_url(u)).collect::<Result<_, _>>()?);
+    let tls = tls_config(&args.ca, args.h2)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let issued = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for w in 0..args.concurrency {
+        let (targets, tls, stop, issued, args) = (targets.clone(), tls.clone(), stop.clone(), issued.clone(), args.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+            let (mut bytes, mut errors) = (0u64, 0u64);
+            let mut sender: Option<Sender> = None;
+            let mut i = w;
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Some(max) = args.requests
+                    && issued.fetch_add(1, Ordering::Relaxed) >= max
+                {
+                    break;
+                }
+                let t = &targets[i % targets.len()];
+                i += 1;
+                let t0 = Instant::now();
+                if sender.is_none() || args.new_conn {
+                    match open(t, &args, &tls).await {
+                        Ok(s) => sender = Some(s),
+                        Err(e) => {
+                            errors += 1;
+                            if errors < 3 {
+                                eprintln!("connect: {e:#}");
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    }
+                }
+                match one(sender.as_mut().unwrap(), t).await {
+                    Ok(n) => {
+                        bytes += n;
+                        hist.record(t0.elapsed().as_micros().max(1) as u64).ok();
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        if errors < 3 {
+                            eprintln!("request: {e:#}");
+                        }
+                        sender = None;
+                    }
+                }
+            }
+            (hist, bytes, errors)
+        }));
+    }
+    if args.requests.is_none() {
+        tokio::time::sleep(args.duration).await;
+        stop.store(true, Ordering::Relaxed);
+    }
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let (mut bytes, mut errors) = (0u64, 0u64);
+    for t in tasks {
+        let (h, b, e) = t.await?;
+        hist.add(h)?;
+        bytes += b;
+        errors += e;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let out = serde_json::json!({
+        "label": args.label,
+        "requests": hist.len(),
+        "errors": errors,
+        "seconds": (secs * 1000.0).round() / 1000.0,
+        "rps": (hist.len() as f64 / secs * 10.0).round() / 10.0,
+        "mb_per_s": (bytes as f64 / secs / 1e6 * 10.0).round() / 10.0,
+        "p50_ms": hist.value_at_quantile(0.5) as f64 / 1000.0,
+        "p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
+        "bytes": bytes,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+// === serve ===
+
+async fn serve(dir: PathBuf, cert: PathBuf, key: PathBuf, addr: SocketAddr) -> anyhow::Result<()> {
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut std::fs::read(&cert)?.as_slice()).collect::<Result<_, _>>()?;
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut std::fs::read(&key)?.as_slice())?.context("no key")?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!("{}", listener.local_addr()?);
+    let dir = Arc::new(dir);
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, dir) = (acceptor.clone(), dir.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let dir = dir.clone();
+                async move {
+                    let path = req.uri().path().replace("%21", "!");
+                    let rel = path.trim_start_matches('/');
+                    let safe = !rel.split('/').any(|c| c == ".." || c.is_empty());
+                    let resp = match safe.then(|| dir.join(rel)) {
+                        Some(p) => match tokio::fs::read(&p).await {
+                            Ok(data) => http::Response::new(Full::new(Bytes::from(data))),
+                            Err(_) => not_found(),
+                        },
+                        None => not_found(),
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+fn not_found() -> http::Response<Full<Bytes>> {
+    let mut r = http::Response::new(Full::new(Bytes::from_static(b"not found")));
+    *r.status_mut() = http::StatusCode::NOT_FOUND;
+    r
+}
+
+// === certs, mkzip ===
+
+fn certs(dir: &Path) -> anyhow::Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    std::fs::create_dir_all(dir)?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?.signed_by(&key, &issuer)?;
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
+    std::fs::write(dir.join("cert.pem"), leaf.pem())?;
+    std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
+    Ok(())
+}
+
+fn mkzip(module: &str, version: &str, size: u64, out: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use rand::RngCore;
+    let f = std::fs::File::create(out)?;
+    let mut z = zip::ZipWriter::new(std::io::BufWriter::new(f));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(false);
+    z.start_file(format!("{module}@{version}/go.mod"), opts)?;
+    z.write_all(format!("module {module}\n").as_bytes())?;
+    let per_file: u64 = 1 << 20;
+    let mut left = size;
+    let mut rng = rand::rng();
+    let mut buf = vec![0u8; per_file as usize];
+    let mut i = 0;
+    while left > 0 {
+        let n = left.min(per_file);
+        rng.fill_bytes(&mut buf[..n as usize]);
+        z.start_file(format!("{module}@{version}/data/f{i:05}.bin"), opts)?;
+        z.write_all(&buf[..n as usize])?;
+        left -= n;
+        i += 1;
+    }
+    z.finish()?;
+    Ok(())
+}
