@@ -106,9 +106,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Run(args) => run(args).await,
-        Cmd::Serve { dir, cert, key, addr } => serve(dir, cert, key, addr).await,
+        Cmd::Serve {
+            dir,
+            cert,
+            key,
+            addr,
+        } => serve(dir, cert, key, addr).await,
         Cmd::Certs { dir } => certs(&dir),
-        Cmd::Mkzip { module, version, size, out } => mkzip(&module, &version, size, &out),
+        Cmd::Mkzip {
+            module,
+            version,
+            size,
+            out,
+        } => mkzip(&module, &version, size, &out),
     }
 }
 
@@ -128,7 +138,10 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
     Ok(Target {
         host: uri.host().context("no host")?.to_string(),
         port: uri.port_u16().unwrap_or(443),
-        path: uri.path_and_query().map(|p| p.to_string()).unwrap_or("/".into()),
+        path: uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or("/".into()),
     })
 }
 
@@ -140,11 +153,17 @@ fn tls_config(cas: &[PathBuf], h2: bool) -> anyhow::Result<Arc<rustls::ClientCon
             roots.add(c?)?;
         }
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     Ok(Arc::new(cfg))
 }
 
@@ -153,14 +172,20 @@ enum Sender {
     H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
 }
 
-async fn open(t: &Target, args: &RunArgs, tls: &Arc<rustls::ClientConfig>) -> anyhow::Result<Sender> {
+async fn open(
+    t: &Target,
+    args: &RunArgs,
+    tls: &Arc<rustls::ClientConfig>,
+) -> anyhow::Result<Sender> {
     let tcp = match &args.proxy {
         Some(p) => {
             let mut s = TcpStream::connect(p).await?;
             s.set_nodelay(true)?;
             let authority = format!("{}:{}", t.host, t.port);
-            s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
-                .await?;
+            s.write_all(
+                format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+            )
+            .await?;
             let head = read_head(&mut s).await?;
             if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
                 bail!("CONNECT refused: {}", head.lines().next().unwrap_or(""));
@@ -174,13 +199,19 @@ async fn open(t: &Target, args: &RunArgs, tls: &Arc<rustls::ClientConfig>) -> an
         }
     };
     let name = ServerName::try_from(t.host.clone())?;
-    let io = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?;
+    let io = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await?;
     handshake(io, args.h2).await
 }
 
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S, h2: bool) -> anyhow::Result<Sender> {
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: S,
+    h2: bool,
+) -> anyhow::Result<Sender> {
     if h2 {
-        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
         tokio::spawn(conn);
         Ok(Sender::H2(send))
     } else {
@@ -232,16 +263,28 @@ async fn one(sender: &mut Sender, t: &Target) -> anyhow::Result<u64> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let targets: Arc<Vec<Target>> = Arc::new(args.urls.iter().map(|u| parse_url(u)).collect::<Result<_, _>>()?);
+    let targets: Arc<Vec<Target>> = Arc::new(
+        args.urls
+            .iter()
+            .map(|u| parse_url(u))
+            .collect::<Result<_, _>>()?,
+    );
     let tls = tls_config(&args.ca, args.h2)?;
     let stop = Arc::new(AtomicBool::new(false));
     let issued = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = vec![];
     for w in 0..args.concurrency {
-        let (targets, tls, stop, issued, args) = (targets.clone(), tls.clone(), stop.clone(), issued.clone(), args.clone());
+        let (targets, tls, stop, issued, args) = (
+            targets.clone(),
+            tls.clone(),
+            stop.clone(),
+            issued.clone(),
+            args.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+            let mut hist =
+                hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
             let (mut bytes, mut errors) = (0u64, 0u64);
             let mut sender: Option<Sender> = None;
             let mut i = w;
@@ -322,10 +365,12 @@ async fn serve(dir: PathBuf, cert: PathBuf, key: PathBuf, addr: SocketAddr) -> a
         rustls_pemfile::certs(&mut std::fs::read(&cert)?.as_slice()).collect::<Result<_, _>>()?;
     let key: PrivateKeyDer<'static> =
         rustls_pemfile::private_key(&mut std::fs::read(&key)?.as_slice())?.context("no key")?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -336,23 +381,26 @@ async fn serve(dir: PathBuf, cert: PathBuf, key: PathBuf, addr: SocketAddr) -> a
         let _ = tcp.set_nodelay(true);
         let (acceptor, dir) = (acceptor.clone(), dir.clone());
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else { return };
-            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let dir = dir.clone();
-                async move {
-                    let path = req.uri().path().replace("%21", "!");
-                    let rel = path.trim_start_matches('/');
-                    let safe = !rel.split('/').any(|c| c == ".." || c.is_empty());
-                    let resp = match safe.then(|| dir.join(rel)) {
-                        Some(p) => match tokio::fs::read(&p).await {
-                            Ok(data) => http::Response::new(Full::new(Bytes::from(data))),
-                            Err(_) => not_found(),
-                        },
-                        None => not_found(),
-                    };
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let dir = dir.clone();
+                    async move {
+                        let path = req.uri().path().replace("%21", "!");
+                        let rel = path.trim_start_matches('/');
+                        let safe = !rel.split('/').any(|c| c == ".." || c.is_empty());
+                        let resp = match safe.then(|| dir.join(rel)) {
+                            Some(p) => match tokio::fs::read(&p).await {
+                                Ok(data) => http::Response::new(Full::new(Bytes::from(data))),
+                                Err(_) => not_found(),
+                            },
+                            None => not_found(),
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;
@@ -378,7 +426,8 @@ fn certs(dir: &Path) -> anyhow::Result<()> {
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?.signed_by(&key, &issuer)?;
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?
+        .signed_by(&key, &issuer)?;
     std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
     std::fs::write(dir.join("cert.pem"), leaf.pem())?;
     std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
@@ -386,8 +435,8 @@ fn certs(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn mkzip(module: &str, version: &str, size: u64, out: &Path) -> anyhow::Result<()> {
-    use std::io::Write;
     use rand::RngCore;
+    use std::io::Write;
     let f = std::fs::File::create(out)?;
     let mut z = zip::ZipWriter::new(std::io::BufWriter::new(f));
     let opts = zip::write::SimpleFileOptions::default()
