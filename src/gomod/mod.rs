@@ -1,6 +1,10 @@
 //! Pure Go formats, ported from golang.org/x/mod: module paths and escaping (`path`), versions
 //! (`version`) and module zips (`zip`). No I/O beyond reading a zip the caller opened.
 
+pub mod coderepo;
+pub mod dirhash;
+pub mod modfile;
+pub mod modzip;
 pub mod path;
 pub mod sumdb;
 pub mod version;
