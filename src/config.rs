@@ -50,6 +50,7 @@ pub struct Config {
     pub modules: ModulesConfig,
     pub sumdb: SumDbConfig,
     pub cache: CacheConfig,
+    pub private: PrivateConfig,
     pub log: LogConfig,
 }
 
@@ -313,6 +314,63 @@ impl Default for CacheConfig {
     }
 }
 
+/// `[private]`: private modules served from internal git hosts.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivateConfig {
+    /// How long a repository mirror is used before it is fetched again.
+    #[serde(with = "humantime_serde")]
+    pub mirror_ttl: Duration,
+    /// Time allowed for one git fetch into a mirror.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// One `[[private.routes]]` table per module-path template.
+    pub routes: Vec<PrivateRouteConfig>,
+}
+
+impl Default for PrivateConfig {
+    fn default() -> Self {
+        PrivateConfig {
+            mirror_ttl: Duration::from_secs(60),
+            fetch_timeout: Duration::from_secs(300),
+            routes: vec![],
+        }
+    }
+}
+
+/// A private route: module paths matching `module` live in the git repository `git`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateRouteConfig {
+    /// Module-path template of the repository root, e.g. `git.corp.example/{group}/{repo}`;
+    /// each `{name}` matches one path element.
+    pub module: String,
+    /// Repository URL template using the same names, e.g. `https://git.internal/{group}/{repo}.git`.
+    pub git: String,
+    /// User name sent with a password (HTTP Basic).
+    #[serde(default = "default_git_user")]
+    pub username: String,
+    /// Environment variable holding the password (HTTP Basic with `username`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// File holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// File holding a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Extra PEM roots trusted for this git host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+fn default_git_user() -> String {
+    "git".into()
+}
+
 /// `[log]`: diagnostics and access log.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -465,6 +523,39 @@ impl Config {
             crate::proxy::upstream::BaseUrl::parse(url)
                 .map_err(|e| ConfigError::invalid(&key, e))?;
         }
+        nonzero("private.mirror_ttl", self.private.mirror_ttl)?;
+        nonzero("private.fetch_timeout", self.private.fetch_timeout)?;
+        for (i, r) in self.private.routes.iter().enumerate() {
+            let key = |k: &str| format!("private.routes[{i}].{k}");
+            crate::policy::private::RouteTemplate::parse(&r.module, &r.git)
+                .map_err(|(field, e)| ConfigError::invalid(&key(field), e))?;
+            let secrets = [
+                r.password_env.is_some(),
+                r.password_file.is_some(),
+                r.token_env.is_some(),
+                r.token_file.is_some(),
+            ];
+            if secrets.iter().filter(|s| **s).count() > 1 {
+                return Err(ConfigError::invalid(
+                    &key("password_env"),
+                    "set at most one of password_env, password_file, token_env, token_file",
+                ));
+            }
+            for (field, path) in [
+                ("password_file", &r.password_file),
+                ("token_file", &r.token_file),
+                ("extra_ca_file", &r.extra_ca_file),
+            ] {
+                if let Some(p) = path
+                    && !p.is_file()
+                {
+                    return Err(ConfigError::invalid(
+                        &key(field),
+                        format!("{} is not a readable file", p.display()),
+                    ));
+                }
+            }
+        }
         if self.cache.max_size.as_u64() < 1024 * 1024 {
             return Err(ConfigError::invalid(
                 "cache.max_size",
@@ -530,7 +621,7 @@ mod tests {
                 };
                 out.push(key.clone());
                 // Tables whose keys are data (host names, DB names), not configuration keys.
-                if key != "upstream.overrides" && key != "sumdb.dbs" {
+                if key != "upstream.overrides" && key != "sumdb.dbs" && key != "private.routes" {
                     collect_keys(&key, v, out);
                 }
             }
@@ -595,6 +686,18 @@ mod tests {
                 "modules.proxy_hosts[0]:",
             ),
             ("[cache]\nmax_size = \"lots\"\n", "cache.max_size:"),
+            (
+                "[[private.routes]]\nmodule = \"corp.example/{x\"\ngit = \"https://g/{x}\"\n",
+                "private.routes[0].module:",
+            ),
+            (
+                "[[private.routes]]\nmodule = \"corp.example/{x}\"\ngit = \"https://g/{y}\"\n",
+                "private.routes[0].git:",
+            ),
+            (
+                "[[private.routes]]\nmodule = \"corp.example/{x}\"\ngit = \"https://g/{x}\"\ntoken_env = \"A\"\npassword_env = \"B\"\n",
+                "private.routes[0].password_env:",
+            ),
             (
                 "[sumdb.dbs]\n\"sum.x.org\" = \"nope\"\n",
                 "sumdb.dbs.\"sum.x.org\":",

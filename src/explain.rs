@@ -127,6 +127,32 @@ pub fn explain(config: &Config, input: &str) -> Result<String, String> {
             );
             let _ = writeln!(out, "answer:      {message}");
         }
+        Route::Private(f) => {
+            let _ = writeln!(
+                out,
+                "route:       private (built from the internal git repository; canonical answers cached)"
+            );
+            let _ = writeln!(
+                out,
+                "repository:  {} at {}",
+                f.repo().root,
+                f.repo().git_url
+            );
+            let _ = writeln!(out, "cache key:   {} ({})", f.key(), f.class().name());
+        }
+        Route::GoGetAnswer { root } => {
+            let _ = writeln!(
+                out,
+                "route:       go-get answered locally: go-import {root} git https://{root}"
+            );
+        }
+        Route::GitForward { repo, .. } => {
+            let _ = writeln!(
+                out,
+                "route:       git forwarded with credentials to {}",
+                repo.git_url
+            );
+        }
         Route::Forward => {
             let _ = writeln!(
                 out,

@@ -44,9 +44,11 @@ use crate::proxy::auth::ProxyAuth;
 use crate::proxy::ca::{CertAuthority, LeafCache};
 use crate::proxy::upstream::{BaseUrl, UpstreamClient};
 use crate::serve::cached::FillOutcome;
+use crate::serve::private::PrivateBackend;
 use crate::serve::upstreams::GoProxyList;
 use crate::store::disk::DiskCache;
 use crate::store::flight::Flights;
+use crate::store::mirror::Mirrors;
 use crate::telemetry::metrics::Metrics;
 
 /// Everything a connection needs, shared by all of them.
@@ -66,6 +68,9 @@ pub struct State {
     pub sumdbs: HashMap<String, BaseUrl>,
     pub cache: Arc<DiskCache>,
     pub flights: Arc<Flights<FillOutcome>>,
+    /// One backend per `[[private.routes]]` entry, in order.
+    pub private: Vec<PrivateBackend>,
+    pub mirrors: Mirrors,
     /// Cancelled when the gateway starts shutting down.
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
@@ -135,6 +140,18 @@ impl Gateway {
                 .await?
                 .with_context(|| "storage.data_dir: cannot open the module cache")?
         };
+        let mut private = vec![];
+        for (i, r) in config.private.routes.iter().enumerate() {
+            private.push(
+                PrivateBackend::new(i, r, &config, metrics.clone()).map_err(anyhow::Error::msg)?,
+            );
+        }
+        let mirrors = Mirrors::new(
+            &config.storage.data_dir,
+            config.private.mirror_ttl,
+            config.private.fetch_timeout,
+        )
+        .with_context(|| "storage.data_dir: cannot create the mirror directory")?;
         let proxy_listener = TcpListener::bind(config.proxy.listen)
             .await
             .with_context(|| format!("proxy.listen: cannot bind {}", config.proxy.listen))?;
@@ -156,6 +173,8 @@ impl Gateway {
             sumdbs,
             cache: Arc::new(cache),
             flights: Arc::default(),
+            private,
+            mirrors,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });

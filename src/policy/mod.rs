@@ -4,6 +4,7 @@
 pub mod classify;
 pub mod egress;
 pub mod patterns;
+pub mod private;
 pub mod route;
 
 use crate::config::Config;
@@ -25,8 +26,17 @@ impl Policy {
     /// join the intercept set automatically.
     pub fn new(config: &Config) -> Result<Policy, String> {
         let sumdb_names: Vec<String> = config.sumdb.dbs.keys().cloned().collect();
+        let mut templates = vec![];
+        for r in &config.private.routes {
+            templates.push(
+                private::RouteTemplate::parse(&r.module, &r.git)
+                    .map_err(|(field, e)| format!("private.routes.{field}: {e}"))?,
+            );
+        }
+        let private_routes = private::PrivateRoutes::new(templates);
         let mut intercept: Vec<String> = config.intercept.hosts.clone();
         intercept.extend(config.modules.proxy_hosts.iter().cloned());
+        intercept.extend(private_routes.hosts());
         intercept.extend(
             sumdb_names
                 .iter()
@@ -36,7 +46,19 @@ impl Policy {
             egress: EgressPolicy::new(intercept.iter().map(String::as_str), &config.egress)?,
             classifier: Classifier::new(&config.modules.proxy_hosts, &sumdb_names),
             rules: Rules {
-                private: Patterns::parse(config.modules.private.entries())?,
+                private: Patterns::parse(
+                    config
+                        .modules
+                        .private
+                        .entries()
+                        .into_iter()
+                        .map(str::to_string)
+                        .chain(private_routes.patterns())
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(String::as_str),
+                )?,
+                routes: private_routes,
             },
         })
     }

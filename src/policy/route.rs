@@ -7,6 +7,7 @@
 use crate::gomod::path::ModulePath;
 use crate::policy::classify::{ProxyOp, SumDbOp, Target};
 use crate::policy::patterns::Patterns;
+use crate::policy::private::{PrivateRoutes, RepoMatch};
 
 /// How long a cached answer stays valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +125,45 @@ impl SumDbFetch {
     }
 }
 
+/// A GOPROXY call for a private module, served from its internal git repository.
+/// Constructed only by [`route`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivateFetch {
+    module: ModulePath,
+    op: ProxyOp,
+    repo: RepoMatch,
+    key: String,
+}
+
+impl PrivateFetch {
+    pub fn module(&self) -> &ModulePath {
+        &self.module
+    }
+    pub fn op(&self) -> &ProxyOp {
+        &self.op
+    }
+    pub fn repo(&self) -> &RepoMatch {
+        &self.repo
+    }
+    /// Cache key for canonical results (same scheme as public entries).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    pub fn class(&self) -> CacheClass {
+        match self.op {
+            ProxyOp::Info(_) | ProxyOp::Mod(_) | ProxyOp::Zip(_) => CacheClass::Immutable,
+            ProxyOp::List | ProxyOp::Query(_) | ProxyOp::Latest => CacheClass::Mutable,
+        }
+    }
+    pub fn content(&self) -> Content {
+        match self.op {
+            ProxyOp::List | ProxyOp::Mod(_) => Content::Text,
+            ProxyOp::Info(_) | ProxyOp::Query(_) | ProxyOp::Latest => Content::Json,
+            ProxyOp::Zip(_) => Content::Zip,
+        }
+    }
+}
+
 /// The way a request is answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -142,6 +182,19 @@ pub enum Route {
         /// 404 text for the go command's user.
         message: String,
     },
+    /// A private module's GOPROXY call, built from its internal git repository.
+    Private(PrivateFetch),
+    /// `?go-get=1` for a private path: answered locally with a go-import tag.
+    GoGetAnswer {
+        /// The repository root's module path.
+        root: String,
+    },
+    /// Git smart-HTTP for a private repository: forwarded to the internal host with credentials.
+    GitForward {
+        repo: RepoMatch,
+        /// The request-path prefix naming the repository (e.g. `/team/lib.git`).
+        request_prefix: String,
+    },
     /// Non-module traffic on an intercepted host: forwarded unchanged.
     Forward,
 }
@@ -154,6 +207,9 @@ impl Route {
             Route::SumDb(_) => "sumdb",
             Route::SumDbSupported => "sumdb",
             Route::PrivateRefused { .. } => "private_refused",
+            Route::Private(_) => "private",
+            Route::GoGetAnswer { .. } => "goget_answer",
+            Route::GitForward { .. } => "git_forward",
             Route::Forward => "forward",
         }
     }
@@ -163,6 +219,7 @@ impl Route {
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
     pub private: Patterns,
+    pub routes: PrivateRoutes,
 }
 
 /// Decides the route for `target`.
@@ -170,7 +227,8 @@ pub fn route(target: &Target, rules: &Rules) -> Route {
     if let Some(path) = target.module_path()
         && let Some(rule) = rules.private.matching(path)
     {
-        return private_refusal(target, path, rule);
+        return private_route(target, path, rule, &rules.routes)
+            .unwrap_or_else(|| private_refusal(target, path, rule));
     }
     match target {
         Target::GoProxy { module, op } => {
@@ -210,6 +268,46 @@ pub fn route(target: &Target, rules: &Rules) -> Route {
             })
         }
         Target::GoGet { .. } | Target::Git { .. } | Target::Other => Route::Forward,
+    }
+}
+
+/// The private route for a private target, if one serves it.
+fn private_route(
+    target: &Target,
+    path: &str,
+    _rule: &str,
+    routes: &PrivateRoutes,
+) -> Option<Route> {
+    let repo = routes.repo_for(path)?;
+    match target {
+        Target::GoProxy { module, op } => {
+            let Route::Public(f) = route(target, &Rules::default()) else {
+                unreachable!("a GOPROXY target routes to a fetch without rules")
+            };
+            Some(Route::Private(PrivateFetch {
+                module: module.clone(),
+                op: op.clone(),
+                repo,
+                key: f.key,
+            }))
+        }
+        Target::GoGet { .. } => Some(Route::GoGetAnswer { root: repo.root }),
+        Target::Git {
+            repo: requested,
+            service,
+        } => {
+            // Git talks to the repository root only, and modgate forwards fetches only.
+            let requested_path = requested.strip_suffix(".git").unwrap_or(requested);
+            if requested_path != repo.root || *service != "git-upload-pack" {
+                return None;
+            }
+            let host_len = requested.find('/').unwrap_or(requested.len());
+            Some(Route::GitForward {
+                request_prefix: requested[host_len..].to_string(),
+                repo,
+            })
+        }
+        _ => None,
     }
 }
 
@@ -274,6 +372,7 @@ mod tests {
     fn rules(p: &[&str]) -> Rules {
         Rules {
             private: Patterns::parse(p.iter().copied()).unwrap(),
+            routes: PrivateRoutes::default(),
         }
     }
 
@@ -437,6 +536,65 @@ mod tests {
         // Public neighbours still go out.
         let t = classify("proxy.golang.org", "/github.com/acmeco/tool/@v/list", None);
         assert!(matches!(route(&t, &r), Route::Public(_)));
+    }
+
+    #[test]
+    fn private_routes_serve_what_they_cover() {
+        use crate::policy::private::RouteTemplate;
+        let r = Rules {
+            private: Patterns::parse(["git.corp.example"]).unwrap(),
+            routes: PrivateRoutes::new(vec![
+                RouteTemplate::parse(
+                    "git.corp.example/{g}/{r}",
+                    "https://git.internal/{g}/{r}.git",
+                )
+                .unwrap(),
+            ]),
+        };
+        let t = classify(
+            "proxy.golang.org",
+            "/git.corp.example/team/lib/sub/@v/v1.0.0.zip",
+            None,
+        );
+        let Route::Private(f) = route(&t, &r) else {
+            panic!()
+        };
+        assert_eq!(f.repo().root, "git.corp.example/team/lib");
+        assert_eq!(f.key(), "mod/git.corp.example/team/lib/sub/@v/v1.0.0.zip");
+        let t = classify("git.corp.example", "/team/lib/sub", Some("go-get=1"));
+        assert_eq!(
+            route(&t, &r),
+            Route::GoGetAnswer {
+                root: "git.corp.example/team/lib".into()
+            }
+        );
+        let t = classify(
+            "git.corp.example",
+            "/team/lib.git/info/refs",
+            Some("service=git-upload-pack"),
+        );
+        let Route::GitForward {
+            request_prefix,
+            repo,
+        } = route(&t, &r)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (request_prefix.as_str(), repo.git_url.as_str()),
+            ("/team/lib.git", "https://git.internal/team/lib.git")
+        );
+        // Pushes, sub-paths and paths no route covers are refused locally.
+        let t = classify("git.corp.example", "/team/lib/git-receive-pack", None);
+        assert!(matches!(route(&t, &r), Route::PrivateRefused { .. }));
+        let t = classify(
+            "git.corp.example",
+            "/team/lib/sub/info/refs",
+            Some("service=git-upload-pack"),
+        );
+        assert!(matches!(route(&t, &r), Route::PrivateRefused { .. }));
+        let t = classify("proxy.golang.org", "/git.corp.example/solo/@v/list", None);
+        assert!(matches!(route(&t, &r), Route::PrivateRefused { .. }));
     }
 
     #[test]

@@ -155,7 +155,18 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     /// Builds the client from validated configuration.
     pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<UpstreamClient, String> {
-        let tls = client_tls_config(cfg.extra_ca_file.as_deref())?;
+        Self::with_roots(cfg, &[], metrics)
+    }
+
+    /// Like [`new`](Self::new), also trusting the roots in `extra_ca_files`.
+    pub fn with_roots(
+        cfg: &UpstreamConfig,
+        extra_ca_files: &[&Path],
+        metrics: Arc<Metrics>,
+    ) -> Result<UpstreamClient, String> {
+        let mut files: Vec<&Path> = cfg.extra_ca_file.as_deref().into_iter().collect();
+        files.extend_from_slice(extra_ca_files);
+        let tls = client_tls_config(&files)?;
         let connector = Connector {
             tls: TlsConnector::from(Arc::new(tls)),
             connect_timeout: cfg.connect_timeout,
@@ -232,11 +243,11 @@ fn classify_client_error(host: String, e: hyper_util::client::legacy::Error) -> 
     UpstreamError::Protocol { host, reason }
 }
 
-/// rustls client configuration: Mozilla roots plus `extra_ca_file`, ALPN h2 and http/1.1.
-pub fn client_tls_config(extra_ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+/// rustls client configuration: Mozilla roots plus the given PEM files, ALPN h2 and http/1.1.
+pub fn client_tls_config(extra_ca_files: &[&Path]) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra_ca_file {
+    for path in extra_ca_files {
         let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut n = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {

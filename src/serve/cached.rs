@@ -556,7 +556,7 @@ fn set_headers(resp: &mut Response<Body>, content: Content, cache: &'static str,
 }
 
 /// Serves a cached entry: small ones from memory, large ones streamed from the file.
-async fn serve_found(
+pub(crate) async fn serve_found(
     found: &Found,
     content: Content,
     cache: &'static str,

@@ -5,6 +5,8 @@
 
 pub mod cached;
 pub mod forward;
+pub mod git;
+pub mod private;
 pub mod respond;
 pub mod upstreams;
 
@@ -84,6 +86,12 @@ async fn handle(
             );
             Err(ServeError::ClientNotFound(message))
         }
+        Route::Private(f) => private::serve(f, ctx, state, req.method()).await,
+        Route::GoGetAnswer { root } => Ok(private::go_get_answer(&root)),
+        Route::GitForward {
+            repo,
+            request_prefix,
+        } => git::forward(req, &repo, &request_prefix, ctx, state).await,
         Route::Forward => forward::intercepted(req, ctx, state).await,
     }
 }

@@ -313,7 +313,12 @@ impl PendingEntry {
         Ok(())
     }
 
-    /// Bytes written so far.
+    /// The temporary file, for writers that need to seek (zip).
+    pub fn file_mut(&mut self) -> &mut File {
+        self.file.as_mut().expect("file present until commit")
+    }
+
+    /// Bytes written so far through [`write`](Self::write).
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -329,6 +334,7 @@ impl PendingEntry {
     ) -> Result<(), StoreError> {
         let file = self.file.take().expect("file present until commit");
         file.sync_all().map_err(io_err(&self.tmp_path))?;
+        self.len = file.metadata().map_err(io_err(&self.tmp_path))?.len();
         validate(&file).map_err(StoreError::Rejected)?;
         drop(file);
         if let Some(parent) = self.dest.parent() {

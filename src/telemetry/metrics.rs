@@ -57,6 +57,10 @@ pub struct Metrics {
     pub cache_fills: IntCounterVec,
     /// Requests for private module paths answered locally, by kind.
     pub private_refused: IntCounterVec,
+    /// Git fetches into repository mirrors, by outcome.
+    pub mirror_fetch_duration: HistogramVec,
+    /// Module zips built from git.
+    pub zip_build_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -177,6 +181,24 @@ impl Metrics {
                 &["kind"],
             )
             .expect("metric"),
+            mirror_fetch_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "modgate_mirror_fetch_duration_seconds",
+                    "Git fetches that refresh a private repository mirror.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["outcome"],
+            )
+            .expect("metric"),
+            zip_build_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "modgate_zip_build_duration_seconds",
+                    "Module zips built from a private git repository.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["outcome"],
+            )
+            .expect("metric"),
             registry,
             names: vec![],
         };
@@ -200,6 +222,8 @@ impl Metrics {
             Box::new(m.cache_store_errors.clone()),
             Box::new(m.cache_fills.clone()),
             Box::new(m.private_refused.clone()),
+            Box::new(m.mirror_fetch_duration.clone()),
+            Box::new(m.zip_build_duration.clone()),
         ];
         let mut names = vec![];
         for c in collectors {

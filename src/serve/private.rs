@@ -1,0 +1,438 @@
+//! Private modules in proxy mode: the GOPROXY protocol answered from an internal git
+//! repository, through a local mirror, exactly as the go command would derive each answer.
+//! Canonical `.info`, `.mod` and `.zip` go into the module cache like public ones; `list`,
+//! `@latest` and queries are computed from the (TTL-refreshed) mirror each time.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use http::{HeaderValue, Method, Response};
+
+use crate::State;
+use crate::body::Body;
+use crate::config::PrivateRouteConfig;
+use crate::gomod::coderepo::{CodeHost, CodeRepo, RepoError};
+use crate::gomod::modzip::{self, SourceFile};
+use crate::gomod::path::ModulePath;
+use crate::gomod::{modfile, zip::check_zip};
+use crate::policy::classify::ProxyOp;
+use crate::policy::route::{CacheClass, PrivateFetch};
+use crate::proxy::ctx::ReqCtx;
+use crate::proxy::upstream::UpstreamClient;
+use crate::serve::cached::{self, FillOutcome};
+use crate::serve::respond::ServeError;
+use crate::store::disk::PendingEntry;
+use crate::store::flight::Join;
+use crate::store::mirror::{GitAccess, Mirror, MirrorError};
+
+/// Everything needed to reach one route's git host.
+pub struct PrivateBackend {
+    /// `Authorization` value (secret).
+    auth_header: Option<String>,
+    /// CA bundle for the git command, when extra roots are configured.
+    ca_file: Option<PathBuf>,
+    /// HTTP client for forwarding git smart-HTTP.
+    pub client: UpstreamClient,
+}
+
+impl std::fmt::Debug for PrivateBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateBackend")
+            .field(
+                "auth_header",
+                &self.auth_header.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PrivateBackend {
+    /// Loads the route's credentials and roots; the error names the configuration key.
+    pub fn new(
+        i: usize,
+        cfg: &PrivateRouteConfig,
+        state_cfg: &crate::config::Config,
+        metrics: Arc<crate::telemetry::metrics::Metrics>,
+    ) -> Result<PrivateBackend, String> {
+        let key = |k: &str| format!("private.routes[{i}].{k}");
+        let read_env = |k: &str, var: &str| {
+            std::env::var(var)
+                .map_err(|_| format!("{}: environment variable {var} is not set", key(k)))
+        };
+        let read_file = |k: &str, p: &PathBuf| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| format!("{}: {}: {e}", key(k), p.display()))
+        };
+        let basic = |pw: String| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{}:{pw}", cfg.username))
+            )
+        };
+        let auth_header = if let Some(v) = &cfg.password_env {
+            Some(basic(read_env("password_env", v)?))
+        } else if let Some(p) = &cfg.password_file {
+            Some(basic(read_file("password_file", p)?))
+        } else if let Some(v) = &cfg.token_env {
+            Some(format!("Bearer {}", read_env("token_env", v)?))
+        } else if let Some(p) = &cfg.token_file {
+            Some(format!("Bearer {}", read_file("token_file", p)?))
+        } else {
+            None
+        };
+        if let Some(h) = &auth_header
+            && HeaderValue::from_str(h).is_err()
+        {
+            return Err(format!(
+                "{}: the credential contains characters not allowed in an HTTP header",
+                key("password_env")
+            ));
+        }
+        let extra: Vec<&std::path::Path> = cfg.extra_ca_file.as_deref().into_iter().collect();
+        let client = UpstreamClient::with_roots(&state_cfg.upstream, &extra, metrics)
+            .map_err(|e| format!("{}: {e}", key("extra_ca_file")))?;
+        // git uses its own TLS stack: give it one bundle with every root modgate trusts.
+        let mut roots: Vec<&std::path::Path> = extra.clone();
+        if let Some(p) = state_cfg.upstream.extra_ca_file.as_deref() {
+            roots.push(p);
+        }
+        let ca_file = if roots.is_empty() {
+            None
+        } else {
+            let mut bundle = String::new();
+            for r in &roots {
+                bundle.push_str(
+                    &std::fs::read_to_string(r).map_err(|e| format!("{}: {e}", r.display()))?,
+                );
+                bundle.push('\n');
+            }
+            if let Ok(system) = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt") {
+                bundle.push_str(&system);
+            }
+            let dir = state_cfg.storage.data_dir.join("mirrors");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let path = dir.join(format!("ca-route-{i}.pem"));
+            std::fs::write(&path, bundle).map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(path)
+        };
+        Ok(PrivateBackend {
+            auth_header,
+            ca_file,
+            client,
+        })
+    }
+
+    /// Access to the repository at `url` with this route's credentials.
+    pub fn access(&self, url: &str) -> GitAccess {
+        GitAccess {
+            url: url.to_string(),
+            auth_header: self.auth_header.clone(),
+            ca_file: self.ca_file.clone(),
+        }
+    }
+
+    /// The `Authorization` header value for forwarded git requests.
+    pub fn auth_header(&self) -> Option<&str> {
+        self.auth_header.as_deref()
+    }
+}
+
+/// Serves one private GOPROXY call.
+pub async fn serve(
+    f: PrivateFetch,
+    ctx: &mut ReqCtx,
+    state: &Arc<State>,
+    method: &Method,
+) -> Result<Response<Body>, ServeError> {
+    if f.class() == CacheClass::Mutable {
+        ctx.cache = "bypass";
+        let mirror = mirror(&f, state).await?;
+        let (data, _) = compute(mirror, f.clone(), state.clone()).await?;
+        let mut resp = Response::new(crate::body::full(data));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(f.content().content_type()),
+        );
+        return Ok(resp);
+    }
+    for _ in 0..3 {
+        if let Some(found) = state.cache.get(f.key()) {
+            ctx.cache = "hit";
+            return cached::serve_found(&found, f.content(), "hit", method).await;
+        }
+        match state.flights.join(f.key()) {
+            Join::Leader(leader) => {
+                ctx.cache = "miss";
+                let result = fill(&f, state).await;
+                match result {
+                    Ok(()) => leader.finish(FillOutcome::Committed),
+                    Err(e) => {
+                        let outcome = match &e {
+                            ServeError::ClientNotFound(m) => FillOutcome::NotFound {
+                                status: 404,
+                                text: m.clone().into(),
+                            },
+                            other => FillOutcome::Failed(other.to_string()),
+                        };
+                        leader.finish(outcome);
+                        return Err(e);
+                    }
+                }
+                let found = state.cache.get(f.key()).ok_or_else(|| {
+                    ServeError::Internal("cache entry vanished after commit".into())
+                })?;
+                return cached::serve_found(&found, f.content(), "miss", method).await;
+            }
+            Join::Follower(w) => match w.wait().await {
+                Some(FillOutcome::Committed) => continue,
+                Some(FillOutcome::NotFound { text, .. }) => {
+                    return Err(ServeError::ClientNotFound(
+                        String::from_utf8_lossy(&text).into_owned(),
+                    ));
+                }
+                Some(FillOutcome::Failed(m)) => return Err(ServeError::UpstreamFailed(m)),
+                Some(FillOutcome::Uncached) | None => continue,
+            },
+        }
+    }
+    Err(ServeError::Internal(
+        "could not fill the cache entry after several attempts".into(),
+    ))
+}
+
+async fn mirror(f: &PrivateFetch, state: &State) -> Result<Mirror, ServeError> {
+    let backend = &state.private[f.repo().route];
+    let access = backend.access(&f.repo().git_url);
+    let metrics = state.metrics.clone();
+    state
+        .mirrors
+        .ensure(&access, |took, res| {
+            let outcome = match res {
+                Ok(()) => "ok",
+                Err(MirrorError::NotFound(_)) => "not_found",
+                Err(MirrorError::Auth(_)) => "auth",
+                Err(MirrorError::Unreachable(_)) => "unreachable",
+                Err(MirrorError::Git(_)) => "error",
+            };
+            metrics
+                .mirror_fetch_duration
+                .with_label_values(&[outcome])
+                .observe(took.as_secs_f64());
+        })
+        .await
+        .map_err(|e| match e {
+            MirrorError::NotFound(_) => ServeError::ClientNotFound(format!(
+                "not found: {}: repository {} does not exist on the internal git host",
+                f.module(),
+                f.repo().root
+            )),
+            other => ServeError::UpstreamFailed(format!(
+                "internal git host for {} failed: {other}",
+                f.repo().root
+            )),
+        })
+}
+
+fn repo_err<E: std::fmt::Display>(e: RepoError<E>) -> ServeError {
+    match e {
+        RepoError::NotFound(m) => ServeError::ClientNotFound(m),
+        RepoError::Host(e) => ServeError::Internal(format!("reading the repository mirror: {e}")),
+    }
+}
+
+/// Computes a small answer (list, info, mod, latest, query) from the mirror.
+async fn compute(
+    mirror: Mirror,
+    f: PrivateFetch,
+    _state: Arc<State>,
+) -> Result<(Vec<u8>, ()), ServeError> {
+    tokio::task::spawn_blocking(move || {
+        let repo =
+            CodeRepo::new(&mirror, f.module(), &f.repo().root).map_err(ServeError::Internal)?;
+        let data = match f.op() {
+            ProxyOp::List => {
+                let mut out = String::new();
+                for v in repo.versions().map_err(repo_err)? {
+                    out.push_str(&v);
+                    out.push('\n');
+                }
+                out.into_bytes()
+            }
+            ProxyOp::Latest => repo.latest().map_err(repo_err)?.json().into_bytes(),
+            ProxyOp::Query(q) | ProxyOp::Info(q) => {
+                repo.stat(q).map_err(repo_err)?.json().into_bytes()
+            }
+            ProxyOp::Mod(v) => repo.go_mod(v).map_err(repo_err)?,
+            ProxyOp::Zip(_) => {
+                return Err(ServeError::Internal("zips are built, not computed".into()));
+            }
+        };
+        Ok((data, ()))
+    })
+    .await
+    .map_err(|e| ServeError::Internal(format!("private task failed: {e}")))?
+}
+
+/// Fills the cache entry of a canonical `.info`, `.mod` or `.zip`.
+async fn fill(f: &PrivateFetch, state: &Arc<State>) -> Result<(), ServeError> {
+    let mirror = mirror(f, state).await?;
+    let mut pending = state
+        .cache
+        .begin(f.key())
+        .map_err(|e| ServeError::Internal(format!("cannot write the module cache: {e}")))?;
+    let f2 = f.clone();
+    let tmp = state.config.storage.data_dir.join("tmp");
+    let metrics = state.metrics.clone();
+    tokio::task::spawn_blocking(move || match f2.op() {
+        ProxyOp::Zip(v) => {
+            let start = Instant::now();
+            let res = build_zip(&mirror, &f2, v, &mut pending, &tmp);
+            metrics
+                .zip_build_duration
+                .with_label_values(&[if res.is_ok() { "ok" } else { "error" }])
+                .observe(start.elapsed().as_secs_f64());
+            res?;
+            let (module, version) = (f2.module().clone(), v.clone());
+            pending
+                .commit(|file| {
+                    let len = file.metadata().map_err(|e| e.to_string())?.len();
+                    check_zip(&module, &version, file, len).map_err(|e| e.to_string())
+                })
+                .map_err(|e| ServeError::Internal(format!("storing the module zip: {e}")))
+        }
+        _ => {
+            let repo = CodeRepo::new(&mirror, f2.module(), &f2.repo().root)
+                .map_err(ServeError::Internal)?;
+            let data = match f2.op() {
+                ProxyOp::Info(v) => repo.stat(v).map_err(repo_err)?.json().into_bytes(),
+                ProxyOp::Mod(v) => repo.go_mod(v).map_err(repo_err)?,
+                _ => unreachable!("only canonical answers are cached"),
+            };
+            pending
+                .write(&data)
+                .and_then(|_| pending.commit(|_| Ok(())))
+                .map_err(|e| ServeError::Internal(format!("storing {}: {e}", f2.key())))
+        }
+    })
+    .await
+    .map_err(|e| ServeError::Internal(format!("private task failed: {e}")))?
+}
+
+/// Builds the module zip for `module@v` into `pending`, with x/mod's rules.
+fn build_zip(
+    mirror: &Mirror,
+    f: &PrivateFetch,
+    v: &str,
+    pending: &mut PendingEntry,
+    tmp: &std::path::Path,
+) -> Result<(), ServeError> {
+    let module: &ModulePath = f.module();
+    let repo = CodeRepo::new(mirror, module, &f.repo().root).map_err(ServeError::Internal)?;
+    let src = repo.source(v).map_err(repo_err)?;
+    let archive_path = tmp.join(format!("archive-{}.zip", hex_id()));
+    let _cleanup = RemoveOnDrop(archive_path.clone());
+    mirror
+        .archive(&src.commit, &src.dir, &archive_path)
+        .map_err(ServeError::Internal)?;
+    let file =
+        std::fs::File::open(&archive_path).map_err(|e| ServeError::Internal(e.to_string()))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| ServeError::Internal(format!("reading git archive: {e}")))?;
+    let mut prefix = "prefix/".to_string();
+    if !src.dir.is_empty() {
+        prefix.push_str(&src.dir);
+        prefix.push('/');
+    }
+    // (file, archive index or None for the repository-root LICENSE)
+    let mut files: Vec<SourceFile> = vec![];
+    let mut origin: Vec<Option<usize>> = vec![];
+    for i in 0..archive.len() {
+        let e = archive
+            .by_index_raw(i)
+            .map_err(|e| ServeError::Internal(e.to_string()))?;
+        let Some(name) = e.name().strip_prefix(&prefix) else {
+            continue;
+        };
+        if name.is_empty() || name.ends_with('/') {
+            continue;
+        }
+        let regular = e.unix_mode().is_none_or(|m| m & 0o170000 == 0o100000);
+        files.push(SourceFile {
+            path: name.to_string(),
+            regular,
+            size: e.size(),
+        });
+        origin.push(Some(i));
+    }
+    let mut license: Option<Vec<u8>> = None;
+    if !src.dir.is_empty()
+        && !files.iter().any(|f| f.path == "LICENSE")
+        && let Some(data) = mirror
+            .read_file(&src.commit, "LICENSE")
+            .map_err(ServeError::Internal)?
+    {
+        files.push(SourceFile {
+            path: "LICENSE".into(),
+            regular: true,
+            size: data.len() as u64,
+        });
+        origin.push(None);
+        license = Some(data);
+    }
+    let go_version = src.go_mod.as_deref().and_then(modfile::go_version);
+    let chosen = modzip::select(&files, go_version.as_deref()).map_err(|e| {
+        ServeError::ClientNotFound(format!("not found: {module}@{v}: create zip: {e}"))
+    })?;
+    let mut out = zip::ZipWriter::new(pending.file_mut());
+    let zerr = |e: zip::result::ZipError| ServeError::Internal(format!("writing module zip: {e}"));
+    for idx in chosen {
+        let name = format!("{module}@{v}/{}", files[idx].path);
+        match origin[idx] {
+            Some(i) => {
+                let entry = archive.by_index_raw(i).map_err(zerr)?;
+                out.raw_copy_file_rename(entry, name).map_err(zerr)?;
+            }
+            None => {
+                let opts = zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Deflated);
+                out.start_file(name, opts).map_err(zerr)?;
+                std::io::Write::write_all(&mut out, license.as_deref().unwrap_or_default())
+                    .map_err(|e| ServeError::Internal(e.to_string()))?;
+            }
+        }
+    }
+    out.finish().map_err(zerr)?;
+    Ok(())
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn hex_id() -> String {
+    rand::random::<[u8; 8]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The go-get discovery page for a private repository root.
+pub fn go_get_answer(root: &str) -> Response<Body> {
+    let page = format!(
+        "<!DOCTYPE html>\n<html><head>\n<meta name=\"go-import\" content=\"{root} git https://{root}\">\n</head><body>go get {root}</body></html>\n"
+    );
+    let mut resp = Response::new(crate::body::full(page));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
+}
