@@ -15,5 +15,7 @@ mod docs;
 mod e2e;
 /// TLS interception: h1/h2, SNI rules, leaf certificates, upstream verification.
 mod mitm;
+/// Private modules from internal git: proxy mode and direct mode against the go command.
+mod private;
 /// The public route: cache rules, single-flight, fall-through, never-leak.
 mod public;

@@ -206,7 +206,9 @@ pub async fn serve(
 
 async fn mirror(f: &PrivateFetch, state: &State) -> Result<Mirror, ServeError> {
     let backend = &state.private[f.repo().route];
-    let access = backend.access(&f.repo().git_url);
+    let url = crate::proxy::upstream::BaseUrl::parse(&f.repo().git_url)
+        .map_err(|e| ServeError::Internal(format!("route git URL: {e}")))?;
+    let access = backend.access(&state.resolve(&url).to_string());
     let metrics = state.metrics.clone();
     state
         .mirrors

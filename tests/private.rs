@@ -1,0 +1,536 @@
+//! Private modules from an internal git host (git http-backend over TLS, requiring credentials):
+//! the go command's own direct fetch, proxy mode (no GOPRIVATE) and direct mode through modgate
+//! (GOPRIVATE, no credentials) must produce identical versions and go.sum hashes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use base64::Engine;
+use http::{Response, StatusCode};
+use modgate::body::full;
+use modgate::config::PrivateRouteConfig;
+
+use crate::util::*;
+
+const USER: &str = "modgate";
+const PASSWORD: &str = "s3cret-Token";
+
+/// Working tree -> commit with fixed dates -> tags.
+struct Work {
+    dir: PathBuf,
+    n: u32,
+}
+
+impl Work {
+    fn new(base: &Path, name: &str) -> Work {
+        let dir = base.join("work").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        Work { dir, n: 0 }
+    }
+
+    fn write(&mut self, path: &str, content: &str) -> &mut Self {
+        let p = self.dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+        self
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+        std::os::unix::fs::symlink(target, self.dir.join(path)).unwrap();
+        self
+    }
+
+    fn commit(&mut self, tags: &[&str]) -> &mut Self {
+        self.n += 1;
+        git(&self.dir, &["add", "-A"]);
+        let date = format!("2024-03-0{} 10:11:12 +0000", self.n);
+        let out = Command::new(tool("git"))
+            .args(["commit", "-q", "-m", &format!("commit {}", self.n)])
+            .current_dir(&self.dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", &self.dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_DATE", &date)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for t in tags {
+            git(&self.dir, &["tag", t]);
+        }
+        self
+    }
+
+    fn publish(&self, repos: &Path, name: &str) {
+        let dest = repos.join(name);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        git(
+            &self.dir,
+            &["clone", "-q", "--bare", ".", dest.to_str().unwrap()],
+        );
+    }
+}
+
+/// The internal repositories.
+fn build_repos(base: &Path) -> PathBuf {
+    let repos = base.join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+
+    let mut alpha = Work::new(base, "alpha");
+    alpha
+        .write("go.mod", "module git.corp.example/team/alpha\n\ngo 1.19\n")
+        .write("alpha.go", "package alpha\n\nconst V = 1\n")
+        .write("LICENSE", "alpha license\n")
+        .write("vendor/modules.txt", "# vendored\n")
+        .write("vendor/example.com/dep/dep.go", "package dep\n")
+        .write("pkg/vendor/x.go", "package vendor\n")
+        .write("pkg/vendor/deep/y.go", "package deep\n")
+        .write("tools/go.mod", "module git.corp.example/team/alpha/tools\n")
+        .write("tools/main.go", "package main\n")
+        .write(".hg_archival.txt", "repo: x\n")
+        .write("docs/.hg_archival.txt", "kept\n")
+        .write("crlf.txt", "line one\r\nline two\r\n")
+        .symlink("link.go", "alpha.go");
+    alpha.commit(&["v1.0.0"]);
+    alpha
+        .write("alpha.go", "package alpha\n\nconst V = 2\n")
+        .commit(&["v1.1.0"]);
+    git(&alpha.dir, &["branch", "feature"]);
+    alpha
+        .write("alpha.go", "package alpha\n\nconst V = 3\n")
+        .commit(&[]);
+    alpha.publish(&repos, "team/alpha");
+
+    let mut multi = Work::new(base, "multi");
+    multi
+        .write("LICENSE", "root license of multi\n")
+        .write(
+            "sub/lib/go.mod",
+            "module git.corp.example/team/multi/sub/lib\n\ngo 1.19\n",
+        )
+        .write("sub/lib/lib.go", "package lib\n")
+        .write(
+            "sub/lib/v2/go.mod",
+            "module git.corp.example/team/multi/sub/lib/v2\n\ngo 1.19\n",
+        )
+        .write("sub/lib/v2/lib.go", "package lib\n\nconst Major = 2\n")
+        .commit(&["sub/lib/v1.2.0", "sub/lib/v2.0.0"]);
+    multi.publish(&repos, "team/multi");
+
+    let mut major = Work::new(base, "major");
+    major
+        .write("go.mod", "module git.corp.example/team/major\n\ngo 1.19\n")
+        .write("m.go", "package major\n")
+        .commit(&["v1.0.0"]);
+    major
+        .write(
+            "go.mod",
+            "module git.corp.example/team/major/v2\n\ngo 1.19\n",
+        )
+        .commit(&["v2.0.0"]);
+    major.publish(&repos, "team/major");
+
+    let mut legacy = Work::new(base, "legacy");
+    legacy
+        .write("legacy.go", "package legacy\n")
+        .commit(&["v1.0.0"]);
+    legacy
+        .write("legacy.go", "package legacy\n\n// v2\n")
+        .commit(&["v2.0.0"]);
+    legacy.publish(&repos, "team/legacy");
+
+    let mut upper = Work::new(base, "upper");
+    upper
+        .write("go.mod", "module git.corp.example/Team/Upper\n\ngo 1.19\n")
+        .write("Upper.go", "package Upper\n")
+        .commit(&["v0.1.0"]);
+    upper.publish(&repos, "Team/Upper");
+    repos
+}
+
+/// git http-backend behind Basic auth, plus go-get answers for `host/group/repo` roots.
+fn internal_git_host(repos: PathBuf, log: Arc<std::sync::Mutex<Vec<(String, bool)>>>) -> Handler {
+    let backend = git_http_backend(repos);
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    );
+    Arc::new(move |parts, body| {
+        let authorized = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            == Some(want.as_str());
+        log.lock().unwrap().push((
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            authorized,
+        ));
+        let backend = backend.clone();
+        Box::pin(async move {
+            if parts.uri.query().is_some_and(|q| q.contains("go-get=1")) {
+                let elems: Vec<&str> = parts
+                    .uri
+                    .path()
+                    .trim_start_matches('/')
+                    .split('/')
+                    .collect();
+                let root = format!(
+                    "git.corp.example/{}/{}",
+                    elems[0],
+                    elems.get(1).unwrap_or(&"")
+                );
+                return Response::new(full(format!(
+                    "<html><head><meta name=\"go-import\" content=\"{root} git https://{root}\"></head></html>"
+                )));
+            }
+            if !authorized {
+                let mut r = Response::new(full("authentication required"));
+                *r.status_mut() = StatusCode::UNAUTHORIZED;
+                r.headers_mut()
+                    .insert("www-authenticate", "Basic realm=\"git\"".parse().unwrap());
+                return r;
+            }
+            backend(parts, body).await
+        })
+    })
+}
+
+/// A route whose password comes from a file (tests never touch the process environment).
+fn route(password: &str) -> PrivateRouteConfig {
+    let dir = std::env::temp_dir().join(format!("modgate-pw-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("password");
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    PrivateRouteConfig {
+        module: "git.corp.example/{group}/{repo}".into(),
+        git: "https://git.internal/{group}/{repo}".into(),
+        username: USER.into(),
+        password_env: None,
+        password_file: Some(file),
+        token_env: None,
+        token_file: None,
+        extra_ca_file: None,
+    }
+}
+
+fn rand_suffix() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+const MODULES: &[&str] = &[
+    "git.corp.example/team/alpha@v1.0.0",
+    "git.corp.example/team/alpha@v1.1.0",
+    "git.corp.example/team/alpha@main",
+    "git.corp.example/team/alpha@feature",
+    "git.corp.example/team/multi/sub/lib@v1.2.0",
+    "git.corp.example/team/multi/sub/lib/v2@v2.0.0",
+    "git.corp.example/team/major/v2@v2.0.0",
+    "git.corp.example/team/major@v1.0.0",
+    "git.corp.example/team/legacy@v2.0.0+incompatible",
+    "git.corp.example/team/legacy@v1.0.0",
+    "git.corp.example/Team/Upper@v0.1.0",
+];
+
+/// Runs `go mod download -json` for every module and returns query -> (version, sum, gomodsum).
+fn download(
+    home: &Path,
+    queries: &[String],
+    env: &[(&str, String)],
+) -> BTreeMap<String, (String, String, String)> {
+    let mut cmd = Command::new(tool("go"));
+    cmd.args(["mod", "download", "-json"])
+        .args(queries)
+        .current_dir(home)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("GOPATH", home.join("gopath"))
+        .env("GOMODCACHE", home.join("modcache"))
+        .env("GOCACHE", home.join("gocache"))
+        .env("GOFLAGS", "-modcacherw")
+        .env("GIT_CONFIG_NOSYSTEM", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    std::fs::create_dir_all(home).unwrap();
+    let out = tokio::task::block_in_place(|| cmd.output().unwrap());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "go mod download failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stream = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
+    let mut results = BTreeMap::new();
+    for (query, v) in queries.iter().zip(stream) {
+        let v = v.unwrap();
+        assert!(v["Error"].is_null(), "{query}: {v}");
+        results.insert(
+            query.to_string(),
+            (
+                v["Version"].as_str().unwrap().to_string(),
+                v["Sum"].as_str().unwrap().to_string(),
+                v["GoModSum"].as_str().unwrap().to_string(),
+            ),
+        );
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_sum_through_modgate_equals_direct_git_in_proxy_and_direct_mode() {
+    let ca = TestCa::new();
+    let base = tempfile::tempdir().unwrap();
+    let repos = build_repos(base.path());
+    // A commit-hash prefix query for alpha's first commit (tagged v1.0.0).
+    let first = git(&repos.join("team/alpha"), &["rev-parse", "v1.0.0^{commit}"]);
+    let mut queries: Vec<String> = MODULES.iter().map(|s| s.to_string()).collect();
+    queries.push(format!(
+        "git.corp.example/team/alpha@{}",
+        &first.trim()[..10]
+    ));
+    let git_log = Arc::new(std::sync::Mutex::new(vec![]));
+    let git_host = Upstream::tls(&ca, internal_git_host(repos, git_log.clone())).await;
+    let public = Arc::new(Script::default());
+    let public_up = Upstream::tls(&ca, scripted(public.clone())).await;
+    let auth_header = format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    );
+
+    // A. The go command fetching directly from git, with credentials. The gateway here only
+    // terminates TLS and forwards bytes (no private configuration).
+    let git_base = git_host.base_url();
+    let plain = TestGateway::start(&ca, |c| {
+        c.intercept.hosts.push("git.corp.example".into());
+        c.upstream
+            .overrides
+            .insert("git.corp.example".into(), git_base.clone());
+    })
+    .await;
+    let direct = download(
+        &base.path().join("home-direct"),
+        &queries,
+        &[
+            ("GOPRIVATE", "git.corp.example".into()),
+            ("HTTPS_PROXY", format!("http://{}", plain.proxy)),
+            ("SSL_CERT_FILE", plain.ca_path.display().to_string()),
+            ("GIT_SSL_CAINFO", plain.ca_path.display().to_string()),
+            ("GIT_CONFIG_COUNT", "1".into()),
+            ("GIT_CONFIG_KEY_0", "http.extraHeader".into()),
+            ("GIT_CONFIG_VALUE_0", auth_header.clone()),
+        ],
+    );
+
+    // modgate with a private route holding the credentials.
+    let (gb, pb) = (git_host.base_url(), public_up.base_url());
+    let gw = TestGateway::start(&ca, move |c| {
+        c.private.routes = vec![route(PASSWORD)];
+        c.upstream.overrides.insert("git.internal".into(), gb);
+        c.upstream.overrides.insert("proxy.golang.org".into(), pb);
+    })
+    .await;
+
+    // B. Proxy mode: no GOPRIVATE, no credentials; only GONOSUMDB for the private paths.
+    git_log.lock().unwrap().clear();
+    let proxy_mode = download(
+        &base.path().join("home-proxy"),
+        &queries,
+        &[
+            ("GONOSUMDB", "git.corp.example".into()),
+            ("HTTPS_PROXY", format!("http://{}", gw.proxy)),
+            ("SSL_CERT_FILE", gw.ca_path.display().to_string()),
+        ],
+    );
+    assert_eq!(
+        proxy_mode, direct,
+        "proxy mode must produce the go command's own versions and hashes"
+    );
+
+    // C. Direct mode through modgate: GOPRIVATE set, git runs through the gateway, no credentials.
+    let direct_mode = download(
+        &base.path().join("home-direct-mode"),
+        &queries,
+        &[
+            ("GOPRIVATE", "git.corp.example".into()),
+            ("HTTPS_PROXY", format!("http://{}", gw.proxy)),
+            ("SSL_CERT_FILE", gw.ca_path.display().to_string()),
+            ("GIT_SSL_CAINFO", gw.ca_path.display().to_string()),
+        ],
+    );
+    assert_eq!(
+        direct_mode, direct,
+        "direct mode through modgate must match too"
+    );
+
+    // The expected shapes, as a sanity check of the fixture.
+    assert_eq!(direct["git.corp.example/team/alpha@feature"].0, "v1.1.0");
+    assert_eq!(direct[&queries[queries.len() - 1]].0, "v1.0.0");
+    assert!(
+        direct["git.corp.example/team/alpha@main"]
+            .0
+            .starts_with("v1.1.1-0.20240303101112-"),
+        "{direct:?}"
+    );
+    assert_eq!(
+        direct["git.corp.example/team/legacy@v2.0.0+incompatible"].0,
+        "v2.0.0+incompatible"
+    );
+
+    // Every request modgate made to the internal host carried its credentials; the public
+    // proxy never saw a private path.
+    let seen = git_log.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter()
+            .all(|(p, authorized)| *authorized || p.contains("go-get=1")),
+        "{seen:?}"
+    );
+    assert!(
+        public_up
+            .paths()
+            .iter()
+            .all(|p| !p.contains("corp.example")),
+        "{:?}",
+        public_up.paths()
+    );
+    let m = gw.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "modgate_request_duration_seconds_count",
+            &[("route", "private")]
+        ) >= 10.0
+    );
+    assert!(
+        metric(
+            &m,
+            "modgate_request_duration_seconds_count",
+            &[("route", "git_forward")]
+        ) >= 2.0
+    );
+    assert!(
+        metric(
+            &m,
+            "modgate_request_duration_seconds_count",
+            &[("route", "goget_answer")]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &m,
+            "modgate_mirror_fetch_duration_seconds_count",
+            &[("outcome", "ok")]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &m,
+            "modgate_zip_build_duration_seconds_count",
+            &[("outcome", "ok")]
+        ) >= 5.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_repositories_and_bad_credentials_are_explained_without_secrets() {
+    let ca = TestCa::new();
+    let base = tempfile::tempdir().unwrap();
+    let repos = build_repos(base.path());
+    let git_host = Upstream::tls(&ca, internal_git_host(repos, Arc::default())).await;
+    let gb = git_host.base_url();
+    let good = TestGateway::start(&ca, |c| {
+        c.private.routes = vec![route(PASSWORD)];
+        c.upstream
+            .overrides
+            .insert("git.internal".into(), gb.clone());
+    })
+    .await;
+    let (status, _, body) = good
+        .get(
+            "proxy.golang.org:443",
+            "/git.corp.example/team/nope/@v/list",
+            Alpn::H1,
+        )
+        .await;
+    let body = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.starts_with("not found: "), "{body}");
+    let (status, _, body) = good
+        .get(
+            "proxy.golang.org:443",
+            "/git.corp.example/team/alpha/@v/v9.9.9.info",
+            Alpn::H1,
+        )
+        .await;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    let (status, _, body) = good
+        .get(
+            "proxy.golang.org:443",
+            "/git.corp.example/team/alpha/@v/list",
+            Alpn::H2,
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), String::from_utf8_lossy(&body).as_ref()),
+        (200, "v1.0.0\nv1.1.0\n")
+    );
+
+    let wrong = "not-the-password";
+    let bad = TestGateway::start(&ca, |c| {
+        c.private.routes = vec![route(wrong)];
+        c.upstream
+            .overrides
+            .insert("git.internal".into(), gb.clone());
+    })
+    .await;
+    for path in [
+        "/git.corp.example/team/alpha/@v/list",
+        "/git.corp.example/team/alpha/@v/v1.0.0.zip",
+    ] {
+        let (status, _, body) = bad.get("proxy.golang.org:443", path, Alpn::H1).await;
+        let body = String::from_utf8_lossy(&body).to_string();
+        assert_eq!(status, 502, "{body}");
+        assert!(
+            body.contains("credentials") || body.contains("rejected"),
+            "{body}"
+        );
+        assert!(!body.contains(wrong), "the credential leaked: {body}");
+    }
+    // Direct mode: git requests fail with 502 and the reason, no secret.
+    let (status, _, body) = bad
+        .get(
+            "git.corp.example:443",
+            "/team/alpha/info/refs?service=git-upload-pack",
+            Alpn::H1,
+        )
+        .await;
+    let body = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        !body.contains(wrong)
+            && !body.contains(
+                &base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{wrong}"))
+            )
+    );
+}
