@@ -149,6 +149,14 @@ fn build_repos(base: &Path) -> PathBuf {
         .commit(&["v2.0.0"]);
     legacy.publish(&repos, "team/legacy");
 
+    // A vanity path served from another repository.
+    let mut vanity = Work::new(base, "vanity");
+    vanity
+        .write("go.mod", "module corp.example/lib\n\ngo 1.19\n")
+        .write("lib.go", "package lib\n")
+        .commit(&["v1.0.0"]);
+    vanity.publish(&repos, "team/vanity");
+
     let mut upper = Work::new(base, "upper");
     upper
         .write("go.mod", "module git.corp.example/Team/Upper\n\ngo 1.19\n")
@@ -182,6 +190,11 @@ fn internal_git_host(repos: PathBuf, log: Arc<std::sync::Mutex<Vec<(String, bool
         let backend = backend.clone();
         Box::pin(async move {
             if parts.uri.query().is_some_and(|q| q.contains("go-get=1")) {
+                if parts.uri.path() == "/lib" || parts.uri.path().starts_with("/lib/") {
+                    return Response::new(full(
+                        "<html><head><meta name=\"go-import\" content=\"corp.example/lib git https://git.corp.example/team/vanity\"></head></html>",
+                    ));
+                }
                 let elems: Vec<&str> = parts
                     .uri
                     .path()
@@ -249,6 +262,7 @@ const MODULES: &[&str] = &[
     "git.corp.example/team/legacy@v2.0.0+incompatible",
     "git.corp.example/team/legacy@v1.0.0",
     "git.corp.example/Team/Upper@v0.1.0",
+    "corp.example/lib@v1.0.0",
 ];
 
 /// Runs `go mod download -json` for every module and returns query -> (version, sum, gomodsum).
@@ -277,7 +291,8 @@ fn download(
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
-        "go mod download failed:\n{text}\n{}",
+        "go mod download in {} failed:\n{text}\n{}",
+        home.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     let stream = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
@@ -323,16 +338,20 @@ async fn go_sum_through_modgate_equals_direct_git_in_proxy_and_direct_mode() {
     let git_base = git_host.base_url();
     let plain = TestGateway::start(&ca, |c| {
         c.intercept.hosts.push("git.corp.example".into());
+        c.intercept.hosts.push("corp.example".into());
         c.upstream
             .overrides
             .insert("git.corp.example".into(), git_base.clone());
+        c.upstream
+            .overrides
+            .insert("corp.example".into(), git_base.clone());
     })
     .await;
     let direct = download(
         &base.path().join("home-direct"),
         &queries,
         &[
-            ("GOPRIVATE", "git.corp.example".into()),
+            ("GOPRIVATE", "git.corp.example,corp.example".into()),
             ("HTTPS_PROXY", format!("http://{}", plain.proxy)),
             ("SSL_CERT_FILE", plain.ca_path.display().to_string()),
             ("GIT_SSL_CAINFO", plain.ca_path.display().to_string()),
@@ -345,7 +364,10 @@ async fn go_sum_through_modgate_equals_direct_git_in_proxy_and_direct_mode() {
     // modgate with a private route holding the credentials.
     let (gb, pb) = (git_host.base_url(), public_up.base_url());
     let gw = TestGateway::start(&ca, move |c| {
-        c.private.routes = vec![route(PASSWORD)];
+        let mut vanity = route(PASSWORD);
+        vanity.module = "corp.example/lib".into();
+        vanity.git = "https://git.internal/team/vanity".into();
+        c.private.routes = vec![vanity, route(PASSWORD)];
         c.upstream.overrides.insert("git.internal".into(), gb);
         c.upstream.overrides.insert("proxy.golang.org".into(), pb);
     })
@@ -357,7 +379,7 @@ async fn go_sum_through_modgate_equals_direct_git_in_proxy_and_direct_mode() {
         &base.path().join("home-proxy"),
         &queries,
         &[
-            ("GONOSUMDB", "git.corp.example".into()),
+            ("GONOSUMDB", "git.corp.example,corp.example".into()),
             ("HTTPS_PROXY", format!("http://{}", gw.proxy)),
             ("SSL_CERT_FILE", gw.ca_path.display().to_string()),
         ],
@@ -372,7 +394,7 @@ async fn go_sum_through_modgate_equals_direct_git_in_proxy_and_direct_mode() {
         &base.path().join("home-direct-mode"),
         &queries,
         &[
-            ("GOPRIVATE", "git.corp.example".into()),
+            ("GOPRIVATE", "git.corp.example,corp.example".into()),
             ("HTTPS_PROXY", format!("http://{}", gw.proxy)),
             ("SSL_CERT_FILE", gw.ca_path.display().to_string()),
             ("GIT_SSL_CAINFO", gw.ca_path.display().to_string()),
