@@ -556,3 +556,69 @@ async fn missing_repositories_and_bad_credentials_are_explained_without_secrets(
             )
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_protocol_v0_and_v2_are_forwarded_with_injected_credentials() {
+    let ca = TestCa::new();
+    let base = tempfile::tempdir().unwrap();
+    let repos = build_repos(base.path());
+    let log = Arc::new(std::sync::Mutex::new(vec![]));
+    let git_host = Upstream::tls(&ca, internal_git_host(repos.clone(), log.clone())).await;
+    let gb = git_host.base_url();
+    let gw = TestGateway::start(&ca, |c| {
+        c.private.routes = vec![route(PASSWORD)];
+        c.upstream.overrides.insert("git.internal".into(), gb);
+    })
+    .await;
+    let want = git(
+        &repos.join("team/alpha"),
+        &["rev-parse", "refs/tags/v1.1.0^{commit}"],
+    );
+    for version in ["0", "2"] {
+        let out = tokio::task::block_in_place(|| {
+            Command::new(tool("git"))
+                .args([
+                    "-c",
+                    &format!("protocol.version={version}"),
+                    "ls-remote",
+                    "https://git.corp.example/team/alpha",
+                    "refs/tags/v1.1.0",
+                ])
+                .current_dir(base.path())
+                .env("HOME", base.path())
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .env("HTTPS_PROXY", format!("http://{}", gw.proxy))
+                .env("https_proxy", format!("http://{}", gw.proxy))
+                .env("GIT_SSL_CAINFO", &gw.ca_path)
+                .output()
+                .unwrap()
+        });
+        assert!(
+            out.status.success(),
+            "protocol v{version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(want.trim()),
+            "v{version}"
+        );
+    }
+    // The agent sent no credentials; every request that reached the git host carried modgate's.
+    let seen = log.lock().unwrap().clone();
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(seen.iter().all(|(_, authorized)| *authorized), "{seen:?}");
+    // Protocol v2 reached the git host as v2 (the Git-Protocol header was forwarded).
+    let v2 = git_host
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s.headers
+                .get("git-protocol")
+                .is_some_and(|v| v == "version=2")
+        })
+        .count();
+    assert!(v2 >= 1, "no request carried Git-Protocol: version=2");
+}
