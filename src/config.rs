@@ -59,6 +59,12 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
+    /// Connections open at once (client connections, with the tunnels they became).
+    pub max_connections: usize,
+    /// Largest request head (request line and headers).
+    pub max_head_size: bytesize::ByteSize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -69,6 +75,9 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3128)),
+            max_connections: 4096,
+            max_head_size: bytesize::ByteSize::kib(64),
+            max_headers: 100,
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
         }
@@ -130,6 +139,10 @@ pub struct InterceptConfig {
     pub hosts: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
+    /// Concurrent HTTP/2 streams per intercepted connection.
+    pub h2_max_concurrent_streams: u32,
+    /// Streams a client may reset before they are answered, per connection (reset-flood guard).
+    pub h2_max_pending_reset_streams: usize,
 }
 
 impl Default for InterceptConfig {
@@ -137,6 +150,8 @@ impl Default for InterceptConfig {
         InterceptConfig {
             hosts: vec!["proxy.golang.org".into(), "sum.golang.org".into()],
             tls_handshake_timeout: Duration::from_secs(10),
+            h2_max_concurrent_streams: 256,
+            h2_max_pending_reset_streams: 20,
         }
     }
 }
@@ -440,6 +455,30 @@ impl Config {
             ));
         }
         nonzero("proxy.header_read_timeout", self.proxy.header_read_timeout)?;
+        if self.proxy.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "proxy.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if !(8192..=16 * 1024 * 1024).contains(&self.proxy.max_head_size.as_u64()) {
+            return Err(ConfigError::invalid(
+                "proxy.max_head_size",
+                "must be between 8KiB and 16MiB",
+            ));
+        }
+        if !(8..=1000).contains(&self.proxy.max_headers) {
+            return Err(ConfigError::invalid(
+                "proxy.max_headers",
+                "must be between 8 and 1000",
+            ));
+        }
+        if self.intercept.h2_max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                "intercept.h2_max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
         if self.ca.leaf_validity < Duration::from_secs(2 * 3600)
             || self.ca.leaf_validity > MAX_LEAF_VALIDITY
         {

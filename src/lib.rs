@@ -75,6 +75,8 @@ pub struct State {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Permits for `proxy.max_connections`.
+    pub conn_limit: Arc<tokio::sync::Semaphore>,
 }
 
 impl State {
@@ -160,6 +162,7 @@ impl Gateway {
             .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
         let proxy_addr = proxy_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let conn_limit = Arc::new(tokio::sync::Semaphore::new(config.proxy.max_connections));
         let state = Arc::new(State {
             auth: ProxyAuth::new(&config.auth),
             config,
@@ -177,6 +180,7 @@ impl Gateway {
             mirrors,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            conn_limit,
         });
         let accept_loops = TaskTracker::new();
         accept_loops.spawn(proxy::listener::run(proxy_listener, state.clone()));

@@ -534,6 +534,25 @@ async fn checksum_database_is_proxied_and_cached_byte_for_byte() {
         .await;
     assert_eq!(&body[..], &vec![9u8; 5 * 32][..]);
     assert_eq!(count(&sum, "/lookup/example.com/m@v1.0.0"), 1);
+    // A partial tile is a prefix of the cached full tile: served without asking upstream.
+    let (status, headers, body) = gw
+        .get("sum.golang.org:443", "/tile/8/0/000.p/3", Alpn::H1)
+        .await;
+    assert_eq!(
+        (
+            status.as_u16(),
+            headers["x-modgate-cache"].to_str().unwrap()
+        ),
+        (200, "hit")
+    );
+    assert_eq!(&body[..], &vec![7u8; 3 * 32][..]);
+    assert_eq!(count(&sum, "/tile/8/0/000.p/3"), 0);
+    // ... and so is a narrower version of a cached partial tile.
+    let (_, _, body) = gw
+        .get("sum.golang.org:443", "/tile/8/0/001.p/2", Alpn::H1)
+        .await;
+    assert_eq!(&body[..], &vec![9u8; 2 * 32][..]);
+    assert_eq!(count(&sum, "/tile/8/0/001.p/2"), 0);
     // A database that is not configured is not proxied: 404 lets the go command go direct.
     assert_eq!(get(&gw, "/sumdb/sum.other.example/supported").await.0, 404);
 }

@@ -646,11 +646,24 @@ pub fn scripted(script: Arc<Script>) -> Handler {
                     r
                 }
                 Some(Reply::Abort { declared, sent }) => {
-                    let chunks: Vec<Result<hyper::body::Frame<Bytes>, modgate::body::BoxError>> = vec![
-                        Ok(hyper::body::Frame::data(Bytes::from(sent))),
-                        Err("upstream broke off".into()),
-                    ];
-                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+                    // The head and the first bytes go out; a moment later the body breaks off.
+                    let body = http_body_util::StreamBody::new(futures_util::stream::unfold(
+                        Some(sent),
+                        |state| async move {
+                            match state {
+                                Some(sent) => Some((
+                                    Ok::<_, modgate::body::BoxError>(hyper::body::Frame::data(
+                                        Bytes::from(sent),
+                                    )),
+                                    None,
+                                )),
+                                None => {
+                                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                                    Some((Err("upstream broke off".into()), None))
+                                }
+                            }
+                        },
+                    ));
                     let mut r = Response::new(http_body_util::BodyExt::boxed(body));
                     r.headers_mut()
                         .insert(http::header::CONTENT_LENGTH, declared.into());

@@ -14,12 +14,25 @@ use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
 
+/// Failed attempts from one address within a minute before it is refused without checking.
+const MAX_FAILURES_PER_MINUTE: u32 = 20;
+
+/// The outcome of a credential check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Denied,
+    /// Too many recent failures from this address.
+    Limited,
+}
+
 /// Checks proxy credentials.
 #[derive(Clone)]
 pub struct ProxyAuth {
     users: Arc<HashMap<String, String>>,
     realm: String,
     verified: moka::future::Cache<[u8; 32], ()>,
+    failures: moka::future::Cache<std::net::IpAddr, Arc<std::sync::atomic::AtomicU32>>,
 }
 
 impl std::fmt::Debug for ProxyAuth {
@@ -49,6 +62,10 @@ impl ProxyAuth {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(300))
                 .build(),
+            failures: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
         })
     }
 
@@ -57,8 +74,28 @@ impl ProxyAuth {
         format!("Basic realm=\"{}\"", self.realm.replace(['"', '\\'], ""))
     }
 
+    /// Checks `headers` from `client`, rate-limiting repeated failures per address.
+    pub async fn check(&self, headers: &HeaderMap, client: std::net::IpAddr) -> Verdict {
+        use std::sync::atomic::Ordering;
+        let failures = self
+            .failures
+            .get_with(client, async {
+                Arc::new(std::sync::atomic::AtomicU32::new(0))
+            })
+            .await;
+        if failures.load(Ordering::Relaxed) >= MAX_FAILURES_PER_MINUTE {
+            return Verdict::Limited;
+        }
+        if self.valid(headers).await {
+            Verdict::Allowed
+        } else {
+            failures.fetch_add(1, Ordering::Relaxed);
+            Verdict::Denied
+        }
+    }
+
     /// Whether `headers` carry valid credentials.
-    pub async fn check(&self, headers: &HeaderMap) -> bool {
+    async fn valid(&self, headers: &HeaderMap) -> bool {
         let Some(value) = headers.get(http::header::PROXY_AUTHORIZATION) else {
             return false;
         };
@@ -143,17 +180,45 @@ mod tests {
             }],
         })
         .unwrap();
-        assert!(auth.check(&header("ci", "s3cret")).await);
-        assert!(auth.check(&header("ci", "s3cret")).await, "cached");
-        assert!(!auth.check(&header("ci", "wrong")).await);
-        assert!(!auth.check(&header("nobody", "s3cret")).await);
-        assert!(!auth.check(&HeaderMap::new()).await);
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            auth.check(&header("ci", "s3cret"), ip).await,
+            Verdict::Allowed
+        );
+        assert_eq!(
+            auth.check(&header("ci", "s3cret"), ip).await,
+            Verdict::Allowed,
+            "cached"
+        );
+        assert_eq!(
+            auth.check(&header("ci", "wrong"), ip).await,
+            Verdict::Denied
+        );
+        assert_eq!(
+            auth.check(&header("nobody", "s3cret"), ip).await,
+            Verdict::Denied
+        );
+        assert_eq!(auth.check(&HeaderMap::new(), ip).await, Verdict::Denied);
         let mut bearer = HeaderMap::new();
         bearer.insert(
             http::header::PROXY_AUTHORIZATION,
             "Bearer x".parse().unwrap(),
         );
-        assert!(!auth.check(&bearer).await);
+        assert_eq!(auth.check(&bearer, ip).await, Verdict::Denied);
+        // After enough failures the address is refused without checking, even with good
+        // credentials; other addresses are unaffected.
+        for _ in 0..MAX_FAILURES_PER_MINUTE {
+            auth.check(&HeaderMap::new(), ip).await;
+        }
+        assert_eq!(
+            auth.check(&header("ci", "s3cret"), ip).await,
+            Verdict::Limited
+        );
+        let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(
+            auth.check(&header("ci", "s3cret"), other).await,
+            Verdict::Allowed
+        );
     }
 
     #[test]

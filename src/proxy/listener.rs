@@ -18,9 +18,6 @@ use crate::proxy::ctx::ConnCtx;
 use crate::proxy::{mitm, tunnel, upstream};
 use crate::serve::respond::text;
 
-/// Largest request head accepted from an agent.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-
 /// Accepts connections until shutdown.
 pub async fn run(listener: TcpListener, state: Arc<State>) {
     loop {
@@ -31,7 +28,24 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                state.tasks.spawn(serve_client(stream, peer, state.clone()));
+                match state.conn_limit.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        state.tasks.spawn(serve_client(
+                            stream,
+                            peer,
+                            state.clone(),
+                            Arc::new(permit),
+                        ));
+                    }
+                    Err(_) => {
+                        state
+                            .metrics
+                            .limit_hits
+                            .with_label_values(&["connections"])
+                            .inc();
+                        tokio::spawn(refuse_busy(stream));
+                    }
+                }
             }
             Err(e) => {
                 // Typically EMFILE: back off briefly instead of spinning.
@@ -42,15 +56,59 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
     }
 }
 
-async fn serve_client(stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
-    let _conn = state.metrics.connection("client");
-    let svc_state = state.clone();
-    let svc = service_fn(move |req| handle(req, peer, svc_state.clone()));
+/// Answers 503 to a connection over `proxy.max_connections` and closes it.
+async fn refuse_busy(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let msg = "modgate: too many connections; try again shortly\n";
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}",
+        msg.len()
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let _ = stream.write_all(resp.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// The HTTP/1.1 server settings for agent-facing connections.
+pub fn http1_builder(state: &State) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.proxy.header_read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES);
+        .max_header_size(state.config.proxy.max_head_size.as_u64() as usize)
+        .max_headers(state.config.proxy.max_headers);
+    builder
+}
+
+/// Counts the limits a finished connection ran into.
+pub fn count_conn_error(state: &State, e: &hyper::Error) {
+    if e.is_parse_too_large() {
+        state
+            .metrics
+            .limit_hits
+            .with_label_values(&["head_size"])
+            .inc();
+    } else if e.is_timeout() {
+        state
+            .metrics
+            .limit_hits
+            .with_label_values(&["header_timeout"])
+            .inc();
+    }
+}
+
+async fn serve_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let _conn = state.metrics.connection("client");
+    let svc_state = state.clone();
+    let svc = service_fn(move |req| handle(req, peer, svc_state.clone(), permit.clone()));
+    let builder = http1_builder(&state);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
@@ -58,6 +116,7 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
+                count_conn_error(&state, &e);
                 tracing::debug!(%peer, error = %e, "client connection ended with error");
             }
         }
@@ -72,11 +131,24 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     state: Arc<State>,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Response<Body>, Infallible> {
     if let Some(auth) = &state.auth
-        && !auth.check(req.headers()).await
+        && let verdict = auth.check(req.headers(), peer.ip()).await
+        && verdict != crate::proxy::auth::Verdict::Allowed
     {
         state.metrics.auth_failures.inc();
+        if verdict == crate::proxy::auth::Verdict::Limited {
+            state
+                .metrics
+                .limit_hits
+                .with_label_values(&["auth_rate"])
+                .inc();
+            return Ok(text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "modgate: too many failed proxy authentications from this address; wait a minute",
+            ));
+        }
         let mut resp = text(
             StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             "modgate: proxy authentication required (set credentials in HTTPS_PROXY as http://user:password@host:port)",
@@ -89,14 +161,8 @@ async fn handle(
         );
         return Ok(resp);
     }
-    if head_size(&req) > MAX_HEAD_BYTES {
-        return Ok(text(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "modgate: request head too large",
-        ));
-    }
     if req.method() == Method::CONNECT {
-        return Ok(connect(req, peer, state).await);
+        return Ok(connect(req, peer, state, permit).await);
     }
     if req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
         return Ok(crate::serve::forward::plain_http(req, peer, state).await);
@@ -105,16 +171,6 @@ async fn handle(
         StatusCode::BAD_REQUEST,
         "modgate: this is a forward proxy; use it as HTTPS_PROXY (CONNECT) or send absolute-form http:// requests",
     ))
-}
-
-/// Approximate size of the request head as sent (hyper only bounds what it buffers per read).
-fn head_size<B>(req: &Request<B>) -> usize {
-    req.uri().to_string().len()
-        + req
-            .headers()
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>()
 }
 
 /// Parses a CONNECT authority into a host and a port; the text is the client's error.
@@ -158,7 +214,12 @@ pub fn valid_host(host: &str) -> bool {
         })
 }
 
-async fn connect(req: Request<Incoming>, peer: SocketAddr, state: Arc<State>) -> Response<Body> {
+async fn connect(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: Arc<State>,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) -> Response<Body> {
     let (host, port) = match parse_connect_target(&req) {
         Ok(t) => t,
         Err(reason) => return text(StatusCode::BAD_REQUEST, &reason),
@@ -196,6 +257,7 @@ async fn connect(req: Request<Incoming>, peer: SocketAddr, state: Arc<State>) ->
                 };
             let metrics = state.metrics.clone();
             state.tasks.spawn(async move {
+                let _permit = permit;
                 match hyper::upgrade::on(req).await {
                     Ok(upgraded) => tunnel::run(TokioIo::new(upgraded), target, metrics).await,
                     Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
@@ -207,6 +269,7 @@ async fn connect(req: Request<Incoming>, peer: SocketAddr, state: Arc<State>) ->
             let conn = ConnCtx::new(peer, "connect", host, port);
             let task_state = state.clone();
             state.tasks.spawn(async move {
+                let _permit = permit;
                 match hyper::upgrade::on(req).await {
                     Ok(upgraded) => mitm::serve(TokioIo::new(upgraded), conn, task_state).await,
                     Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),

@@ -21,9 +21,6 @@ use crate::policy::egress::normalize_host;
 use crate::proxy::ctx::{ConnCtx, ReqCtx};
 use crate::proxy::io::Prefixed;
 
-/// Concurrent HTTP/2 streams allowed per intercepted connection.
-const H2_MAX_STREAMS: u32 = 256;
-
 /// Serves one intercepted tunnel until it closes or the gateway shuts down.
 pub async fn serve<IO>(io: IO, conn: Arc<ConnCtx>, state: Arc<State>)
 where
@@ -48,6 +45,11 @@ where
                 .metrics
                 .tls_failures
                 .with_label_values(&["timeout"])
+                .inc();
+            state
+                .metrics
+                .limit_hits
+                .with_label_values(&["tls_handshake_timeout"])
                 .inc();
             tracing::info!(client = %conn.client, host = %conn.host, "TLS handshake timed out");
             return;
@@ -77,16 +79,23 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.config.proxy.header_read_timeout);
+        .header_read_timeout(state.config.proxy.header_read_timeout)
+        .max_buf_size(state.config.proxy.max_head_size.as_u64() as usize)
+        .max_headers(state.config.proxy.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS);
+        .max_concurrent_streams(state.config.intercept.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(state.config.intercept.h2_max_pending_reset_streams)
+        .max_header_list_size((state.config.proxy.max_head_size.as_u64() as u32).max(16 * 1024));
     let http = builder.serve_connection(TokioIo::new(tls), svc);
     tokio::pin!(http);
     tokio::select! {
         res = http.as_mut() => {
             if let Err(e) = res {
+                if let Some(he) = e.downcast_ref::<hyper::Error>() {
+                    crate::proxy::listener::count_conn_error(&state, he);
+                }
                 tracing::debug!(client = %conn.client, host = %conn.host, error = %e, "intercepted connection ended with error");
             }
         }

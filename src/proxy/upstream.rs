@@ -210,6 +210,12 @@ impl UpstreamClient {
             Ok(r) => crate::telemetry::metrics::status_class(r.status().as_u16()),
             Err(e) => e.kind(),
         };
+        if matches!(res, Err(UpstreamError::Timeout { .. })) {
+            self.metrics
+                .limit_hits
+                .with_label_values(&["upstream_timeout"])
+                .inc();
+        }
         self.metrics
             .upstream_duration
             .with_label_values(&[label, outcome])

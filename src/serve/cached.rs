@@ -244,6 +244,11 @@ async fn lead(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared_len.is_some_and(|n| n > spec.max_len) {
+        state
+            .metrics
+            .limit_hits
+            .with_label_values(&["body_size"])
+            .inc();
         let e = ServeError::UpstreamFailed(format!(
             "upstream body of {} bytes exceeds the limit of {} bytes",
             declared_len.unwrap_or_default(),
@@ -410,6 +415,11 @@ async fn fill(
         };
         total += data.len() as u64;
         if total > spec.max_len {
+            state
+                .metrics
+                .limit_hits
+                .with_label_values(&["body_size"])
+                .inc();
             break Some(format!(
                 "upstream body exceeds the limit of {} bytes",
                 spec.max_len

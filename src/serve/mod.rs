@@ -69,6 +69,9 @@ async fn handle(
             cached::serve(spec, ctx, state, req.method()).await
         }
         Route::SumDb(f) => {
+            if let Some(resp) = tile_from_wider(&f, ctx, state).await {
+                return Ok(resp);
+            }
             let spec = sumdb_spec(&f, state)?;
             cached::serve(spec, ctx, state, req.method()).await
         }
@@ -155,6 +158,61 @@ fn sumdb_spec(f: &SumDbFetch, state: &State) -> Result<Spec, ServeError> {
         }],
         path: f.upstream_path().to_string(),
     })
+}
+
+/// A partial hash tile is a prefix of every wider version of the same tile (the tree only
+/// grows), so it is served from a cached full or wider tile when one exists: no upstream
+/// request, and it keeps working offline for clients holding an older tree head.
+async fn tile_from_wider(
+    f: &SumDbFetch,
+    ctx: &mut ReqCtx,
+    state: &State,
+) -> Option<Response<Body>> {
+    let SumDbOp::Tile(t) = f.op() else {
+        return None;
+    };
+    if t.l < 0 || t.is_full() {
+        return None;
+    }
+    let full = crate::gomod::sumdb::Tile { w: 1 << t.h, ..*t };
+    let key_of = |tile: &crate::gomod::sumdb::Tile| format!("sumdb/{}/{}", f.db(), tile.path());
+    let mut candidates = vec![key_of(&full)];
+    let partial_dir = key_of(&crate::gomod::sumdb::Tile { w: 1, ..*t });
+    let partial_dir = partial_dir
+        .rsplit_once('/')
+        .map(|(d, _)| d.to_string())
+        .unwrap_or_default();
+    let mut wider: Vec<u64> = state
+        .cache
+        .children(&partial_dir)
+        .iter()
+        .filter_map(|w| w.parse::<u64>().ok())
+        .filter(|w| *w > t.w)
+        .collect();
+    wider.sort_unstable_by(|a, b| b.cmp(a));
+    candidates.extend(wider.iter().map(|w| format!("{partial_dir}/{w}")));
+    let want = (t.w * 32) as usize;
+    for key in candidates {
+        let Some(found) = state.cache.get(&key) else {
+            continue;
+        };
+        let Ok(data) = tokio::fs::read(&found.path).await else {
+            continue;
+        };
+        if data.len() < want {
+            continue;
+        }
+        ctx.cache = "hit";
+        let mut resp = Response::new(crate::body::full(bytes::Bytes::from(data).slice(..want)));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+        resp.headers_mut()
+            .insert(cached::CACHE_HEADER, http::HeaderValue::from_static("hit"));
+        return Some(resp);
+    }
+    None
 }
 
 /// Wraps the response body so the request is logged and measured once it is done.

@@ -198,6 +198,21 @@ impl DiskCache {
         }
     }
 
+    /// Names of the entries directly inside the key directory `dir_key` (no order).
+    pub fn children(&self, dir_key: &str) -> Vec<String> {
+        let Ok(dir) = self.path_of(dir_key) else {
+            return vec![];
+        };
+        std::fs::read_dir(dir)
+            .map(|it| {
+                it.filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Starts writing a new version of `key` into a temporary file.
     pub fn begin(self: &Arc<Self>, key: &str) -> Result<PendingEntry, StoreError> {
         let dest = self.path_of(key)?;

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub cache_fills: IntCounterVec,
     /// Requests for private module paths answered locally, by kind.
     pub private_refused: IntCounterVec,
+    /// Limits and timeouts that were hit, by limit.
+    pub limit_hits: IntCounterVec,
     /// Git fetches into repository mirrors, by outcome.
     pub mirror_fetch_duration: HistogramVec,
     /// Module zips built from git.
@@ -181,6 +183,11 @@ impl Metrics {
                 &["kind"],
             )
             .expect("metric"),
+            limit_hits: IntCounterVec::new(
+                Opts::new("modgate_limit_hits_total", "Requests or connections stopped by a limit or timeout."),
+                &["limit"],
+            )
+            .expect("metric"),
             mirror_fetch_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "modgate_mirror_fetch_duration_seconds",
@@ -222,6 +229,7 @@ impl Metrics {
             Box::new(m.cache_store_errors.clone()),
             Box::new(m.cache_fills.clone()),
             Box::new(m.private_refused.clone()),
+            Box::new(m.limit_hits.clone()),
             Box::new(m.mirror_fetch_duration.clone()),
             Box::new(m.zip_build_duration.clone()),
         ];
@@ -250,6 +258,9 @@ impl Metrics {
         }
         for kind in ["goproxy", "sumdb", "goget", "git"] {
             m.private_refused.with_label_values(&[kind]);
+        }
+        for limit in LIMITS {
+            m.limit_hits.with_label_values(&[limit]);
         }
         m
     }
@@ -304,6 +315,17 @@ impl Drop for ConnGuard {
         self.gauge.dec();
     }
 }
+
+/// Every `limit` label value of `modgate_limit_hits_total`.
+pub const LIMITS: [&str; 7] = [
+    "connections",
+    "head_size",
+    "header_timeout",
+    "tls_handshake_timeout",
+    "upstream_timeout",
+    "body_size",
+    "auth_rate",
+];
 
 /// "2xx" .. "5xx" for a status code.
 pub fn status_class(status: u16) -> &'static str {
