@@ -54,32 +54,144 @@ use crate::telemetry::metrics::Metrics;
 /// Everything a connection needs, shared by all of them.
 #[derive(Debug)]
 pub struct State {
+    /// The configuration the gateway started with (listeners, CA, cache, timeouts).
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub ca: Arc<CertAuthority>,
     pub leaves: LeafCache,
-    pub policy: Policy,
-    pub auth: Option<ProxyAuth>,
     pub upstream: UpstreamClient,
-    overrides: HashMap<String, BaseUrl>,
-    /// The public GOPROXY list.
-    pub public_upstreams: GoProxyList,
-    /// Checksum-database name -> base URL.
-    pub sumdbs: HashMap<String, BaseUrl>,
     pub cache: Arc<DiskCache>,
     pub flights: Arc<Flights<FillOutcome>>,
-    /// One backend per `[[private.routes]]` entry, in order.
-    pub private: Vec<PrivateBackend>,
     pub mirrors: Mirrors,
+    /// Rules, routes and credentials; replaced as a whole on reload.
+    dynamic: arc_swap::ArcSwap<Dynamic>,
     /// Cancelled when the gateway starts shutting down.
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Permits for `proxy.max_connections`.
     pub conn_limit: Arc<tokio::sync::Semaphore>,
+    /// The file the configuration came from, for reloads.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 impl State {
+    /// The current rules. Take one snapshot per request and use it throughout.
+    pub fn dynamic(&self) -> Arc<Dynamic> {
+        self.dynamic.load_full()
+    }
+
+    /// Re-reads the configuration file and swaps in its rules, routes and credentials. Requests
+    /// already running finish with the rules they started with; on any error the current rules
+    /// stay in force. Keys that need a restart are named in a warning.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let res = self.try_reload();
+        let outcome = if res.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[outcome])
+            .inc();
+        match &res {
+            Ok(()) => tracing::info!("configuration reloaded"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "configuration reload refused; the previous configuration stays in force")
+            }
+        }
+        res
+    }
+
+    fn try_reload(&self) -> anyhow::Result<()> {
+        let path = self.config_path.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("modgate was started without --config; nothing to reload")
+        })?;
+        let config = config::load(path)?;
+        let dynamic = Dynamic::new(&config, &self.metrics)?;
+        let old = &self.config;
+        let static_changes: Vec<&str> = [
+            ("proxy", old.proxy != config.proxy),
+            ("admin", old.admin != config.admin),
+            ("storage", old.storage != config.storage),
+            ("ca", old.ca != config.ca),
+            ("cache", old.cache != config.cache),
+            ("log", old.log != config.log),
+            (
+                "intercept.tls_handshake_timeout",
+                old.intercept.tls_handshake_timeout != config.intercept.tls_handshake_timeout,
+            ),
+            (
+                "private.mirror_ttl",
+                old.private.mirror_ttl != config.private.mirror_ttl,
+            ),
+            ("upstream timeouts and roots", {
+                let (mut a, mut b) = (old.upstream.clone(), config.upstream.clone());
+                a.overrides.clear();
+                b.overrides.clear();
+                a != b
+            }),
+        ]
+        .into_iter()
+        .filter_map(|(k, changed)| changed.then_some(k))
+        .collect();
+        if !static_changes.is_empty() {
+            tracing::warn!(keys = ?static_changes, "these settings changed but take effect only after a restart");
+        }
+        self.dynamic.store(Arc::new(dynamic));
+        Ok(())
+    }
+}
+
+/// The reloadable part of the configuration, compiled: policy (intercept set, egress, private
+/// patterns and routes), proxy users, upstream overrides, the public GOPROXY list, checksum
+/// databases and private-route credentials.
+#[derive(Debug)]
+pub struct Dynamic {
+    /// The configuration this snapshot was compiled from.
+    pub config: Config,
+    pub policy: Policy,
+    pub auth: Option<ProxyAuth>,
+    overrides: HashMap<String, BaseUrl>,
+    /// The public GOPROXY list.
+    pub public_upstreams: GoProxyList,
+    /// Checksum-database name -> base URL.
+    pub sumdbs: HashMap<String, BaseUrl>,
+    /// One backend per `[[private.routes]]` entry, in order.
+    pub private: Vec<PrivateBackend>,
+}
+
+impl Dynamic {
+    /// Compiles a validated configuration; the error names the key at fault.
+    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Dynamic> {
+        let policy = Policy::new(config).map_err(|e| anyhow::anyhow!("policy: {e}"))?;
+        let public_upstreams = GoProxyList::parse(&config.modules.upstream)
+            .map_err(|e| anyhow::anyhow!("modules.upstream: {e}"))?;
+        let mut sumdbs = HashMap::new();
+        for (name, url) in &config.sumdb.dbs {
+            let base = BaseUrl::parse(url).map_err(|e| anyhow::anyhow!("sumdb.dbs: {e}"))?;
+            sumdbs.insert(name.clone(), base);
+        }
+        let mut overrides = HashMap::new();
+        for (host, base) in &config.upstream.overrides {
+            let base =
+                BaseUrl::parse(base).map_err(|e| anyhow::anyhow!("upstream.overrides: {e}"))?;
+            overrides.insert(normalize_host(host), base);
+        }
+        let mut private = vec![];
+        for (i, r) in config.private.routes.iter().enumerate() {
+            private.push(
+                PrivateBackend::new(i, r, config, metrics.clone()).map_err(anyhow::Error::msg)?,
+            );
+        }
+        Ok(Dynamic {
+            config: config.clone(),
+            policy,
+            auth: ProxyAuth::new(&config.auth),
+            overrides,
+            public_upstreams,
+            sumdbs,
+            private,
+        })
+    }
+
     /// Where requests for `host:port` go: its override, or `https://host:port`.
     pub fn upstream_base(&self, host: &str, port: u16) -> Result<BaseUrl, String> {
         Ok(self.resolve(&BaseUrl::https(host, port)?))
@@ -107,27 +219,22 @@ pub struct Gateway {
 impl Gateway {
     /// Loads (or creates) the CA, binds both listeners and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        Self::start_with_path(config, None).await
+    }
+
+    /// Like [`start`](Self::start), remembering the file the configuration came from so that
+    /// SIGHUP and `POST /-/reload` can re-read it.
+    pub async fn start_with_path(
+        config: Config,
+        config_path: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Gateway> {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let (ca, created_ca) = CertAuthority::load_or_init(&config.ca.dir)?;
         let ca = Arc::new(ca);
         let leaves = LeafCache::new(ca.clone(), config.ca.leaf_validity, metrics.clone());
-        let policy = Policy::new(&config).map_err(|e| anyhow::anyhow!("policy: {e}"))?;
-        let public_upstreams = GoProxyList::parse(&config.modules.upstream)
-            .map_err(|e| anyhow::anyhow!("modules.upstream: {e}"))?;
-        let mut sumdbs = HashMap::new();
-        for (name, url) in &config.sumdb.dbs {
-            let base = BaseUrl::parse(url).map_err(|e| anyhow::anyhow!("sumdb.dbs: {e}"))?;
-            sumdbs.insert(name.clone(), base);
-        }
         let upstream = UpstreamClient::new(&config.upstream, metrics.clone())
             .map_err(|e| anyhow::anyhow!("upstream: {e}"))?;
-        let mut overrides = HashMap::new();
-        for (host, base) in &config.upstream.overrides {
-            let base =
-                BaseUrl::parse(base).map_err(|e| anyhow::anyhow!("upstream.overrides: {e}"))?;
-            overrides.insert(normalize_host(host), base);
-        }
         std::fs::create_dir_all(&config.storage.data_dir).with_context(|| {
             format!(
                 "storage.data_dir: cannot create {}",
@@ -142,12 +249,7 @@ impl Gateway {
                 .await?
                 .with_context(|| "storage.data_dir: cannot open the module cache")?
         };
-        let mut private = vec![];
-        for (i, r) in config.private.routes.iter().enumerate() {
-            private.push(
-                PrivateBackend::new(i, r, &config, metrics.clone()).map_err(anyhow::Error::msg)?,
-            );
-        }
+        let dynamic = Dynamic::new(&config, &metrics)?;
         let mirrors = Mirrors::new(
             &config.storage.data_dir,
             config.private.mirror_ttl,
@@ -164,23 +266,19 @@ impl Gateway {
         let admin_addr = admin_listener.local_addr()?;
         let conn_limit = Arc::new(tokio::sync::Semaphore::new(config.proxy.max_connections));
         let state = Arc::new(State {
-            auth: ProxyAuth::new(&config.auth),
             config,
             metrics,
             ca,
             leaves,
-            policy,
             upstream,
-            overrides,
-            public_upstreams,
-            sumdbs,
             cache: Arc::new(cache),
             flights: Arc::default(),
-            private,
             mirrors,
+            dynamic: arc_swap::ArcSwap::from_pointee(dynamic),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             conn_limit,
+            config_path,
         });
         let accept_loops = TaskTracker::new();
         accept_loops.spawn(proxy::listener::run(proxy_listener, state.clone()));
@@ -242,9 +340,25 @@ impl Gateway {
         drained
     }
 
-    /// Runs until `stop` completes (e.g. a signal), then shuts down gracefully.
+    /// Runs until `stop` completes (e.g. a signal), reloading the configuration on SIGHUP, then
+    /// shuts down gracefully.
     pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) {
-        stop.await;
+        tokio::pin!(stop);
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = hup.recv() => {
+                        let state = self.state.clone();
+                        let _ = tokio::task::spawn_blocking(move || state.reload()).await;
+                    }
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload");
+                stop.await;
+            }
+        }
         let drained = self.shutdown().await;
         tracing::info!(drained, "modgate stopped");
     }

@@ -106,12 +106,13 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
+            let config_path = config.clone();
             let config = load_config(config.as_ref())?;
             modgate::telemetry::init_logging(&config.log);
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let stop = modgate::shutdown_signal()?;
-                let gateway = Gateway::start(config).await?;
+                let gateway = Gateway::start_with_path(config, config_path).await?;
                 if gateway.created_ca() {
                     println!(
                         "modgate: created a new CA in {}",

@@ -128,3 +128,89 @@ async fn shutdown_drains_in_flight_requests() {
         "no longer accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_applies_new_rules_to_new_requests_and_refuses_bad_files() {
+    use modgate::Gateway;
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca, fixed("ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("modgate.toml");
+    let write = |deny: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{d}/data\"\n[ca]\ndir = \"{d}/certs\"\n[intercept]\nhosts = [\"files.test\"]\n[egress]\ndeny = [{deny}]\n[upstream]\nextra_ca_file = \"{ca}\"\n[upstream.overrides]\n\"files.test\" = \"{base}\"\n",
+                d = dir.path().display(),
+                ca = ca.path.display(),
+                base = up.base_url(),
+            ),
+        )
+        .unwrap()
+    };
+    write("");
+    let cfg = modgate::config::load(&path).unwrap();
+    let gw = Gateway::start_with_path(cfg, Some(path.clone()))
+        .await
+        .unwrap();
+    let roots = roots_from_pem(gw.state().ca.cert_pem());
+    let target = up.addr.to_string();
+
+    // A keep-alive intercepted connection opened before the reload.
+    let (stream, head) = connect(gw.proxy_addr(), "files.test:443", "").await;
+    assert_eq!(status(&head), 200);
+    let tls = tls_connect(stream, "files.test", roots.clone(), Alpn::H1)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = || {
+        http::Request::get("/x")
+            .header("host", "files.test")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    assert_eq!(send.send_request(get()).await.unwrap().status(), 200);
+    let (_, head) = connect(gw.proxy_addr(), &target, "").await;
+    assert_eq!(status(&head), 200, "tunnel allowed before the reload");
+
+    write("\"127.0.0.1\"");
+    let admin = gw.admin_addr();
+    let post = |a: std::net::SocketAddr| async move {
+        let mut s = TcpStream::connect(a).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut s,
+            b"POST /-/reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        read_response(&mut s).await
+    };
+    let (code, _, body) = post(admin).await;
+    assert_eq!((code, body.as_str()), (200, "reloaded\n"));
+    let (_, head) = connect(gw.proxy_addr(), &target, "").await;
+    assert_eq!(status(&head), 403, "new rules apply to new connections");
+    // The connection from before the reload was not dropped.
+    assert_eq!(send.send_request(get()).await.unwrap().status(), 200);
+
+    // An invalid file is refused and the current rules stay.
+    std::fs::write(&path, "[egress]\ndeny = [\"a[\"]\n").unwrap();
+    let (code, _, body) = post(admin).await;
+    assert_eq!(code, 400);
+    assert!(body.contains("egress.deny[0]"), "{body}");
+    let (_, head) = connect(gw.proxy_addr(), &target, "").await;
+    assert_eq!(status(&head), 403, "previous rules kept");
+    let s = TcpStream::connect(admin).await.unwrap();
+    let (_, _, m) = http_get(s, "admin", "/metrics", Alpn::H1).await;
+    let m = String::from_utf8_lossy(&m);
+    assert_eq!(
+        metric(&m, "modgate_config_reloads_total", &[("outcome", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "modgate_config_reloads_total", &[("outcome", "error")]),
+        1.0
+    );
+}

@@ -255,3 +255,68 @@ fn explain_prints_target_rule_route_upstream_and_cache_key() {
     assert!(!ok);
     assert!(err.contains("malformed module path"), "{err}");
 }
+
+#[test]
+fn sighup_reloads_the_configuration_file() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |deny: &str| {
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[egress]\ndeny = [{deny}]\n"
+        )
+    };
+    std::fs::write(dir.path().join("c.toml"), cfg("")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", "c.toml"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut proxy, mut admin) = (String::new(), String::new());
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(rest) = line.split_once("admin on http://") {
+            admin = rest.1.split_whitespace().next().unwrap().to_string();
+        }
+        if let Some(p) = line.strip_prefix("export HTTPS_PROXY=http://") {
+            proxy = p.to_string();
+            break;
+        }
+    }
+    let through = || {
+        let mut s = std::net::TcpStream::connect(&proxy).unwrap();
+        write!(
+            s,
+            "GET http://{admin}/healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    };
+    assert!(through().starts_with("HTTP/1.1 200"));
+    std::fs::write(dir.path().join("c.toml"), cfg("\"127.0.0.1\"")).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut denied = false;
+    for _ in 0..100 {
+        if through().starts_with("HTTP/1.1 403") {
+            denied = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(denied, "SIGHUP applied the new egress rule");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running after SIGHUP"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

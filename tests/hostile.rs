@@ -229,7 +229,14 @@ async fn hostile_tls_on_intercepted_tunnels() {
         "stalled handshake"
     );
     still_serves(&env).await;
-    let m = env.gw.metrics().await;
+    let m = env
+        .gw
+        .metric_reaches(
+            "modgate_limit_hits_total",
+            &[("limit", "tls_handshake_timeout")],
+            1.0,
+        )
+        .await;
     for reason in ["not_tls", "bad_client_hello", "sni_mismatch", "no_sni"] {
         assert!(
             metric(&m, "modgate_tls_failures_total", &[("reason", reason)]) >= 1.0,

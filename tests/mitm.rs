@@ -167,7 +167,9 @@ async fn non_tls_bytes_on_an_intercepted_tunnel_get_a_plain_refusal() {
         out.contains("expected a TLS ClientHello for files.test"),
         "{out}"
     );
-    let m = gw.metrics().await;
+    let m = gw
+        .metric_reaches("modgate_tls_failures_total", &[("reason", "not_tls")], 1.0)
+        .await;
     assert_eq!(
         metric(&m, "modgate_tls_failures_total", &[("reason", "not_tls")]),
         1.0

@@ -290,6 +290,19 @@ impl TestGateway {
         http_get(tls, host, path, alpn).await
     }
 
+    /// Waits (at most 5s) until `name{labels}` reaches `want`; returns the last scrape.
+    pub async fn metric_reaches(&self, name: &str, labels: &[(&str, &str)], want: f64) -> String {
+        let mut m = String::new();
+        for _ in 0..250 {
+            m = self.metrics().await;
+            if metric(&m, name, labels) >= want {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        m
+    }
+
     /// Scrapes /metrics.
     pub async fn metrics(&self) -> String {
         let stream = TcpStream::connect(self.admin).await.unwrap();

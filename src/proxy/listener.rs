@@ -133,7 +133,8 @@ async fn handle(
     state: Arc<State>,
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Response<Body>, Infallible> {
-    if let Some(auth) = &state.auth
+    let dynamic = state.dynamic();
+    if let Some(auth) = &dynamic.auth
         && let verdict = auth.check(req.headers(), peer.ip()).await
         && verdict != crate::proxy::auth::Verdict::Allowed
     {
@@ -162,7 +163,7 @@ async fn handle(
         return Ok(resp);
     }
     if req.method() == Method::CONNECT {
-        return Ok(connect(req, peer, state, permit).await);
+        return Ok(connect(req, peer, state, &dynamic, permit).await);
     }
     if req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
         return Ok(crate::serve::forward::plain_http(req, peer, state).await);
@@ -218,13 +219,14 @@ async fn connect(
     req: Request<Incoming>,
     peer: SocketAddr,
     state: Arc<State>,
+    dynamic: &crate::Dynamic,
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Response<Body> {
     let (host, port) = match parse_connect_target(&req) {
         Ok(t) => t,
         Err(reason) => return text(StatusCode::BAD_REQUEST, &reason),
     };
-    let decision = state.policy.egress.decide_connect(&host);
+    let decision = dynamic.policy.egress.decide_connect(&host);
     state
         .metrics
         .egress_decisions

@@ -133,6 +133,13 @@ where
             );
             let _ = io.write_all(resp.as_bytes()).await;
             let _ = io.shutdown().await;
+            // Discard what the client already sent, briefly: closing with unread input would
+            // reset the connection and could destroy the answer before the client reads it.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+                let mut sink = [0u8; 4096];
+                while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
         }
         return Err("not_tls");
     }

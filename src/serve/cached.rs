@@ -64,7 +64,10 @@ impl FillOutcome {
 #[derive(Debug, Clone)]
 pub enum Source {
     Url {
+        /// The URL to use (overrides already applied).
         base: BaseUrl,
+        /// The configured host, a bounded metric label.
+        label: String,
         /// `|` after this entry: fall through on any error.
         on_any_error: bool,
     },
@@ -87,12 +90,13 @@ pub struct Spec {
     pub path: String,
 }
 
-/// Turns a configured GOPROXY list into sources.
-pub fn sources_from(list: &[Entry]) -> Vec<Source> {
+/// Turns a configured GOPROXY list into sources, applying upstream overrides.
+pub fn sources_from(list: &[Entry], dynamic: &crate::Dynamic) -> Vec<Source> {
     list.iter()
         .map(|e| match e {
             Entry::Proxy { base, on_any_error } => Source::Url {
-                base: base.clone(),
+                base: dynamic.resolve(base),
+                label: base.host().to_string(),
                 on_any_error: *on_any_error,
             },
             Entry::Off => Source::Off,
@@ -290,7 +294,7 @@ async fn fetch(spec: &Spec, state: &State) -> Fetched {
     let mut error: Option<ServeError> = None;
     let mut total_wait = Duration::ZERO;
     for source in &spec.sources {
-        let (base, on_any_error) = match source {
+        let (base, label, on_any_error) = match source {
             Source::Off => {
                 not_found.get_or_insert((
                     404,
@@ -298,10 +302,13 @@ async fn fetch(spec: &Spec, state: &State) -> Fetched {
                 ));
                 break;
             }
-            Source::Url { base, on_any_error } => (base, *on_any_error),
+            Source::Url {
+                base,
+                label,
+                on_any_error,
+            } => (base, label, *on_any_error),
         };
-        let target = state.resolve(base);
-        let uri = match target.join(&spec.path) {
+        let uri = match base.join(&spec.path) {
             Ok(u) => u,
             Err(e) => return Fetched::Err(ServeError::Internal(format!("bad upstream URL: {e}"))),
         };
@@ -313,7 +320,7 @@ async fn fetch(spec: &Spec, state: &State) -> Fetched {
             .header(http::header::ACCEPT_ENCODING, "identity")
             .body(crate::body::empty())
             .expect("static request parts are valid");
-        match state.upstream.send(req, base.host()).await {
+        match state.upstream.send(req, label).await {
             Ok((resp, waited)) => {
                 total_wait += waited;
                 match resp.status() {

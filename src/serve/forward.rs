@@ -47,11 +47,12 @@ pub async fn intercepted(
     req: Request<Incoming>,
     ctx: &mut ReqCtx,
     state: &State,
+    dynamic: &crate::Dynamic,
 ) -> Result<Response<Body>, ServeError> {
-    let base = state
+    let base = dynamic
         .upstream_base(&ctx.conn.host, ctx.conn.port)
         .map_err(ServeError::Internal)?;
-    let label = state.policy.egress.intercept_label(&ctx.conn.host);
+    let label = dynamic.policy.egress.intercept_label(&ctx.conn.host);
     let (mut parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -110,7 +111,7 @@ async fn forward_plain(
             "modgate: invalid host {host:?} in request URL"
         )));
     }
-    let decision = state.policy.egress.decide_forward(host);
+    let decision = state.dynamic().policy.egress.decide_forward(host);
     state
         .metrics
         .egress_decisions

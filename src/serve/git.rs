@@ -6,7 +6,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::State;
 use crate::body::{self, Body};
 use crate::policy::private::RepoMatch;
 use crate::proxy::ctx::ReqCtx;
@@ -30,9 +29,12 @@ pub async fn forward(
     repo: &RepoMatch,
     request_prefix: &str,
     ctx: &mut ReqCtx,
-    state: &State,
+    dynamic: &crate::Dynamic,
 ) -> Result<Response<Body>, ServeError> {
-    let backend = &state.private[repo.route];
+    let backend = dynamic
+        .private
+        .get(repo.route)
+        .ok_or_else(|| ServeError::Internal("private route vanished".into()))?;
     let suffix = req
         .uri()
         .path()
@@ -44,7 +46,7 @@ pub async fn forward(
         Some(q) => format!("{suffix}?{q}"),
         None => suffix.to_string(),
     };
-    let base = state.resolve(
+    let base = dynamic.resolve(
         &BaseUrl::parse(&repo.git_url)
             .map_err(|e| ServeError::Internal(format!("route git URL: {e}")))?,
     );

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::State;
 use crate::body::Body;
 use crate::gomod::zip::MAX_ZIP_FILE;
 use crate::policy::classify::{ProxyOp, SumDbOp, Target};
@@ -25,6 +24,7 @@ use crate::proxy::ctx::ReqCtx;
 use crate::serve::cached::{Source, Spec};
 use crate::serve::respond::ServeError;
 use crate::telemetry::access_log;
+use crate::{Dynamic, State};
 
 /// Largest non-zip body accepted from an upstream (info, mod, list, sumdb answers).
 const MAX_SMALL_BODY: u64 = 64 << 20;
@@ -47,7 +47,8 @@ async fn handle(
     ctx: &mut ReqCtx,
     state: &Arc<State>,
 ) -> Result<Response<Body>, ServeError> {
-    let decided = state.policy.decide(
+    let dynamic = state.dynamic();
+    let decided = dynamic.policy.decide(
         &ctx.conn.host,
         req.method().as_str(),
         req.uri().path(),
@@ -65,14 +66,14 @@ async fn handle(
     describe(&target, ctx);
     match route {
         Route::Public(f) => {
-            let spec = public_spec(&f, state);
+            let spec = public_spec(&f, &dynamic);
             cached::serve(spec, ctx, state, req.method()).await
         }
         Route::SumDb(f) => {
             if let Some(resp) = tile_from_wider(&f, ctx, state).await {
                 return Ok(resp);
             }
-            let spec = sumdb_spec(&f, state)?;
+            let spec = sumdb_spec(&f, &dynamic)?;
             cached::serve(spec, ctx, state, req.method()).await
         }
         Route::SumDbSupported => Ok(Response::new(crate::body::empty())),
@@ -89,13 +90,13 @@ async fn handle(
             );
             Err(ServeError::ClientNotFound(message))
         }
-        Route::Private(f) => private::serve(f, ctx, state, req.method()).await,
+        Route::Private(f) => private::serve(f, ctx, state, &dynamic, req.method()).await,
         Route::GoGetAnswer { root } => Ok(private::go_get_answer(&root)),
         Route::GitForward {
             repo,
             request_prefix,
-        } => git::forward(req, &repo, &request_prefix, ctx, state).await,
-        Route::Forward => forward::intercepted(req, ctx, state).await,
+        } => git::forward(req, &repo, &request_prefix, ctx, &dynamic).await,
+        Route::Forward => forward::intercepted(req, ctx, state, &dynamic).await,
     }
 }
 
@@ -119,7 +120,7 @@ fn describe(target: &Target, ctx: &mut ReqCtx) {
     }
 }
 
-fn public_spec(f: &PublicFetch, state: &State) -> Spec {
+fn public_spec(f: &PublicFetch, dynamic: &Dynamic) -> Spec {
     let zip = match f.op() {
         ProxyOp::Zip(v) => Some((f.module().clone(), v.clone())),
         _ => None,
@@ -134,13 +135,13 @@ fn public_spec(f: &PublicFetch, state: &State) -> Spec {
             MAX_SMALL_BODY
         },
         zip,
-        sources: cached::sources_from(state.public_upstreams.entries()),
+        sources: cached::sources_from(dynamic.public_upstreams.entries(), dynamic),
         path: f.upstream_path().to_string(),
     }
 }
 
-fn sumdb_spec(f: &SumDbFetch, state: &State) -> Result<Spec, ServeError> {
-    let base = state.sumdbs.get(f.db()).ok_or_else(|| {
+fn sumdb_spec(f: &SumDbFetch, dynamic: &Dynamic) -> Result<Spec, ServeError> {
+    let base = dynamic.sumdbs.get(f.db()).ok_or_else(|| {
         ServeError::ClientNotFound(format!(
             "not found: checksum database {} is not configured",
             f.db()
@@ -153,7 +154,8 @@ fn sumdb_spec(f: &SumDbFetch, state: &State) -> Result<Spec, ServeError> {
         zip: None,
         max_len: MAX_SMALL_BODY,
         sources: vec![Source::Url {
-            base: base.clone(),
+            label: base.host().to_string(),
+            base: dynamic.resolve(base),
             on_any_error: false,
         }],
         path: f.upstream_path().to_string(),

@@ -146,11 +146,13 @@ pub async fn serve(
     f: PrivateFetch,
     ctx: &mut ReqCtx,
     state: &Arc<State>,
+    dynamic: &crate::Dynamic,
     method: &Method,
 ) -> Result<Response<Body>, ServeError> {
+    let access = access(&f, dynamic)?;
     if f.class() == CacheClass::Mutable {
         ctx.cache = "bypass";
-        let mirror = mirror(&f, state).await?;
+        let mirror = mirror(&f, &access, state).await?;
         let (data, _) = compute(mirror, f.clone(), state.clone()).await?;
         let mut resp = Response::new(crate::body::full(data));
         resp.headers_mut().insert(
@@ -167,7 +169,7 @@ pub async fn serve(
         match state.flights.join(f.key()) {
             Join::Leader(leader) => {
                 ctx.cache = "miss";
-                let result = fill(&f, state).await;
+                let result = fill(&f, &access, state).await;
                 match result {
                     Ok(()) => leader.finish(FillOutcome::Committed),
                     Err(e) => {
@@ -204,15 +206,22 @@ pub async fn serve(
     ))
 }
 
-async fn mirror(f: &PrivateFetch, state: &State) -> Result<Mirror, ServeError> {
-    let backend = &state.private[f.repo().route];
+/// How to reach the repository behind `f`, with this snapshot's credentials and overrides.
+fn access(f: &PrivateFetch, dynamic: &crate::Dynamic) -> Result<GitAccess, ServeError> {
+    let backend = dynamic
+        .private
+        .get(f.repo().route)
+        .ok_or_else(|| ServeError::Internal("private route vanished".into()))?;
     let url = crate::proxy::upstream::BaseUrl::parse(&f.repo().git_url)
         .map_err(|e| ServeError::Internal(format!("route git URL: {e}")))?;
-    let access = backend.access(&state.resolve(&url).to_string());
+    Ok(backend.access(&dynamic.resolve(&url).to_string()))
+}
+
+async fn mirror(f: &PrivateFetch, access: &GitAccess, state: &State) -> Result<Mirror, ServeError> {
     let metrics = state.metrics.clone();
     state
         .mirrors
-        .ensure(&access, |took, res| {
+        .ensure(access, |took, res| {
             let outcome = match res {
                 Ok(()) => "ok",
                 Err(MirrorError::NotFound(_)) => "not_found",
@@ -280,8 +289,8 @@ async fn compute(
 }
 
 /// Fills the cache entry of a canonical `.info`, `.mod` or `.zip`.
-async fn fill(f: &PrivateFetch, state: &Arc<State>) -> Result<(), ServeError> {
-    let mirror = mirror(f, state).await?;
+async fn fill(f: &PrivateFetch, access: &GitAccess, state: &Arc<State>) -> Result<(), ServeError> {
+    let mirror = mirror(f, access, state).await?;
     let mut pending = state
         .cache
         .begin(f.key())

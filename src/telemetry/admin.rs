@@ -42,6 +42,23 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() == "/-/reload" {
+        if req.method() != Method::POST {
+            return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "use POST to reload"));
+        }
+        let st = state.clone();
+        let res = tokio::task::spawn_blocking(move || st.reload())
+            .await
+            .map_err(|e| anyhow::anyhow!("reload task failed: {e}"))
+            .and_then(|r| r);
+        return Ok(match res {
+            Ok(()) => text(StatusCode::OK, "reloaded"),
+            Err(e) => text(
+                StatusCode::BAD_REQUEST,
+                &format!("reload refused, previous configuration kept: {e:#}"),
+            ),
+        });
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "use GET"));
     }

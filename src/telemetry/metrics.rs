@@ -57,6 +57,8 @@ pub struct Metrics {
     pub cache_fills: IntCounterVec,
     /// Requests for private module paths answered locally, by kind.
     pub private_refused: IntCounterVec,
+    /// Configuration reloads, by outcome.
+    pub config_reloads: IntCounterVec,
     /// Limits and timeouts that were hit, by limit.
     pub limit_hits: IntCounterVec,
     /// Git fetches into repository mirrors, by outcome.
@@ -183,6 +185,11 @@ impl Metrics {
                 &["kind"],
             )
             .expect("metric"),
+            config_reloads: IntCounterVec::new(
+                Opts::new("modgate_config_reloads_total", "Configuration reloads (SIGHUP or POST /-/reload), by outcome."),
+                &["outcome"],
+            )
+            .expect("metric"),
             limit_hits: IntCounterVec::new(
                 Opts::new("modgate_limit_hits_total", "Requests or connections stopped by a limit or timeout."),
                 &["limit"],
@@ -229,6 +236,7 @@ impl Metrics {
             Box::new(m.cache_store_errors.clone()),
             Box::new(m.cache_fills.clone()),
             Box::new(m.private_refused.clone()),
+            Box::new(m.config_reloads.clone()),
             Box::new(m.limit_hits.clone()),
             Box::new(m.mirror_fetch_duration.clone()),
             Box::new(m.zip_build_duration.clone()),
@@ -258,6 +266,9 @@ impl Metrics {
         }
         for kind in ["goproxy", "sumdb", "goget", "git"] {
             m.private_refused.with_label_values(&[kind]);
+        }
+        for outcome in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[outcome]);
         }
         for limit in LIMITS {
             m.limit_hits.with_label_values(&[limit]);
