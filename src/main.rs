@@ -113,18 +113,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(async {
                 let stop = modgate::shutdown_signal()?;
                 let gateway = Gateway::start_with_path(config, config_path).await?;
+                // The banner goes to stdout; a closed stdout must not stop the gateway.
+                let mut banner = String::new();
                 if gateway.created_ca() {
-                    println!(
-                        "modgate: created a new CA in {}",
+                    banner.push_str(&format!(
+                        "modgate: created a new CA in {}\n",
                         gateway.state().ca.cert_path().display()
-                    );
+                    ));
                 }
-                println!(
-                    "modgate: proxy on {}, admin on http://{} (/metrics /healthz /readyz /ca.pem)",
+                banner.push_str(&format!(
+                    "modgate: proxy on {}, admin on http://{} (/metrics /healthz /readyz /ca.pem)\nAgent set-up:\n{}",
                     gateway.proxy_addr(),
-                    gateway.admin_addr()
-                );
-                println!("Agent set-up:\n{}", gateway.agent_env());
+                    gateway.admin_addr(),
+                    gateway.agent_env()
+                ));
+                let mut out = std::io::stdout().lock();
+                let _ = std::io::Write::write_all(&mut out, banner.as_bytes());
+                let _ = std::io::Write::flush(&mut out);
+                drop(out);
                 gateway.run_until(stop).await;
                 Ok(())
             })

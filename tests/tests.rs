@@ -13,6 +13,8 @@ mod connect;
 mod docs;
 /// The real go command, curl and git through the gateway.
 mod e2e;
+/// Faults survived: unwritable cache, kill -9 and restart.
+mod faults;
 /// Hostile input across the wire, TLS, h2, module paths and upstream answers; limits.
 mod hostile;
 /// TLS interception: h1/h2, SNI rules, leaf certificates, upstream verification.

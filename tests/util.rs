@@ -614,6 +614,12 @@ pub enum Reply {
     Body(u16, Vec<u8>, std::time::Duration),
     /// Declares `declared` bytes, sends `sent`, then breaks the connection.
     Abort { declared: u64, sent: Vec<u8> },
+    /// Sends `body` in `chunk`-byte pieces with `delay` between them.
+    Slow {
+        body: Vec<u8>,
+        chunk: usize,
+        delay: std::time::Duration,
+    },
 }
 
 /// Replies by path that a test can change while the upstream runs.
@@ -656,6 +662,28 @@ pub fn scripted(script: Arc<Script>) -> Handler {
                     tokio::time::sleep(delay).await;
                     let mut r = Response::new(full(body));
                     *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                    r
+                }
+                Some(Reply::Slow { body, chunk, delay }) => {
+                    let len = body.len() as u64;
+                    let pieces: Vec<Bytes> =
+                        body.chunks(chunk).map(Bytes::copy_from_slice).collect();
+                    let stream = futures_util::stream::unfold(
+                        pieces.into_iter(),
+                        move |mut it| async move {
+                            let next = it.next()?;
+                            tokio::time::sleep(delay).await;
+                            Some((
+                                Ok::<_, modgate::body::BoxError>(hyper::body::Frame::data(next)),
+                                it,
+                            ))
+                        },
+                    );
+                    let mut r = Response::new(http_body_util::BodyExt::boxed(
+                        http_body_util::StreamBody::new(stream),
+                    ));
+                    r.headers_mut()
+                        .insert(http::header::CONTENT_LENGTH, len.into());
                     r
                 }
                 Some(Reply::Abort { declared, sent }) => {

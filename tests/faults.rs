@@ -1,0 +1,239 @@
+//! Faults survived: a cache directory that cannot be written, and kill -9 of the gateway in the
+//! middle of many downloads followed by a restart. (Upstream refusals, resets, stalls, wrong
+//! lengths, corrupt zips and all upstreams down are covered in `public`, `mitm` and `hostile`.)
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::util::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unwritable_cache_still_answers_from_upstream_and_counts_errors() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let zip = module_zip("example.com/m", "v1.0.0", &[("m.go", "package m\n")]);
+    script.ok("/example.com/m/@v/v1.0.0.zip", zip.clone());
+    script.ok("/example.com/m/@v/list", "v1.0.0\n");
+    let up = Upstream::tls(&ca, scripted(script.clone())).await;
+    let base = up.base_url();
+    let gw = TestGateway::start(&ca, move |c| {
+        c.upstream.overrides.insert("proxy.golang.org".into(), base);
+    })
+    .await;
+    // Even root cannot create files inside a regular file: every cache write now fails.
+    let tmp = gw.dir.path().join("data/tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, "not a directory").unwrap();
+    for _ in 0..2 {
+        let (status, headers, body) = gw
+            .get(
+                "proxy.golang.org:443",
+                "/example.com/m/@v/v1.0.0.zip",
+                Alpn::H1,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-modgate-cache"], "miss");
+        assert_eq!(&body[..], &zip[..]);
+    }
+    let (status, _, body) = gw
+        .get("proxy.golang.org:443", "/example.com/m/@v/list", Alpn::H2)
+        .await;
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"v1.0.0\n"[..]));
+    assert_eq!(
+        up.paths().iter().filter(|p| p.ends_with(".zip")).count(),
+        2,
+        "nothing could be cached"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        metric(&m, "modgate_cache_store_errors_total", &[]) >= 3.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "modgate_cache_entries", &[]), 0.0);
+}
+
+/// Starts the modgate binary on ephemeral ports; returns the child and its proxy address.
+fn spawn_modgate(
+    dir: &std::path::Path,
+    upstream: &str,
+    ca: &std::path::Path,
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    std::fs::write(
+        dir.join("c.toml"),
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nextra_ca_file = \"{}\"\n[upstream.overrides]\n\"proxy.golang.org\" = \"{upstream}\"\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("modgate.log"))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_modgate"))
+        .args(["serve", "--config", "c.toml"])
+        .env("RUST_LOG", "modgate=debug")
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut proxy = String::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(p) = line.strip_prefix("export HTTPS_PROXY=http://") {
+            proxy = p.to_string();
+            break;
+        }
+    }
+    (child, proxy)
+}
+
+fn curl(proxy: &str, ca: &std::path::Path, url: &str, out: &std::path::Path) -> Command {
+    let mut c = Command::new(tool("curl"));
+    c.args(["-sS", "--fail", "--max-time", "20", "-o"])
+        .arg(out)
+        .arg("--proxy")
+        .arg(format!("http://{proxy}"))
+        .arg("--cacert")
+        .arg(ca)
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_downloads_leaves_no_partial_entry() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let mut zips = vec![];
+    for i in 0..8 {
+        let module = format!("example.com/m{i}");
+        // Incompressible content, so the zip stays about 300 KB.
+        use base64::Engine;
+        let noise: Vec<u8> = (0..225_000).map(|_| rand::random::<u8>()).collect();
+        let text = format!(
+            "package m\n// {}\n",
+            base64::engine::general_purpose::STANDARD.encode(noise)
+        );
+        let zip = module_zip(&module, "v1.0.0", &[("big.go", &text)]);
+        // About 3 seconds per download: long enough to be killed in the middle.
+        script.set(
+            &format!("/{module}/@v/v1.0.0.zip"),
+            Reply::Slow {
+                body: zip.clone(),
+                chunk: 8192,
+                delay: Duration::from_millis(80),
+            },
+        );
+        zips.push((module, zip));
+    }
+    let up = Upstream::tls(&ca, scripted(script.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, proxy) = spawn_modgate(dir.path(), &up.base_url(), &ca.path);
+    let gw_ca = dir.path().join("certs/ca.pem");
+    let mut curls: Vec<std::process::Child> = zips
+        .iter()
+        .map(|(m, _)| {
+            curl(
+                &proxy,
+                &gw_ca,
+                &format!("https://proxy.golang.org/{m}/@v/v1.0.0.zip"),
+                &dir.path().join("out.zip"),
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    // Wait until every download is under way, then kill the gateway outright.
+    for _ in 0..200 {
+        if up.paths().len() >= zips.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.paths().len(), zips.len(), "all downloads started");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    for c in &mut curls {
+        assert!(
+            !c.wait().unwrap().success(),
+            "an interrupted download must fail, not succeed"
+        );
+    }
+    let cache = dir.path().join("data/cache");
+    let mut files = vec![];
+    if cache.exists() {
+        walk(&cache, &mut files);
+    }
+    assert!(
+        files.iter().all(|f| !f.ends_with(".zip")),
+        "no zip committed mid-download: {files:?}"
+    );
+
+    // Restart over the same data directory with a fast upstream: no partial entry is served,
+    // temporary files are gone, and every zip arrives whole.
+    for (m, zip) in &zips {
+        script.ok(&format!("/{m}/@v/v1.0.0.zip"), zip.clone());
+    }
+    let (mut child, proxy) = spawn_modgate(dir.path(), &up.base_url(), &ca.path);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("data/tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "temporary files cleared"
+    );
+    for (i, (m, zip)) in zips.iter().enumerate() {
+        let out = dir.path().join(format!("got{i}.zip"));
+        let res = tokio::task::block_in_place(|| {
+            curl(
+                &proxy,
+                &gw_ca,
+                &format!("https://proxy.golang.org/{m}/@v/v1.0.0.zip"),
+                &out,
+            )
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+        });
+        assert!(
+            res.status.success(),
+            "{m}: {}\n{}",
+            String::from_utf8_lossy(&res.stderr),
+            std::fs::read_to_string(dir.path().join("modgate.log")).unwrap_or_default()
+        );
+        assert!(std::fs::read(&out).unwrap() == *zip, "{m}: bytes differ");
+    }
+    let mut files = vec![];
+    walk(&cache, &mut files);
+    assert_eq!(
+        files.iter().filter(|f| f.ends_with(".zip")).count(),
+        zips.len()
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            walk(&e.path(), out);
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+}
