@@ -121,6 +121,8 @@ pub struct CaConfig {
     pub dir: PathBuf,
     #[serde(with = "humantime_serde")]
     pub leaf_validity: Duration,
+    /// When creating a CA, limit it with name constraints to the intercepted hosts.
+    pub name_constraints: bool,
 }
 
 impl Default for CaConfig {
@@ -128,6 +130,7 @@ impl Default for CaConfig {
         CaConfig {
             dir: PathBuf::from("certs"),
             leaf_validity: Duration::from_secs(7 * 24 * 3600),
+            name_constraints: false,
         }
     }
 }
@@ -486,6 +489,11 @@ impl Config {
                 "ca.leaf_validity",
                 "must be between 2h and 30days",
             ));
+        }
+        if self.ca.name_constraints {
+            crate::policy::Policy::new(self)
+                .and_then(|p| p.ca_name_constraints())
+                .map_err(|e| ConfigError::invalid("ca.name_constraints", e))?;
         }
         for (i, host) in self.intercept.hosts.iter().enumerate() {
             crate::policy::egress::HostSet::new([host.as_str()])

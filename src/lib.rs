@@ -230,7 +230,16 @@ impl Gateway {
     ) -> anyhow::Result<Gateway> {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
-        let (ca, created_ca) = CertAuthority::load_or_init(&config.ca.dir)?;
+        let constraints = if config.ca.name_constraints {
+            Some(
+                Policy::new(&config)
+                    .and_then(|p| p.ca_name_constraints())
+                    .map_err(|e| anyhow::anyhow!("ca.name_constraints: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let (ca, created_ca) = CertAuthority::load_or_init(&config.ca.dir, constraints.as_deref())?;
         let ca = Arc::new(ca);
         let leaves = LeafCache::new(ca.clone(), config.ca.leaf_validity, metrics.clone());
         let upstream = UpstreamClient::new(&config.upstream, metrics.clone())

@@ -148,8 +148,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Ca { command } => match command {
             CaCommand::Init { dir, config } => {
-                let dir = ca_dir(dir, config.as_ref())?;
-                let ca = CertAuthority::init(&dir)?;
+                let cfg = load_config(config.as_ref())?;
+                let dir = dir.unwrap_or(cfg.ca.dir.clone());
+                let constraints = if cfg.ca.name_constraints {
+                    Some(
+                        modgate::policy::Policy::new(&cfg)
+                            .and_then(|p| p.ca_name_constraints())
+                            .map_err(anyhow::Error::msg)?,
+                    )
+                } else {
+                    None
+                };
+                let ca = CertAuthority::init_constrained(&dir, constraints.as_deref())?;
                 println!("created CA {}", ca.cert_path().display());
                 println!("SHA-256 fingerprint: {}", ca.fingerprint());
                 Ok(())
@@ -189,11 +199,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn ca_dir(dir: Option<PathBuf>, config: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
-    Ok(match dir {
-        Some(d) => d,
-        None => load_config(config)?.ca.dir,
-    })
 }

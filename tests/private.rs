@@ -14,8 +14,8 @@ use modgate::config::PrivateRouteConfig;
 
 use crate::util::*;
 
-const USER: &str = "modgate";
-const PASSWORD: &str = "s3cret-Token";
+pub const USER: &str = "modgate";
+pub const PASSWORD: &str = "s3cret-Token";
 
 /// Working tree -> commit with fixed dates -> tags.
 struct Work {
@@ -82,7 +82,7 @@ impl Work {
 }
 
 /// The internal repositories.
-fn build_repos(base: &Path) -> PathBuf {
+pub fn build_repos(base: &Path) -> PathBuf {
     let repos = base.join("repos");
     std::fs::create_dir_all(&repos).unwrap();
 
@@ -167,7 +167,10 @@ fn build_repos(base: &Path) -> PathBuf {
 }
 
 /// git http-backend behind Basic auth, plus go-get answers for `host/group/repo` roots.
-fn internal_git_host(repos: PathBuf, log: Arc<std::sync::Mutex<Vec<(String, bool)>>>) -> Handler {
+pub fn internal_git_host(
+    repos: PathBuf,
+    log: Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+) -> Handler {
     let backend = git_http_backend(repos);
     let want = format!(
         "Basic {}",

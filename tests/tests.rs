@@ -23,3 +23,5 @@ mod mitm;
 mod private;
 /// The public route: cache rules, single-flight, fall-through, never-leak.
 mod public;
+/// Secrets never reach the logs.
+mod secrets;

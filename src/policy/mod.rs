@@ -17,6 +17,8 @@ use route::{Route, Rules};
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub egress: EgressPolicy,
+    /// Every intercepted host pattern (configured, proxy, sumdb and private-route hosts).
+    pub intercept_hosts: Vec<String>,
     pub classifier: Classifier,
     pub rules: Rules,
 }
@@ -44,6 +46,7 @@ impl Policy {
         );
         Ok(Policy {
             egress: EgressPolicy::new(intercept.iter().map(String::as_str), &config.egress)?,
+            intercept_hosts: intercept.clone(),
             classifier: Classifier::new(&config.modules.proxy_hosts, &sumdb_names),
             rules: Rules {
                 private: Patterns::parse(
@@ -61,6 +64,27 @@ impl Policy {
                 routes: private_routes,
             },
         })
+    }
+
+    /// DNS names for the CA's name constraints: every intercepted host, with `*.x` globs as
+    /// `x` (a DNS constraint covers subdomains). Other glob forms cannot be expressed.
+    pub fn ca_name_constraints(&self) -> Result<Vec<String>, String> {
+        self.intercept_hosts
+            .iter()
+            .map(|h| {
+                let h = egress::normalize_host(h);
+                match h.strip_prefix("*.") {
+                    Some(rest) if !rest.contains(['*', '?', '[', '{']) => Ok(rest.to_string()),
+                    _ if h.contains(['*', '?', '[', '{']) => Err(format!(
+                        "intercept host pattern {h:?} cannot be expressed as a name constraint (use exact names or \"*.domain\")"
+                    )),
+                    _ if h.parse::<std::net::IpAddr>().is_ok() => Err(format!(
+                        "IP address {h} cannot be intercepted by a name-constrained CA"
+                    )),
+                    _ => Ok(h),
+                }
+            })
+            .collect()
     }
 
     /// Classifies and routes one request.

@@ -88,6 +88,15 @@ impl std::fmt::Debug for CertAuthority {
 impl CertAuthority {
     /// Creates a new CA in `dir`; fails if one (or half of one) is already there.
     pub fn init(dir: &Path) -> Result<CertAuthority, CaError> {
+        Self::init_constrained(dir, None)
+    }
+
+    /// Creates a new CA; with `permitted`, its name constraints limit it to those DNS names (and
+    /// their subdomains) and forbid IP addresses, so the key cannot vouch for anything else.
+    pub fn init_constrained(
+        dir: &Path,
+        permitted: Option<&[String]>,
+    ) -> Result<CertAuthority, CaError> {
         let (cert_path, key_path) = paths(dir);
         if cert_path.exists() || key_path.exists() {
             return Err(CaError::Exists(dir.to_path_buf()));
@@ -109,6 +118,18 @@ impl CertAuthority {
         params.not_before = now - BACKDATE;
         params.not_after = now + CA_VALIDITY;
         params.serial_number = Some(random_serial());
+        if let Some(names) = permitted {
+            params.name_constraints = Some(rcgen::NameConstraints {
+                permitted_subtrees: names
+                    .iter()
+                    .map(|n| rcgen::GeneralSubtree::DnsName(n.clone()))
+                    .collect(),
+                excluded_subtrees: vec![
+                    rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V4([0; 4], [0; 4])),
+                    rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V6([0; 16], [0; 16])),
+                ],
+            });
+        }
         let cert = params.self_signed(&key)?;
 
         // Key first, exclusively and private; then the certificate.
@@ -133,11 +154,15 @@ impl CertAuthority {
         Self::load(dir)
     }
 
-    /// Loads the CA in `dir`, creating one if the directory holds none.
-    pub fn load_or_init(dir: &Path) -> Result<(CertAuthority, bool), CaError> {
+    /// Loads the CA in `dir`, creating one (constrained to `permitted`, if given) if the
+    /// directory holds none.
+    pub fn load_or_init(
+        dir: &Path,
+        permitted: Option<&[String]>,
+    ) -> Result<(CertAuthority, bool), CaError> {
         let (cert_path, key_path) = paths(dir);
         if !cert_path.exists() && !key_path.exists() {
-            return Ok((Self::init(dir)?, true));
+            return Ok((Self::init_constrained(dir, permitted)?, true));
         }
         Ok((Self::load(dir)?, false))
     }
@@ -386,12 +411,40 @@ mod tests {
     }
 
     #[test]
+    fn name_constraints_limit_what_the_ca_can_vouch_for() {
+        use rustls::client::danger::ServerCertVerifier;
+        let dir = tempfile::tempdir().unwrap();
+        let permitted = vec!["proxy.golang.org".to_string(), "corp.example".to_string()];
+        let ca = CertAuthority::init_constrained(dir.path(), Some(&permitted)).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            crate::proxy::tls_provider(),
+        )
+        .build()
+        .unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        for (host, ok) in [
+            ("proxy.golang.org", true),
+            ("git.corp.example", true),
+            ("evil.example", false),
+            ("127.0.0.1", false),
+        ] {
+            let (leaf, _) = ca.issue_leaf(host, Duration::from_secs(86400)).unwrap();
+            let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+            let res = verifier.verify_server_cert(&leaf, &[], &name, &[], now);
+            assert_eq!(res.is_ok(), ok, "{host}: {res:?}");
+        }
+    }
+
+    #[test]
     fn half_a_ca_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         CertAuthority::init(dir.path()).unwrap();
         std::fs::remove_file(dir.path().join(CA_CERT_FILE)).unwrap();
         assert!(matches!(
-            CertAuthority::load_or_init(dir.path()),
+            CertAuthority::load_or_init(dir.path(), None),
             Err(CaError::Incomplete { .. })
         ));
     }
