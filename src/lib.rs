@@ -10,7 +10,7 @@
 //! - [`gomod`]: Go's path, version, zip and checksum-database formats;
 //! - [`store`]: the persistent cache and single-flight fills;
 //! - [`serve`]: what happens to each intercepted request (cached public route, sumdb, forward);
-//! - [`explain`]: the same decisions, printed for an operator;
+//! - [`explain`]: the same decisions, printed for an operator; [`ops`]: cache commands;
 //! - [`telemetry`]: metrics, access log, admin endpoints.
 //!
 //! [`Gateway::start`] wires them together; `main.rs` and the tests both use it.
@@ -22,6 +22,7 @@ pub mod body;
 pub mod config;
 pub mod explain;
 pub mod gomod;
+pub mod ops;
 pub mod policy;
 pub mod proxy;
 pub mod serve;

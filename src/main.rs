@@ -45,6 +45,13 @@ enum Command {
         #[arg(long, short, env = "MODGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Module-cache commands (safe beside a running gateway).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+        #[arg(long, short, env = "MODGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+    },
     /// Proxy-authentication helpers.
     Auth {
         #[command(subcommand)]
@@ -77,6 +84,16 @@ enum CaCommand {
         #[arg(long, short, env = "MODGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCommand {
+    /// Entries, bytes, oldest entry, and the running gateway's hit ratio since it started.
+    Stats,
+    /// Apply cache.max_size now, evicting the oldest entries.
+    Gc,
+    /// Re-check zips, go.mod and .info entries (x/mod rules, cached checksum-DB records); drop corrupt ones.
+    Verify,
 }
 
 #[derive(Subcommand, Debug)]
@@ -180,6 +197,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Cache { command, config } => {
+            let cfg = load_config(config.as_ref())?;
+            match command {
+                CacheCommand::Stats => print!("{}", modgate::ops::stats(&cfg)?),
+                CacheCommand::Gc => print!("{}", modgate::ops::gc(&cfg)?),
+                CacheCommand::Verify => {
+                    let report = modgate::ops::verify(&cfg)?;
+                    for (key, reason) in &report.corrupt {
+                        println!("removed {key}: {reason}");
+                    }
+                    println!(
+                        "checked {} entries; {} corrupt entries removed",
+                        report.checked,
+                        report.corrupt.len()
+                    );
+                    anyhow::ensure!(
+                        report.corrupt.is_empty(),
+                        "corrupt entries were found and removed"
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Explain { input, config } => {
             let cfg = load_config(config.as_ref())?;
             print!(

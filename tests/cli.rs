@@ -320,3 +320,82 @@ fn sighup_reloads_the_configuration_file() {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn cache_stats_verify_and_gc() {
+    use crate::util::module_zip;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[admin]\nlisten = \"127.0.0.1:1\"\n[cache]\nmax_size = \"1MiB\"\n",
+    )
+    .unwrap();
+    let cache = dir.path().join("data/cache");
+    let put = |key: &str, data: &[u8]| {
+        let p = cache.join(key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+    // Oldest first: a 1.5 MB go.mod that gc must evict.
+    put("mod/example.com/big/@v/v1.0.0.mod", &vec![b'x'; 1_500_000]);
+    std::thread::sleep(Duration::from_millis(20));
+    let good = module_zip("example.com/good", "v1.0.0", &[("a.go", "package a\n")]);
+    put("mod/example.com/good/@v/v1.0.0.zip", &good);
+    put(
+        "mod/example.com/evil/@v/v1.0.0.zip",
+        &module_zip("example.com/other", "v1.0.0", &[("a.go", "x")]),
+    );
+    put(
+        "mod/example.com/good/@v/v1.0.0.info",
+        br#"{"Version":"v9.9.9"}"#,
+    );
+    put(
+        "mod/example.com/good/@v/v1.0.0.mod",
+        b"module example.com/tampered\n",
+    );
+    // A cached checksum-database record for example.com/good@v1.0.0.
+    let zip_hash = modgate::gomod::dirhash::hash_zip(std::io::Cursor::new(&good)).unwrap();
+    let mod_hash = modgate::gomod::dirhash::hash_go_mod(b"module example.com/good\n");
+    put(
+        "sumdb/sum.golang.org/lookup/example.com/good@v1.0.0",
+        format!("7\nexample.com/good v1.0.0 {zip_hash}\nexample.com/good v1.0.0/go.mod {mod_hash}\n\ngo.sum database tree\n8\nx\n").as_bytes(),
+    );
+
+    let (ok, out, err) = run(&["cache", "stats", "--config", "c.toml"], dir.path());
+    assert!(ok, "{err}");
+    assert!(out.contains("entries:     6"), "{out}");
+    assert!(
+        out.contains("oldest:      mod/example.com/big/@v/v1.0.0.mod"),
+        "{out}"
+    );
+    assert!(
+        out.contains("hit ratio:   unknown (no gateway answering"),
+        "{out}"
+    );
+
+    let (ok, out, _) = run(&["cache", "verify", "--config", "c.toml"], dir.path());
+    assert!(!ok, "corrupt entries make verify fail");
+    for removed in [
+        "example.com/evil/@v/v1.0.0.zip",
+        "example.com/good/@v/v1.0.0.info",
+        "example.com/good/@v/v1.0.0.mod",
+    ] {
+        assert!(
+            out.contains(&format!("removed mod/{removed}")),
+            "{removed}: {out}"
+        );
+        assert!(!cache.join("mod").join(removed).exists());
+    }
+    assert!(
+        cache.join("mod/example.com/good/@v/v1.0.0.zip").exists(),
+        "the good zip matches its record"
+    );
+    let (ok, out, _) = run(&["cache", "verify", "--config", "c.toml"], dir.path());
+    assert!(ok, "{out}");
+
+    let (ok, out, err) = run(&["cache", "gc", "--config", "c.toml"], dir.path());
+    assert!(ok, "{err}");
+    assert!(out.contains("evicted 1 entries"), "{out}");
+    assert!(!cache.join("mod/example.com/big/@v/v1.0.0.mod").exists());
+    assert!(cache.join("mod/example.com/good/@v/v1.0.0.zip").exists());
+}

@@ -126,10 +126,29 @@ impl DiskCache {
         max_bytes: u64,
         metrics: StoreMetrics,
     ) -> Result<DiskCache, StoreError> {
+        Self::open_inner(data_dir, max_bytes, metrics, true)
+    }
+
+    /// Opens the cache for an operator command while a gateway may be running: temporary files
+    /// (fills in progress) are left alone.
+    pub fn open_shared(
+        data_dir: &Path,
+        max_bytes: u64,
+        metrics: StoreMetrics,
+    ) -> Result<DiskCache, StoreError> {
+        Self::open_inner(data_dir, max_bytes, metrics, false)
+    }
+
+    fn open_inner(
+        data_dir: &Path,
+        max_bytes: u64,
+        metrics: StoreMetrics,
+        clear_tmp: bool,
+    ) -> Result<DiskCache, StoreError> {
         let root = data_dir.join("cache");
         let tmp = data_dir.join("tmp");
         fs::create_dir_all(&root).map_err(io_err(&root))?;
-        if tmp.exists() {
+        if clear_tmp && tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
@@ -156,6 +175,19 @@ impl DiskCache {
         let idx = self.index.lock().expect("index poisoned");
         self.metrics.bytes.set(idx.bytes as i64);
         self.metrics.entries.set(idx.entries.len() as i64);
+    }
+
+    /// Every entry with its size and modification time, oldest first.
+    pub fn list(&self) -> Vec<(String, u64, SystemTime)> {
+        let mut found = vec![];
+        let _ = scan(&self.root, &self.root, &mut found);
+        found.sort_by_key(|(_, _, t)| *t);
+        found
+    }
+
+    /// The file behind `key` (whether or not it exists).
+    pub fn file_of(&self, key: &str) -> Option<PathBuf> {
+        self.path_of(key).ok()
     }
 
     /// Number of entries and bytes held.

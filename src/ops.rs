@@ -1,0 +1,282 @@
+//! Operator commands on the module cache: `cache stats`, `cache gc` and `cache verify`. They work
+//! on the data directory directly and are safe to run beside a running gateway (fills in progress
+//! are left alone; an entry removed here is simply fetched again).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::config::Config;
+use crate::gomod::path::{ModulePath, unescape_version};
+use crate::gomod::{dirhash, version, zip::check_zip};
+use crate::store::disk::{DiskCache, NOT_FOUND_SUFFIX};
+use crate::telemetry::metrics::Metrics;
+
+fn open(config: &Config) -> anyhow::Result<DiskCache> {
+    Ok(DiskCache::open_shared(
+        &config.storage.data_dir,
+        u64::MAX,
+        Metrics::new().store(),
+    )?)
+}
+
+fn kind_of(key: &str) -> &'static str {
+    if key.ends_with(NOT_FOUND_SUFFIX) {
+        "not-found answers"
+    } else if key.starts_with("sumdb/") {
+        "checksum database"
+    } else if key.ends_with(".zip") {
+        "module zips"
+    } else if key.ends_with(".mod") {
+        "go.mod files"
+    } else {
+        "info, lists, queries"
+    }
+}
+
+/// `modgate cache stats`.
+pub fn stats(config: &Config) -> anyhow::Result<String> {
+    let cache = open(config)?;
+    let entries = cache.list();
+    let total: u64 = entries.iter().map(|e| e.1).sum();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cache:       {}",
+        config.storage.data_dir.join("cache").display()
+    );
+    let _ = writeln!(
+        out,
+        "entries:     {} ({} of {} bound)",
+        entries.len(),
+        bytesize::ByteSize::b(total),
+        config.cache.max_size
+    );
+    let mut by_kind: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+    for (k, size, _) in &entries {
+        let e = by_kind.entry(kind_of(k)).or_default();
+        e.0 += 1;
+        e.1 += size;
+    }
+    for (kind, (n, b)) in by_kind {
+        let _ = writeln!(out, "  {kind:<22} {n:>8}  {}", bytesize::ByteSize::b(b));
+    }
+    match entries.first() {
+        Some((k, _, t)) => {
+            let age = SystemTime::now().duration_since(*t).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "oldest:      {k} ({} ago)",
+                humantime::format_duration(std::time::Duration::from_secs(age.as_secs()))
+            );
+        }
+        None => {
+            let _ = writeln!(out, "oldest:      (empty)");
+        }
+    }
+    let _ = writeln!(out, "hit ratio:   {}", hit_ratio(config));
+    Ok(out)
+}
+
+/// The running gateway's hit ratio since it started, read from its admin listener.
+fn hit_ratio(config: &Config) -> String {
+    use std::io::{Read, Write};
+    let addr = config.admin.listen;
+    let fetch = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    };
+    let Ok(text) = fetch() else {
+        return format!("unknown (no gateway answering on {addr})");
+    };
+    let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("modgate_request_duration_seconds_count{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Some(cache) = labels.split(',').find_map(|l| l.strip_prefix("cache=\"")) else {
+            continue;
+        };
+        *counts
+            .entry(cache.trim_end_matches('"').to_string())
+            .or_default() += value.parse::<f64>().unwrap_or(0.0);
+    }
+    let get = |k: &str| counts.get(k).copied().unwrap_or(0.0);
+    let served = get("hit") + get("coalesced");
+    let all = served + get("miss") + get("stale");
+    if all == 0.0 {
+        return "no cacheable requests since the gateway started".into();
+    }
+    format!(
+        "{:.1}% ({} hits, {} coalesced, {} misses, {} stale since the gateway started)",
+        100.0 * served / all,
+        get("hit"),
+        get("coalesced"),
+        get("miss"),
+        get("stale")
+    )
+}
+
+/// `modgate cache gc`: evicts least recently modified entries until `cache.max_size` holds.
+pub fn gc(config: &Config) -> anyhow::Result<String> {
+    let cache = open(config)?;
+    let before = cache.usage();
+    let bounded = DiskCache::open_shared(
+        &config.storage.data_dir,
+        config.cache.max_size.as_u64(),
+        Metrics::new().store(),
+    )?;
+    let after = bounded.usage();
+    Ok(format!(
+        "before: {} entries, {}\nafter:  {} entries, {} (bound {})\nevicted {} entries\n",
+        before.0,
+        bytesize::ByteSize::b(before.1),
+        after.0,
+        bytesize::ByteSize::b(after.1),
+        config.cache.max_size,
+        before.0 - after.0
+    ))
+}
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub checked: usize,
+    pub corrupt: Vec<(String, String)>,
+}
+
+/// `modgate cache verify`: re-checks every module zip (x/mod rules), every `.info`, and every
+/// zip and go.mod against a cached checksum-database record when one exists; removes corrupt
+/// entries.
+pub fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
+    let cache = open(config)?;
+    let mut report = VerifyReport::default();
+    // (module, version) -> record lines from cached sumdb lookups.
+    let mut records: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let entries = cache.list();
+    for (key, _, _) in &entries {
+        let Some(rest) = key.strip_prefix("sumdb/") else {
+            continue;
+        };
+        let Some((_, lookup)) = rest.split_once("/lookup/") else {
+            continue;
+        };
+        if lookup.ends_with(NOT_FOUND_SUFFIX) {
+            continue;
+        }
+        let Some(path) = cache.file_of(key) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for line in text.lines().skip(1).take_while(|l| !l.is_empty()) {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() == 3 {
+                let v = f[1].trim_end_matches("/go.mod").to_string();
+                records
+                    .entry((f[0].to_string(), v))
+                    .or_default()
+                    .push(line.to_string());
+            }
+        }
+    }
+    for (key, _, _) in &entries {
+        let Some(rest) = key.strip_prefix("mod/") else {
+            continue;
+        };
+        if key.ends_with(NOT_FOUND_SUFFIX) {
+            continue;
+        }
+        let Some((esc_module, file)) = rest.split_once("/@v/") else {
+            continue;
+        };
+        let Ok(module) = ModulePath::from_escaped(esc_module) else {
+            report
+                .corrupt
+                .push((key.clone(), "invalid module path in key".into()));
+            continue;
+        };
+        let Some(path) = cache.file_of(key) else {
+            continue;
+        };
+        let problem = if let Some(v) = file.strip_suffix(".zip") {
+            report.checked += 1;
+            check_zip_entry(&module, v, &path, &records)
+        } else if let Some(v) = file.strip_suffix(".mod") {
+            report.checked += 1;
+            check_mod_entry(&module, v, &path, &records)
+        } else if let Some(v) = file.strip_suffix(".info") {
+            report.checked += 1;
+            check_info_entry(v, &path)
+        } else {
+            None
+        };
+        if let Some(reason) = problem {
+            cache.remove(key);
+            report.corrupt.push((key.clone(), reason));
+        }
+    }
+    Ok(report)
+}
+
+fn check_zip_entry(
+    module: &ModulePath,
+    esc_v: &str,
+    path: &Path,
+    records: &BTreeMap<(String, String), Vec<String>>,
+) -> Option<String> {
+    let v = unescape_version(esc_v).ok()?;
+    let file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    if let Err(e) = check_zip(module, &v, &file, len) {
+        return Some(format!("invalid module zip: {e}"));
+    }
+    let want = records.get(&(module.to_string(), v.clone()))?;
+    let got = match dirhash::hash_zip(std::fs::File::open(path).ok()?) {
+        Ok(h) => h,
+        Err(e) => return Some(format!("cannot hash: {e}")),
+    };
+    let line = format!("{module} {v} {got}");
+    let expected = want.iter().find(|l| !l.contains("/go.mod "))?;
+    (expected != &line)
+        .then(|| format!("hash {got} does not match the checksum database ({expected})"))
+}
+
+fn check_mod_entry(
+    module: &ModulePath,
+    esc_v: &str,
+    path: &Path,
+    records: &BTreeMap<(String, String), Vec<String>>,
+) -> Option<String> {
+    let v = unescape_version(esc_v).ok()?;
+    let want = records.get(&(module.to_string(), v.clone()))?;
+    let data = std::fs::read(path).ok()?;
+    let line = format!("{module} {v}/go.mod {}", dirhash::hash_go_mod(&data));
+    let expected = want.iter().find(|l| l.contains("/go.mod "))?;
+    (expected != &line).then(|| "go.mod hash does not match the checksum database".to_string())
+}
+
+fn check_info_entry(esc_v: &str, path: &Path) -> Option<String> {
+    let v = unescape_version(esc_v).ok()?;
+    if !version::is_canonical(&v) {
+        return None; // query answers are checked when refreshed
+    }
+    let data = std::fs::read(path).ok()?;
+    let json: serde_json::Value = match serde_json::from_slice(&data) {
+        Ok(j) => j,
+        Err(e) => return Some(format!("not JSON: {e}")),
+    };
+    (json["Version"].as_str() != Some(v.as_str())).then(|| format!("Version is not {v}"))
+}
