@@ -67,6 +67,9 @@ pub struct ProxyConfig {
     pub max_headers: usize,
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// An intercepted connection with no request in flight this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
 }
@@ -79,6 +82,7 @@ impl Default for ProxyConfig {
             max_head_size: bytesize::ByteSize::kib(64),
             max_headers: 100,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -458,6 +462,12 @@ impl Config {
             ));
         }
         nonzero("proxy.header_read_timeout", self.proxy.header_read_timeout)?;
+        if self.proxy.idle_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "proxy.idle_timeout",
+                "must be at least 100ms",
+            ));
+        }
         if self.proxy.max_connections == 0 {
             return Err(ConfigError::invalid(
                 "proxy.max_connections",

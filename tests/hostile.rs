@@ -576,3 +576,104 @@ async fn connection_limit_answers_503_and_recovers() {
     }
     assert!(ok, "a permit came back after the tunnel closed");
 }
+
+async fn still_serves_files(gw: &TestGateway) {
+    let (status, _, body) = gw.get("files.test:443", "/after", Alpn::H2).await;
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"slow"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_stream_limit_is_enforced_and_counted() {
+    let ca = TestCa::new();
+    let slow: Handler = Arc::new(|_, _| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            http::Response::new(modgate::body::full("slow"))
+        })
+    });
+    let up = Upstream::tls(&ca, slow).await;
+    let base = up.base_url();
+    let gw = TestGateway::start(&ca, move |c| {
+        c.intercept.hosts.push("files.test".into());
+        c.upstream.overrides.insert("files.test".into(), base);
+        c.intercept.h2_max_concurrent_streams = 2;
+    })
+    .await;
+    let (stream, _) = connect(gw.proxy, "files.test:443", "").await;
+    let tls = tls_connect(stream, "files.test", gw.roots(), Alpn::H2)
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut tasks = vec![];
+    for i in 0..6 {
+        let mut send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::get(format!("https://files.test/{i}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            send.ready().await.unwrap();
+            send.send_request(req).await.map(|r| r.status())
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        // Streams over the limit are refused by the protocol (REFUSED_STREAM), nothing else.
+        match t.await.unwrap() {
+            Ok(status) => {
+                assert_eq!(status, 200);
+                ok += 1;
+            }
+            Err(e) => assert!(format!("{e:?}").contains("REFUSED_STREAM"), "{e:?}"),
+        }
+    }
+    assert!(ok >= 2, "{ok}");
+    still_serves_files(&gw).await;
+    // The limit being reached was counted.
+    let m = gw.metrics().await;
+    assert!(
+        metric(&m, "modgate_limit_hits_total", &[("limit", "h2_streams")]) >= 1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_intercepted_h2_connections_are_closed() {
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca, fixed("ok")).await;
+    let base = up.base_url();
+    let gw = TestGateway::start(&ca, move |c| {
+        c.intercept.hosts.push("files.test".into());
+        c.upstream.overrides.insert("files.test".into(), base);
+        c.proxy.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (stream, _) = connect(gw.proxy, "files.test:443", "").await;
+    let tls = tls_connect(stream, "files.test", gw.roots(), Alpn::H2)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = || {
+        http::Request::get("https://files.test/x")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    assert_eq!(send.send_request(req()).await.unwrap().status(), 200);
+    // Idle longer than the timeout: the gateway closes the connection.
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the idle connection was closed");
+    assert!(send.send_request(req()).await.is_err());
+    let m = gw.metrics().await;
+    assert!(metric(&m, "modgate_limit_hits_total", &[("limit", "idle_timeout")]) >= 1.0);
+}

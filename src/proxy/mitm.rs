@@ -63,7 +63,26 @@ where
 
     let svc_state = state.clone();
     let svc_conn = conn.clone();
+    // Requests in flight on this connection: reaching the HTTP/2 stream limit is counted.
+    let inflight = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let watch_inflight = inflight.clone();
+    // Milliseconds since `started` at the last request start or end (idle-timeout clock).
+    let last_active = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let svc_last_active = last_active.clone();
+    let max_streams = state.config.intercept.h2_max_concurrent_streams;
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        use std::sync::atomic::Ordering;
+        svc_last_active.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let n = inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        if req.version() == http::Version::HTTP_2 && n >= max_streams {
+            svc_state
+                .metrics
+                .limit_hits
+                .with_label_values(&["h2_streams"])
+                .inc();
+        }
+        let inflight = inflight.clone();
+        let last_active = svc_last_active.clone();
         let ctx = ReqCtx::new(
             svc_conn.clone(),
             req.method().clone(),
@@ -73,7 +92,13 @@ where
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_else(|| "/".into()),
         );
-        crate::serve::dispatch(req, ctx, svc_state.clone())
+        let fut = crate::serve::dispatch(req, ctx, svc_state.clone());
+        async move {
+            let res = fut.await;
+            inflight.fetch_sub(1, Ordering::Relaxed);
+            last_active.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            res
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -90,11 +115,33 @@ where
         .max_header_list_size((state.config.proxy.max_head_size.as_u64() as u32).max(16 * 1024));
     let http = builder.serve_connection(TokioIo::new(tls), svc);
     tokio::pin!(http);
+    // An intercepted connection with no request in flight for `proxy.idle_timeout` is closed
+    // gracefully (HTTP/1.1 idle connections are also closed by the header-read timeout).
+    let idle = state.config.proxy.idle_timeout;
+    let idle_watch = async {
+        use std::sync::atomic::Ordering;
+        loop {
+            tokio::time::sleep(idle / 4).await;
+            let quiet_ms =
+                started.elapsed().as_millis() as u64 - last_active.load(Ordering::Relaxed);
+            if watch_inflight.load(Ordering::Relaxed) == 0 && quiet_ms >= idle.as_millis() as u64 {
+                return;
+            }
+        }
+    };
     tokio::select! {
+        _ = idle_watch => {
+            state.metrics.limit_hits.with_label_values(&["idle_timeout"]).inc();
+            http.as_mut().graceful_shutdown();
+            let _ = http.await;
+        }
         res = http.as_mut() => {
             if let Err(e) = res {
                 if let Some(he) = e.downcast_ref::<hyper::Error>() {
                     crate::proxy::listener::count_conn_error(&state, he);
+                }
+                if is_reset_flood(e.as_ref()) {
+                    state.metrics.limit_hits.with_label_values(&["h2_reset_flood"]).inc();
                 }
                 tracing::debug!(client = %conn.client, host = %conn.host, error = %e, "intercepted connection ended with error");
             }
@@ -104,6 +151,21 @@ where
             let _ = http.await;
         }
     }
+}
+
+/// Whether a connection error is HTTP/2's own protection against a reset flood (the server sent
+/// GOAWAY with ENHANCE_YOUR_CALM).
+pub fn is_reset_flood(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2e) = err.downcast_ref::<h2::Error>()
+            && h2e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Reads the ClientHello, checks SNI, and completes the handshake with the host's leaf.
@@ -160,4 +222,30 @@ where
         .await
         .map_err(|_| "cert_error")?;
     start.into_stream(cfg).await.map_err(|_| "handshake")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_floods_are_recognised_through_the_error_chain() {
+        #[derive(Debug)]
+        struct Wrap(h2::Error);
+        impl std::fmt::Display for Wrap {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "connection error")
+            }
+        }
+        impl std::error::Error for Wrap {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let calm = Wrap(h2::Error::from(h2::Reason::ENHANCE_YOUR_CALM));
+        assert!(is_reset_flood(&calm));
+        let other = Wrap(h2::Error::from(h2::Reason::PROTOCOL_ERROR));
+        assert!(!is_reset_flood(&other));
+        assert!(!is_reset_flood(&std::io::Error::other("x")));
+    }
 }

@@ -328,7 +328,7 @@ impl Drop for ConnGuard {
 }
 
 /// Every `limit` label value of `modgate_limit_hits_total`.
-pub const LIMITS: [&str; 7] = [
+pub const LIMITS: [&str; 10] = [
     "connections",
     "head_size",
     "header_timeout",
@@ -336,6 +336,9 @@ pub const LIMITS: [&str; 7] = [
     "upstream_timeout",
     "body_size",
     "auth_rate",
+    "h2_streams",
+    "h2_reset_flood",
+    "idle_timeout",
 ];
 
 /// "2xx" .. "5xx" for a status code.
