@@ -247,6 +247,10 @@ pub struct ModulesConfig {
     pub proxy_hosts: Vec<String>,
     /// The GOPROXY list public modules are fetched from (`,` and `|` as in GOPROXY).
     pub upstream: String,
+    /// Largest module zip accepted from an upstream (the go command's own limit is 500 MiB).
+    pub max_zip_size: bytesize::ByteSize,
+    /// Largest other answer (.info, .mod, list, checksum-database data) accepted from upstream.
+    pub max_file_size: bytesize::ByteSize,
 }
 
 impl Default for ModulesConfig {
@@ -255,6 +259,8 @@ impl Default for ModulesConfig {
             private: PatternList::default(),
             proxy_hosts: vec!["proxy.golang.org".into()],
             upstream: "https://proxy.golang.org".into(),
+            max_zip_size: bytesize::ByteSize::mib(500),
+            max_file_size: bytesize::ByteSize::mib(64),
         }
     }
 }
@@ -612,6 +618,20 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.modules.max_zip_size.as_u64() == 0
+            || self.modules.max_zip_size.as_u64() > crate::gomod::zip::MAX_ZIP_FILE
+        {
+            return Err(ConfigError::invalid(
+                "modules.max_zip_size",
+                "must be between 1 byte and 500MiB (the go command refuses larger zips)",
+            ));
+        }
+        if self.modules.max_file_size.as_u64() < 64 * 1024 {
+            return Err(ConfigError::invalid(
+                "modules.max_file_size",
+                "must be at least 64KiB",
+            ));
         }
         if self.cache.max_size.as_u64() < 1024 * 1024 {
             return Err(ConfigError::invalid(

@@ -556,3 +556,24 @@ async fn checksum_database_is_proxied_and_cached_byte_for_byte() {
     // A database that is not configured is not proxied: 404 lets the go command go direct.
     assert_eq!(get(&gw, "/sumdb/sum.other.example/supported").await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_body_limits_refuse_oversized_answers() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    script.ok("/example.com/m/@v/v1.0.0.mod", vec![b'x'; 100 * 1024]);
+    script.ok("/example.com/m/@v/v1.0.1.mod", "module example.com/m\n");
+    let (_up, gw) = gateway(&script, &ca, |c| {
+        c.modules.max_file_size = bytesize::ByteSize::kib(64);
+    })
+    .await;
+    let (status, _, body) = get(&gw, "/example.com/m/@v/v1.0.0.mod").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("exceeds the limit"), "{body}");
+    assert_eq!(get(&gw, "/example.com/m/@v/v1.0.1.mod").await.0, 200);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "modgate_limit_hits_total", &[("limit", "body_size")]),
+        1.0
+    );
+}

@@ -17,7 +17,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
-use crate::gomod::zip::MAX_ZIP_FILE;
 use crate::policy::classify::{ProxyOp, SumDbOp, Target};
 use crate::policy::route::{PublicFetch, Route, SumDbFetch};
 use crate::proxy::ctx::ReqCtx;
@@ -25,9 +24,6 @@ use crate::serve::cached::{Source, Spec};
 use crate::serve::respond::ServeError;
 use crate::telemetry::access_log;
 use crate::{Dynamic, State};
-
-/// Largest non-zip body accepted from an upstream (info, mod, list, sumdb answers).
-const MAX_SMALL_BODY: u64 = 64 << 20;
 
 /// Handles one intercepted request and arranges for it to be observed when its body ends.
 pub async fn dispatch(
@@ -130,9 +126,9 @@ fn public_spec(f: &PublicFetch, dynamic: &Dynamic) -> Spec {
         class: f.class(),
         content: f.content(),
         max_len: if zip.is_some() {
-            MAX_ZIP_FILE
+            dynamic.config.modules.max_zip_size.as_u64()
         } else {
-            MAX_SMALL_BODY
+            dynamic.config.modules.max_file_size.as_u64()
         },
         zip,
         sources: cached::sources_from(dynamic.public_upstreams.entries(), dynamic),
@@ -152,7 +148,7 @@ fn sumdb_spec(f: &SumDbFetch, dynamic: &Dynamic) -> Result<Spec, ServeError> {
         class: f.class(),
         content: f.content(),
         zip: None,
-        max_len: MAX_SMALL_BODY,
+        max_len: dynamic.config.modules.max_file_size.as_u64(),
         sources: vec![Source::Url {
             label: base.host().to_string(),
             base: dynamic.resolve(base),
