@@ -15,7 +15,7 @@ import argparse
 import os
 import subprocess
 
-from common import LOADGEN, MODGATE, Procs, build, cleanup, median_run, peak_rss_mib, tmpdir, wait_http
+from common import LOADGEN, Procs, build, cleanup, gateway_for, median_run, peak_rss_mib, start_file_server, tmpdir
 
 
 def main():
@@ -28,8 +28,6 @@ def main():
     work = tmpdir("modgate-bench-")
     procs = Procs()
     try:
-        certs = os.path.join(work, "up-certs")
-        subprocess.run([LOADGEN, "certs", "--dir", certs], check=True)
         tree = os.path.join(work, "tree")
         v = os.path.join(tree, "example.com/m/@v")
         os.makedirs(v)
@@ -41,37 +39,8 @@ def main():
         os.makedirs(zdir)
         subprocess.run([LOADGEN, "mkzip", "--module", "example.com/big", "--version", "v1.0.0", "--size", str(a.zip_mb << 20), "--out", os.path.join(zdir, "v1.0.0.zip")], check=True)
 
-        up = procs.start([LOADGEN, "serve", "--dir", tree, "--cert", f"{certs}/cert.pem", "--key", f"{certs}/key.pem"])
-        up_addr = up.stdout.readline().strip()
-        cfg = os.path.join(work, "modgate.toml")
-        with open(cfg, "w") as f:
-            f.write(f"""
-[proxy]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[storage]
-data_dir = "{work}/data"
-[ca]
-dir = "{work}/ca"
-[upstream]
-extra_ca_file = "{certs}/ca.pem"
-[upstream.overrides]
-"proxy.golang.org" = "https://{up_addr}"
-[log]
-level = "warn"
-access_log = false
-""")
-        mg = procs.start([MODGATE, "serve", "--config", cfg])
-        proxy = admin = None
-        for line in mg.stdout:
-            if "admin on http://" in line:
-                admin = line.split("admin on http://")[1].split()[0]
-                proxy = line.split("proxy on ")[1].split(",")[0]
-            if line.startswith("export GIT_SSL_CAINFO"):
-                break
-        wait_http(f"http://{admin}/readyz")
-        gw_ca = f"{work}/ca/ca.pem"
+        up_addr, certs = start_file_server(procs, work, tree)
+        mg, proxy, admin, gw_ca = gateway_for(procs, work, up_addr, certs)
 
         small = ["/example.com/m/@v/v1.0.0.mod", "/example.com/m/@v/v1.0.0.info"]
         zipu = "/example.com/big/@v/v1.0.0.zip"

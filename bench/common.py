@@ -98,3 +98,52 @@ def tmpdir(prefix):
 
 def cleanup(d):
     shutil.rmtree(d, ignore_errors=True)
+
+
+def start_modgate(procs, work, name, extra=""):
+    """Starts a release modgate on ephemeral loopback ports with its data and CA under
+    work/<name>-data and work/<name>-ca, plus `extra` TOML. Returns (process, proxy, admin, ca)."""
+    cfg = os.path.join(work, f"{name}.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""
+[proxy]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[storage]
+data_dir = "{work}/{name}-data"
+[ca]
+dir = "{work}/{name}-ca"
+[log]
+level = "warn"
+access_log = false
+{extra}
+""")
+    p = procs.start([MODGATE, "serve", "--config", cfg])
+    proxy = admin = None
+    for line in p.stdout:
+        if "admin on http://" in line:
+            admin = line.split("admin on http://")[1].split()[0]
+            proxy = line.split("proxy on ")[1].split(",")[0]
+        if line.startswith("export GIT_SSL_CAINFO"):
+            break
+    wait_http(f"http://{admin}/readyz")
+    return p, proxy, admin, f"{work}/{name}-ca/ca.pem"
+
+
+def start_file_server(procs, work, tree):
+    """Serves `tree` over HTTPS (loadgen serve) with a fresh test CA. Returns (address, certs dir)."""
+    certs = os.path.join(work, "up-certs")
+    subprocess.run([LOADGEN, "certs", "--dir", certs], check=True)
+    up = procs.start([LOADGEN, "serve", "--dir", tree, "--cert", f"{certs}/cert.pem", "--key", f"{certs}/key.pem"])
+    return up.stdout.readline().strip(), certs
+
+
+def gateway_for(procs, work, up_addr, certs):
+    """A modgate that serves proxy.golang.org from the file server at `up_addr`."""
+    return start_modgate(procs, work, "modgate", f"""
+[upstream]
+extra_ca_file = "{certs}/ca.pem"
+[upstream.overrides]
+"proxy.golang.org" = "https://{up_addr}"
+""")

@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import time
 
-from common import LOADGEN, MODGATE, Procs, build, cleanup, tmpdir, wait_http
+from common import LOADGEN, Procs, build, cleanup, start_modgate, tmpdir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GO = "/usr/lib/go-1.19/bin/go"
@@ -61,35 +61,6 @@ def make_repo(work, files, mb):
     return repos
 
 
-def start_modgate(procs, work, name, extra):
-    cfg = os.path.join(work, f"{name}.toml")
-    with open(cfg, "w") as f:
-        f.write(f"""
-[proxy]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[storage]
-data_dir = "{work}/{name}-data"
-[ca]
-dir = "{work}/{name}-ca"
-[log]
-level = "warn"
-access_log = false
-{extra}
-""")
-    p = procs.start([MODGATE, "serve", "--config", cfg])
-    proxy = admin = None
-    for line in p.stdout:
-        if "admin on http://" in line:
-            admin = line.split("admin on http://")[1].split()[0]
-            proxy = line.split("proxy on ")[1].split(",")[0]
-        if line.startswith("export GIT_SSL_CAINFO"):
-            break
-    wait_http(f"http://{admin}/readyz")
-    return p, proxy, f"{work}/{name}-ca/ca.pem"
-
-
 def go_download(home, env):
     shutil.rmtree(home, ignore_errors=True)
     os.makedirs(home)
@@ -123,7 +94,7 @@ def main():
         pwfile = os.path.join(work, "pw")
         with open(pwfile, "w") as f:
             f.write(PASSWORD)
-        _, fwd_proxy, fwd_ca = start_modgate(procs, work, "forward", f"""
+        _, fwd_proxy, _, fwd_ca = start_modgate(procs, work, "forward", f"""
 [intercept]
 hosts = ["git.corp.example"]
 [upstream]
@@ -154,7 +125,7 @@ password_file = "{pwfile}"
             sums.add([l for l in out.splitlines() if '"Sum"' in l][0])
             # cold: a fresh modgate every time
             shutil.rmtree(f"{work}/private-data", ignore_errors=True)
-            mg, proxy, ca = start_modgate(procs, work, "private", private_cfg)
+            mg, proxy, _, ca = start_modgate(procs, work, "private", private_cfg)
             env = {"GONOSUMDB": "git.corp.example", "HTTPS_PROXY": f"http://{proxy}", "SSL_CERT_FILE": ca}
             t, out = go_download(f"{work}/home-cold", env)
             cold.append(t)

@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 
-from common import LOADGEN, MODGATE, Procs, build, cleanup, rss_mib, tmpdir, wait_http
+from common import LOADGEN, Procs, build, cleanup, gateway_for, rss_mib, start_file_server, tmpdir
 
 
 def fds(pid):
@@ -93,8 +93,6 @@ def main():
     work = tmpdir("modgate-soak-")
     procs = Procs()
     try:
-        certs = f"{work}/up-certs"
-        subprocess.run([LOADGEN, "certs", "--dir", certs], check=True)
         tree = f"{work}/tree"
         os.makedirs(f"{tree}/example.com/m/@v")
         with open(f"{tree}/example.com/m/@v/v1.0.0.mod", "w") as f:
@@ -102,37 +100,8 @@ def main():
         os.makedirs(f"{tree}/example.com/big/@v")
         subprocess.run([LOADGEN, "mkzip", "--module", "example.com/big", "--version", "v1.0.0", "--size", str(20 << 20),
                         "--out", f"{tree}/example.com/big/@v/v1.0.0.zip"], check=True)
-        up = procs.start([LOADGEN, "serve", "--dir", tree, "--cert", f"{certs}/cert.pem", "--key", f"{certs}/key.pem"])
-        up_addr = up.stdout.readline().strip()
-        cfg = f"{work}/modgate.toml"
-        with open(cfg, "w") as f:
-            f.write(f"""
-[proxy]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[storage]
-data_dir = "{work}/data"
-[ca]
-dir = "{work}/ca"
-[upstream]
-extra_ca_file = "{certs}/ca.pem"
-[upstream.overrides]
-"proxy.golang.org" = "https://{up_addr}"
-[log]
-level = "warn"
-access_log = false
-""")
-        mg = procs.start([MODGATE, "serve", "--config", cfg])
-        proxy = admin = None
-        for line in mg.stdout:
-            if "admin on http://" in line:
-                admin = line.split("admin on http://")[1].split()[0]
-                proxy = line.split("proxy on ")[1].split(",")[0]
-            if line.startswith("export GIT_SSL_CAINFO"):
-                break
-        wait_http(f"http://{admin}/readyz")
-        ca = f"{work}/ca/ca.pem"
+        up_addr, certs = start_file_server(procs, work, tree)
+        mg, proxy, admin, ca = gateway_for(procs, work, up_addr, certs)
         echo = echo_server()
         seconds = int(a.minutes * 60)
         deadline = time.time() + seconds

@@ -47,6 +47,23 @@ impl Content {
     }
 }
 
+/// How long the answer to a GOPROXY operation stays valid.
+fn op_class(op: &ProxyOp) -> CacheClass {
+    match op {
+        ProxyOp::Info(_) | ProxyOp::Mod(_) | ProxyOp::Zip(_) => CacheClass::Immutable,
+        ProxyOp::List | ProxyOp::Query(_) | ProxyOp::Latest => CacheClass::Mutable,
+    }
+}
+
+/// What kind of bytes a GOPROXY operation answers with.
+fn op_content(op: &ProxyOp) -> Content {
+    match op {
+        ProxyOp::List | ProxyOp::Mod(_) => Content::Text,
+        ProxyOp::Info(_) | ProxyOp::Query(_) | ProxyOp::Latest => Content::Json,
+        ProxyOp::Zip(_) => Content::Zip,
+    }
+}
+
 /// A GOPROXY call for a public module: served from the cache or the public upstream list.
 /// Constructed only by [`route`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,17 +90,10 @@ impl PublicFetch {
         &self.upstream_path
     }
     pub fn class(&self) -> CacheClass {
-        match self.op {
-            ProxyOp::Info(_) | ProxyOp::Mod(_) | ProxyOp::Zip(_) => CacheClass::Immutable,
-            ProxyOp::List | ProxyOp::Query(_) | ProxyOp::Latest => CacheClass::Mutable,
-        }
+        op_class(&self.op)
     }
     pub fn content(&self) -> Content {
-        match self.op {
-            ProxyOp::List | ProxyOp::Mod(_) => Content::Text,
-            ProxyOp::Info(_) | ProxyOp::Query(_) | ProxyOp::Latest => Content::Json,
-            ProxyOp::Zip(_) => Content::Zip,
-        }
+        op_content(&self.op)
     }
 }
 
@@ -150,17 +160,10 @@ impl PrivateFetch {
         &self.key
     }
     pub fn class(&self) -> CacheClass {
-        match self.op {
-            ProxyOp::Info(_) | ProxyOp::Mod(_) | ProxyOp::Zip(_) => CacheClass::Immutable,
-            ProxyOp::List | ProxyOp::Query(_) | ProxyOp::Latest => CacheClass::Mutable,
-        }
+        op_class(&self.op)
     }
     pub fn content(&self) -> Content {
-        match self.op {
-            ProxyOp::List | ProxyOp::Mod(_) => Content::Text,
-            ProxyOp::Info(_) | ProxyOp::Query(_) | ProxyOp::Latest => Content::Json,
-            ProxyOp::Zip(_) => Content::Zip,
-        }
+        op_content(&self.op)
     }
 }
 
