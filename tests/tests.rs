@@ -9,6 +9,8 @@ mod admin;
 mod cli;
 /// CONNECT handling: tunnels, denials, malformed requests, proxy authentication.
 mod connect;
+/// deploy/ files validated against the binary's real metrics.
+mod deploy;
 /// The README matches the code.
 mod docs;
 /// The real go command, curl and git through the gateway.
