@@ -19,6 +19,53 @@ fn run(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
     )
 }
 
+/// A `modgate serve --config c.toml` started in a directory, with its banner read.
+struct Served {
+    child: std::process::Child,
+    banner: Vec<String>,
+    proxy: String,
+    admin: String,
+}
+
+/// Writes `config` to `dir/c.toml`, starts the binary there and reads the whole banner.
+fn serve(dir: &std::path::Path, config: &str, stderr: Stdio) -> Served {
+    std::fs::write(dir.join("c.toml"), config).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", "c.toml"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut banner = vec![];
+    let (mut proxy, mut admin) = (String::new(), String::new());
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split_once("admin on http://") {
+            admin = rest.1.split_whitespace().next().unwrap().to_string();
+        }
+        if let Some(p) = line.strip_prefix("export HTTPS_PROXY=http://") {
+            proxy = p.to_string();
+        }
+        let done = line.starts_with("export GIT_SSL_CAINFO=");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    Served {
+        child,
+        banner,
+        proxy,
+        admin,
+    }
+}
+
+/// Ephemeral loopback ports, everything else from `extra` or the defaults.
+fn ports(extra: &str) -> String {
+    format!("[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}")
+}
+
 #[test]
 fn config_example_checks_clean_and_bad_keys_are_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,28 +134,10 @@ fn serve_refuses_a_world_readable_ca_key() {
 fn serve_with_defaults_creates_a_ca_prints_agent_lines_and_exits_0_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     // Defaults, except ephemeral ports so tests can run side by side.
-    std::fs::write(
-        dir.path().join("c.toml"),
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", "c.toml"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = vec![];
-    while let Some(Ok(line)) = lines.next() {
-        let done = line.starts_with("export GIT_SSL_CAINFO=");
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
-    let text = seen.join("\n");
+    let Served {
+        mut child, banner, ..
+    } = serve(dir.path(), &ports(""), Stdio::null());
+    let text = banner.join("\n");
     assert!(text.contains("created a new CA"), "{text}");
     assert!(
         text.contains("export HTTPS_PROXY=http://127.0.0.1:"),
@@ -149,29 +178,16 @@ fn serve_with_defaults_creates_a_ca_prints_agent_lines_and_exits_0_on_sigterm() 
 fn json_access_log_has_one_line_per_request_with_its_fields() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("c.toml"),
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", "c.toml"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut proxy, mut admin) = (String::new(), String::new());
-    while let Some(Ok(line)) = lines.next() {
-        if let Some(rest) = line.split_once("admin on http://") {
-            admin = rest.1.split_whitespace().next().unwrap().to_string();
-        }
-        if let Some(p) = line.strip_prefix("export HTTPS_PROXY=http://") {
-            proxy = p.to_string();
-            break;
-        }
-    }
+    let Served {
+        mut child,
+        proxy,
+        admin,
+        ..
+    } = serve(
+        dir.path(),
+        &ports("[log]\nformat = \"json\"\n"),
+        Stdio::piped(),
+    );
     // One plain-HTTP request through the proxy to the admin listener.
     let mut s = std::net::TcpStream::connect(&proxy).unwrap();
     write!(
@@ -260,30 +276,13 @@ fn explain_prints_target_rule_route_upstream_and_cache_key() {
 fn sighup_reloads_the_configuration_file() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let cfg = |deny: &str| {
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[egress]\ndeny = [{deny}]\n"
-        )
-    };
-    std::fs::write(dir.path().join("c.toml"), cfg("")).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", "c.toml"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut proxy, mut admin) = (String::new(), String::new());
-    while let Some(Ok(line)) = lines.next() {
-        if let Some(rest) = line.split_once("admin on http://") {
-            admin = rest.1.split_whitespace().next().unwrap().to_string();
-        }
-        if let Some(p) = line.strip_prefix("export HTTPS_PROXY=http://") {
-            proxy = p.to_string();
-            break;
-        }
-    }
+    let cfg = |deny: &str| ports(&format!("[egress]\ndeny = [{deny}]\n"));
+    let Served {
+        mut child,
+        proxy,
+        admin,
+        ..
+    } = serve(dir.path(), &cfg(""), Stdio::null());
     let through = || {
         let mut s = std::net::TcpStream::connect(&proxy).unwrap();
         write!(
