@@ -461,23 +461,10 @@ async fn hostile_upstream_responses() {
         "/example.com/dup/@v/v1.0.0.zip",
     ] {
         // The client sees an error status or a broken body, never a complete 200.
-        let (stream, _) = connect(env.gw.proxy, "proxy.golang.org:443", "").await;
-        let tls = tls_connect(stream, "proxy.golang.org", env.gw.roots(), Alpn::H1)
-            .await
-            .unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .header("host", "proxy.golang.org")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let resp = send.send_request(req).await.unwrap();
-        let ok = resp.status() == 200;
-        let body = http_body_util::BodyExt::collect(resp.into_body()).await;
-        assert!(!ok || body.is_err(), "{path}");
+        assert!(
+            !env.gw.complete_200("proxy.golang.org:443", path).await,
+            "{path}"
+        );
         still_serves(&env).await;
     }
     let m = env.gw.metrics().await;

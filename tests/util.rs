@@ -303,6 +303,28 @@ impl TestGateway {
         m
     }
 
+    /// GET over HTTP/1.1 on an intercepted `target`: whether a 200 with a complete body arrived
+    /// (false for an error status or a body that broke off).
+    pub async fn complete_200(&self, target: &str, path: &str) -> bool {
+        let (stream, head) = connect(self.proxy, target, "").await;
+        assert_eq!(status(&head), 200, "CONNECT {target}: {head}");
+        let host = target.rsplit_once(':').unwrap().0;
+        let tls = tls_connect(stream, host, self.roots(), Alpn::H1)
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(http::header::HOST, host)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let ok = resp.status() == StatusCode::OK;
+        ok && resp.into_body().collect().await.is_ok()
+    }
+
     /// Scrapes /metrics.
     pub async fn metrics(&self) -> String {
         let stream = TcpStream::connect(self.admin).await.unwrap();
