@@ -51,6 +51,7 @@ pub struct Config {
     pub sumdb: SumDbConfig,
     pub cache: CacheConfig,
     pub private: PrivateConfig,
+    pub transparent: TransparentConfig,
     pub log: LogConfig,
 }
 
@@ -399,6 +400,44 @@ fn default_git_user() -> String {
     "git".into()
 }
 
+/// `[transparent]`: gateway mode, for connections the network redirects to modgate (iptables or
+/// nftables REDIRECT, or TPROXY) from clients that have no proxy setting.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransparentConfig {
+    /// Listener for redirected connections; off when unset.
+    pub listen: Option<SocketAddr>,
+    /// Set IP_TRANSPARENT on the listener, for TPROXY rules (needs CAP_NET_ADMIN).
+    pub tproxy: bool,
+    /// What to do with a TLS connection whose ClientHello names no server.
+    pub no_sni: NoSni,
+    /// Splice a connection only if its original destination address is one the SNI name
+    /// resolves to, so a client cannot reach any address by naming an allowed host.
+    pub verify_destination: bool,
+}
+
+impl Default for TransparentConfig {
+    fn default() -> Self {
+        TransparentConfig {
+            listen: None,
+            tproxy: false,
+            no_sni: NoSni::Deny,
+            verify_destination: true,
+        }
+    }
+}
+
+/// `transparent.no_sni`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NoSni {
+    /// Refuse the connection.
+    #[default]
+    Deny,
+    /// Splice it to its original destination untouched.
+    Tunnel,
+}
+
 /// `[log]`: diagnostics and access log.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -465,6 +504,15 @@ impl Config {
             return Err(ConfigError::invalid(
                 "admin.listen",
                 "must differ from proxy.listen",
+            ));
+        }
+        if let Some(t) = self.transparent.listen
+            && t.port() != 0
+            && (t == self.proxy.listen || t == self.admin.listen)
+        {
+            return Err(ConfigError::invalid(
+                "transparent.listen",
+                "must differ from proxy.listen and admin.listen",
             ));
         }
         nonzero("proxy.header_read_timeout", self.proxy.header_read_timeout)?;

@@ -213,6 +213,7 @@ pub struct Gateway {
     state: Arc<State>,
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
+    transparent_addr: Option<SocketAddr>,
     created_ca: bool,
     accept_loops: TaskTracker,
 }
@@ -274,6 +275,17 @@ impl Gateway {
             .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
         let proxy_addr = proxy_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let transparent_listener = match config.transparent.listen {
+            Some(addr) => Some(
+                proxy::transparent::bind(&config.transparent, addr)
+                    .with_context(|| format!("transparent.listen: cannot bind {addr}"))?,
+            ),
+            None => None,
+        };
+        let transparent_addr = match &transparent_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let conn_limit = Arc::new(tokio::sync::Semaphore::new(config.proxy.max_connections));
         let state = Arc::new(State {
             config,
@@ -293,12 +305,18 @@ impl Gateway {
         let accept_loops = TaskTracker::new();
         accept_loops.spawn(proxy::listener::run(proxy_listener, state.clone()));
         accept_loops.spawn(telemetry::admin::run(admin_listener, state.clone()));
+        if let (Some(listener), Some(addr)) = (transparent_listener, transparent_addr) {
+            let own = vec![proxy_addr, admin_addr, addr];
+            accept_loops.spawn(proxy::transparent::run(listener, state.clone(), own));
+            tracing::info!(transparent_addr = %addr, "gateway mode: transparent listener started");
+        }
         accept_loops.close();
         tracing::info!(%proxy_addr, %admin_addr, ca = %state.ca.cert_path().display(), "modgate started");
         Ok(Gateway {
             state,
             proxy_addr,
             admin_addr,
+            transparent_addr,
             created_ca,
             accept_loops,
         })
@@ -312,6 +330,11 @@ impl Gateway {
     /// Address of the admin listener.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Address of the transparent (gateway-mode) listener, when configured.
+    pub fn transparent_addr(&self) -> Option<SocketAddr> {
+        self.transparent_addr
     }
 
     /// Whether this start created a new CA.

@@ -138,6 +138,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         gateway.state().ca.cert_path().display()
                     ));
                 }
+                if let Some(addr) = gateway.transparent_addr() {
+                    banner.push_str(&format!(
+                        "modgate: gateway mode on {addr} (redirect client port 443/80 traffic here)\n"
+                    ));
+                }
                 banner.push_str(&format!(
                     "modgate: proxy on {}, admin on http://{} (/metrics /healthz /readyz /ca.pem)\nAgent set-up:\n{}",
                     gateway.proxy_addr(),

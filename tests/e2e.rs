@@ -194,7 +194,7 @@ async fn git_clone_through_an_intercepted_host() {
 }
 
 /// A GOPROXY tree with a small dependency graph, including an upper-case path.
-fn module_tree(root: &Path) {
+pub fn module_tree(root: &Path) {
     write_module(
         root,
         "example.com/greet",

@@ -17,6 +17,8 @@ mod docs;
 mod e2e;
 /// Faults survived: unwritable cache, kill -9 and restart.
 mod faults;
+/// Gateway mode: network namespaces, iptables REDIRECT, the go command with no proxy setting.
+mod gateway_mode;
 /// Hostile input across the wire, TLS, h2, module paths and upstream answers; limits.
 mod hostile;
 /// TLS interception: h1/h2, SNI rules, leaf certificates, upstream verification.

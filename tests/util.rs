@@ -110,6 +110,17 @@ impl Upstream {
         key: PrivateKeyDer<'static>,
         handler: Handler,
     ) -> Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::tls_on(listener, certs, key, handler).await
+    }
+
+    /// A TLS server on a socket bound by the caller (in a network namespace, say).
+    pub async fn tls_on(
+        listener: std::net::TcpListener,
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        handler: Handler,
+    ) -> Upstream {
         let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -120,6 +131,7 @@ impl Upstream {
         .unwrap();
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Self::start(
+            listener,
             Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
             handler,
         )
@@ -128,11 +140,22 @@ impl Upstream {
 
     /// Starts a plain-HTTP server.
     pub async fn plain(handler: Handler) -> Upstream {
-        Self::start(None, handler).await
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start(listener, None, handler).await
     }
 
-    async fn start(tls: Option<tokio_rustls::TlsAcceptor>, handler: Handler) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// A plain-HTTP server on a socket bound by the caller.
+    pub async fn plain_on(listener: std::net::TcpListener, handler: Handler) -> Upstream {
+        Self::start(listener, None, handler).await
+    }
+
+    async fn start(
+        listener: std::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        handler: Handler,
+    ) -> Upstream {
+        listener.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(vec![]));
         let seen2 = seen.clone();
@@ -827,16 +850,39 @@ impl Drop for SumDb {
 impl SumDb {
     /// Builds (once) and starts the fixture over the GOPROXY tree at `goproxy`.
     pub fn start(ca: &TestCa, goproxy: &Path) -> SumDb {
+        Self::start_at(ca, goproxy, &["127.0.0.1", "localhost"], &[], "127.0.0.1:0")
+    }
+
+    /// Starts the fixture with a certificate for `names`, listening on `listen`, its command
+    /// line prefixed by `wrap` (e.g. `ip netns exec NS`).
+    pub fn start_at(
+        ca: &TestCa,
+        goproxy: &Path,
+        names: &[&str],
+        wrap: &[&str],
+        listen: &str,
+    ) -> SumDb {
         use std::io::BufRead as _;
         let bin = sumdb_fixture_binary();
         let dir = tempfile::tempdir().unwrap();
-        let (certs, key) = ca.leaf(&["127.0.0.1", "localhost"]);
+        let (certs, key) = ca.leaf(names);
         let cert_pem = pem_block("CERTIFICATE", certs[0].as_ref());
         let key_pem = pem_block("PRIVATE KEY", key.secret_der());
         std::fs::write(dir.path().join("cert.pem"), cert_pem).unwrap();
         std::fs::write(dir.path().join("key.pem"), key_pem).unwrap();
         let log = dir.path().join("requests.log");
-        let mut child = std::process::Command::new(bin)
+        let (program, pre) = match wrap.split_first() {
+            Some((p, rest)) => (PathBuf::from(p), rest.to_vec()),
+            None => (bin.clone(), vec![]),
+        };
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(pre);
+        if !wrap.is_empty() {
+            cmd.arg(&bin);
+        }
+        let mut child = cmd
+            .arg("-listen")
+            .arg(listen)
             .arg("-goproxy")
             .arg(goproxy)
             .arg("-cert")

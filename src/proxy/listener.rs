@@ -166,7 +166,7 @@ async fn handle(
         return Ok(connect(req, peer, state, &dynamic, permit).await);
     }
     if req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-        return Ok(crate::serve::forward::plain_http(req, peer, state).await);
+        return Ok(crate::serve::forward::plain_http(req, peer, state, "connect").await);
     }
     Ok(text(
         StatusCode::BAD_REQUEST,

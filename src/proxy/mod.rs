@@ -7,6 +7,7 @@ pub mod ctx;
 pub mod io;
 pub mod listener;
 pub mod mitm;
+pub mod transparent;
 pub mod tunnel;
 pub mod upstream;
 

@@ -82,10 +82,11 @@ pub async fn plain_http(
     req: Request<Incoming>,
     peer: SocketAddr,
     state: Arc<State>,
+    mode: &'static str,
 ) -> Response<Body> {
     let host = req.uri().host().map(normalize_host).unwrap_or_default();
     let port = req.uri().port_u16().unwrap_or(80);
-    let conn = ConnCtx::new(peer, "connect", host.clone(), port);
+    let conn = ConnCtx::new(peer, mode, host.clone(), port);
     let path = req
         .uri()
         .path_and_query()

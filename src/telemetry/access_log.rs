@@ -103,7 +103,13 @@ pub fn record(ctx: &ReqCtx, status: u16, bytes: u64, outcome: &'static str, metr
     let elapsed = ctx.start.elapsed();
     metrics
         .request_duration
-        .with_label_values(&[ctx.route, ctx.kind, ctx.cache, status_class(status)])
+        .with_label_values(&[
+            ctx.route,
+            ctx.kind,
+            ctx.cache,
+            status_class(status),
+            ctx.conn.mode,
+        ])
         .observe(elapsed.as_secs_f64());
     metrics
         .response_bytes

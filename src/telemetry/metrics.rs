@@ -59,6 +59,8 @@ pub struct Metrics {
     pub private_refused: IntCounterVec,
     /// Configuration reloads, by outcome.
     pub config_reloads: IntCounterVec,
+    /// Connections on the transparent (gateway-mode) listener, by outcome.
+    pub transparent_connections: IntCounterVec,
     /// Limits and timeouts that were hit, by limit.
     pub limit_hits: IntCounterVec,
     /// Git fetches into repository mirrors, by outcome.
@@ -78,7 +80,7 @@ impl Metrics {
                     "Time from request head to last body byte sent, per intercepted or forwarded request.",
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
-                &["route", "kind", "cache", "status"],
+                &["route", "kind", "cache", "status", "entry"],
             )
             .expect("metric"),
             upstream_duration: HistogramVec::new(
@@ -195,6 +197,14 @@ impl Metrics {
                 &["limit"],
             )
             .expect("metric"),
+            transparent_connections: IntCounterVec::new(
+                Opts::new(
+                    "modgate_transparent_connections_total",
+                    "Connections on the transparent (gateway-mode) listener, by outcome.",
+                ),
+                &["outcome"],
+            )
+            .expect("metric"),
             mirror_fetch_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "modgate_mirror_fetch_duration_seconds",
@@ -238,6 +248,7 @@ impl Metrics {
             Box::new(m.private_refused.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.limit_hits.clone()),
+            Box::new(m.transparent_connections.clone()),
             Box::new(m.mirror_fetch_duration.clone()),
             Box::new(m.zip_build_duration.clone()),
         ];
@@ -251,7 +262,10 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         // Series that exist from the start read as 0 instead of absent.
-        for kind in ["client", "tunnel", "intercept"] {
+        for outcome in crate::proxy::transparent::OUTCOMES {
+            m.transparent_connections.with_label_values(&[outcome]);
+        }
+        for kind in ["client", "tunnel", "intercept", "transparent"] {
             m.connections_active.with_label_values(&[kind]);
             m.connections_total.with_label_values(&[kind]);
         }

@@ -1,0 +1,397 @@
+//! Gateway mode: connections the network redirected to modgate (iptables/nftables REDIRECT, or
+//! TPROXY) from clients with no proxy setting.
+//!
+//! For each connection: learn the original destination (SO_ORIGINAL_DST after REDIRECT; the
+//! local address under TPROXY), refuse it if that is modgate itself, then look at the first
+//! bytes. TLS: read the whole ClientHello (kept, never consumed) and decide on its SNI by the
+//! same egress policy as CONNECT — intercept with the same CA and handlers, splice to the
+//! original destination with the ClientHello replayed, or deny with a TLS alert. Anything else
+//! is served as plain HTTP, routed by its Host header.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::State;
+use crate::body::Body;
+use crate::config::{NoSni, TransparentConfig};
+use crate::policy::egress::{Decision, normalize_host};
+use crate::proxy::ctx::ConnCtx;
+use crate::proxy::io::Prefixed;
+use crate::proxy::{mitm, tunnel};
+use crate::serve::respond::text;
+
+/// The largest ClientHello read before deciding (a hello may span several records).
+pub const MAX_CLIENT_HELLO: usize = 64 * 1024;
+
+/// A fatal TLS alert, access_denied: what a refused TLS client sees.
+const ALERT_ACCESS_DENIED: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31];
+
+/// Every outcome label of `modgate_transparent_connections_total`.
+pub const OUTCOMES: [&str; 8] = [
+    "intercept",
+    "splice",
+    "http",
+    "deny",
+    "loop",
+    "bad_client_hello",
+    "timeout",
+    "connect_failed",
+];
+
+/// Binds the transparent listener, with IP_TRANSPARENT for TPROXY when configured.
+pub fn bind(cfg: &TransparentConfig, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if cfg.tproxy {
+        use nix::sys::socket::{setsockopt, sockopt};
+        setsockopt(&socket, sockopt::IpTransparent, &true).map_err(std::io::Error::from)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accepts redirected connections until shutdown. `own` lists modgate's listening addresses,
+/// for loop refusal.
+pub async fn run(listener: TcpListener, state: Arc<State>, own: Vec<SocketAddr>) {
+    let own = Arc::new(own);
+    loop {
+        let accepted = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                match state.conn_limit.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (state, own) = (state.clone(), own.clone());
+                        state.clone().tasks.spawn(async move {
+                            let _permit = permit;
+                            serve(stream, peer, state, &own).await
+                        });
+                    }
+                    Err(_) => {
+                        state
+                            .metrics
+                            .limit_hits
+                            .with_label_values(&["connections"])
+                            .inc();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "transparent accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The destination the client asked for before the redirect.
+pub fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let local = stream.local_addr()?;
+    // Under TPROXY the socket's local address is the original destination, and conntrack
+    // (if loaded) agrees; after REDIRECT only SO_ORIGINAL_DST knows it.
+    let found = if local.is_ipv4() {
+        getsockopt(stream, sockopt::OriginalDst).map(|sa| {
+            SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+                u16::from_be(sa.sin_port),
+            ))
+        })
+    } else {
+        getsockopt(stream, sockopt::Ip6tOriginalDst).map(|sa| {
+            SocketAddr::from((
+                std::net::Ipv6Addr::from(sa.sin6_addr.s6_addr),
+                u16::from_be(sa.sin6_port),
+            ))
+        })
+    };
+    Ok(found.unwrap_or(local))
+}
+
+/// Whether `orig` is one of modgate's own listeners: splicing there would loop.
+pub fn is_loop(orig: SocketAddr, local: SocketAddr, own: &[SocketAddr]) -> bool {
+    if orig == local {
+        return true;
+    }
+    let this_host = orig.ip() == local.ip() || orig.ip().is_loopback();
+    own.iter()
+        .any(|l| l.port() == orig.port() && (this_host || l.ip() == orig.ip()))
+}
+
+/// How far the first bytes got.
+enum Hello {
+    /// A complete ClientHello, with its SNI name if any.
+    Tls(Option<String>),
+    /// Not TLS: serve as plain HTTP.
+    Plain,
+}
+
+async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: &[SocketAddr]) {
+    let _guard = state.metrics.connection("transparent");
+    let outcome = |o: &str| {
+        state
+            .metrics
+            .transparent_connections
+            .with_label_values(&[o])
+            .inc()
+    };
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let orig = match original_destination(&stream) {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    if is_loop(orig, local, own) {
+        outcome("loop");
+        tracing::warn!(%peer, %orig, "transparent connection to modgate itself refused (loop)");
+        return;
+    }
+    let timeout = state.config.intercept.tls_handshake_timeout;
+    let mut buf = BytesMut::with_capacity(4096);
+    let hello = match tokio::time::timeout(timeout, read_hello(&mut stream, &mut buf)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(reason)) => {
+            outcome("bad_client_hello");
+            tracing::info!(%peer, %orig, reason, "transparent connection refused");
+            let _ = stream.write_all(&ALERT_ACCESS_DENIED).await;
+            return;
+        }
+        Err(_) => {
+            outcome("timeout");
+            state
+                .metrics
+                .limit_hits
+                .with_label_values(&["tls_handshake_timeout"])
+                .inc();
+            tracing::info!(%peer, %orig, "transparent connection sent no ClientHello in time");
+            return;
+        }
+    };
+    let prefix = buf.freeze();
+    let sni = match hello {
+        Hello::Plain => {
+            outcome("http");
+            return serve_plain(Prefixed::new(prefix, stream), peer, orig, state).await;
+        }
+        Hello::Tls(sni) => sni,
+    };
+    let dynamic = state.dynamic();
+    let decision = match &sni {
+        Some(host) => dynamic.policy.egress.decide_connect(host),
+        None => match state.config.transparent.no_sni {
+            NoSni::Tunnel => Decision::Tunnel,
+            NoSni::Deny => Decision::Deny(format!(
+                "modgate: TLS to {orig} without a server name (SNI) is not allowed"
+            )),
+        },
+    };
+    state
+        .metrics
+        .egress_decisions
+        .with_label_values(&[decision.kind()])
+        .inc();
+    match decision {
+        Decision::Deny(reason) => {
+            outcome("deny");
+            tracing::info!(%peer, %orig, sni = sni.as_deref(), reason, "transparent connection denied");
+            let _ = stream.write_all(&ALERT_ACCESS_DENIED).await;
+        }
+        Decision::Intercept => {
+            outcome("intercept");
+            let host = sni.expect("only a named host is intercepted");
+            let conn = ConnCtx::new(peer, "transparent", host, orig.port());
+            mitm::serve(Prefixed::new(prefix, stream), conn, state).await;
+        }
+        Decision::Tunnel => {
+            if let Some(host) = &sni
+                && state.config.transparent.verify_destination
+                && !resolves_to(host, orig).await
+            {
+                outcome("deny");
+                tracing::info!(%peer, %orig, sni = %host, "transparent splice refused: destination is not an address of the SNI name");
+                let _ = stream.write_all(&ALERT_ACCESS_DENIED).await;
+                return;
+            }
+            let connect = tokio::time::timeout(
+                state.config.upstream.connect_timeout,
+                TcpStream::connect(orig),
+            )
+            .await;
+            let mut target = match connect {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    outcome("connect_failed");
+                    tracing::info!(%peer, %orig, error = %e, "transparent splice: cannot connect");
+                    return;
+                }
+                Err(_) => {
+                    outcome("connect_failed");
+                    tracing::info!(%peer, %orig, "transparent splice: connect timed out");
+                    return;
+                }
+            };
+            let _ = target.set_nodelay(true);
+            if target.write_all(&prefix).await.is_err() {
+                outcome("connect_failed");
+                return;
+            }
+            outcome("splice");
+            state
+                .metrics
+                .tunnel_bytes
+                .with_label_values(&["upstream"])
+                .inc_by(prefix.len() as u64);
+            tunnel::run(stream, target, state.metrics.clone()).await;
+        }
+    }
+}
+
+/// Whether `host` resolves (from here) to `orig`'s address.
+async fn resolves_to(host: &str, orig: SocketAddr) -> bool {
+    match tokio::net::lookup_host((host, orig.port())).await {
+        Ok(mut addrs) => addrs.any(|a| a.ip() == orig.ip()),
+        Err(_) => false,
+    }
+}
+
+/// Reads until a whole ClientHello is in `buf` (or the first bytes show plain text). Every byte
+/// read stays in `buf`, to be replayed. The error is a bounded reason.
+async fn read_hello(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Hello, &'static str> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    loop {
+        let start = buf.len();
+        if start >= MAX_CLIENT_HELLO {
+            return Err("client_hello_too_large");
+        }
+        buf.reserve(4096);
+        let n = stream.read_buf(buf).await.map_err(|_| "read_error")?;
+        if n == 0 {
+            return Err("closed_before_hello");
+        }
+        if buf[0] != 0x16 {
+            return Ok(Hello::Plain);
+        }
+        let mut fresh = &buf[start..];
+        while !fresh.is_empty() {
+            acceptor
+                .read_tls(&mut fresh)
+                .map_err(|_| "bad_client_hello")?;
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                return Ok(Hello::Tls(
+                    accepted.client_hello().server_name().map(normalize_host),
+                ));
+            }
+            Ok(None) => continue,
+            Err(_) => return Err("bad_client_hello"),
+        }
+    }
+}
+
+/// Plain HTTP on a redirected port: each request is forwarded by its Host header, by the same
+/// policy as an absolute-form request from a proxy client.
+async fn serve_plain(
+    io: Prefixed<TcpStream>,
+    peer: SocketAddr,
+    orig: SocketAddr,
+    state: Arc<State>,
+) {
+    let svc_state = state.clone();
+    let svc = service_fn(move |req| plain_request(req, peer, orig, svc_state.clone()));
+    let conn =
+        crate::proxy::listener::http1_builder(&state).serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                crate::proxy::listener::count_conn_error(&state, &e);
+            }
+        }
+        _ = state.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn plain_request(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    orig: SocketAddr,
+    state: Arc<State>,
+) -> Result<Response<Body>, Infallible> {
+    let Some(authority) = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+    else {
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            "modgate: a request redirected to the gateway needs a valid Host header",
+        ));
+    };
+    let authority = match authority.port_u16() {
+        Some(_) => authority.to_string(),
+        None if orig.port() == 80 => authority.host().to_string(),
+        None => format!("{}:{}", authority.host(), orig.port()),
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    match format!("http://{authority}{path}").parse() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => {
+            return Ok(text(
+                StatusCode::BAD_REQUEST,
+                "modgate: invalid request target",
+            ));
+        }
+    }
+    Ok(crate::serve::forward::plain_http(req, peer, state, "transparent").await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn loops_are_connections_to_modgates_own_listeners() {
+        let own = [a("0.0.0.0:3129"), a("127.0.0.1:3128"), a("127.0.0.1:9090")];
+        let local = a("10.0.0.1:3129");
+        // Not redirected at all: the original destination is the listener itself.
+        assert!(is_loop(local, local, &own));
+        // Redirected towards one of modgate's own ports on this host.
+        assert!(is_loop(a("10.0.0.1:3128"), local, &own));
+        assert!(is_loop(a("127.0.0.1:9090"), local, &own));
+        // Ordinary redirected traffic.
+        assert!(!is_loop(a("93.184.216.34:443"), local, &own));
+        assert!(!is_loop(a("10.0.0.1:443"), local, &own));
+        assert!(!is_loop(a("10.0.0.2:3128"), local, &own));
+    }
+}
