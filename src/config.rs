@@ -50,6 +50,7 @@ pub struct Config {
     pub modules: ModulesConfig,
     pub sumdb: SumDbConfig,
     pub cache: CacheConfig,
+    pub shared_cache: SharedCacheConfig,
     pub private: PrivateConfig,
     pub transparent: TransparentConfig,
     pub log: LogConfig,
@@ -400,6 +401,45 @@ fn default_git_user() -> String {
     "git".into()
 }
 
+/// `[shared_cache]`: an S3-compatible bucket shared by replicas, behind each local disk cache.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SharedCacheConfig {
+    /// Bucket name; the shared tier is off when unset.
+    pub bucket: Option<String>,
+    /// Key prefix inside the bucket.
+    pub prefix: String,
+    /// S3 endpoint URL (Garage, MinIO, Ceph...); AWS when unset.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Environment variables holding the credentials.
+    pub access_key_id_env: String,
+    pub secret_access_key_env: String,
+    /// Files holding the credentials (e.g. a mounted Kubernetes secret); used instead of the
+    /// environment variables when set.
+    pub access_key_id_file: Option<PathBuf>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// How long a replica's claim to fetch a key holds off the others.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
+}
+
+impl Default for SharedCacheConfig {
+    fn default() -> Self {
+        SharedCacheConfig {
+            bucket: None,
+            prefix: "modgate".into(),
+            endpoint: None,
+            region: "us-east-1".into(),
+            access_key_id_env: "AWS_ACCESS_KEY_ID".into(),
+            secret_access_key_env: "AWS_SECRET_ACCESS_KEY".into(),
+            access_key_id_file: None,
+            secret_access_key_file: None,
+            lock_ttl: Duration::from_secs(120),
+        }
+    }
+}
+
 /// `[transparent]`: gateway mode, for connections the network redirects to modgate (iptables or
 /// nftables REDIRECT, or TPROXY) from clients that have no proxy setting.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -516,6 +556,26 @@ impl Config {
             ));
         }
         nonzero("proxy.header_read_timeout", self.proxy.header_read_timeout)?;
+        if self.shared_cache.lock_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "shared_cache.lock_ttl",
+                "must be at least 1s",
+            ));
+        }
+        if let Some(e) = &self.shared_cache.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(ConfigError::invalid(
+                "shared_cache.endpoint",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if self.shared_cache.bucket.as_deref() == Some("") {
+            return Err(ConfigError::invalid(
+                "shared_cache.bucket",
+                "must not be empty (leave it out to turn the shared cache off)",
+            ));
+        }
         if self.proxy.idle_timeout < Duration::from_millis(100) {
             return Err(ConfigError::invalid(
                 "proxy.idle_timeout",

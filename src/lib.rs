@@ -62,6 +62,8 @@ pub struct State {
     pub leaves: LeafCache,
     pub upstream: UpstreamClient,
     pub cache: Arc<DiskCache>,
+    /// The bucket shared with other replicas, when `shared_cache.bucket` is set.
+    pub shared: Option<Arc<store::shared::SharedStore>>,
     pub flights: Arc<Flights<FillOutcome>>,
     pub mirrors: Mirrors,
     /// Rules, routes and credentials; replaced as a whole on reload.
@@ -260,6 +262,17 @@ impl Gateway {
                 .await?
                 .with_context(|| "storage.data_dir: cannot open the module cache")?
         };
+        let shared = match &config.shared_cache.bucket {
+            Some(bucket) => Some(Arc::new(
+                store::shared::SharedStore::connect(
+                    &config.shared_cache,
+                    bucket,
+                    metrics.shared_cache.clone(),
+                )
+                .await?,
+            )),
+            None => None,
+        };
         let dynamic = Dynamic::new(&config, &metrics)?;
         let mirrors = Mirrors::new(
             &config.storage.data_dir,
@@ -294,6 +307,7 @@ impl Gateway {
             leaves,
             upstream,
             cache: Arc::new(cache),
+            shared,
             flights: Arc::default(),
             mirrors,
             dynamic: arc_swap::ArcSwap::from_pointee(dynamic),

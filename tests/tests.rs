@@ -29,3 +29,5 @@ mod private;
 mod public;
 /// Secrets never reach the logs.
 mod secrets;
+/// Replicas sharing one cache through a real S3-compatible store (Garage).
+mod shared_cache;

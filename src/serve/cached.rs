@@ -26,6 +26,7 @@ use crate::serve::respond::ServeError;
 use crate::serve::upstreams::Entry;
 use crate::store::disk::{Found, NOT_FOUND_SUFFIX, PendingEntry};
 use crate::store::flight::Join;
+use crate::store::shared::{Claim, Validator};
 
 /// Header naming the cache outcome on every cached route's response.
 pub const CACHE_HEADER: &str = "x-modgate-cache";
@@ -203,6 +204,34 @@ async fn lead(
             .with_label_values(&[o.label()])
             .inc()
     };
+    // With a shared tier: take the entry from the bucket, or lead the fetch for every replica,
+    // or wait for the replica that leads it.
+    let mut lock = None;
+    if let Some(shared) = state.shared.clone() {
+        let max_age =
+            (spec.class != CacheClass::Immutable).then_some(state.config.cache.mutable_ttl);
+        match shared
+            .claim(&spec.key, max_age, &state.cache, validator(&spec))
+            .await
+        {
+            Claim::Local => {
+                if let Some(found) = state.cache.get(&spec.key) {
+                    state
+                        .cache
+                        .remove(&format!("{}{NOT_FOUND_SUFFIX}", spec.key));
+                    let result = serve_found(&found, spec.content, "miss", &Method::GET).await;
+                    let _ = reply.send(Led {
+                        result,
+                        waited: None,
+                    });
+                    leader.finish(FillOutcome::Committed);
+                    return;
+                }
+            }
+            Claim::Lead(guard) => lock = Some(guard),
+            Claim::Alone => {}
+        }
+    }
     let (resp, waited) = match fetch(&spec, &state).await {
         Fetched::Ok(resp, waited) => (resp, waited),
         Fetched::NotFound { status, text } => {
@@ -278,7 +307,24 @@ async fn lead(
 
     let outcome = fill(&spec, &state, resp.into_body(), declared_len, tx).await;
     fills(&outcome);
+    let committed = matches!(outcome, FillOutcome::Committed);
     leader.finish(outcome);
+    // Local followers are served; now the other replicas.
+    if committed
+        && let Some(shared) = &state.shared
+        && let Some(found) = state.cache.get(&spec.key)
+    {
+        let immutable = spec.class == CacheClass::Immutable;
+        shared
+            .publish(
+                &spec.key,
+                &found.path,
+                immutable,
+                found.modified,
+                lock.take(),
+            )
+            .await;
+    }
 }
 
 /// Result of walking the upstream list.
@@ -462,19 +508,9 @@ async fn fill(
     let committed = match pending {
         None => Err(None),
         Some(p) => {
-            let zip = spec.zip.clone();
+            let validate = validator(spec);
             let key = spec.key.clone();
-            let res = tokio::task::spawn_blocking(move || {
-                p.commit(|file| match &zip {
-                    Some((module, version)) => {
-                        let len = file.metadata().map_err(|e| e.to_string())?.len();
-                        crate::gomod::zip::check_zip(module, version, file, len)
-                            .map_err(|e| format!("invalid module zip for {module}@{version}: {e}"))
-                    }
-                    None => Ok(()),
-                })
-            })
-            .await;
+            let res = tokio::task::spawn_blocking(move || p.commit(|file| validate(file))).await;
             match res {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(crate::store::disk::StoreError::Rejected(msg))) => Err(Some(msg)),
@@ -516,6 +552,19 @@ async fn fill(
             FillOutcome::Uncached
         }
     }
+}
+
+/// The check a complete body must pass before it is committed: module-zip rules for zips.
+fn validator(spec: &Spec) -> Validator {
+    let zip = spec.zip.clone();
+    Arc::new(move |file: &std::fs::File| match &zip {
+        Some((module, version)) => {
+            let len = file.metadata().map_err(|e| e.to_string())?.len();
+            crate::gomod::zip::check_zip(module, version, file, len)
+                .map_err(|e| format!("invalid module zip for {module}@{version}: {e}"))
+        }
+        None => Ok(()),
+    })
 }
 
 async fn write_batch(

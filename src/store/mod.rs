@@ -1,6 +1,8 @@
 //! Persistence: the on-disk cache with atomic commits and an LRU size bound (`disk`), and
-//! single-flight coordination of cache fills (`flight`). Nothing here knows about HTTP.
+//! single-flight coordination of cache fills (`flight`), the S3-compatible tier shared by
+//! replicas (`shared`), and private repository mirrors (`mirror`). Nothing here knows about HTTP.
 
 pub mod disk;
 pub mod flight;
 pub mod mirror;
+pub mod shared;

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Connections on the transparent (gateway-mode) listener, by outcome.
     pub transparent_connections: IntCounterVec,
+    /// Shared (S3) cache tier events.
+    pub shared_cache: IntCounterVec,
     /// Limits and timeouts that were hit, by limit.
     pub limit_hits: IntCounterVec,
     /// Git fetches into repository mirrors, by outcome.
@@ -197,6 +199,14 @@ impl Metrics {
                 &["limit"],
             )
             .expect("metric"),
+            shared_cache: IntCounterVec::new(
+                Opts::new(
+                    "modgate_shared_cache_total",
+                    "Shared (S3-compatible) cache tier events.",
+                ),
+                &["event"],
+            )
+            .expect("metric"),
             transparent_connections: IntCounterVec::new(
                 Opts::new(
                     "modgate_transparent_connections_total",
@@ -249,6 +259,7 @@ impl Metrics {
             Box::new(m.config_reloads.clone()),
             Box::new(m.limit_hits.clone()),
             Box::new(m.transparent_connections.clone()),
+            Box::new(m.shared_cache.clone()),
             Box::new(m.mirror_fetch_duration.clone()),
             Box::new(m.zip_build_duration.clone()),
         ];
@@ -262,6 +273,9 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         // Series that exist from the start read as 0 instead of absent.
+        for event in crate::store::shared::EVENTS {
+            m.shared_cache.with_label_values(&[event]);
+        }
         for outcome in crate::proxy::transparent::OUTCOMES {
             m.transparent_connections.with_label_values(&[outcome]);
         }
