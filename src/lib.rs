@@ -28,6 +28,7 @@ pub mod proxy;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod warm;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

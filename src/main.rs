@@ -52,6 +52,33 @@ enum Command {
         #[arg(long, short, env = "MODGATE_CONFIG", global = true)]
         config: Option<PathBuf>,
     },
+    /// Pre-load a running gateway's cache from a go.sum, a go.mod or a list of module@version
+    /// lines, verifying public modules against the checksum database.
+    Warm {
+        /// go.sum (preferred: it lists every module a build needs), go.mod, or module@version lines.
+        file: PathBuf,
+        /// The gateway's proxy address, host:port (default: proxy.listen of the config).
+        #[arg(long)]
+        proxy: Option<String>,
+        /// The gateway's CA certificate (default: ca.pem in ca.dir of the config).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The GOPROXY host the gateway serves.
+        #[arg(long, default_value = "proxy.golang.org")]
+        goproxy_host: String,
+        /// Checksum database as in GOSUMDB: a verifier key, a known name, or "off".
+        #[arg(long, env = "GOSUMDB", default_value = "sum.golang.org")]
+        sumdb: String,
+        /// Module path patterns not checked against the database (as GONOSUMDB; the config's
+        /// private patterns are always skipped).
+        #[arg(long, env = "GONOSUMDB", default_value = "")]
+        nosumdb: String,
+        /// Module versions fetched at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, short, env = "MODGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Proxy-authentication helpers.
     Auth {
         #[command(subcommand)]
@@ -111,6 +138,101 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn warm(
+    cfg: &Config,
+    file: &std::path::Path,
+    proxy: Option<String>,
+    ca: Option<PathBuf>,
+    goproxy_host: String,
+    sumdb: &str,
+    nosumdb: &str,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use modgate::warm;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let wants = warm::parse_input(&file.display().to_string(), &text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let proxy = match proxy {
+        Some(p) => {
+            let p = p.trim_start_matches("http://").trim_end_matches('/');
+            std::net::ToSocketAddrs::to_socket_addrs(p)
+                .with_context(|| format!("--proxy {p}: not a host:port"))?
+                .next()
+                .with_context(|| format!("--proxy {p}: no address"))?
+        }
+        None => cfg.proxy.listen,
+    };
+    let ca = ca.unwrap_or_else(|| cfg.ca.dir.join("ca.pem"));
+    let pem = std::fs::read(&ca).with_context(|| {
+        format!(
+            "cannot read the gateway CA {} (use --ca, or fetch it from http://ADMIN/ca.pem)",
+            ca.display()
+        )
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        roots
+            .add(cert.with_context(|| format!("{}: bad PEM", ca.display()))?)
+            .with_context(|| format!("{}: bad certificate", ca.display()))?;
+    }
+    let sumdb = match sumdb {
+        "off" => None,
+        "sum.golang.org" | "sum.golang.google.cn" | "" => {
+            Some(warm::VerifierKey::parse(warm::SUM_GOLANG_ORG_KEY).map_err(anyhow::Error::msg)?)
+        }
+        key => Some(
+            warm::VerifierKey::parse(key.split_whitespace().next().unwrap_or(key))
+                .map_err(anyhow::Error::msg)?,
+        ),
+    };
+    let policy = modgate::policy::Policy::new(cfg).map_err(anyhow::Error::msg)?;
+    let mut skip: Vec<String> = nosumdb
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    skip.extend(
+        policy
+            .rules
+            .private
+            .joined()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+    );
+    let nosumdb = modgate::policy::patterns::Patterns::parse(skip.iter().map(String::as_str))
+        .map_err(|e| anyhow::anyhow!("--nosumdb: {e}"))?;
+    let opts = warm::Options {
+        proxy,
+        roots: std::sync::Arc::new(roots),
+        goproxy_host,
+        sumdb,
+        nosumdb,
+        concurrency,
+    };
+    let total = wants.len() as u64;
+    let progress = indicatif::ProgressBar::new(total);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{bar:30}] {pos}/{len} {elapsed} {wide_msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let rt = tokio::runtime::Runtime::new()?;
+    let outcomes = rt.block_on(warm::run(opts, wants, progress));
+    let summary = warm::summary(&outcomes, started.elapsed());
+    print!("{summary}");
+    let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+    anyhow::ensure!(failed == 0, "{failed} module versions could not be warmed");
+    Ok(())
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -224,6 +346,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Warm {
+            file,
+            proxy,
+            ca,
+            goproxy_host,
+            sumdb,
+            nosumdb,
+            concurrency,
+            config,
+        } => {
+            let cfg = load_config(config.as_ref())?;
+            warm(
+                &cfg,
+                &file,
+                proxy,
+                ca,
+                goproxy_host,
+                &sumdb,
+                &nosumdb,
+                concurrency,
+            )
         }
         Command::Explain { input, config } => {
             let cfg = load_config(config.as_ref())?;

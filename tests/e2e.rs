@@ -427,3 +427,114 @@ async fn go_build_verified_by_checksum_db_then_offline_from_cache() {
         "same hashes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_from_a_real_go_sum_then_build_offline() {
+    let ca = TestCa::new();
+    let tree = tempfile::tempdir().unwrap();
+    module_tree(tree.path());
+    let proxy = Upstream::tls(&ca, files_dir(tree.path().to_path_buf())).await;
+    let sumdb = SumDb::start(&ca, tree.path());
+    let (proxy_base, sumdb_base) = (proxy.base_url(), sumdb.base_url());
+    let overrides = move |c: &mut modgate::config::Config| {
+        c.upstream
+            .overrides
+            .insert("proxy.golang.org".into(), proxy_base.clone());
+        c.upstream
+            .overrides
+            .insert("sum.golang.org".into(), sumdb_base.clone());
+    };
+    let work = tempfile::tempdir().unwrap();
+
+    // A go.sum from a real build, made through one gateway.
+    let gw0 = TestGateway::start(&ca, overrides.clone()).await;
+    let app = work.path().join("app");
+    write_app(&app);
+    let out = go(
+        &["build", "-o", "app", "."],
+        &app,
+        &work.path().join("home0"),
+        &gw0,
+        &sumdb.vkey,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gosum = app.join("go.sum");
+
+    // A fresh gateway, warmed from that go.sum.
+    let gw1 = TestGateway::start(&ca, overrides).await;
+    let warm = |file: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_modgate"))
+            .arg("warm")
+            .arg(file)
+            .arg("--proxy")
+            .arg(gw1.proxy.to_string())
+            .arg("--ca")
+            .arg(&gw1.ca_path)
+            .arg("--sumdb")
+            .arg(&sumdb.vkey)
+            .env_remove("GONOSUMDB")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // A go.sum with a wrong hash is refused, naming the module.
+    let bad = work.path().join("bad.sum");
+    let text = std::fs::read_to_string(&gosum).unwrap();
+    let first_h1 = text
+        .split("h1:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &bad,
+        text.replacen(&first_h1, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", 1),
+    )
+    .unwrap();
+    let (ok, text_bad) = tokio::task::block_in_place(|| warm(&bad));
+    assert!(!ok, "{text_bad}");
+    assert!(text_bad.contains("hash mismatch"), "{text_bad}");
+
+    let (ok, report) = tokio::task::block_in_place(|| warm(&gosum));
+    assert!(ok, "{report}");
+    assert!(report.contains("warmed 3 of 3 module versions"), "{report}");
+    assert!(
+        report.contains("3 verified by the checksum database"),
+        "{report}"
+    );
+
+    // Offline: the upstream and the checksum database are gone. A new agent with an empty
+    // module cache builds from the warmed gateway alone.
+    drop(proxy);
+    drop(sumdb);
+    let app2 = work.path().join("app2");
+    write_app(&app2);
+    std::fs::copy(&gosum, app2.join("go.sum")).unwrap();
+    let out = go(
+        &["build", "-o", "app", "."],
+        &app2,
+        &work.path().join("home1"),
+        &gw1,
+        "sum.golang.org",
+    );
+    assert!(
+        out.status.success(),
+        "offline build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(app2.join("app")).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello, verified world!"
+    );
+}

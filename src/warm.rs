@@ -1,0 +1,538 @@
+//! `modgate warm FILE`: pre-loads the cache of a running gateway with every module a go.sum,
+//! go.mod or module@version list names, through the gateway's normal routes, so that an office
+//! can build offline afterwards.
+//!
+//! Each module version is fetched like the go command would (`.info`, `.mod`, `.zip`, or only
+//! `.mod` for go.sum's `/go.mod` lines) over CONNECT and TLS to the gateway. Public modules are
+//! then checked against the checksum database, also through the gateway (which caches the
+//! lookup): the signed note must verify with the database key, and the `h1:` hashes of the zip
+//! and go.mod must equal the database record (and go.sum's, when the input is a go.sum). The
+//! Merkle inclusion proof is left to the go command, which checks it whenever it consults the
+//! database itself.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::gomod::{dirhash, path as modpath};
+
+/// The public checksum database's verifier key (as in GOSUMDB).
+pub const SUM_GOLANG_ORG_KEY: &str =
+    "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ls0EDn3Q4k8TrTcM";
+
+/// One module version to fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub module: String,
+    pub version: String,
+    /// Fetch the zip too (not only the go.mod).
+    pub zip: bool,
+    /// Hashes the input file recorded (go.sum).
+    pub zip_h1: Option<String>,
+    pub mod_h1: Option<String>,
+}
+
+/// Reads a go.sum, a go.mod or a list of `module@version` lines (by file name, then content).
+pub fn parse_input(name: &str, text: &str) -> Result<Vec<Want>, String> {
+    let mut wants: BTreeMap<(String, String), Want> = BTreeMap::new();
+    fn add<'m>(
+        wants: &'m mut BTreeMap<(String, String), Want>,
+        module: &str,
+        version: &str,
+        line: usize,
+    ) -> Result<&'m mut Want, String> {
+        modpath::check_path(module)
+            .map_err(|e| format!("line {line}: invalid module path {module:?}: {e}"))?;
+        if !crate::gomod::version::is_valid(version) {
+            return Err(format!(
+                "line {line}: invalid version {version:?} for {module}"
+            ));
+        }
+        Ok(wants
+            .entry((module.to_string(), version.to_string()))
+            .or_insert_with(|| Want {
+                module: module.to_string(),
+                version: version.to_string(),
+                zip: false,
+                zip_h1: None,
+                mod_h1: None,
+            }))
+    }
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let kind = if base.ends_with(".sum") {
+        "sum"
+    } else if base.ends_with(".mod") {
+        "mod"
+    } else {
+        "list"
+    };
+    match kind {
+        "sum" => {
+            for (i, line) in text.lines().enumerate() {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.is_empty() {
+                    continue;
+                }
+                let [module, version, hash] = fields[..] else {
+                    return Err(format!(
+                        "line {}: expected \"module version h1:hash\"",
+                        i + 1
+                    ));
+                };
+                match version.strip_suffix("/go.mod") {
+                    Some(v) => add(&mut wants, module, v, i + 1)?.mod_h1 = Some(hash.to_string()),
+                    None => {
+                        let w = add(&mut wants, module, version, i + 1)?;
+                        w.zip = true;
+                        w.zip_h1 = Some(hash.to_string());
+                    }
+                }
+            }
+        }
+        "mod" => {
+            let mut in_block = false;
+            for (i, raw) in text.lines().enumerate() {
+                let line = raw.split("//").next().unwrap_or("").trim();
+                let spec = if in_block {
+                    if line == ")" {
+                        in_block = false;
+                        continue;
+                    }
+                    line
+                } else if let Some(rest) = line.strip_prefix("require") {
+                    let rest = rest.trim();
+                    if rest == "(" {
+                        in_block = true;
+                        continue;
+                    }
+                    rest
+                } else {
+                    continue;
+                };
+                let fields: Vec<&str> = spec.split_whitespace().collect();
+                if let [module, version] = fields[..] {
+                    let module = module.trim_matches('"');
+                    add(&mut wants, module, version, i + 1)?.zip = true;
+                }
+            }
+        }
+        _ => {
+            for (i, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let Some((module, version)) = line.split_once('@') else {
+                    return Err(format!(
+                        "line {}: expected module@version, got {line:?}",
+                        i + 1
+                    ));
+                };
+                add(&mut wants, module, version, i + 1)?.zip = true;
+            }
+        }
+    }
+    if wants.is_empty() {
+        return Err(format!("{name}: no module versions found"));
+    }
+    Ok(wants.into_values().collect())
+}
+
+/// A checksum-database verifier key: name, key hash and Ed25519 public key.
+#[derive(Debug, Clone)]
+pub struct VerifierKey {
+    pub name: String,
+    hash: [u8; 4],
+    key: Vec<u8>,
+}
+
+impl VerifierKey {
+    /// Parses `name+hash+base64key` (the GOSUMDB form).
+    pub fn parse(vkey: &str) -> Result<VerifierKey, String> {
+        let bad = || format!("invalid checksum-database key {vkey:?}");
+        let mut parts = vkey.splitn(3, '+');
+        let (Some(name), Some(hash), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        let hash = u32::from_str_radix(hash, 16).map_err(|_| bad())?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .map_err(|_| bad())?;
+        if key.len() != 33 || key[0] != 1 {
+            return Err(bad());
+        }
+        Ok(VerifierKey {
+            name: name.to_string(),
+            hash: hash.to_be_bytes(),
+            key: key[1..].to_vec(),
+        })
+    }
+
+    /// Verifies a signed note; returns its text.
+    pub fn verify_note<'a>(&self, note: &'a str) -> Result<&'a str, String> {
+        let Some(split) = note.find("\n\n") else {
+            return Err("checksum database answer has no signed note".into());
+        };
+        let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
+        for line in sigs.lines() {
+            let Some(rest) = line.strip_prefix("\u{2014} ") else {
+                continue;
+            };
+            let Some((name, sig)) = rest.split_once(' ') else {
+                continue;
+            };
+            if name != self.name {
+                continue;
+            }
+            let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig) else {
+                continue;
+            };
+            if sig.len() != 68 || sig[..4] != self.hash {
+                continue;
+            }
+            let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.key);
+            return key
+                .verify(text.as_bytes(), &sig[4..])
+                .map(|_| text)
+                .map_err(|_| format!("checksum database signature by {name} does not verify"));
+        }
+        Err(format!(
+            "checksum database note is not signed by {}",
+            self.name
+        ))
+    }
+}
+
+/// Where and how to fetch.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub proxy: SocketAddr,
+    pub roots: Arc<rustls::RootCertStore>,
+    /// Host of the GOPROXY the gateway serves (normally proxy.golang.org).
+    pub goproxy_host: String,
+    /// Checksum database key; None skips verification (GOSUMDB=off).
+    pub sumdb: Option<VerifierKey>,
+    /// Module paths not checked against the database (GONOSUMDB-style patterns).
+    pub nosumdb: crate::policy::patterns::Patterns,
+    pub concurrency: usize,
+}
+
+/// What happened to one module version.
+#[derive(Debug)]
+pub struct Outcome {
+    pub want: Want,
+    pub bytes: u64,
+    /// Verified against the checksum database.
+    pub verified: bool,
+    pub error: Option<String>,
+}
+
+/// A connection through the gateway to one host, speaking HTTP/1.1 with keep-alive.
+struct Conn {
+    send: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    host: String,
+}
+
+async fn open(opts: &Options, host: &str) -> Result<Conn, String> {
+    let mut tcp = TcpStream::connect(opts.proxy)
+        .await
+        .map_err(|e| format!("cannot reach the gateway at {}: {e}", opts.proxy))?;
+    let _ = tcp.set_nodelay(true);
+    tcp.write_all(format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 || tcp.read(&mut byte).await.map_err(|e| e.to_string())? == 0 {
+            return Err("the gateway closed the CONNECT".into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(format!(
+            "the gateway refused CONNECT {host}: {}",
+            head.lines().next().unwrap_or("")
+        ));
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(opts.roots.clone())
+    .with_no_client_auth();
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            format!("TLS to {host} through the gateway: {e} (is --ca the gateway's CA?)")
+        })?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(Conn {
+        send,
+        host: host.to_string(),
+    })
+}
+
+impl Conn {
+    async fn get(&mut self, path: &str) -> Result<Bytes, String> {
+        let req = Request::get(path)
+            .header(http::header::HOST, &self.host)
+            .header(
+                http::header::USER_AGENT,
+                concat!("modgate-warm/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        self.send.ready().await.map_err(|e| e.to_string())?;
+        let resp = self
+            .send
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("https://{}{path}: {e}", self.host))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            let text = String::from_utf8_lossy(&body);
+            return Err(format!(
+                "https://{}{path}: {status}: {}",
+                self.host,
+                text.lines().next().unwrap_or("").trim()
+            ));
+        }
+        Ok(body)
+    }
+}
+
+/// Fetches (and verifies) one module version.
+async fn warm_one(opts: &Options, want: &Want) -> Outcome {
+    let mut out = Outcome {
+        want: want.clone(),
+        bytes: 0,
+        verified: false,
+        error: None,
+    };
+    if let Err(e) = warm_inner(opts, want, &mut out).await {
+        out.error = Some(e);
+    }
+    out
+}
+
+async fn warm_inner(opts: &Options, want: &Want, out: &mut Outcome) -> Result<(), String> {
+    let esc_m = modpath::escape_path(&want.module).map_err(|e| e.to_string())?;
+    let esc_v = modpath::escape_version(&want.version).map_err(|e| e.to_string())?;
+    let mut conn = open(opts, &opts.goproxy_host).await?;
+    let base = format!("/{esc_m}/@v/{esc_v}");
+    let gomod = conn.get(&format!("{base}.mod")).await?;
+    out.bytes += gomod.len() as u64;
+    let mod_h1 = dirhash::hash_go_mod(&gomod);
+    let mut zip_h1 = None;
+    if want.zip {
+        out.bytes += conn.get(&format!("{base}.info")).await?.len() as u64;
+        let zip = conn.get(&format!("{base}.zip")).await?;
+        out.bytes += zip.len() as u64;
+        zip_h1 = Some(
+            dirhash::hash_zip(std::io::Cursor::new(&zip[..]))
+                .map_err(|e| format!("{}@{}: bad zip: {e}", want.module, want.version))?,
+        );
+    }
+    let mismatch = |what: &str, got: &str, expected: &str, source: &str| {
+        format!(
+            "{}@{}: {what} hash mismatch: downloaded {got}, {source} has {expected}",
+            want.module, want.version
+        )
+    };
+    if let Some(expected) = &want.mod_h1
+        && *expected != mod_h1
+    {
+        return Err(mismatch("go.mod", &mod_h1, expected, "go.sum"));
+    }
+    if let (Some(expected), Some(got)) = (&want.zip_h1, &zip_h1)
+        && expected != got
+    {
+        return Err(mismatch("zip", got, expected, "go.sum"));
+    }
+    let Some(key) = &opts.sumdb else {
+        return Ok(());
+    };
+    if opts.nosumdb.matching(&want.module).is_some() {
+        return Ok(());
+    }
+    let mut db = open(opts, &key.name).await?;
+    let answer = db
+        .get(&format!("/lookup/{esc_m}@{esc_v}"))
+        .await
+        .map_err(|e| format!("checksum database: {e}"))?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let Some(split) = answer.find("\n\n") else {
+        return Err("checksum database answer is malformed".into());
+    };
+    key.verify_note(&answer[split + 2..])?;
+    let record = &answer[..split];
+    let find = |suffix: &str| {
+        record.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3 && f[0] == want.module && f[1] == format!("{}{suffix}", want.version))
+                .then(|| f[2].to_string())
+        })
+    };
+    let db_mod = find("/go.mod").ok_or("checksum database record has no go.mod hash")?;
+    if db_mod != mod_h1 {
+        return Err(mismatch("go.mod", &mod_h1, &db_mod, &key.name));
+    }
+    if let Some(got) = &zip_h1 {
+        let db_zip = find("").ok_or("checksum database record has no zip hash")?;
+        if &db_zip != got {
+            return Err(mismatch("zip", got, &db_zip, &key.name));
+        }
+    }
+    out.verified = true;
+    Ok(())
+}
+
+/// Warms every wanted module version, `opts.concurrency` at a time, reporting progress.
+pub async fn run(
+    opts: Options,
+    wants: Vec<Want>,
+    progress: indicatif::ProgressBar,
+) -> Vec<Outcome> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    let opts = Arc::new(opts);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, want) in wants.into_iter().enumerate() {
+        let (sem, opts, progress) = (sem.clone(), opts.clone(), progress.clone());
+        tasks.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let out = warm_one(&opts, &want).await;
+            progress.set_message(format!("{}@{}", want.module, want.version));
+            progress.inc(1);
+            if let Some(e) = &out.error {
+                progress.suspend(|| eprintln!("modgate warm: {e}"));
+            }
+            (i, out)
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(res) = tasks.join_next().await {
+        if let Ok(item) = res {
+            outcomes.push(item);
+        }
+    }
+    progress.finish_and_clear();
+    outcomes.sort_by_key(|(i, _)| *i);
+    outcomes.into_iter().map(|(_, o)| o).collect()
+}
+
+/// The closing summary.
+pub fn summary(outcomes: &[Outcome], elapsed: std::time::Duration) -> String {
+    let ok: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_none()).collect();
+    let failed = outcomes.len() - ok.len();
+    let bytes: u64 = ok.iter().map(|o| o.bytes).sum();
+    let zips = ok.iter().filter(|o| o.want.zip).count();
+    let verified = ok.iter().filter(|o| o.verified).count();
+    let mut s = format!(
+        "warmed {} of {} module versions ({} with source zips, {}) in {:.1}s; {} verified by the checksum database",
+        ok.len(),
+        outcomes.len(),
+        zips,
+        bytesize::ByteSize(bytes),
+        elapsed.as_secs_f64(),
+        verified
+    );
+    if failed > 0 {
+        s.push_str(&format!("; {failed} failed:"));
+        for o in outcomes {
+            if let Some(e) = &o.error {
+                s.push_str(&format!("\n  {}@{}: {e}", o.want.module, o.want.version));
+            }
+        }
+    }
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_sum_lines_merge_into_one_want_per_version() {
+        let sum = "example.com/a v1.0.0 h1:zip=\nexample.com/a v1.0.0/go.mod h1:mod=\nexample.com/b v0.1.0/go.mod h1:bmod=\n";
+        let w = parse_input("go.sum", sum).unwrap();
+        assert_eq!(w.len(), 2);
+        assert!(
+            w[0].zip
+                && w[0].zip_h1.as_deref() == Some("h1:zip=")
+                && w[0].mod_h1.as_deref() == Some("h1:mod=")
+        );
+        assert!(!w[1].zip && w[1].mod_h1.as_deref() == Some("h1:bmod="));
+    }
+
+    #[test]
+    fn go_mod_requires_single_and_block() {
+        let m = "module x\n\ngo 1.19\n\nrequire example.com/a v1.2.3\n\nrequire (\n\texample.com/b v0.1.0 // indirect\n\t\"example.com/c\" v2.0.0+incompatible\n)\n";
+        let w = parse_input("go.mod", m).unwrap();
+        let names: Vec<String> = w
+            .iter()
+            .map(|w| format!("{}@{}", w.module, w.version))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "example.com/a@v1.2.3",
+                "example.com/b@v0.1.0",
+                "example.com/c@v2.0.0+incompatible"
+            ]
+        );
+        assert!(w.iter().all(|w| w.zip));
+    }
+
+    #[test]
+    fn lists_and_bad_input() {
+        let w = parse_input("modules.txt", "# comment\nexample.com/a@v1.0.0\n\n").unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(
+            parse_input("modules.txt", "example.com/a v1\n")
+                .unwrap_err()
+                .contains("line 1")
+        );
+        assert!(parse_input("go.sum", "Bad..Path v1.0.0 h1:x\n").is_err());
+        assert!(
+            parse_input("modules.txt", "example.com/a@latest\n")
+                .unwrap_err()
+                .contains("invalid version")
+        );
+        assert!(
+            parse_input("go.mod", "module x\n")
+                .unwrap_err()
+                .contains("no module versions")
+        );
+    }
+
+    #[test]
+    fn the_public_key_parses() {
+        let k = VerifierKey::parse(SUM_GOLANG_ORG_KEY).unwrap();
+        assert_eq!(k.name, "sum.golang.org");
+        assert!(VerifierKey::parse("sum.golang.org+zz+AAAA").is_err());
+    }
+}
