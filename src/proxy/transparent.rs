@@ -125,7 +125,17 @@ pub fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
 }
 
 /// Whether `orig` is one of modgate's own listeners: splicing there would loop.
-pub fn is_loop(orig: SocketAddr, local: SocketAddr, own: &[SocketAddr]) -> bool {
+///
+/// After REDIRECT, a connection that was not redirected has `orig == local`. Under TPROXY the
+/// local address *is* the original destination, so only the listener ports can tell: a
+/// destination on one of them is refused unless the listener is bound to another address.
+pub fn is_loop(orig: SocketAddr, local: SocketAddr, own: &[SocketAddr], tproxy: bool) -> bool {
+    if tproxy {
+        return own.iter().any(|l| {
+            l.port() == orig.port()
+                && (l.ip().is_unspecified() || l.ip() == orig.ip() || orig.ip().is_loopback())
+        });
+    }
     if orig == local {
         return true;
     }
@@ -159,7 +169,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
         Ok(a) => a,
         Err(_) => return,
     };
-    if is_loop(orig, local, own) {
+    if is_loop(orig, local, own, state.config.transparent.tproxy) {
         outcome("loop");
         tracing::warn!(%peer, %orig, "transparent connection to modgate itself refused (loop)");
         return;
@@ -385,13 +395,31 @@ mod tests {
         let own = [a("0.0.0.0:3129"), a("127.0.0.1:3128"), a("127.0.0.1:9090")];
         let local = a("10.0.0.1:3129");
         // Not redirected at all: the original destination is the listener itself.
-        assert!(is_loop(local, local, &own));
+        assert!(is_loop(local, local, &own, false));
         // Redirected towards one of modgate's own ports on this host.
-        assert!(is_loop(a("10.0.0.1:3128"), local, &own));
-        assert!(is_loop(a("127.0.0.1:9090"), local, &own));
+        assert!(is_loop(a("10.0.0.1:3128"), local, &own, false));
+        assert!(is_loop(a("127.0.0.1:9090"), local, &own, false));
         // Ordinary redirected traffic.
-        assert!(!is_loop(a("93.184.216.34:443"), local, &own));
-        assert!(!is_loop(a("10.0.0.1:443"), local, &own));
-        assert!(!is_loop(a("10.0.0.2:3128"), local, &own));
+        assert!(!is_loop(a("93.184.216.34:443"), local, &own, false));
+        assert!(!is_loop(a("10.0.0.1:443"), local, &own, false));
+        assert!(!is_loop(a("10.0.0.2:3128"), local, &own, false));
+    }
+
+    #[test]
+    fn under_tproxy_the_local_address_is_the_destination() {
+        let own = [a("0.0.0.0:3129"), a("127.0.0.1:3128")];
+        let dest = a("93.184.216.34:443");
+        assert!(!is_loop(dest, dest, &own, true), "ordinary TPROXY traffic");
+        let direct = a("10.0.0.1:3129");
+        assert!(
+            is_loop(direct, direct, &own, true),
+            "straight to the listener"
+        );
+        assert!(is_loop(
+            a("127.0.0.1:3128"),
+            a("127.0.0.1:3128"),
+            &own,
+            true
+        ));
     }
 }
