@@ -43,11 +43,16 @@ struct Net {
 }
 
 impl Net {
-    fn new() -> Net {
+    /// `tproxy`: TPROXY rules (mangle table, policy routing) instead of REDIRECT.
+    fn new(tproxy: bool) -> Net {
         let ip = tool("ip");
         let ip = ip.to_str().unwrap();
         let iptables = tool("iptables");
-        let tag = std::process::id() % 100_000;
+        let tag = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            if tproxy { "t" } else { "r" }
+        );
         let net = Net {
             client: format!("mgc{tag}"),
             gw: format!("mgg{tag}"),
@@ -123,28 +128,66 @@ impl Net {
         ]);
 
         // The gateway: everything for ports 443 and 80 from the client side goes to modgate.
-        for port in ["443", "80"] {
-            run(&[
-                ip,
-                "netns",
-                "exec",
-                &net.gw,
-                iptables.to_str().unwrap(),
+        let iptables = iptables.to_str().unwrap();
+        let gw_exec = [ip, "netns", "exec", net.gw.as_str()];
+        if tproxy {
+            let rule = [
                 "-t",
-                "nat",
+                "mangle",
                 "-A",
                 "PREROUTING",
                 "-i",
                 &gc,
                 "-p",
                 "tcp",
-                "--dport",
-                port,
+                "-m",
+                "multiport",
+                "--dports",
+                "80,443",
                 "-j",
-                "REDIRECT",
-                "--to-ports",
+                "TPROXY",
+                "--on-port",
                 "3129",
+                "--tproxy-mark",
+                "0x1/0x1",
+            ];
+            run(&[&gw_exec[..], &[iptables], &rule[..]].concat());
+            run(&[
+                ip, "-n", &net.gw, "rule", "add", "fwmark", "0x1", "lookup", "100",
             ]);
+            run(&[
+                ip,
+                "-n",
+                &net.gw,
+                "route",
+                "add",
+                "local",
+                "0.0.0.0/0",
+                "dev",
+                "lo",
+                "table",
+                "100",
+            ]);
+        } else {
+            for port in ["443", "80"] {
+                let rule = [
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-i",
+                    &gc,
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    port,
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    "3129",
+                ];
+                run(&[&gw_exec[..], &[iptables], &rule[..]].concat());
+            }
         }
         // Public names, as the client and the gateway resolve them. The internal git host is
         // known to the gateway only.
@@ -227,7 +270,7 @@ impl Drop for GatewayProcess {
     }
 }
 
-fn start_gateway(net: &Net, dir: &Path, upstream_ca: &Path) -> GatewayProcess {
+fn start_gateway(net: &Net, dir: &Path, upstream_ca: &Path, tproxy: bool) -> GatewayProcess {
     let password = dir.join("git-password");
     std::fs::write(&password, format!("{}\n", crate::private::PASSWORD)).unwrap();
     let config = format!(
@@ -247,6 +290,7 @@ deny = ["blocked.example"]
 extra_ca_file = "{ca}"
 [transparent]
 listen = "0.0.0.0:3129"
+tproxy = {tproxy}
 no_sni = "deny"
 [[private.routes]]
 module = "git.corp.example/{{group}}/{{repo}}"
@@ -341,7 +385,7 @@ fn write_app(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
-    let net = Net::new();
+    let net = Net::new(false);
     let ca = TestCa::new();
     let work = tempfile::tempdir().unwrap();
 
@@ -390,7 +434,7 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
     )
     .await;
 
-    let gw = start_gateway(&net, work.path(), &ca.path);
+    let gw = start_gateway(&net, work.path(), &ca.path, false);
 
     // 1. The go command in the client namespace: no HTTPS_PROXY, no GOPROXY, no GOPRIVATE;
     // only modgate's CA trusted. GOSUMDB names the fixture database's key (as sum.golang.org);
@@ -615,4 +659,115 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
     )
     .await;
     assert_eq!(status, 200);
+}
+
+/// The same gateway behind TPROXY rules (no NAT; modgate's listener has IP_TRANSPARENT): an
+/// intercepted host gets modgate's certificate and module routing, a spliced host keeps its own,
+/// plain HTTP goes by Host, and a connection straight to the listener is refused as a loop.
+#[tokio::test(flavor = "multi_thread")]
+async fn tproxy_rules_give_the_same_policy() {
+    let net = Net::new(true);
+    let ca = TestCa::new();
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("goproxy");
+    crate::e2e::module_tree(&tree);
+    let (certs, key) = ca.leaf(&["proxy.golang.org"]);
+    let _proxy = Upstream::tls_on(
+        net.listen(&format!("{PROXY_IP}:443")),
+        certs,
+        key,
+        files_dir(tree.clone()),
+    )
+    .await;
+    let (splice_certs, key) = ca.leaf(&["splice.example"]);
+    let splice_leaf = splice_certs[0].clone();
+    let _splice = Upstream::tls_on(
+        net.listen(&format!("{SPLICE_IP}:443")),
+        splice_certs,
+        key,
+        fixed("spliced, untouched"),
+    )
+    .await;
+    let _plain = Upstream::plain_on(
+        net.listen(&format!("{SPLICE_IP}:80")),
+        fixed("plain HTTP by Host header"),
+    )
+    .await;
+    let gw = start_gateway(&net, work.path(), &ca.path, true);
+
+    let gw_roots = roots_from_pem(&std::fs::read_to_string(&gw.ca_pem).unwrap());
+    let tls = handshake(
+        &net,
+        PROXY_IP,
+        Some("proxy.golang.org"),
+        client_config(gw_roots),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "intercepted under TPROXY: {e}\n{}",
+            std::fs::read_to_string(&gw.log).unwrap_or_default()
+        )
+    });
+    let (status, _, body) = http_get(
+        tls,
+        "proxy.golang.org",
+        "/example.com/hello/@v/list",
+        Alpn::H1,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"v1.0.0\n");
+
+    let mut upstream_roots = rustls::RootCertStore::empty();
+    upstream_roots
+        .add(
+            rustls_pemfile::certs(&mut ca.pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+    let tls = handshake(
+        &net,
+        SPLICE_IP,
+        Some("splice.example"),
+        client_config(upstream_roots),
+    )
+    .await
+    .expect("spliced under TPROXY");
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], splice_leaf);
+    let (status, _, body) = http_get(tls, "splice.example", "/", Alpn::H1).await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"spliced, untouched");
+
+    let mut s = net.connect(&format!("{SPLICE_IP}:80"));
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: splice.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (code, _, body) = read_response(&mut s).await;
+    assert_eq!(code, 200);
+    assert_eq!(body, "plain HTTP by Host header");
+
+    let mut s = net.connect(&format!("{GW_IN}:3129"));
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut reply = vec![];
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        s.read_to_end(&mut reply),
+    )
+    .await;
+    assert!(reply.is_empty(), "a loop is closed without an answer");
+
+    let m = net.metrics();
+    for outcome in ["intercept", "splice", "http", "loop"] {
+        assert!(
+            metric(
+                &m,
+                "modgate_transparent_connections_total",
+                &[("outcome", outcome)]
+            ) >= 1.0,
+            "{outcome}\n{m}"
+        );
+    }
 }
