@@ -187,6 +187,7 @@ fn script() -> (Arc<Script>, Vec<u8>) {
     ]);
     assert!(zip.len() > 20_000_000);
     script.ok(&format!("/{M}/@v/{V}.mod"), gomod.clone());
+    script.ok(&format!("/{M}/@v/list"), format!("{V}\n"));
     script.ok(
         &format!("/{M}/@v/{V}.info"),
         format!("{{\"Version\":\"{V}\",\"Time\":\"2024-01-02T03:04:05Z\"}}"),
@@ -279,6 +280,27 @@ async fn two_replicas_one_bucket_make_one_upstream_fetch() {
     assert_eq!(count(&upstream.paths(), &zip_path), 1);
     c.metric_reaches("modgate_shared_cache_total", &[("event", "hit")], 1.0)
         .await;
+
+    // A mutable answer (the version list) fetched by one replica is fresh for the others too.
+    let list = format!("/{M}/@v/list");
+    let (st, _, body) = a.get("proxy.golang.org:443", &list, Alpn::H1).await;
+    assert_eq!((st, &body[..]), (http::StatusCode::OK, &b"v1.0.0\n"[..]));
+    // Wait until it is published (the replicas published 3 objects between them before).
+    for _ in 0..100 {
+        let published =
+            |m: &str| metric(m, "modgate_shared_cache_total", &[("event", "published")]);
+        if published(&a.metrics().await) + published(&b.metrics().await) >= 4.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (st, _, body) = b.get("proxy.golang.org:443", &list, Alpn::H1).await;
+    assert_eq!((st, &body[..]), (http::StatusCode::OK, &b"v1.0.0\n"[..]));
+    assert_eq!(
+        count(&upstream.paths(), &list),
+        1,
+        "the list came from the bucket"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -119,6 +119,10 @@ impl Drop for LockGuard {
     }
 }
 
+fn age(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or_default()
+}
+
 fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -266,8 +270,11 @@ impl SharedStore {
         loop {
             tokio::time::sleep(POLL).await;
             match self.store.head(&self.object(key)).await {
-                Ok(_) => break,
-                Err(object_store::Error::NotFound { .. }) => {}
+                // A stale mutable object is what the leader is replacing: keep waiting.
+                Ok(meta) if max_age.is_none_or(|ttl| age(meta.last_modified.into()) < ttl) => {
+                    break;
+                }
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(_) => return Claim::Alone,
             }
             let live =
@@ -304,10 +311,7 @@ impl SharedStore {
             .and_then(|v| v.as_ref().parse::<u64>().ok())
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
             .unwrap_or_else(|| res.meta.last_modified.into());
-        let age = SystemTime::now()
-            .duration_since(fetched)
-            .unwrap_or_default();
-        if max_age.is_some_and(|ttl| age >= ttl) {
+        if max_age.is_some_and(|ttl| age(fetched) >= ttl) {
             return Ok(false);
         }
         let mut pending = match cache.begin(key) {
