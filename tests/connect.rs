@@ -240,3 +240,20 @@ async fn plain_http_absolute_form_is_forwarded_under_policy() {
     assert_eq!(code, 403);
     assert!(body.contains("denied.test"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_sent_with_the_connect_head_reach_the_target() {
+    let ca = TestCa::new();
+    let gw = TestGateway::start(&ca, |_| {}).await;
+    let echo = echo_server().await;
+    let mut s = TcpStream::connect(gw.proxy).await.unwrap();
+    // The client does not wait for the 200: its first bytes arrive with the CONNECT head.
+    s.write_all(format!("CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\nearly bytes").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert_eq!(status(&head), 200, "{head}");
+    let mut buf = [0u8; 11];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"early bytes");
+}

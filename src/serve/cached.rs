@@ -121,7 +121,7 @@ pub async fn serve(
             && (spec.class == CacheClass::Immutable || f.age() < ttl)
         {
             ctx.cache = "hit";
-            return serve_found(f, spec.content, "hit", method).await;
+            return serve_found(&state.cache, f, spec.content, "hit", method).await;
         }
         let neg_key = format!("{}{NOT_FOUND_SUFFIX}", spec.key);
         if let Some(n) = state.cache.get(&neg_key)
@@ -148,7 +148,7 @@ pub async fn serve(
                         Some(stale) => {
                             ctx.cache = "stale";
                             tracing::warn!(key = %spec.key, error = %e, "serving stale entry: upstream failed");
-                            serve_found(stale, spec.content, "stale", method).await
+                            serve_found(&state.cache, stale, spec.content, "stale", method).await
                         }
                         None => Err(e),
                     },
@@ -158,7 +158,8 @@ pub async fn serve(
                 Some(FillOutcome::Committed) => {
                     if let Some(f) = state.cache.get(&spec.key) {
                         ctx.cache = "coalesced";
-                        return serve_found(&f, spec.content, "coalesced", method).await;
+                        return serve_found(&state.cache, &f, spec.content, "coalesced", method)
+                            .await;
                     }
                 }
                 Some(FillOutcome::NotFound { status, text }) => {
@@ -168,7 +169,8 @@ pub async fn serve(
                 Some(FillOutcome::Failed(msg)) => {
                     if let Some(stale) = &found {
                         ctx.cache = "stale";
-                        return serve_found(stale, spec.content, "stale", method).await;
+                        return serve_found(&state.cache, stale, spec.content, "stale", method)
+                            .await;
                     }
                     ctx.cache = "coalesced";
                     return Err(ServeError::UpstreamFailed(msg));
@@ -219,7 +221,8 @@ async fn lead(
                     state
                         .cache
                         .remove(&format!("{}{NOT_FOUND_SUFFIX}", spec.key));
-                    let result = serve_found(&found, spec.content, "miss", &Method::GET).await;
+                    let result =
+                        serve_found(&state.cache, &found, spec.content, "miss", &Method::GET).await;
                     let _ = reply.send(Led {
                         result,
                         waited: None,
@@ -623,6 +626,7 @@ fn set_headers(resp: &mut Response<Body>, content: Content, cache: &'static str,
 
 /// Serves a cached entry: small ones from memory, large ones streamed from the file.
 pub(crate) async fn serve_found(
+    disk: &crate::store::disk::DiskCache,
     found: &Found,
     content: Content,
     cache: &'static str,
@@ -630,13 +634,16 @@ pub(crate) async fn serve_found(
 ) -> Result<Response<Body>, ServeError> {
     let body: Body = if method == Method::HEAD {
         crate::body::empty()
+    } else if let Some(body) = disk.hot_body(found) {
+        Full::new(body).map_err(|never| match never {}).boxed()
     } else if found.len <= INLINE_MAX {
-        let data = tokio::fs::read(&found.path)
-            .await
-            .map_err(|e| ServeError::Internal(format!("reading cache entry: {e}")))?;
-        Full::new(Bytes::from(data))
-            .map_err(|never| match never {})
-            .boxed()
+        let data = Bytes::from(
+            tokio::fs::read(&found.path)
+                .await
+                .map_err(|e| ServeError::Internal(format!("reading cache entry: {e}")))?,
+        );
+        disk.keep_hot(found, data.clone());
+        Full::new(data).map_err(|never| match never {}).boxed()
     } else {
         let file = tokio::fs::File::open(&found.path)
             .await

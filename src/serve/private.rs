@@ -164,7 +164,7 @@ pub async fn serve(
     for _ in 0..3 {
         if let Some(found) = state.cache.get(f.key()) {
             ctx.cache = "hit";
-            return cached::serve_found(&found, f.content(), "hit", method).await;
+            return cached::serve_found(&state.cache, &found, f.content(), "hit", method).await;
         }
         match state.flights.join(f.key()) {
             Join::Leader(leader) => {
@@ -187,7 +187,8 @@ pub async fn serve(
                 let found = state.cache.get(f.key()).ok_or_else(|| {
                     ServeError::Internal("cache entry vanished after commit".into())
                 })?;
-                return cached::serve_found(&found, f.content(), "miss", method).await;
+                return cached::serve_found(&state.cache, &found, f.content(), "miss", method)
+                    .await;
             }
             Join::Follower(w) => match w.wait().await {
                 Some(FillOutcome::Committed) => continue,

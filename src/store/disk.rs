@@ -116,7 +116,14 @@ pub struct DiskCache {
     max_bytes: u64,
     index: Mutex<Index>,
     metrics: StoreMetrics,
+    /// Bodies of small, recently served entries, keyed by path and checked against the file's
+    /// length and modification time, so a hit needs no file read.
+    hot: moka::sync::Cache<PathBuf, (u64, SystemTime, bytes::Bytes)>,
 }
+
+/// Largest entry kept in memory, and the memory given to such entries.
+pub const HOT_ENTRY_MAX: u64 = 64 * 1024;
+const HOT_BYTES: u64 = 32 * 1024 * 1024;
 
 impl DiskCache {
     /// Opens (creating) the cache under `data_dir`, removes leftover temporary files, and
@@ -165,6 +172,12 @@ impl DiskCache {
             max_bytes,
             index: Mutex::new(index),
             metrics,
+            hot: moka::sync::Cache::builder()
+                .max_capacity(HOT_BYTES)
+                .weigher(|_, v: &(u64, SystemTime, bytes::Bytes)| {
+                    u32::try_from(v.2.len() + 128).unwrap_or(u32::MAX)
+                })
+                .build(),
         };
         cache.evict();
         cache.publish();
@@ -227,6 +240,24 @@ impl DiskCache {
                 self.publish();
                 None
             }
+        }
+    }
+
+    /// The body of a small entry if it is held in memory and still matches the file.
+    pub fn hot_body(&self, found: &Found) -> Option<bytes::Bytes> {
+        match self.hot.get(&found.path) {
+            Some((len, modified, body)) if len == found.len && modified == found.modified => {
+                Some(body)
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps the body of a small entry in memory.
+    pub fn keep_hot(&self, found: &Found, body: bytes::Bytes) {
+        if found.len <= HOT_ENTRY_MAX && body.len() as u64 == found.len {
+            self.hot
+                .insert(found.path.clone(), (found.len, found.modified, body));
         }
     }
 
