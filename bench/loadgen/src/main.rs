@@ -270,7 +270,15 @@ async fn read_head(s: &mut TcpStream) -> anyhow::Result<String> {
 
 async fn one(sender: &mut Sender, t: &Target, received: &AtomicU64) -> anyhow::Result<u64> {
     let req = http::Request::get(format!("https://{}:{}{}", t.host, t.port, t.path))
-        .header(http::header::HOST, &t.host)
+        // With the port unless it is 443 (RFC 9110 §7.2): squid builds the URL from Host.
+        .header(
+            http::header::HOST,
+            if t.port == 443 {
+                t.host.clone()
+            } else {
+                format!("{}:{}", t.host, t.port)
+            },
+        )
         .body(Empty::new())?;
     let resp = match sender {
         Sender::H1(s) => {
@@ -610,17 +618,27 @@ fn not_found() -> http::Response<ServeBody> {
 // === certs, mkzip ===
 
 fn certs(dir: &Path) -> anyhow::Result<()> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     std::fs::create_dir_all(dir)?;
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // Distinct subject names: with rcgen's default name on both, OpenSSL clients (squid,
+    // mitmproxy) take the leaf for a self-signed certificate and refuse it.
+    ca.distinguished_name
+        .push(DnType::CommonName, "loadgen test CA");
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?
-        .signed_by(&key, &issuer)?;
+    let mut leaf_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf = leaf_params.signed_by(&key, &issuer)?;
     std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
     std::fs::write(dir.join("cert.pem"), leaf.pem())?;
     std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
