@@ -269,21 +269,21 @@ async fn read_head(s: &mut TcpStream) -> anyhow::Result<String> {
 }
 
 async fn one(sender: &mut Sender, t: &Target, received: &AtomicU64) -> anyhow::Result<u64> {
-    let req = http::Request::get(format!("https://{}:{}{}", t.host, t.port, t.path))
-        // With the port unless it is 443 (RFC 9110 §7.2): squid builds the URL from Host.
-        .header(
-            http::header::HOST,
-            if t.port == 443 {
-                t.host.clone()
-            } else {
-                format!("{}:{}", t.host, t.port)
-            },
-        )
-        .body(Empty::new())?;
+    let req =
+        http::Request::get(format!("https://{}:{}{}", t.host, t.port, t.path)).body(Empty::new())?;
     let resp = match sender {
         Sender::H1(s) => {
             let mut req = req;
             *req.uri_mut() = t.path.parse()?;
+            // With the port unless it is 443 (RFC 9110 §7.2): squid builds the URL from Host.
+            // Only on HTTP/1.1: h2 carries :authority, and nginx answers 400 to both.
+            let host = if t.port == 443 {
+                t.host.clone()
+            } else {
+                format!("{}:{}", t.host, t.port)
+            };
+            req.headers_mut()
+                .insert(http::header::HOST, http::HeaderValue::try_from(host)?);
             s.ready().await?;
             s.send_request(req).await?
         }
