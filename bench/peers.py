@@ -456,11 +456,16 @@ def main():
     b = Bench(a)
     load = open("/proc/loadavg").read().split()[:3]
     log(f"load average before: {' '.join(load)}; work dir {b.work}")
+    if float(load[0]) > 1.5:
+        log("warning: the machine is busy (1-minute load above 1.5); ratios will be noisy")
     try:
         b.setup()
         for letter in a.only.split(","):
             log(f"scenario {letter}")
             getattr(b, f"scenario_{letter.strip()}")()
+        mg = b.peers.get("modgate") if hasattr(b, "peers") else None
+        if mg:
+            b.notes.append(f"main modgate instance (scenarios a-e): VmHWM {pp.status_kib(mg.pid, 'VmHWM') / 1024:.1f} MiB")
     finally:
         b.procs.stop()
         cleanup(b.work)
@@ -470,6 +475,8 @@ def main():
           f"{elapsed / 60:.1f} min; load average before {' '.join(load)}, after {' '.join(load_after)} -->")
     print("<!-- " + "; ".join(f"{k}: {v}" for k, v in pp.versions().items()) + " -->\n")
     print(b.report(started, elapsed))
+    for note in b.notes:
+        print(f"\n{note}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": vars(a), "load_before": load, "load_after": load_after, "minutes": elapsed / 60, "versions": pp.versions(), "rows": b.rows}, f, indent=1)
