@@ -60,6 +60,18 @@ def drain(p):
     threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
 
 
+def cpu_busy(interval=0.5):
+    """Fraction of all CPU time used (by anything) over `interval` seconds, from /proc/stat."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+    t0, i0 = snap()
+    time.sleep(interval)
+    t1, i1 = snap()
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
 def loadgen_run(args):
     out = subprocess.run([LOADGEN, "run"] + args, capture_output=True, text=True)
     if out.returncode != 0:
@@ -77,6 +89,23 @@ class Bench:
         self.procs = Procs()
         self.rows = []  # one per (scenario, target): dict with medians and all runs
         self.notes = []
+        self.waited = [0, 0.0, 0]  # rounds that waited, seconds waited, rounds started busy anyway
+
+    def wait_quiet(self):
+        """Before a round: waits (up to --quiet-wait seconds) until the machine is idle, since
+        another process's compile on the same cores would skew one target against another."""
+        if self.a.quiet_wait <= 0:
+            return
+        t0 = time.time()
+        while cpu_busy() > 0.2:
+            if time.time() - t0 > self.a.quiet_wait:
+                self.waited[2] += 1
+                log(f"  machine still busy after {self.a.quiet_wait}s; measuring anyway")
+                return
+            time.sleep(2)
+        if time.time() - t0 > 1:
+            self.waited[0] += 1
+            self.waited[1] += time.time() - t0
 
     # === fixtures ===
 
@@ -163,6 +192,7 @@ extra_ca_file = "{self.up_ca}"
         runs = {t: [] for t in targets}
         peaks = {t: 0.0 for t in targets}
         for r in range(self.a.repeat):
+            self.wait_quiet()
             for t in targets:
                 cache_mode = mode if not (mode == "cache" and t in LIMITS) else "intercept"
                 base, conn, pid = self.client_args(t, cache_mode)
@@ -202,7 +232,7 @@ extra_ca_file = "{self.up_ca}"
     def scenario_b(self):
         for c in (1, 8):
             self.measure(f"b-c{c}", f"b. intercepted {self.a.zip_mb} MB zip GET, c={c}", "MB/s", "mb_per_s",
-                         INTERCEPTING + LIMITS, "intercept", ["/" + self.zip_rel], ["--concurrency", str(c)], self.a.seconds * 2)
+                         INTERCEPTING + LIMITS, "intercept", ["/" + self.zip_rel], ["--concurrency", str(c)], self.a.seconds)
 
     def scenario_c(self):
         self.measure("c", "c. new connection + TLS handshake per 1 KB GET, c=8", "conn/s", "rps",
@@ -211,7 +241,7 @@ extra_ca_file = "{self.up_ca}"
     def scenario_d(self):
         for c in (1, 8):
             self.measure(f"d-tput-c{c}", f"d. blind tunnel, {self.a.zip_mb} MB zip GET, c={c}", "MB/s", "mb_per_s",
-                         TUNNELLING + ["direct"], "tunnel", ["/" + self.zip_rel], ["--concurrency", str(c)], self.a.seconds * 2)
+                         TUNNELLING + ["direct"], "tunnel", ["/" + self.zip_rel], ["--concurrency", str(c)], self.a.seconds)
         self.measure("d-conn", "d. new tunnel + TLS + 1 KB GET per request, c=8", "conn/s", "rps",
                      TUNNELLING + ["direct"], "tunnel", ["/small.bin"], ["--concurrency", "8", "--new-conn"], self.a.seconds)
         self.measure("d-connect", "d. CONNECT only (answered 200, closed), c=8", "conn/s", "rps",
@@ -227,7 +257,7 @@ extra_ca_file = "{self.up_ca}"
             self.measure(f"e-small-{'h2' if h2 else 'h1'}", f"e. cache hit .mod/.info, c=16, {proto}", "req/s", "rps",
                          ["modgate", "nginx", "direct"], "cache", small, ["--concurrency", "16"] + (["--h2"] if h2 else []), self.a.seconds)
         self.measure("e-zip", f"e. cache hit {self.a.zip_mb} MB zip, c=1", "MB/s", "mb_per_s",
-                     ["modgate", "nginx", "direct"], "cache", ["/" + self.zip_rel], ["--concurrency", "1"], self.a.seconds * 2)
+                     ["modgate", "nginx", "direct"], "cache", ["/" + self.zip_rel], ["--concurrency", "1"], self.a.seconds)
 
     # === memory ===
 
@@ -240,6 +270,7 @@ extra_ca_file = "{self.up_ca}"
             for name in names:
                 vals = []
                 for r in range(a.repeat):
+                    self.wait_quiet()
                     procs, peer = self.start_fresh(name, os.path.join(self.work, f"{sid}-{name}-{r}"))
                     try:
                         base, conn, pid = self.client_args(name, mode, peer)
@@ -268,6 +299,7 @@ extra_ca_file = "{self.up_ca}"
         for name in INTERCEPTING + ["direct"]:
             vals = []
             for r in range(a.repeat):
+                self.wait_quiet()
                 if name == "direct":
                     procs, peer = None, None
                 else:
@@ -333,6 +365,7 @@ extra_ca_file = "{self.up_ca}"
         results = {"modgate cold": [], "modgate warm": [], "file://": [], "direct": []}
         sums = set()
         for r in range(a.repeat):
+            self.wait_quiet()
             procs, mg = self.start_fresh("modgate", os.path.join(self.work, f"g-modgate-{r}"))
             try:
                 via = {"GOPROXY": "https://proxy.golang.org", "HTTPS_PROXY": f"http://{mg.addr}", "SSL_CERT_FILE": mg.ca}
@@ -434,7 +467,7 @@ extra_ca_file = "{self.up_ca}"
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="short version of every scenario (< 5 minutes)")
-    ap.add_argument("--seconds", type=int, default=5, help="per run (zip runs take twice this)")
+    ap.add_argument("--seconds", type=int, default=5, help="per run")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--zip-mb", type=int, default=100)
     ap.add_argument("--idle", type=int, default=1000, help="idle connections held in scenario f")
@@ -443,9 +476,10 @@ def main():
     ap.add_argument("--only", default="a,b,c,d,e,f,g", help="comma-separated scenario letters")
     ap.add_argument("--json", default=None, help="write every row (with all runs) here")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--quiet-wait", type=int, default=90, help="wait up to this many seconds for an idle machine before each round (0: never)")
     a = ap.parse_args()
     if a.smoke:
-        a.seconds, a.repeat, a.zip_mb, a.idle = 1, 1, min(a.zip_mb, 20), min(a.idle, 1000)
+        a.seconds, a.repeat, a.zip_mb, a.quiet_wait = 1, 1, min(a.zip_mb, 20), 0
     started = time.time()
     if not a.no_build:
         log("building release modgate and loadgen")
@@ -463,6 +497,7 @@ def main():
         for letter in a.only.split(","):
             log(f"scenario {letter}")
             getattr(b, f"scenario_{letter.strip()}")()
+        b.notes.append(f"rounds that waited for an idle machine: {b.waited[0]} ({b.waited[1]:.0f} s in all); rounds measured while still busy: {b.waited[2]}")
         mg = b.peers.get("modgate") if hasattr(b, "peers") else None
         if mg:
             b.notes.append(f"main modgate instance (scenarios a-e): VmHWM {pp.status_kib(mg.pid, 'VmHWM') / 1024:.1f} MiB")
