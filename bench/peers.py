@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -478,6 +479,8 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--quiet-wait", type=int, default=90, help="wait up to this many seconds for an idle machine before each round (0: never)")
     a = ap.parse_args()
+    # SIGTERM unwinds like ctrl-c, so every peer started so far is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.smoke:
         a.seconds, a.repeat, a.zip_mb, a.quiet_wait = 1, 1, min(a.zip_mb, 20), 0
     started = time.time()
