@@ -412,6 +412,8 @@ extra_ca_file = "{self.up_ca}"
             if mg and not row["target"].startswith("modgate") and row["value"] and isinstance(row["value"], (int, float)):
                 ratio = f"{mg['value'] / row['value']:.2f}x" + (f" ({mine.split()[1]})" if row["id"] == "g" else "")
             lat = f"{row['p50_ms']} / {row['p99_ms']}" if row.get("p50_ms") != "" else ""
+            if row.get("requests") == 0:
+                lat = "none completed"
             extra = ""
             if "mb_per_s" in row:
                 extra = f" ({row['mb_per_s']} MB/s)"
@@ -477,8 +479,18 @@ def main():
     ap.add_argument("--only", default="a,b,c,d,e,f,g", help="comma-separated scenario letters")
     ap.add_argument("--json", default=None, help="write every row (with all runs) here")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's --json file and exit")
     ap.add_argument("--quiet-wait", type=int, default=90, help="wait up to this many seconds for an idle machine before each round (0: never)")
     a = ap.parse_args()
+    if a.render:
+        with open(a.render) as f:
+            saved = json.load(f)
+        b = Bench.__new__(Bench)
+        b.a, b.rows = argparse.Namespace(**saved["args"]), saved["rows"]
+        print(b.report(None, None))
+        for note in saved.get("notes", []):
+            print(f"\n{note}")
+        return
     # SIGTERM unwinds like ctrl-c, so every peer started so far is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.smoke:
@@ -517,7 +529,7 @@ def main():
         print(f"\n{note}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"args": vars(a), "load_before": load, "load_after": load_after, "minutes": elapsed / 60, "versions": pp.versions(), "rows": b.rows}, f, indent=1)
+            json.dump({"args": vars(a), "notes": b.notes, "load_before": load, "load_after": load_after, "minutes": elapsed / 60, "versions": pp.versions(), "rows": b.rows}, f, indent=1)
 
 
 if __name__ == "__main__":
