@@ -3,14 +3,20 @@
 //! - `run`: fixed concurrency, fixed duration (or request count), keep-alive or a new
 //!   connection + TLS handshake per request, HTTP/1.1 or h2, optionally through an HTTP CONNECT
 //!   proxy, trusting extra roots; prints one JSON line with throughput and latency percentiles.
-//! - `serve`: a static HTTPS file server (h1 and h2) — the "direct upstream" limit.
+//!   In duration mode the run ends at the deadline: requests still in flight are abandoned and
+//!   MB/s counts the body bytes received before it (so one slow 100 MB download cannot stretch
+//!   a run). `--connect-only` measures CONNECT alone (proxy answers 200, connection closed).
+//! - `idle`: opens N connections (each completes one request), prints one JSON line once all
+//!   are open, then holds them idle for a while — the idle-tunnel memory scenario.
+//! - `serve`: a static HTTPS file server (h1 and h2) — the "direct upstream" limit. Files up to
+//!   1 MiB are read whole; larger ones are streamed from disk with a Content-Length.
 //! - `certs`: a CA and a 127.0.0.1/localhost server certificate for `serve`.
 //! - `mkzip`: a valid module zip of a given size (stored, incompressible content).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -32,6 +38,8 @@ struct Cli {
 enum Cmd {
     /// Generate load and print a JSON summary.
     Run(RunArgs),
+    /// Open connections, one request each, then hold them idle.
+    Idle(IdleArgs),
     /// Serve a directory over HTTPS on 127.0.0.1; prints the address.
     Serve {
         #[arg(long)]
@@ -86,9 +94,33 @@ struct RunArgs {
     /// Open a new connection (and TLS handshake) for every request.
     #[arg(long)]
     new_conn: bool,
+    /// Only CONNECT through the proxy (needs --proxy): each "request" is a new connection that
+    /// is closed as soon as the proxy answers 200.
+    #[arg(long)]
+    connect_only: bool,
     /// A label copied into the output.
     #[arg(long, default_value = "")]
     label: String,
+}
+
+#[derive(Parser, Clone)]
+struct IdleArgs {
+    /// The https:// URL requested once on each connection.
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    proxy: Option<String>,
+    #[arg(long)]
+    ca: Vec<PathBuf>,
+    /// Connections to open and hold.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 32)]
+    parallel: usize,
+    /// How long to hold them once all are open.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    hold: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -106,6 +138,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Run(args) => run(args).await,
+        Cmd::Idle(args) => idle(args).await,
         Cmd::Serve {
             dir,
             cert,
@@ -174,24 +207,12 @@ enum Sender {
 
 async fn open(
     t: &Target,
-    args: &RunArgs,
+    proxy: Option<&str>,
+    h2: bool,
     tls: &Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<Sender> {
-    let tcp = match &args.proxy {
-        Some(p) => {
-            let mut s = TcpStream::connect(p).await?;
-            s.set_nodelay(true)?;
-            let authority = format!("{}:{}", t.host, t.port);
-            s.write_all(
-                format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
-            )
-            .await?;
-            let head = read_head(&mut s).await?;
-            if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-                bail!("CONNECT refused: {}", head.lines().next().unwrap_or(""));
-            }
-            s
-        }
+    let tcp = match proxy {
+        Some(p) => connect_via(p, t).await?,
         None => {
             let s = TcpStream::connect((t.host.as_str(), t.port)).await?;
             s.set_nodelay(true)?;
@@ -202,7 +223,21 @@ async fn open(
     let io = tokio_rustls::TlsConnector::from(tls.clone())
         .connect(name, tcp)
         .await?;
-    handshake(io, args.h2).await
+    handshake(io, h2).await
+}
+
+/// A TCP connection to `proxy` on which CONNECT to `t` has been answered 200.
+async fn connect_via(proxy: &str, t: &Target) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect(proxy).await?;
+    s.set_nodelay(true)?;
+    let authority = format!("{}:{}", t.host, t.port);
+    s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await?;
+    let head = read_head(&mut s).await?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("CONNECT refused: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(s)
 }
 
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -233,14 +268,22 @@ async fn read_head(s: &mut TcpStream) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-async fn one(sender: &mut Sender, t: &Target) -> anyhow::Result<u64> {
-    let req = http::Request::get(format!("https://{}:{}{}", t.host, t.port, t.path))
-        .header(http::header::HOST, &t.host)
-        .body(Empty::new())?;
+async fn one(sender: &mut Sender, t: &Target, received: &AtomicU64) -> anyhow::Result<u64> {
+    let req =
+        http::Request::get(format!("https://{}:{}{}", t.host, t.port, t.path)).body(Empty::new())?;
     let resp = match sender {
         Sender::H1(s) => {
             let mut req = req;
             *req.uri_mut() = t.path.parse()?;
+            // With the port unless it is 443 (RFC 9110 §7.2): squid builds the URL from Host.
+            // Only on HTTP/1.1: h2 carries :authority, and nginx answers 400 to both.
+            let host = if t.port == 443 {
+                t.host.clone()
+            } else {
+                format!("{}:{}", t.host, t.port)
+            };
+            req.headers_mut()
+                .insert(http::header::HOST, http::HeaderValue::try_from(host)?);
             s.ready().await?;
             s.send_request(req).await?
         }
@@ -257,9 +300,44 @@ async fn one(sender: &mut Sender, t: &Target) -> anyhow::Result<u64> {
     while let Some(frame) = body.frame().await {
         if let Ok(d) = frame?.into_data() {
             n += d.len() as u64;
+            received.fetch_add(d.len() as u64, Ordering::Relaxed);
         }
     }
     Ok(n)
+}
+
+/// One request on worker's connection (opening one first if needed): body bytes, or the error
+/// and whether it came from opening the connection.
+async fn step(
+    sender: &mut Option<Sender>,
+    t: &Target,
+    args: &RunArgs,
+    tls: &Arc<rustls::ClientConfig>,
+    received: &AtomicU64,
+) -> Result<u64, (&'static str, anyhow::Error)> {
+    if args.connect_only {
+        let proxy = args
+            .proxy
+            .as_deref()
+            .ok_or_else(|| ("connect", anyhow::anyhow!("--connect-only needs --proxy")))?;
+        connect_via(proxy, t).await.map_err(|e| ("connect", e))?;
+        return Ok(0);
+    }
+    if sender.is_none() || args.new_conn {
+        *sender = Some(
+            open(t, args.proxy.as_deref(), args.h2, tls)
+                .await
+                .map_err(|e| ("connect", e))?,
+        );
+    }
+    let s = sender.as_mut().expect("opened above");
+    match one(s, t, received).await {
+        Ok(n) => Ok(n),
+        Err(e) => {
+            *sender = None;
+            Err(("request", e))
+        }
+    }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -270,26 +348,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?,
     );
     let tls = tls_config(&args.ca, args.h2)?;
-    let stop = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let issued = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = vec![];
     for w in 0..args.concurrency {
-        let (targets, tls, stop, issued, args) = (
+        let (targets, tls, mut stop_rx, issued, received, args) = (
             targets.clone(),
             tls.clone(),
-            stop.clone(),
+            stop_rx.clone(),
             issued.clone(),
+            received.clone(),
             args.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut hist =
                 hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
-            let (mut bytes, mut errors) = (0u64, 0u64);
+            let mut errors = 0u64;
             let mut sender: Option<Sender> = None;
             let mut i = w;
             loop {
-                if stop.load(Ordering::Relaxed) {
+                if *stop_rx.borrow() {
                     break;
                 }
                 if let Some(max) = args.requests
@@ -300,49 +380,53 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let t = &targets[i % targets.len()];
                 i += 1;
                 let t0 = Instant::now();
-                if sender.is_none() || args.new_conn {
-                    match open(t, &args, &tls).await {
-                        Ok(s) => sender = Some(s),
-                        Err(e) => {
-                            errors += 1;
-                            if errors < 3 {
-                                eprintln!("connect: {e:#}");
-                            }
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    }
-                }
-                match one(sender.as_mut().unwrap(), t).await {
-                    Ok(n) => {
-                        bytes += n;
+                let result = tokio::select! {
+                    biased;
+                    _ = stop_rx.wait_for(|stop| *stop) => break,
+                    r = step(&mut sender, t, &args, &tls, &received) => r,
+                };
+                match result {
+                    Ok(_) => {
                         hist.record(t0.elapsed().as_micros().max(1) as u64).ok();
                     }
-                    Err(e) => {
+                    Err((stage, e)) => {
                         errors += 1;
                         if errors < 3 {
-                            eprintln!("request: {e:#}");
+                            eprintln!("{stage}: {e:#}");
                         }
-                        sender = None;
+                        if stage == "connect" {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                     }
                 }
             }
-            (hist, bytes, errors)
+            (hist, errors)
         }));
     }
+    // In duration mode, throughput is what arrived before the deadline; in-flight requests are
+    // abandoned (their latency is not recorded).
+    let mut cut: Option<(u64, f64)> = None;
     if args.requests.is_none() {
         tokio::time::sleep(args.duration).await;
-        stop.store(true, Ordering::Relaxed);
+        cut = Some((
+            received.load(Ordering::Relaxed),
+            start.elapsed().as_secs_f64(),
+        ));
+        let _ = stop_tx.send(true);
     }
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let (mut bytes, mut errors) = (0u64, 0u64);
+    let mut errors = 0u64;
     for t in tasks {
-        let (h, b, e) = t.await?;
+        let (h, e) = t.await?;
         hist.add(h)?;
-        bytes += b;
         errors += e;
     }
-    let secs = start.elapsed().as_secs_f64();
+    let (bytes, secs) = cut.unwrap_or_else(|| {
+        (
+            received.load(Ordering::Relaxed),
+            start.elapsed().as_secs_f64(),
+        )
+    });
     let out = serde_json::json!({
         "label": args.label,
         "requests": hist.len(),
@@ -355,6 +439,56 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "bytes": bytes,
     });
     println!("{out}");
+    Ok(())
+}
+
+// === idle ===
+
+async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    let t = Arc::new(parse_url(&args.url)?);
+    let tls = tls_config(&args.ca, false)?;
+    let start = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(args.parallel.max(1)));
+    let received = Arc::new(AtomicU64::new(0));
+    let mut tasks = vec![];
+    for _ in 0..args.count {
+        let (t, tls, gate, received, proxy) = (
+            t.clone(),
+            tls.clone(),
+            gate.clone(),
+            received.clone(),
+            args.proxy.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let mut s = open(&t, proxy.as_deref(), false, &tls).await?;
+            one(&mut s, &t, &received).await?;
+            anyhow::Ok(s)
+        }));
+    }
+    let mut held = vec![];
+    let mut errors = 0u64;
+    for task in tasks {
+        match task.await? {
+            Ok(s) => held.push(s),
+            Err(e) => {
+                errors += 1;
+                if errors < 3 {
+                    eprintln!("idle: {e:#}");
+                }
+            }
+        }
+    }
+    let out = serde_json::json!({
+        "open": held.len(),
+        "errors": errors,
+        "open_seconds": (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+    });
+    println!("{out}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    tokio::time::sleep(args.hold).await;
+    drop(held);
     Ok(())
 }
 
@@ -392,10 +526,7 @@ async fn serve(dir: PathBuf, cert: PathBuf, key: PathBuf, addr: SocketAddr) -> a
                         let rel = path.trim_start_matches('/');
                         let safe = !rel.split('/').any(|c| c == ".." || c.is_empty());
                         let resp = match safe.then(|| dir.join(rel)) {
-                            Some(p) => match tokio::fs::read(&p).await {
-                                Ok(data) => http::Response::new(Full::new(Bytes::from(data))),
-                                Err(_) => not_found(),
-                            },
+                            Some(p) => file_response(&p).await.unwrap_or_else(|_| not_found()),
                             None => not_found(),
                         };
                         Ok::<_, std::convert::Infallible>(resp)
@@ -408,8 +539,78 @@ async fn serve(dir: PathBuf, cert: PathBuf, key: PathBuf, addr: SocketAddr) -> a
     }
 }
 
-fn not_found() -> http::Response<Full<Bytes>> {
-    let mut r = http::Response::new(Full::new(Bytes::from_static(b"not found")));
+type ServeBody = http_body_util::Either<Full<Bytes>, FileBody>;
+
+/// Small files are read whole; larger ones stream from disk (memory does not grow with size).
+async fn file_response(p: &Path) -> std::io::Result<http::Response<ServeBody>> {
+    let file = tokio::fs::File::open(p).await?;
+    let meta = file.metadata().await?;
+    if !meta.is_file() {
+        return Err(std::io::ErrorKind::NotFound.into());
+    }
+    if meta.len() <= 1 << 20 {
+        let data = tokio::fs::read(p).await?;
+        return Ok(http::Response::new(http_body_util::Either::Left(
+            Full::new(Bytes::from(data)),
+        )));
+    }
+    Ok(http::Response::new(http_body_util::Either::Right(
+        FileBody {
+            file,
+            left: meta.len(),
+        },
+    )))
+}
+
+/// A file body of known length, read in chunks as the connection takes them.
+struct FileBody {
+    file: tokio::fs::File,
+    left: u64,
+}
+
+impl hyper::body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.left == 0 {
+            return Poll::Ready(None);
+        }
+        let mut buf = vec![0u8; this.left.min(256 << 10) as usize];
+        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+        match std::pin::Pin::new(&mut this.file).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Some(Err(std::io::ErrorKind::UnexpectedEof.into())));
+                }
+                this.left -= n as u64;
+                buf.truncate(n);
+                Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(buf)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
+}
+
+fn not_found() -> http::Response<ServeBody> {
+    let mut r = http::Response::new(http_body_util::Either::Left(Full::new(Bytes::from_static(
+        b"not found",
+    ))));
     *r.status_mut() = http::StatusCode::NOT_FOUND;
     r
 }
@@ -417,17 +618,27 @@ fn not_found() -> http::Response<Full<Bytes>> {
 // === certs, mkzip ===
 
 fn certs(dir: &Path) -> anyhow::Result<()> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     std::fs::create_dir_all(dir)?;
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // Distinct subject names: with rcgen's default name on both, OpenSSL clients (squid,
+    // mitmproxy) take the leaf for a self-signed certificate and refuse it.
+    ca.distinguished_name
+        .push(DnType::CommonName, "loadgen test CA");
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?
-        .signed_by(&key, &issuer)?;
+    let mut leaf_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf = leaf_params.signed_by(&key, &issuer)?;
     std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
     std::fs::write(dir.join("cert.pem"), leaf.pem())?;
     std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
