@@ -412,8 +412,8 @@ extra_ca_file = "{self.up_ca}"
             if mg and not row["target"].startswith("modgate") and row["value"] and isinstance(row["value"], (int, float)):
                 ratio = f"{mg['value'] / row['value']:.2f}x" + (f" ({mine.split()[1]})" if row["id"] == "g" else "")
             lat = f"{row['p50_ms']} / {row['p99_ms']}" if row.get("p50_ms") != "" else ""
-            if row.get("requests") == 0:
-                lat = "none completed"
+            if row.get("requests") == 0 or row.get("p50_ms") == 0:
+                lat = "none completed (median run)"
             extra = ""
             if "mb_per_s" in row:
                 extra = f" ({row['mb_per_s']} MB/s)"
@@ -426,6 +426,51 @@ extra_ca_file = "{self.up_ca}"
         for name, need, got, ok in self.targets():
             out.append(f"| {name} | {need} | {got} | {'met' if ok else 'MISSED'} |")
         return "\n".join(out)
+
+    def compact(self):
+        """One row per scenario, one column per target: value, and modgate ÷ target in brackets;
+        then p50/p99 latencies of the request scenarios the same way."""
+        cols = ["modgate", "squid-bump", "mitmdump", "squid", "tinyproxy", "direct", "nginx"]
+        out = ["| scenario | unit | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+        lat = ["| scenario | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        seen = []
+        for row in self.rows:
+            if row["id"] not in seen and row["id"] != "g":
+                seen.append(row["id"])
+        for sid in seen:
+            rows = {r["target"]: r for r in self.rows if r["id"] == sid}
+            first = next(iter(rows.values()))
+            mg = rows.get("modgate")
+            cells, lcells = [], []
+            for c in cols:
+                r = rows.get(c)
+                if not r:
+                    cells.append("")
+                    lcells.append("")
+                    continue
+                v = r["value"]
+                cell = f"{v:g}" if isinstance(v, (int, float)) else str(v)
+                if mg and c != "modgate" and isinstance(v, (int, float)) and v:
+                    cell += f" ({mg['value'] / v:.2f}x)"
+                if r.get("errors"):
+                    cell += f" [{r['errors']} errors]"
+                cells.append(cell)
+                if r.get("p50_ms") not in ("", None):
+                    lcells.append("none completed" if r.get("requests") == 0 or r["p50_ms"] == 0 else f"{r['p50_ms']:g} / {r['p99_ms']:g}")
+                else:
+                    lcells.append("")
+            out.append(f"| {first['scenario'][3:]} | {first['unit']} | " + " | ".join(cells) + " |")
+            if any(lcells) and first["unit"] in ("req/s", "conn/s", "MB/s", "MiB peak RSS"):
+                lat.append(f"| {first['scenario'][3:]} | " + " | ".join(lcells) + " |")
+        g = {r["target"]: r for r in self.rows if r["id"] == "g"}
+        gout = []
+        if g:
+            gout = [f"| {next(iter(g.values()))['scenario'][3:]} | median s | runs |", "|---|---|---|"]
+            for t, r in g.items():
+                ref = {"direct": "modgate cold", "file://": "modgate warm"}.get(t)
+                extra = f" ({ref} ÷ this: {g[ref]['value'] / r['value']:.2f}x)" if ref in g and r["value"] else ""
+                gout.append(f"| {t} | {r['value']}{extra} | {', '.join(str(v) for v in r['runs'])} |")
+        return "\n".join(out + [""] + lat + [""] + gout)
 
     def targets(self):
         """(target, requirement, measured, met) for every ratio the issue sets."""
@@ -480,6 +525,7 @@ def main():
     ap.add_argument("--json", default=None, help="write every row (with all runs) here")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's --json file and exit")
+    ap.add_argument("--compact", action="store_true", help="with --render: one row per scenario, one column per target")
     ap.add_argument("--quiet-wait", type=int, default=90, help="wait up to this many seconds for an idle machine before each round (0: never)")
     a = ap.parse_args()
     if a.render:
@@ -487,7 +533,7 @@ def main():
             saved = json.load(f)
         b = Bench.__new__(Bench)
         b.a, b.rows = argparse.Namespace(**saved["args"]), saved["rows"]
-        print(b.report(None, None))
+        print(b.compact() if a.compact else b.report(None, None))
         for note in saved.get("notes", []):
             print(f"\n{note}")
         return
