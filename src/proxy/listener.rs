@@ -261,7 +261,7 @@ async fn connect(
             state.tasks.spawn(async move {
                 let _permit = permit;
                 match hyper::upgrade::on(req).await {
-                    Ok(upgraded) => tunnel::run_upgraded(upgraded, target, metrics).await,
+                    Ok(upgraded) => tunnel::run(TokioIo::new(upgraded), target, metrics).await,
                     Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
                 }
             });

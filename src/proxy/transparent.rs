@@ -269,7 +269,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
                 .tunnel_bytes
                 .with_label_values(&["upstream"])
                 .inc_by(prefix.len() as u64);
-            tunnel::run_tcp(stream, target, state.metrics.clone()).await;
+            tunnel::run(stream, target, state.metrics.clone()).await;
         }
     }
 }

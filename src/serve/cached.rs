@@ -648,7 +648,8 @@ pub(crate) async fn serve_found(
         let file = tokio::fs::File::open(&found.path)
             .await
             .map_err(|e| ServeError::Internal(format!("reading cache entry: {e}")))?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+        // Large reads: each one is a hop to the blocking pool.
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 512 * 1024);
         StreamBody::new(futures_util::StreamExt::map(stream, |r| {
             r.map(Frame::data).map_err(|e| Box::new(e) as BoxError)
         }))
