@@ -20,6 +20,29 @@ use crate::serve::respond::text;
 
 /// Accepts connections until shutdown.
 pub async fn run(listener: TcpListener, state: Arc<State>) {
+    accept_loop(
+        listener,
+        state,
+        "proxy",
+        |stream, peer, state, permit| async move {
+            serve_client(stream, peer, state, Arc::new(permit)).await
+        },
+    )
+    .await
+}
+
+/// Accepts connections until shutdown, each holding one `proxy.max_connections` permit while
+/// `serve` runs. A connection over the limit is counted and, on the proxy listener, answered 503
+/// (a redirected connection is just closed: its protocol is not known yet).
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    state: Arc<State>,
+    name: &'static str,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Arc<State>, tokio::sync::OwnedSemaphorePermit) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             _ = state.shutdown.cancelled() => break,
@@ -30,12 +53,9 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
                 let _ = stream.set_nodelay(true);
                 match state.conn_limit.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        state.tasks.spawn(serve_client(
-                            stream,
-                            peer,
-                            state.clone(),
-                            Arc::new(permit),
-                        ));
+                        state
+                            .tasks
+                            .spawn(serve(stream, peer, state.clone(), permit));
                     }
                     Err(_) => {
                         state
@@ -43,13 +63,15 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
                             .limit_hits
                             .with_label_values(&["connections"])
                             .inc();
-                        tokio::spawn(refuse_busy(stream));
+                        if name == "proxy" {
+                            tokio::spawn(refuse_busy(stream));
+                        }
                     }
                 }
             }
             Err(e) => {
                 // Typically EMFILE: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(listener = name, error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }

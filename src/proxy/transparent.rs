@@ -67,37 +67,19 @@ pub fn bind(cfg: &TransparentConfig, addr: SocketAddr) -> std::io::Result<TcpLis
 /// for loop refusal.
 pub async fn run(listener: TcpListener, state: Arc<State>, own: Vec<SocketAddr>) {
     let own = Arc::new(own);
-    loop {
-        let accepted = tokio::select! {
-            _ = state.shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                match state.conn_limit.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let (state, own) = (state.clone(), own.clone());
-                        state.clone().tasks.spawn(async move {
-                            let _permit = permit;
-                            serve(stream, peer, state, &own).await
-                        });
-                    }
-                    Err(_) => {
-                        state
-                            .metrics
-                            .limit_hits
-                            .with_label_values(&["connections"])
-                            .inc();
-                    }
-                }
+    crate::proxy::listener::accept_loop(
+        listener,
+        state,
+        "transparent",
+        |stream, peer, state, permit| {
+            let own = own.clone();
+            async move {
+                let _permit = permit;
+                serve(stream, peer, state, &own).await
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "transparent accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+        },
+    )
+    .await
 }
 
 /// The destination the client asked for before the redirect.
