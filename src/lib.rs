@@ -80,6 +80,15 @@ pub struct State {
 }
 
 impl State {
+    /// Counts an egress decision (`modgate_egress_decisions_total`) and hands it back.
+    pub fn counted(&self, decision: policy::egress::Decision) -> policy::egress::Decision {
+        self.metrics
+            .egress_decisions
+            .with_label_values(&[decision.kind()])
+            .inc();
+        decision
+    }
+
     /// The current rules. Take one snapshot per request and use it throughout.
     pub fn dynamic(&self) -> Arc<Dynamic> {
         self.dynamic.load_full()

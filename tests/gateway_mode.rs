@@ -383,6 +383,116 @@ fn write_app(dir: &Path) {
     .unwrap();
 }
 
+/// The public hosts both tests use: proxy.golang.org serving `tree`, and splice.example (TLS
+/// and plain HTTP), which modgate only passes through.
+struct PublicHosts {
+    _proxy: Upstream,
+    _splice: Upstream,
+    _plain: Upstream,
+    splice_leaf: rustls::pki_types::CertificateDer<'static>,
+    /// The upstream CA only (not modgate's).
+    roots: rustls::RootCertStore,
+}
+
+impl PublicHosts {
+    async fn start(net: &Net, ca: &TestCa, tree: &Path) -> PublicHosts {
+        let (certs, key) = ca.leaf(&["proxy.golang.org"]);
+        let proxy = Upstream::tls_on(
+            net.listen(&format!("{PROXY_IP}:443")),
+            certs,
+            key,
+            files_dir(tree.to_path_buf()),
+        )
+        .await;
+        let (splice_certs, key) = ca.leaf(&["splice.example"]);
+        let splice_leaf = splice_certs[0].clone();
+        let splice = Upstream::tls_on(
+            net.listen(&format!("{SPLICE_IP}:443")),
+            splice_certs,
+            key,
+            fixed("spliced, untouched"),
+        )
+        .await;
+        let plain = Upstream::plain_on(
+            net.listen(&format!("{SPLICE_IP}:80")),
+            fixed("plain HTTP by Host header"),
+        )
+        .await;
+        PublicHosts {
+            _proxy: proxy,
+            _splice: splice,
+            _plain: plain,
+            splice_leaf,
+            roots: roots_from_pem(&ca.pem),
+        }
+    }
+}
+
+/// An intercepted host answers with modgate's certificate and module routing.
+async fn assert_intercepted(net: &Net, gw: &GatewayProcess, cfg: rustls::ClientConfig) {
+    let tls = handshake(net, PROXY_IP, Some("proxy.golang.org"), cfg)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "intercepted with modgate's CA: {e}\n{}",
+                std::fs::read_to_string(&gw.log).unwrap_or_default()
+            )
+        });
+    let (status, _, body) = http_get(
+        tls,
+        "proxy.golang.org",
+        "/example.com/hello/@v/list",
+        Alpn::H1,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"v1.0.0\n");
+}
+
+/// A host outside the intercept set is spliced: its own certificate reaches the client.
+async fn assert_spliced(net: &Net, hosts: &PublicHosts) {
+    let tls = handshake(
+        net,
+        SPLICE_IP,
+        Some("splice.example"),
+        client_config(hosts.roots.clone()),
+    )
+    .await
+    .expect("the spliced host's own certificate verifies against its own CA");
+    let seen = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(
+        seen, hosts.splice_leaf,
+        "the client sees the host's own leaf"
+    );
+    let (status, _, body) = http_get(tls, "splice.example", "/", Alpn::H1).await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"spliced, untouched");
+}
+
+/// Plain HTTP on a redirected port 80 is routed by its Host header.
+async fn assert_plain_by_host(net: &Net) {
+    let mut s = net.connect(&format!("{SPLICE_IP}:80"));
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: splice.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (code, _, body) = read_response(&mut s).await;
+    assert_eq!(code, 200);
+    assert_eq!(body, "plain HTTP by Host header");
+}
+
+/// A connection straight to the transparent port (not redirected) is closed unanswered.
+async fn assert_loop_refused(net: &Net) {
+    let mut s = net.connect(&format!("{GW_IN}:3129"));
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut reply = vec![];
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        s.read_to_end(&mut reply),
+    )
+    .await;
+    assert!(reply.is_empty(), "a loop is closed without an answer");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
     let net = Net::new(false);
@@ -393,14 +503,7 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
     // modgate only splices (with plain HTTP on port 80 too).
     let tree = work.path().join("goproxy");
     crate::e2e::module_tree(&tree);
-    let (certs, key) = ca.leaf(&["proxy.golang.org"]);
-    let _proxy = Upstream::tls_on(
-        net.listen(&format!("{PROXY_IP}:443")),
-        certs,
-        key,
-        files_dir(tree.clone()),
-    )
-    .await;
+    let hosts = PublicHosts::start(&net, &ca, &tree).await;
     let ip = tool("ip");
     let sumdb = SumDb::start_at(
         &ca,
@@ -417,20 +520,6 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
         certs,
         key,
         crate::private::internal_git_host(repos, git_log.clone()),
-    )
-    .await;
-    let (splice_certs, key) = ca.leaf(&["splice.example"]);
-    let splice_leaf = splice_certs[0].clone();
-    let _splice = Upstream::tls_on(
-        net.listen(&format!("{SPLICE_IP}:443")),
-        splice_certs,
-        key,
-        fixed("spliced, untouched"),
-    )
-    .await;
-    let _plain = Upstream::plain_on(
-        net.listen(&format!("{SPLICE_IP}:80")),
-        fixed("plain HTTP by Host header"),
     )
     .await;
 
@@ -508,58 +597,12 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
         "access log lines name the entry mode:\n{log}"
     );
 
-    // 2. A host outside the intercept set is spliced: its own certificate reaches the client.
-    let mut upstream_roots = rustls::RootCertStore::empty();
-    upstream_roots
-        .add(
-            rustls_pemfile::certs(&mut ca.pem.as_bytes())
-                .next()
-                .unwrap()
-                .unwrap(),
-        )
-        .unwrap();
-    let tls = handshake(
-        &net,
-        SPLICE_IP,
-        Some("splice.example"),
-        client_config(upstream_roots.clone()),
-    )
-    .await
-    .expect("the spliced host's own certificate verifies against its own CA");
-    let seen = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-    assert_eq!(seen, splice_leaf, "the client sees the host's own leaf");
-    let (status, _, body) = http_get(tls, "splice.example", "/", Alpn::H1).await;
-    assert_eq!(status, 200);
-    assert_eq!(&body[..], b"spliced, untouched");
-
-    // An intercepted host gets modgate's certificate, not the upstream's.
+    // 2. A host outside the intercept set is spliced untouched; an intercepted host gets
+    // modgate's certificate. 3. Plain HTTP on a redirected port 80 goes by its Host header.
+    assert_spliced(&net, &hosts).await;
     let gw_roots = roots_from_pem(&std::fs::read_to_string(&gw.ca_pem).unwrap());
-    let tls = handshake(
-        &net,
-        PROXY_IP,
-        Some("proxy.golang.org"),
-        client_config(gw_roots.clone()),
-    )
-    .await
-    .expect("intercepted with modgate's CA");
-    let (status, _, body) = http_get(
-        tls,
-        "proxy.golang.org",
-        "/example.com/hello/@v/list",
-        Alpn::H1,
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(&body[..], b"v1.0.0\n");
-
-    // 3. Plain HTTP on a redirected port 80 is routed by its Host header.
-    let mut s = net.connect(&format!("{SPLICE_IP}:80"));
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: splice.example\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let (code, _, body) = read_response(&mut s).await;
-    assert_eq!(code, 200);
-    assert_eq!(body, "plain HTTP by Host header");
+    assert_intercepted(&net, &gw, client_config(gw_roots.clone())).await;
+    assert_plain_by_host(&net).await;
 
     // 4. Refusals: a denied host, no SNI, an SNI that does not match the destination address.
     for (ip, sni) in [
@@ -567,7 +610,7 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
         (SPLICE_IP, None),
         (PROXY_IP, Some("splice.example")),
     ] {
-        let err = handshake(&net, ip, sni, client_config(upstream_roots.clone()))
+        let err = handshake(&net, ip, sni, client_config(hosts.roots.clone()))
             .await
             .err()
             .unwrap_or_else(|| panic!("{ip} with SNI {sni:?} must be refused"));
@@ -615,16 +658,7 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
         sent >= 1 && reply.len() <= 7,
         "refused, at most with an alert: {reply:?}"
     );
-    // A loop: straight to the transparent port, not redirected, is refused.
-    let mut s = net.connect(&format!("{GW_IN}:3129"));
-    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let mut reply = vec![];
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        s.read_to_end(&mut reply),
-    )
-    .await;
-    assert!(reply.is_empty(), "a loop is closed without an answer");
+    assert_loop_refused(&net).await;
 
     // Each outcome was counted, and the gateway still serves.
     let m = net.metrics();
@@ -671,93 +705,14 @@ async fn tproxy_rules_give_the_same_policy() {
     let work = tempfile::tempdir().unwrap();
     let tree = work.path().join("goproxy");
     crate::e2e::module_tree(&tree);
-    let (certs, key) = ca.leaf(&["proxy.golang.org"]);
-    let _proxy = Upstream::tls_on(
-        net.listen(&format!("{PROXY_IP}:443")),
-        certs,
-        key,
-        files_dir(tree.clone()),
-    )
-    .await;
-    let (splice_certs, key) = ca.leaf(&["splice.example"]);
-    let splice_leaf = splice_certs[0].clone();
-    let _splice = Upstream::tls_on(
-        net.listen(&format!("{SPLICE_IP}:443")),
-        splice_certs,
-        key,
-        fixed("spliced, untouched"),
-    )
-    .await;
-    let _plain = Upstream::plain_on(
-        net.listen(&format!("{SPLICE_IP}:80")),
-        fixed("plain HTTP by Host header"),
-    )
-    .await;
+    let hosts = PublicHosts::start(&net, &ca, &tree).await;
     let gw = start_gateway(&net, work.path(), &ca.path, true);
 
     let gw_roots = roots_from_pem(&std::fs::read_to_string(&gw.ca_pem).unwrap());
-    let tls = handshake(
-        &net,
-        PROXY_IP,
-        Some("proxy.golang.org"),
-        client_config(gw_roots),
-    )
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "intercepted under TPROXY: {e}\n{}",
-            std::fs::read_to_string(&gw.log).unwrap_or_default()
-        )
-    });
-    let (status, _, body) = http_get(
-        tls,
-        "proxy.golang.org",
-        "/example.com/hello/@v/list",
-        Alpn::H1,
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(&body[..], b"v1.0.0\n");
-
-    let mut upstream_roots = rustls::RootCertStore::empty();
-    upstream_roots
-        .add(
-            rustls_pemfile::certs(&mut ca.pem.as_bytes())
-                .next()
-                .unwrap()
-                .unwrap(),
-        )
-        .unwrap();
-    let tls = handshake(
-        &net,
-        SPLICE_IP,
-        Some("splice.example"),
-        client_config(upstream_roots),
-    )
-    .await
-    .expect("spliced under TPROXY");
-    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], splice_leaf);
-    let (status, _, body) = http_get(tls, "splice.example", "/", Alpn::H1).await;
-    assert_eq!(status, 200);
-    assert_eq!(&body[..], b"spliced, untouched");
-
-    let mut s = net.connect(&format!("{SPLICE_IP}:80"));
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: splice.example\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let (code, _, body) = read_response(&mut s).await;
-    assert_eq!(code, 200);
-    assert_eq!(body, "plain HTTP by Host header");
-
-    let mut s = net.connect(&format!("{GW_IN}:3129"));
-    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let mut reply = vec![];
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        s.read_to_end(&mut reply),
-    )
-    .await;
-    assert!(reply.is_empty(), "a loop is closed without an answer");
+    assert_intercepted(&net, &gw, client_config(gw_roots)).await;
+    assert_spliced(&net, &hosts).await;
+    assert_plain_by_host(&net).await;
+    assert_loop_refused(&net).await;
 
     let m = net.metrics();
     for outcome in ["intercept", "splice", "http", "loop"] {

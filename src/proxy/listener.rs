@@ -248,12 +248,7 @@ async fn connect(
         Ok(t) => t,
         Err(reason) => return text(StatusCode::BAD_REQUEST, &reason),
     };
-    let decision = dynamic.policy.egress.decide_connect(&host);
-    state
-        .metrics
-        .egress_decisions
-        .with_label_values(&[decision.kind()])
-        .inc();
+    let decision = state.counted(dynamic.policy.egress.decide_connect(&host));
     match decision {
         Decision::Deny(reason) => {
             tracing::info!(%peer, %host, port, "CONNECT denied");

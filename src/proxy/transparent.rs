@@ -186,7 +186,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
         Hello::Tls(sni) => sni,
     };
     let dynamic = state.dynamic();
-    let decision = match &sni {
+    let decision = state.counted(match &sni {
         Some(host) => dynamic.policy.egress.decide_connect(host),
         None => match state.config.transparent.no_sni {
             NoSni::Tunnel => Decision::Tunnel,
@@ -194,12 +194,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
                 "modgate: TLS to {orig} without a server name (SNI) is not allowed"
             )),
         },
-    };
-    state
-        .metrics
-        .egress_decisions
-        .with_label_values(&[decision.kind()])
-        .inc();
+    });
     match decision {
         Decision::Deny(reason) => {
             outcome("deny");

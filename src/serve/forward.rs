@@ -112,12 +112,7 @@ async fn forward_plain(
             "modgate: invalid host {host:?} in request URL"
         )));
     }
-    let decision = state.dynamic().policy.egress.decide_forward(host);
-    state
-        .metrics
-        .egress_decisions
-        .with_label_values(&[decision.kind()])
-        .inc();
+    let decision = state.counted(state.dynamic().policy.egress.decide_forward(host));
     if let Decision::Deny(reason) = decision {
         return Err(ServeError::ClientForbidden(reason));
     }
