@@ -26,6 +26,7 @@ Usage:
   python3 bench/peers.py                 # full run, about 20 minutes on 2 cores
   python3 bench/peers.py --smoke         # every scenario, short, under five minutes
   python3 bench/peers.py --only a,c,g    # some scenarios
+  python3 bench/peers.py --only b --targets modgate   # one proxy against the limits, for A/B work
 Options: --seconds 5 --repeat 3 --zip-mb 100 --idle 1000 --downloads 20 --modules 60 --json FILE
 Prints Markdown tables (results, then targets met/missed) and writes all runs as JSON.
 """
@@ -108,6 +109,10 @@ class Bench:
             self.waited[0] += 1
             self.waited[1] += time.time() - t0
 
+    def wanted(self, target):
+        """--targets: measure only these (the limits direct and nginx always run)."""
+        return not self.a.targets or target in LIMITS or target in self.a.targets.split(",")
+
     # === fixtures ===
 
     def setup(self):
@@ -134,10 +139,14 @@ class Bench:
         self.nginx = pp.start_nginx(self.procs, w, self.tree, self.certs)
         self.peers = {}
         self.peers["modgate"] = self.start_modgate(self.procs, w, "modgate")
-        self.peers["mitmdump"] = pp.start_mitmdump(self.procs, w, self.up_ca)
-        self.peers["squid-bump"] = pp.start_squid(self.procs, w, self.up_ca, bump=True)
-        self.peers["squid"] = pp.start_squid(self.procs, w, self.up_ca, bump=False)
-        self.peers["tinyproxy"] = pp.start_tinyproxy(self.procs, w)
+        if self.wanted("mitmdump"):
+            self.peers["mitmdump"] = pp.start_mitmdump(self.procs, w, self.up_ca)
+        if self.wanted("squid-bump"):
+            self.peers["squid-bump"] = pp.start_squid(self.procs, w, self.up_ca, bump=True)
+        if self.wanted("squid"):
+            self.peers["squid"] = pp.start_squid(self.procs, w, self.up_ca, bump=False)
+        if self.wanted("tinyproxy"):
+            self.peers["tinyproxy"] = pp.start_tinyproxy(self.procs, w)
 
     def start_modgate(self, procs, work, name):
         p, proxy, admin, ca = start_modgate(procs, work, name, f"""
@@ -190,6 +199,7 @@ extra_ca_file = "{self.up_ca}"
 
     def measure(self, sid, title, unit, key, targets, mode, paths, extra, seconds):
         """Runs `repeat` rounds; each round runs every target once, in order."""
+        targets = [t for t in targets if self.wanted(t)]
         runs = {t: [] for t in targets}
         peaks = {t: 0.0 for t in targets}
         for r in range(self.a.repeat):
@@ -268,7 +278,7 @@ extra_ca_file = "{self.up_ca}"
             ("tunnel", TUNNELLING, "f-idle-tunnel", f"f. {a.idle} idle tunnels open"),
             ("intercept", INTERCEPTING, "f-idle-mitm", f"f. {a.idle} idle intercepted connections open"),
         ):
-            for name in names:
+            for name in filter(self.wanted, names):
                 vals = []
                 for r in range(a.repeat):
                     self.wait_quiet()
@@ -297,7 +307,7 @@ extra_ca_file = "{self.up_ca}"
                 })
             self.print_rows(sid)
         sid, title = "f-downloads", f"f. {a.downloads} concurrent {a.zip_mb} MB downloads, intercepted"
-        for name in INTERCEPTING + ["direct"]:
+        for name in filter(self.wanted, INTERCEPTING + ["direct"]):
             vals = []
             for r in range(a.repeat):
                 self.wait_quiet()
@@ -522,6 +532,7 @@ def main():
     ap.add_argument("--downloads", type=int, default=20, help="concurrent downloads in scenario f")
     ap.add_argument("--modules", type=int, default=60, help="module dependencies in scenario g (50+)")
     ap.add_argument("--only", default="a,b,c,d,e,f,g", help="comma-separated scenario letters")
+    ap.add_argument("--targets", default="", help="comma-separated proxies to measure (default: all; direct and nginx always run)")
     ap.add_argument("--json", default=None, help="write every row (with all runs) here")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's --json file and exit")

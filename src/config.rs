@@ -233,7 +233,7 @@ impl Default for UpstreamConfig {
             tls_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
-            max_idle_per_host: 32,
+            max_idle_per_host: 64,
             overrides: BTreeMap::new(),
         }
     }

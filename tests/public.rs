@@ -62,6 +62,13 @@ async fn immutable_entries_are_served_from_cache_forever() {
         );
     }
     assert_eq!(count(&up, "/example.com/m/@v/v1.0.0.mod"), 1);
+    // Module fetches multiplex on HTTP/2 when the upstream offers it.
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[0].version,
+        http::Version::HTTP_2,
+        "h2 upstream when offered"
+    );
     let m = gw.metrics().await;
     assert_eq!(
         metric(

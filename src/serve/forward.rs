@@ -13,6 +13,7 @@ use crate::State;
 use crate::body::{self, Body};
 use crate::policy::egress::{Decision, normalize_host};
 use crate::proxy::ctx::{ConnCtx, ReqCtx};
+use crate::proxy::upstream::Wire;
 use crate::serve::respond::{ServeError, error_response};
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
@@ -66,7 +67,7 @@ pub async fn intercepted(
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     let out = Request::from_parts(parts, body::boxed(body));
-    let (resp, waited) = state.upstream.send(out, label).await?;
+    let (resp, waited) = state.upstream.send_on(Wire::Http1, out, label).await?;
     ctx.upstream_time = Some(waited);
     Ok(into_client_response(resp))
 }
@@ -120,7 +121,7 @@ async fn forward_plain(
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     let out = Request::from_parts(parts, body::boxed(body));
-    let (resp, waited) = state.upstream.send(out, "direct").await?;
+    let (resp, waited) = state.upstream.send_on(Wire::Http1, out, "direct").await?;
     ctx.upstream_time = Some(waited);
     let resp = into_client_response(resp);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
