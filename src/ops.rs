@@ -1,6 +1,7 @@
 //! Operator commands on the module cache: `cache stats`, `cache gc` and `cache verify`. They work
 //! on the data directory directly and are safe to run beside a running gateway (fills in progress
-//! are left alone; an entry removed here is simply fetched again).
+//! are left alone; an entry removed here is fetched again, since a running gateway looks at an
+//! entry's file at least once a second).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

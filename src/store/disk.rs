@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntGauge};
 
@@ -63,10 +63,25 @@ impl Found {
     }
 }
 
+/// How long a file's length and modification time, once read, are trusted without looking
+/// again. Every change modgate makes goes through the index and is seen at once; changes made
+/// to the directory by another process (`modgate cache verify`) are seen within this time.
+const STAT_FRESH: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Slot {
+    size: u64,
+    /// Tick of last use.
+    tick: u64,
+    /// Tick of the commit that made this version of the entry.
+    version: u64,
+    /// The file as last seen: when, its length and its modification time.
+    seen: Option<(Instant, u64, SystemTime)>,
+}
+
 #[derive(Debug, Default)]
 struct Index {
-    /// key -> (size, tick of last use)
-    entries: HashMap<String, (u64, u64)>,
+    entries: HashMap<String, Slot>,
     /// tick -> key, oldest first
     order: BTreeMap<u64, String>,
     tick: u64,
@@ -74,29 +89,50 @@ struct Index {
 }
 
 impl Index {
-    fn touch(&mut self, key: &str) -> bool {
-        let Some((_, t)) = self.entries.get_mut(key) else {
-            return false;
-        };
-        self.order.remove(t);
+    /// Marks `key` used. `None` if it is not cached; otherwise the entry's version and what was
+    /// seen of its file within [`STAT_FRESH`], if anything.
+    fn touch(&mut self, key: &str, now: Instant) -> Option<(u64, Option<(u64, SystemTime)>)> {
+        let slot = self.entries.get_mut(key)?;
+        self.order.remove(&slot.tick);
         self.tick += 1;
-        *t = self.tick;
+        slot.tick = self.tick;
         self.order.insert(self.tick, key.to_string());
-        true
+        let seen = slot
+            .seen
+            .filter(|(at, _, _)| now.duration_since(*at) < STAT_FRESH)
+            .map(|(_, len, modified)| (len, modified));
+        Some((slot.version, seen))
+    }
+
+    /// Records what a stat of `key`'s file showed, unless a newer version was committed since.
+    fn saw(&mut self, key: &str, version: u64, at: Instant, len: u64, modified: SystemTime) {
+        if let Some(slot) = self.entries.get_mut(key)
+            && slot.version == version
+        {
+            slot.seen = Some((at, len, modified));
+        }
     }
 
     fn insert(&mut self, key: &str, size: u64) {
         self.remove(key);
         self.tick += 1;
-        self.entries.insert(key.to_string(), (size, self.tick));
+        self.entries.insert(
+            key.to_string(),
+            Slot {
+                size,
+                tick: self.tick,
+                version: self.tick,
+                seen: None,
+            },
+        );
         self.order.insert(self.tick, key.to_string());
         self.bytes += size;
     }
 
     fn remove(&mut self, key: &str) -> bool {
-        if let Some((size, t)) = self.entries.remove(key) {
-            self.order.remove(&t);
-            self.bytes -= size;
+        if let Some(slot) = self.entries.remove(key) {
+            self.order.remove(&slot.tick);
+            self.bytes -= slot.size;
             true
         } else {
             false
@@ -223,18 +259,36 @@ impl DiskCache {
         Ok(self.root.join(key))
     }
 
-    /// The entry for `key`, marking it used. Entries that vanished from disk are dropped.
+    /// The entry for `key`, marking it used. Entries that vanished from disk are dropped. The
+    /// file is looked at (one stat) at most once per [`STAT_FRESH`], so a stream of hits on a
+    /// small entry served from memory makes no system call.
     pub fn get(&self, key: &str) -> Option<Found> {
         let path = self.path_of(key).ok()?;
-        if !self.index.lock().expect("index poisoned").touch(key) {
-            return None;
+        let now = Instant::now();
+        let (version, seen) = self.index.lock().expect("index poisoned").touch(key, now)?;
+        if let Some((len, modified)) = seen {
+            return Some(Found {
+                path,
+                len,
+                modified,
+            });
         }
         match fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => Some(Found {
-                path,
-                len: meta.len(),
-                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            }),
+            Ok(meta) if meta.is_file() => {
+                let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                self.index.lock().expect("index poisoned").saw(
+                    key,
+                    version,
+                    now,
+                    meta.len(),
+                    modified,
+                );
+                Some(Found {
+                    path,
+                    len: meta.len(),
+                    modified,
+                })
+            }
             _ => {
                 self.index.lock().expect("index poisoned").remove(key);
                 self.publish();
@@ -504,5 +558,24 @@ mod tests {
         let c = DiskCache::open(dir.path(), 300, metrics()).unwrap();
         assert_eq!(c.usage(), (3, 300));
         assert!(c.get("k/a").is_some());
+    }
+
+    #[test]
+    fn commits_are_seen_at_once_and_outside_removals_within_stat_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap());
+        c.put("k/a", b"one").unwrap();
+        assert_eq!(c.get("k/a").unwrap().len, 3);
+        c.put("k/a", b"three!").unwrap();
+        assert_eq!(
+            c.get("k/a").unwrap().len,
+            6,
+            "a new version needs no stat delay"
+        );
+        // Another process (`modgate cache verify`) removes the file.
+        std::fs::remove_file(dir.path().join("cache/k/a")).unwrap();
+        std::thread::sleep(STAT_FRESH + Duration::from_millis(50));
+        assert!(c.get("k/a").is_none(), "the removal is noticed");
+        assert_eq!(c.usage(), (0, 0));
     }
 }
