@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""A/B of modgate builds: two or more modgate binaries and the direct connection, in alternating
+rounds against one upstream, with the CPU each proxy used per unit of work. For before/after
+numbers of a performance change (BENCHMARKS.md), where the peers do not matter.
+
+    cp target/release/modgate /tmp/modgate-before     # build, copy; change; build again
+    python3 bench/ab.py /tmp/modgate-before target/release/modgate --mode zip --concurrency 1
+
+Modes (the same host routing as bench/peers.py):
+  zip      intercepted 100 MB GET through the pass-through forward route    MB/s
+  small    intercepted 1 KB GET, keep-alive                                  req/s
+  tunnel   100 MB GET through a blind CONNECT tunnel                         MB/s
+  cache    module cache hit on a .info file (add --h2 for HTTP/2)            req/s
+
+For each binary: median of the rounds, every round, the ratio to direct, and CPU seconds the
+proxy process used per second of load and per MB (or per 1,000 requests). CPU per unit of work is
+much steadier than throughput on a shared 2-core machine.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+
+import common
+from common import LOADGEN, Procs, tmpdir
+
+PATHS = {
+    "zip": "/example.com/ab/@v/v1.0.0.zip",
+    "tunnel": "/example.com/ab/@v/v1.0.0.zip",
+    "small": "/small.bin",
+    "cache": "/example.com/ab/@v/v1.0.0.info",
+}
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("binaries", nargs="+", help="modgate binaries to compare")
+    ap.add_argument("--mode", choices=sorted(PATHS), default="zip")
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--h2", action="store_true")
+    a = ap.parse_args()
+    work = tmpdir("modgate-ab-")
+    procs = Procs()
+    try:
+        tree = os.path.join(work, "tree")
+        os.makedirs(os.path.join(tree, "example.com/ab/@v"))
+        with open(os.path.join(tree, "small.bin"), "wb") as f:
+            f.write(os.urandom(1024))
+        subprocess.run([LOADGEN, "mkzip", "--module", "example.com/ab", "--version", "v1.0.0", "--size", str(100 << 20), "--out", os.path.join(tree, PATHS["zip"][1:])], check=True)
+        with open(os.path.join(tree, "example.com/ab/@v/v1.0.0.info"), "w") as f:
+            f.write('{"Version":"v1.0.0","Time":"2024-01-01T00:00:00Z"}')
+        certs = os.path.join(work, "certs")
+        subprocess.run([LOADGEN, "certs", "--dir", certs], check=True)
+        up = procs.start([LOADGEN, "serve", "--dir", tree, "--cert", f"{certs}/cert.pem", "--key", f"{certs}/key.pem"])
+        port = int(up.stdout.readline().strip().rsplit(":", 1)[1])
+        gateways = {}
+        for i, binary in enumerate(a.binaries):
+            common.MODGATE = os.path.abspath(binary)
+            p, proxy, _admin, ca = common.start_modgate(procs, work, f"m{i}", f"""
+[intercept]
+hosts = ["localhost"]
+[upstream]
+extra_ca_file = "{certs}/ca.pem"
+[upstream.overrides]
+"proxy.golang.org" = "https://localhost:{port}"
+""")
+            gateways[binary] = (p.pid, proxy, ca)
+        path = PATHS[a.mode]
+        names = list(a.binaries) + ["direct"]
+        results = {n: [] for n in names}
+        latency = {n: [] for n in names}
+        for _ in range(a.rounds):
+            for n in names:
+                if n == "direct":
+                    host = "127.0.0.1" if a.mode == "tunnel" else "localhost"
+                    args, pid = ["--url", f"https://{host}:{port}{path}", "--ca", f"{certs}/ca.pem"], up.pid
+                else:
+                    pid, proxy, ca = gateways[n]
+                    if a.mode == "tunnel":
+                        args = ["--url", f"https://127.0.0.1:{port}{path}", "--proxy", proxy, "--ca", f"{certs}/ca.pem"]
+                    elif a.mode == "cache":
+                        args = ["--url", f"https://proxy.golang.org{path}", "--proxy", proxy, "--ca", ca]
+                    else:
+                        args = ["--url", f"https://localhost:{port}{path}", "--proxy", proxy, "--ca", ca]
+                args += ["--concurrency", str(a.concurrency), "--duration", f"{a.seconds}s"] + (["--h2"] if a.h2 else [])
+                before = cpu_seconds(pid)
+                out = subprocess.run([LOADGEN, "run"] + args, capture_output=True, text=True, check=True)
+                used = cpu_seconds(pid) - before
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                results[n].append((r["mb_per_s"] if a.mode in ("zip", "tunnel") else r["rps"], used))
+                latency[n].append((r["p50_ms"], r["p99_ms"]))
+        unit = "MB/s" if a.mode in ("zip", "tunnel") else "req/s"
+        per = "ms CPU/MB" if unit == "MB/s" else "ms CPU/1000 req"
+        direct = statistics.median(v for v, _ in results["direct"])
+        print(f"mode {a.mode}, concurrency {a.concurrency}{', h2' if a.h2 else ''}, {a.rounds} rounds of {a.seconds} s")
+        for n in names:
+            vals = [v for v, _ in results[n]]
+            med = statistics.median(vals)
+            cores = statistics.median(c for _, c in results[n]) / a.seconds
+            scale = 1000.0 if unit == "MB/s" else 1e6
+            cost = statistics.median(c / (v * a.seconds) * scale for v, c in results[n] if v)
+            who = "upstream" if n == "direct" else "proxy"
+            p50 = statistics.median(x for x, _ in latency[n])
+            p99 = statistics.median(y for _, y in latency[n])
+            print(f"{n:44} {med:10.1f} {unit:5} ({med / direct:.2f}x direct)  p50/p99 {p50:.3f}/{p99:.3f} ms  {who} {cores:.2f} cores, {cost:.3f} {per}  runs {[round(v) for v in vals]}")
+    finally:
+        procs.stop()
+        common.cleanup(work)
+
+
+if __name__ == "__main__":
+    main()
