@@ -39,6 +39,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -343,7 +344,7 @@ extra_ca_file = "{self.up_ca}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("GO") and k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "ssl_cert_file")}
         env.update({
             "HOME": self.work, "GOPATH": gopath, "GOMODCACHE": os.path.join(gopath, "pkg", "mod"),
-            "GOCACHE": os.path.join(self.work, "gocache"), "GOFLAGS": "-mod=mod", "GOSUMDB": "off",
+            "GOCACHE": os.path.join(self.agent, "gocache"), "GOFLAGS": "-mod=mod", "GOSUMDB": "off",
             "GONOSUMDB": "", "GOPRIVATE": "", "CGO_ENABLED": "0", "PATH": os.path.dirname(GO) + ":" + env.get("PATH", ""),
         })
         env.update(kw)
@@ -351,7 +352,7 @@ extra_ca_file = "{self.up_ca}"
 
     def go_build(self, tag, env_kw):
         """One timed `go build` of a pristine copy of the app with an empty module cache."""
-        d = os.path.join(self.work, "go", tag)
+        d = os.path.join(self.agent, "go", tag)
         shutil.copytree(os.path.join(self.work, "app"), d)
         gopath = os.path.join(d, "gopath")
         env = self.go_env(gopath, **env_kw)
@@ -367,6 +368,22 @@ extra_ca_file = "{self.up_ca}"
         return secs, sums
 
     def scenario_g(self):
+        a = self.a
+        # The go command's files (app copies, module cache, build cache) live on another file
+        # system than modgate's data, as on a separate build agent: its module cache, deleted
+        # after every build, would otherwise leave thousands of just-freed inodes in the file
+        # system modgate creates its cache files in, and ext4 scans past those on every create.
+        self.agent = tempfile.mkdtemp(prefix="modgate-agent-", dir=a.agent_dir) if a.agent_dir else self.work
+        if a.agent_dir:
+            self.notes.append(f"scenario g: the go command's files under {a.agent_dir}, modgate's data under {self.work}")
+        try:
+            self.run_g()
+        finally:
+            if self.agent != self.work:
+                subprocess.run(["chmod", "-R", "u+w", self.agent])
+                cleanup(self.agent)
+
+    def run_g(self):
         a = self.a
         gomodtree.make_app(os.path.join(self.work, "app"), a.modules)
         file_proxy = {"GOPROXY": "file://" + self.tree}
@@ -533,6 +550,8 @@ def main():
     ap.add_argument("--modules", type=int, default=60, help="module dependencies in scenario g (50+)")
     ap.add_argument("--only", default="a,b,c,d,e,f,g", help="comma-separated scenario letters")
     ap.add_argument("--targets", default="", help="comma-separated proxies to measure (default: all; direct and nginx always run)")
+    ap.add_argument("--agent-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else "",
+                    help="scenario g: the go command's files go under here (another file system than modgate's data, as on a build agent); '' keeps them in the work dir")
     ap.add_argument("--json", default=None, help="write every row (with all runs) here")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's --json file and exit")
