@@ -4,6 +4,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::util::modgate_command;
+
 const BIN: &str = env!("CARGO_BIN_EXE_modgate");
 
 fn run(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
@@ -30,7 +32,7 @@ struct Served {
 /// Writes `config` to `dir/c.toml`, starts the binary there and reads the whole banner.
 fn serve(dir: &std::path::Path, config: &str, stderr: Stdio) -> Served {
     std::fs::write(dir.join("c.toml"), config).unwrap();
-    let mut child = Command::new(BIN)
+    let mut child = modgate_command()
         .args(["serve", "--config", "c.toml"])
         .current_dir(dir)
         .stdout(Stdio::piped())

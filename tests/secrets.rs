@@ -50,7 +50,7 @@ password_env = "MODGATE_TEST_GIT_PASSWORD"
     )
     .unwrap();
     let log_path = dir.path().join("modgate.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_modgate"))
+    let mut child = modgate_command()
         .args(["serve", "--config", "c.toml"])
         .current_dir(dir.path())
         .env("MODGATE_TEST_GIT_PASSWORD", PASSWORD)

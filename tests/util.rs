@@ -971,3 +971,19 @@ fn sumdb_fixture_binary() -> PathBuf {
     })
     .clone()
 }
+
+/// A command for the modgate binary that is killed (SIGKILL) when the thread that started it
+/// exits, so a gateway never outlives its test, even when nextest cancels a run. Start it from
+/// the test's own thread (or a runtime worker), not from a short-lived one.
+pub fn modgate_command() -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_modgate"));
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd
+}
