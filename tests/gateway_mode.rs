@@ -624,17 +624,7 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
     // read whole and intercepted.
     let mut frag = client_config(gw_roots.clone());
     frag.max_fragment_size = Some(64);
-    let tls = handshake(&net, PROXY_IP, Some("proxy.golang.org"), frag)
-        .await
-        .expect("a fragmented ClientHello is reassembled");
-    let (status, _, _) = http_get(
-        tls,
-        "proxy.golang.org",
-        "/example.com/hello/@v/list",
-        Alpn::H1,
-    )
-    .await;
-    assert_eq!(status, 200);
+    assert_intercepted(&net, &gw, frag).await;
     // Huge: a ClientHello announced at 70,000 bytes over several full records is refused.
     let mut s = net.connect(&format!("{PROXY_IP}:443"));
     let mut huge = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x01, 0x11, 0x70];
