@@ -450,16 +450,13 @@ async fn fill(
     let begin = {
         let cache = state.cache.clone();
         let key = spec.key.clone();
-        tokio::task::spawn_blocking(move || cache.begin(&key)).await
+        tokio::task::spawn_blocking(move || cache.begin(&key).map_err(|e| e.to_string()))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
     };
     let mut pending: Option<PendingEntry> = match begin {
-        Ok(Ok(p)) => Some(p),
+        Ok(p) => Some(p),
         Err(e) => {
-            tracing::warn!(key = %spec.key, error = %e, "cannot write cache entry");
-            state.cache.count_error();
-            None
-        }
-        Ok(Err(e)) => {
             tracing::warn!(key = %spec.key, error = %e, "cannot write cache entry");
             state.cache.count_error();
             None
