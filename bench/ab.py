@@ -11,6 +11,8 @@ Modes (the same host routing as bench/peers.py):
   small    intercepted 1 KB GET, keep-alive                                  req/s
   tunnel   100 MB GET through a blind CONNECT tunnel                         MB/s
   cache    module cache hit on a .info file (add --h2 for HTTP/2)            req/s
+  fill     cache misses: .info then .mod of --fill-modules new modules per    req/s
+           round, each fetched once (a cold go build's small requests)
 
 For each binary: median of the rounds, every round, the ratio to direct, and CPU seconds the
 proxy process used per second of load and per MB (or per 1,000 requests). CPU per unit of work is
@@ -31,6 +33,7 @@ PATHS = {
     "tunnel": "/example.com/ab/@v/v1.0.0.zip",
     "small": "/small.bin",
     "cache": "/example.com/ab/@v/v1.0.0.info",
+    "fill": None,
 }
 
 
@@ -48,6 +51,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--h2", action="store_true")
+    ap.add_argument("--fill-modules", type=int, default=50, help="fill mode: new modules per round and target")
     a = ap.parse_args()
     work = tmpdir("modgate-ab-")
     procs = Procs()
@@ -59,6 +63,20 @@ def main():
         subprocess.run([LOADGEN, "mkzip", "--module", "example.com/ab", "--version", "v1.0.0", "--size", str(100 << 20), "--out", os.path.join(tree, PATHS["zip"][1:])], check=True)
         with open(os.path.join(tree, "example.com/ab/@v/v1.0.0.info"), "w") as f:
             f.write('{"Version":"v1.0.0","Time":"2024-01-01T00:00:00Z"}')
+        names = list(a.binaries) + ["direct"]
+        fill = []  # fill mode: per (round, target) the URL paths, each module used once
+        if a.mode == "fill":
+            for i in range(a.rounds * len(names)):
+                paths = []
+                for m in range(a.fill_modules):
+                    d = os.path.join(tree, f"example.com/fill/r{i}/m{m}/@v")
+                    os.makedirs(d)
+                    with open(os.path.join(d, "v1.0.0.info"), "w") as f:
+                        f.write('{"Version":"v1.0.0","Time":"2024-01-01T00:00:00Z"}')
+                    with open(os.path.join(d, "v1.0.0.mod"), "w") as f:
+                        f.write(f"module example.com/fill/r{i}/m{m}\n")
+                    paths += [f"/example.com/fill/r{i}/m{m}/@v/v1.0.0.info", f"/example.com/fill/r{i}/m{m}/@v/v1.0.0.mod"]
+                fill.append(paths)
         certs = os.path.join(work, "certs")
         subprocess.run([LOADGEN, "certs", "--dir", certs], check=True)
         up = procs.start([LOADGEN, "serve", "--dir", tree, "--cert", f"{certs}/cert.pem", "--key", f"{certs}/key.pem"])
@@ -76,39 +94,45 @@ extra_ca_file = "{certs}/ca.pem"
 """)
             gateways[binary] = (p.pid, proxy, ca)
         path = PATHS[a.mode]
-        names = list(a.binaries) + ["direct"]
         results = {n: [] for n in names}
         latency = {n: [] for n in names}
-        for _ in range(a.rounds):
-            for n in names:
+        for rnd in range(a.rounds):
+            for j, n in enumerate(names):
+                paths = fill[rnd * len(names) + j] if a.mode == "fill" else [path]
                 if n == "direct":
                     host = "127.0.0.1" if a.mode == "tunnel" else "localhost"
-                    args, pid = ["--url", f"https://{host}:{port}{path}", "--ca", f"{certs}/ca.pem"], up.pid
+                    args, pid = [f"--url=https://{host}:{port}{p}" for p in paths] + ["--ca", f"{certs}/ca.pem"], up.pid
                 else:
                     pid, proxy, ca = gateways[n]
                     if a.mode == "tunnel":
-                        args = ["--url", f"https://127.0.0.1:{port}{path}", "--proxy", proxy, "--ca", f"{certs}/ca.pem"]
-                    elif a.mode == "cache":
-                        args = ["--url", f"https://proxy.golang.org{path}", "--proxy", proxy, "--ca", ca]
+                        args = [f"--url=https://127.0.0.1:{port}{p}" for p in paths] + ["--ca", f"{certs}/ca.pem"]
+                    elif a.mode in ("cache", "fill"):
+                        args = [f"--url=https://proxy.golang.org{p}" for p in paths] + ["--ca", ca]
                     else:
-                        args = ["--url", f"https://localhost:{port}{path}", "--proxy", proxy, "--ca", ca]
-                args += ["--concurrency", str(a.concurrency), "--duration", f"{a.seconds}s"] + (["--h2"] if a.h2 else [])
+                        args = [f"--url=https://localhost:{port}{p}" for p in paths] + ["--ca", ca]
+                    args += ["--proxy", proxy]
+                args += ["--concurrency", str(a.concurrency)] + (["--h2"] if a.h2 else [])
+                # fill: every URL once (misses); otherwise for --seconds
+                args += ["--requests", str(len(paths))] if a.mode == "fill" else ["--duration", f"{a.seconds}s"]
                 before = cpu_seconds(pid)
                 out = subprocess.run([LOADGEN, "run"] + args, capture_output=True, text=True, check=True)
                 used = cpu_seconds(pid) - before
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                results[n].append((r["mb_per_s"] if a.mode in ("zip", "tunnel") else r["rps"], used))
+                if r["errors"]:
+                    raise SystemExit(f"{n}: {r['errors']} requests failed")
+                results[n].append((r["mb_per_s"] if a.mode in ("zip", "tunnel") else r["rps"], used, r["seconds"]))
                 latency[n].append((r["p50_ms"], r["p99_ms"]))
         unit = "MB/s" if a.mode in ("zip", "tunnel") else "req/s"
         per = "ms CPU/MB" if unit == "MB/s" else "ms CPU/1000 req"
-        direct = statistics.median(v for v, _ in results["direct"])
-        print(f"mode {a.mode}, concurrency {a.concurrency}{', h2' if a.h2 else ''}, {a.rounds} rounds of {a.seconds} s")
+        direct = statistics.median(v for v, _, _ in results["direct"])
+        each = f"{2 * a.fill_modules} requests" if a.mode == "fill" else f"{a.seconds} s"
+        print(f"mode {a.mode}, concurrency {a.concurrency}{', h2' if a.h2 else ''}, {a.rounds} rounds of {each}")
         for n in names:
-            vals = [v for v, _ in results[n]]
+            vals = [v for v, _, _ in results[n]]
             med = statistics.median(vals)
-            cores = statistics.median(c for _, c in results[n]) / a.seconds
+            cores = statistics.median(c / secs for _, c, secs in results[n])
             scale = 1000.0 if unit == "MB/s" else 1e6
-            cost = statistics.median(c / (v * a.seconds) * scale for v, c in results[n] if v)
+            cost = statistics.median(c / (v * secs) * scale for v, c, secs in results[n] if v)
             who = "upstream" if n == "direct" else "proxy"
             p50 = statistics.median(x for x, _ in latency[n])
             p99 = statistics.median(y for _, y in latency[n])

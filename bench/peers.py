@@ -43,9 +43,10 @@ import tempfile
 import threading
 import time
 
+import common
 import gomodtree
 import peerprocs as pp
-from common import LOADGEN, MODGATE, Procs, build, cleanup, start_modgate, tmpdir
+from common import LOADGEN, Procs, build, cleanup, start_modgate, tmpdir
 
 GO = "/usr/lib/go-1.19/bin/go"
 
@@ -554,6 +555,7 @@ def main():
                     help="scenario g: the go command's files go under here (another file system than modgate's data, as on a build agent); '' keeps them in the work dir")
     ap.add_argument("--json", default=None, help="write every row (with all runs) here")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--modgate", metavar="BINARY", help="measure this modgate binary instead of target/release/modgate (A/B of builds; implies --no-build)")
     ap.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's --json file and exit")
     ap.add_argument("--compact", action="store_true", help="with --render: one row per scenario, one column per target")
     ap.add_argument("--quiet-wait", type=int, default=90, help="wait up to this many seconds for an idle machine before each round (0: never)")
@@ -572,6 +574,9 @@ def main():
     if a.smoke:
         a.seconds, a.repeat, a.zip_mb, a.quiet_wait = 1, 1, min(a.zip_mb, 20), 0
     started = time.time()
+    if a.modgate:
+        common.MODGATE = os.path.abspath(a.modgate)
+        a.no_build = True
     if not a.no_build:
         log("building release modgate and loadgen")
         build()
