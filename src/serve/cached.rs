@@ -445,23 +445,9 @@ async fn fill(
     declared_len: Option<u64>,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
 ) -> FillOutcome {
-    // Creating the temporary file allocates an inode, which can take milliseconds on a busy
-    // file system (seen in perf: ext4 scanning recently deleted inodes): off the runtime threads.
-    let begin = {
-        let cache = state.cache.clone();
-        let key = spec.key.clone();
-        tokio::task::spawn_blocking(move || cache.begin(&key).map_err(|e| e.to_string()))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()))
-    };
-    let mut pending: Option<PendingEntry> = match begin {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::warn!(key = %spec.key, error = %e, "cannot write cache entry");
-            state.cache.count_error();
-            None
-        }
-    };
+    // The cache file is opened with the first full write batch, or at the end: a small body
+    // (.info, .mod, most zips) costs one trip to the blocking pool, create to rename.
+    let mut file = Fill::NotOpened;
     let mut client = Some(tx);
     let mut batch = BytesMut::new();
     let mut held: Option<Bytes> = None;
@@ -490,10 +476,10 @@ async fn fill(
                 spec.max_len
             ));
         }
-        if pending.is_some() {
+        if !matches!(file, Fill::Failed) {
             batch.extend_from_slice(&data);
             if batch.len() >= WRITE_BATCH {
-                pending = write_batch(pending, batch.split().freeze(), state).await;
+                file = write_batch(file, &spec.key, batch.split().freeze(), state).await;
             }
         }
         // Hold the newest chunk back until the whole body is validated.
@@ -514,17 +500,26 @@ async fn fill(
         return FillOutcome::Failed(msg);
     }
 
-    if !batch.is_empty() {
-        pending = write_batch(pending, batch.freeze(), state).await;
-    }
-    let committed = match pending {
-        None => Err(None),
-        Some(p) => {
+    // The last batch, the fsync, the check and the rename: one trip to the blocking pool.
+    let committed = match file {
+        Fill::Failed => Err(None),
+        file => {
             let validate = validator(spec);
             let key = spec.key.clone();
-            let res = tokio::task::spawn_blocking(move || p.commit(|file| validate(file))).await;
+            let cache = state.cache.clone();
+            let last = batch.freeze();
+            let res = tokio::task::spawn_blocking(move || {
+                let mut p = match file {
+                    Fill::Opened(p) => p,
+                    _ => cache.begin(&key)?,
+                };
+                p.write(&last)?;
+                p.commit_then(|file| validate(file))
+            })
+            .await;
+            let key = &spec.key;
             match res {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(sync)) => Ok(sync),
                 Ok(Err(crate::store::disk::StoreError::Rejected(msg))) => Err(Some(msg)),
                 Ok(Err(e)) => {
                     tracing::warn!(key, error = %e, "cache commit failed");
@@ -536,14 +531,18 @@ async fn fill(
         }
     };
     match committed {
-        Ok(()) => {
+        Ok(sync) => {
             if let Some(last) = held {
                 send(&mut client, Ok(Frame::data(last))).await;
             }
-            // A fresh positive answer replaces any remembered not-found.
-            state
-                .cache
-                .remove(&format!("{}{NOT_FOUND_SUFFIX}", spec.key));
+            // After the client has its answer: make the rename durable, and drop any remembered
+            // not-found (a newer positive entry already wins over it in `serve`).
+            let cache = state.cache.clone();
+            let neg_key = format!("{}{NOT_FOUND_SUFFIX}", spec.key);
+            tokio::task::spawn_blocking(move || {
+                sync.run();
+                cache.remove(&neg_key);
+            });
             FillOutcome::Committed
         }
         Err(Some(rejected)) => {
@@ -579,21 +578,38 @@ fn validator(spec: &Spec) -> Validator {
     })
 }
 
-async fn write_batch(
-    pending: Option<PendingEntry>,
-    data: Bytes,
-    state: &State,
-) -> Option<PendingEntry> {
-    let mut p = pending?;
-    let res = tokio::task::spawn_blocking(move || p.write(&data).map(|_| p)).await;
+/// The cache file of a fill.
+enum Fill {
+    NotOpened,
+    Opened(PendingEntry),
+    /// It could not be written: the body still goes to the client, uncached.
+    Failed,
+}
+
+/// Writes `data` to the fill's file, opening it first if need be (blocking pool).
+async fn write_batch(file: Fill, key: &str, data: Bytes, state: &Arc<State>) -> Fill {
+    let cache = state.cache.clone();
+    let owned_key = key.to_string();
+    let res = tokio::task::spawn_blocking(move || {
+        let mut p = match file {
+            Fill::Opened(p) => p,
+            Fill::NotOpened => cache.begin(&owned_key)?,
+            Fill::Failed => return Ok(Fill::Failed),
+        };
+        p.write(&data).map(|_| Fill::Opened(p))
+    })
+    .await;
     match res {
-        Ok(Ok(p)) => Some(p),
+        Ok(Ok(file)) => file,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cache write failed; continuing without caching");
+            tracing::warn!(key, error = %e, "cache write failed; continuing without caching");
             state.cache.count_error();
-            None
+            Fill::Failed
         }
-        Err(_) => None,
+        Err(e) => {
+            tracing::warn!(key, error = %e, "cache write task failed; continuing without caching");
+            Fill::Failed
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -155,7 +156,17 @@ pub struct DiskCache {
     /// Bodies of small, recently served entries, keyed by path and checked against the file's
     /// length and modification time, so a hit needs no file read.
     hot: moka::sync::Cache<PathBuf, (u64, SystemTime, bytes::Bytes)>,
+    /// Empty temporary files made ahead of need (see [`SPARE_FILES`]).
+    spares: Mutex<Vec<(PathBuf, File)>>,
+    /// A refill of `spares` is running.
+    refilling: AtomicBool,
 }
+
+/// Empty temporary files kept ready, so a fill does not wait for the file system to allocate an
+/// inode: on a busy ext4 without a journal a create scans every recently freed inode of its block
+/// group and took 1.5 ms (strace), twice the upstream round trip of a small entry. They are made
+/// in the background, on tokio's blocking pool, after a fill takes one.
+const SPARE_FILES: usize = 8;
 
 /// Largest entry kept in memory, and the memory given to such entries.
 pub const HOT_ENTRY_MAX: u64 = 64 * 1024;
@@ -214,6 +225,8 @@ impl DiskCache {
                     u32::try_from(v.2.len() + 128).unwrap_or(u32::MAX)
                 })
                 .build(),
+            spares: Mutex::new(Vec::new()),
+            refilling: AtomicBool::new(false),
         };
         cache.evict();
         cache.publish();
@@ -330,9 +343,27 @@ impl DiskCache {
             .unwrap_or_default()
     }
 
-    /// Starts writing a new version of `key` into a temporary file.
+    /// Starts writing a new version of `key` into a temporary file: a spare one when there is
+    /// one (and, inside a tokio runtime, a refill of the spares starts in the background).
     pub fn begin(self: &Arc<Self>, key: &str) -> Result<PendingEntry, StoreError> {
         let dest = self.path_of(key)?;
+        let spare = self.spares.lock().expect("spares poisoned").pop();
+        let (tmp_path, file) = match spare {
+            Some(spare) => spare,
+            None => self.new_tmp()?,
+        };
+        self.start_refill();
+        Ok(PendingEntry {
+            cache: self.clone(),
+            key: key.to_string(),
+            dest,
+            tmp_path,
+            file: Some(file),
+            len: 0,
+        })
+    }
+
+    fn new_tmp(&self) -> Result<(PathBuf, File), StoreError> {
         let name: [u8; 12] = rand::random();
         let tmp_path = self
             .tmp
@@ -343,14 +374,35 @@ impl DiskCache {
             .create_new(true)
             .open(&tmp_path)
             .map_err(io_err(&tmp_path))?;
-        Ok(PendingEntry {
-            cache: self.clone(),
-            key: key.to_string(),
-            dest,
-            tmp_path,
-            file: Some(file),
-            len: 0,
-        })
+        Ok((tmp_path, file))
+    }
+
+    /// Tops the spare temporary files up on tokio's blocking pool, unless a refill is running or
+    /// there is no runtime (operator commands, unit tests).
+    fn start_refill(self: &Arc<Self>) {
+        if self.spares.lock().expect("spares poisoned").len() >= SPARE_FILES {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cache = self.clone();
+        rt.spawn_blocking(move || {
+            while cache.spares.lock().expect("spares poisoned").len() < SPARE_FILES {
+                match cache.new_tmp() {
+                    Ok(spare) => cache.spares.lock().expect("spares poisoned").push(spare),
+                    Err(e) => {
+                        // begin() will try (and report) again on its own.
+                        tracing::debug!(error = %e, "cannot make a spare cache file");
+                        break;
+                    }
+                }
+            }
+            cache.refilling.store(false, Ordering::Release);
+        });
     }
 
     /// Stores a small entry in one step.
@@ -459,11 +511,24 @@ impl PendingEntry {
         self.len == 0
     }
 
-    /// Fsyncs, runs `validate` on the complete file, then renames it into place atomically.
+    /// Fsyncs, runs `validate` on the complete file, then renames it into place atomically and
+    /// fsyncs the directory.
     pub fn commit(
-        mut self,
+        self,
         validate: impl FnOnce(&File) -> Result<(), String>,
     ) -> Result<(), StoreError> {
+        self.commit_then(validate)?.run();
+        Ok(())
+    }
+
+    /// [`commit`](Self::commit) up to the rename: the entry is complete on disk and in the index.
+    /// The directory fsync that makes the rename itself survive a power cut is left to the
+    /// returned [`DirSync`], so a caller can answer its client first; a crash before it can lose
+    /// the entry (a later miss), never leave a partial one.
+    pub fn commit_then(
+        mut self,
+        validate: impl FnOnce(&File) -> Result<(), String>,
+    ) -> Result<DirSync, StoreError> {
         let file = self.file.take().expect("file present until commit");
         file.sync_all().map_err(io_err(&self.tmp_path))?;
         self.len = file.metadata().map_err(io_err(&self.tmp_path))?.len();
@@ -473,13 +538,23 @@ impl PendingEntry {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
         fs::rename(&self.tmp_path, &self.dest).map_err(io_err(&self.dest))?;
-        if let Some(parent) = self.dest.parent()
-            && let Ok(dir) = File::open(parent)
+        self.cache.committed(&self.key, self.len);
+        Ok(DirSync(self.dest.parent().map(Path::to_path_buf)))
+    }
+}
+
+/// The directory fsync still owed by [`PendingEntry::commit_then`] (blocking).
+#[derive(Debug)]
+#[must_use = "the rename is not durable until the directory is synced"]
+pub struct DirSync(Option<PathBuf>);
+
+impl DirSync {
+    pub fn run(self) {
+        if let Some(dir) = self.0
+            && let Ok(dir) = File::open(dir)
         {
             let _ = dir.sync_all();
         }
-        self.cache.committed(&self.key, self.len);
-        Ok(())
     }
 }
 
@@ -558,6 +633,50 @@ mod tests {
         let c = DiskCache::open(dir.path(), 300, metrics()).unwrap();
         assert_eq!(c.usage(), (3, 300));
         assert!(c.get("k/a").is_some());
+    }
+
+    #[tokio::test]
+    async fn fills_take_spare_files_made_ahead_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        let c = Arc::new(DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap());
+        let names = || -> Vec<PathBuf> {
+            fs::read_dir(&tmp)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect()
+        };
+        assert!(names().is_empty(), "no spares before the first fill");
+        // The first fill makes its own file and starts the refill.
+        c.put("k/a", b"one").unwrap();
+        let made = async {
+            while names().len() < SPARE_FILES {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), made)
+            .await
+            .expect("spare files are made after a fill");
+        let spares = names();
+        assert_eq!(spares.len(), SPARE_FILES);
+        assert!(spares.iter().all(|p| fs::metadata(p).unwrap().len() == 0));
+        let mut p = c.begin("k/b").unwrap();
+        assert!(spares.contains(&p.tmp_path), "a spare file is used");
+        p.write(b"two").unwrap();
+        p.commit(|_| Ok(())).unwrap();
+        assert_eq!(fs::read(dir.path().join("cache/k/b")).unwrap(), b"two");
+        // Spares are temporary files: a restart clears them.
+        let refilled = async {
+            while c.refilling.load(Ordering::Acquire) || names().len() < SPARE_FILES {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), refilled)
+            .await
+            .expect("the spare taken is replaced");
+        drop(c);
+        DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap();
+        assert!(names().is_empty());
     }
 
     #[test]
