@@ -20,14 +20,14 @@ Scenarios (each figure is the median of --repeat runs, interleaved across target
   f  memory: 1,000 idle tunnels, 1,000 idle intercepted connections, 20 concurrent 100 MB
      downloads through interception — each proxy started fresh for each of these
   g  the go command building a program with 60 module dependencies: through modgate (cold and
-     warm cache), GOPROXY=file:// of the same tree, and the upstream directly
+     warm cache), GOPROXY=file:// of the same tree, and the upstream directly (--g-repeat rounds)
 
 Usage:
   python3 bench/peers.py                 # full run, about 20 minutes on 2 cores
   python3 bench/peers.py --smoke         # every scenario, short, under five minutes
   python3 bench/peers.py --only a,c,g    # some scenarios
   python3 bench/peers.py --only b --targets modgate   # one proxy against the limits, for A/B work
-Options: --seconds 5 --repeat 3 --zip-mb 100 --idle 1000 --downloads 20 --modules 60 --json FILE
+Options: --seconds 5 --repeat 3 --g-repeat 7 --zip-mb 100 --idle 1000 --downloads 20 --modules 60 --json FILE
 Prints Markdown tables (results, then targets met/missed) and writes all runs as JSON.
 """
 
@@ -393,7 +393,7 @@ extra_ca_file = "{self.up_ca}"
         self.go_build("warmup", file_proxy)
         results = {"modgate cold": [], "modgate warm": [], "file://": [], "direct": []}
         sums = set()
-        for r in range(a.repeat):
+        for r in range(a.g_repeat):
             self.wait_quiet()
             procs, mg = self.start_fresh("modgate", os.path.join(self.work, f"g-modgate-{r}"))
             try:
@@ -545,6 +545,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="short version of every scenario (< 5 minutes)")
     ap.add_argument("--seconds", type=int, default=5, help="per run")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--g-repeat", type=int, default=None, help="rounds of scenario g (default 7; a build varies by ±20%% from run to run on a 2-core machine, so more rounds than --repeat)")
     ap.add_argument("--zip-mb", type=int, default=100)
     ap.add_argument("--idle", type=int, default=1000, help="idle connections held in scenario f")
     ap.add_argument("--downloads", type=int, default=20, help="concurrent downloads in scenario f")
@@ -573,6 +574,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.smoke:
         a.seconds, a.repeat, a.zip_mb, a.quiet_wait = 1, 1, min(a.zip_mb, 20), 0
+        a.g_repeat = a.g_repeat or 1
+    a.g_repeat = a.g_repeat or 7
     started = time.time()
     if a.modgate:
         common.MODGATE = os.path.abspath(a.modgate)
@@ -602,7 +605,7 @@ def main():
         cleanup(b.work)
     load_after = open("/proc/loadavg").read().split()[:3]
     elapsed = time.time() - started
-    print(f"\n<!-- peers.py {'--smoke' if a.smoke else ''} seconds={a.seconds} repeat={a.repeat} zip={a.zip_mb}MB idle={a.idle} downloads={a.downloads} modules={a.modules}; "
+    print(f"\n<!-- peers.py {'--smoke' if a.smoke else ''} seconds={a.seconds} repeat={a.repeat} g_repeat={a.g_repeat} zip={a.zip_mb}MB idle={a.idle} downloads={a.downloads} modules={a.modules}; "
           f"{elapsed / 60:.1f} min; load average before {' '.join(load)}, after {' '.join(load_after)} -->")
     print("<!-- " + "; ".join(f"{k}: {v}" for k, v in pp.versions().items()) + " -->\n")
     print(b.report(started, elapsed))
