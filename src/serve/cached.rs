@@ -1,11 +1,13 @@
 //! Serving through the cache: hit, miss with single-flight fill, stale-if-error.
 //!
-//! On a miss the first request leads: a spawned task walks the upstream list, streams the body to
-//! its client while writing it to a temporary file, validates it (length, and module-zip rules
-//! for zips) and only then commits it. The final chunk is held back until validation passes, so a
-//! client never receives a complete body that was rejected. Other requests for the same key wait
-//! for the leader and are served from the committed entry. Memory stays bounded by a small
-//! channel and a write batch, whatever the body size.
+//! On a miss the first request leads: a spawned task walks the upstream list, writes the body to
+//! a temporary file, validates it (length, and module-zip rules for zips) and only then commits
+//! it. A body that ends within the first write batch (256 KiB) is answered once committed, or
+//! with a 502 saying why it was rejected; a longer one streams to the client as it arrives, its
+//! final chunk held back until validation passes, so a client never receives a complete body that
+//! was rejected. Other requests for the same key wait for the leader and are served from the
+//! committed entry. Memory stays bounded by a small channel and a write batch, whatever the body
+//! size.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -300,15 +302,12 @@ async fn lead(
         return;
     }
 
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
-    let mut client_resp = Response::new(StreamBody::new(tokio_stream_from(rx)).boxed());
-    set_headers(&mut client_resp, spec.content, "miss", declared_len);
-    let _ = reply.send(Led {
-        result: Ok(client_resp),
-        waited: Some(waited),
-    });
-
-    let outcome = fill(&spec, &state, resp.into_body(), declared_len, tx).await;
+    let answer = Answer {
+        reply,
+        waited,
+        declared_len,
+    };
+    let outcome = fill(&spec, &state, resp.into_body(), answer).await;
     fills(&outcome);
     let committed = matches!(outcome, FillOutcome::Committed);
     leader.finish(outcome);
@@ -437,18 +436,76 @@ async fn read_text(mut body: Incoming, state: &State) -> Bytes {
     buf.freeze()
 }
 
-/// Streams `body` to the client channel and the cache; returns the outcome for followers.
-async fn fill(
-    spec: &Spec,
-    state: &Arc<State>,
-    mut body: Incoming,
+/// How the leader's client is answered: once the body is decided when it ends within the first
+/// write batch, else streamed from then on.
+struct Answer {
+    reply: oneshot::Sender<Led>,
+    waited: Duration,
     declared_len: Option<u64>,
-    tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
-) -> FillOutcome {
+}
+
+/// Where the leader's client stands during a fill.
+enum Client {
+    /// Not answered yet: the chunks so far (at most about one write batch).
+    Waiting(Answer, Vec<Bytes>, usize),
+    /// Answered with a streaming body; `None` once it went away.
+    Streaming(Option<mpsc::Sender<Result<Frame<Bytes>, BoxError>>>),
+}
+
+impl Client {
+    /// Answers with an error status (plain text) if not answered yet, else breaks the stream.
+    async fn fail(self, msg: String) {
+        match self {
+            Client::Waiting(answer, _, _) => {
+                let _ = answer.reply.send(Led {
+                    result: Err(ServeError::UpstreamFailed(msg)),
+                    waited: Some(answer.waited),
+                });
+            }
+            Client::Streaming(mut tx) => send(&mut tx, Err(msg.into())).await,
+        }
+    }
+
+    /// Gives the client the rest of a body that passed: all of it, or the held-back last chunk.
+    async fn finish(self, content: Content, held: Option<Bytes>) {
+        match self {
+            Client::Waiting(answer, chunks, len) => {
+                let body = if chunks.len() == 1 {
+                    chunks.into_iter().next().unwrap_or_default()
+                } else {
+                    let mut all = BytesMut::with_capacity(len);
+                    for c in &chunks {
+                        all.extend_from_slice(c);
+                    }
+                    all.freeze()
+                };
+                let mut resp =
+                    Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+                set_headers(&mut resp, content, "miss", Some(len as u64));
+                let _ = answer.reply.send(Led {
+                    result: Ok(resp),
+                    waited: Some(answer.waited),
+                });
+            }
+            Client::Streaming(mut tx) => {
+                if let Some(last) = held {
+                    send(&mut tx, Ok(Frame::data(last))).await;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the upstream body into the cache and to the leader's client; returns the outcome for
+/// followers. A body that ends within the first write batch is stored and checked before the
+/// client is answered, so a rejected one is a 502 with the reason; a longer one is streamed as
+/// it arrives, its last chunk held back until the whole body has passed.
+async fn fill(spec: &Spec, state: &Arc<State>, mut body: Incoming, answer: Answer) -> FillOutcome {
     // The cache file is opened with the first full write batch, or at the end: a small body
     // (.info, .mod, most zips) costs one trip to the blocking pool, create to rename.
     let mut file = Fill::NotOpened;
-    let mut client = Some(tx);
+    let declared_len = answer.declared_len;
+    let mut client = Client::Waiting(answer, Vec::new(), 0);
     let mut batch = BytesMut::new();
     let mut held: Option<Bytes> = None;
     let mut total: u64 = 0;
@@ -482,10 +539,35 @@ async fn fill(
                 file = write_batch(file, &spec.key, batch.split().freeze(), state).await;
             }
         }
-        // Hold the newest chunk back until the whole body is validated.
-        if let Some(prev) = held.replace(data) {
-            send(&mut client, Ok(Frame::data(prev))).await;
-        }
+        client = match client {
+            Client::Waiting(answer, mut chunks, len) if len + data.len() < WRITE_BATCH => {
+                let len = len + data.len();
+                chunks.push(data);
+                Client::Waiting(answer, chunks, len)
+            }
+            Client::Waiting(answer, chunks, _) => {
+                // Long enough to stream: answer now, holding the newest chunk back.
+                let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
+                let mut resp = Response::new(StreamBody::new(tokio_stream_from(rx)).boxed());
+                set_headers(&mut resp, spec.content, "miss", declared_len);
+                let _ = answer.reply.send(Led {
+                    result: Ok(resp),
+                    waited: Some(answer.waited),
+                });
+                let mut tx = Some(tx);
+                for chunk in chunks {
+                    send(&mut tx, Ok(Frame::data(chunk))).await;
+                }
+                held = Some(data);
+                Client::Streaming(tx)
+            }
+            Client::Streaming(mut tx) => {
+                if let Some(prev) = held.replace(data) {
+                    send(&mut tx, Ok(Frame::data(prev))).await;
+                }
+                Client::Streaming(tx)
+            }
+        };
     };
 
     let failure = failure.or_else(|| match declared_len {
@@ -496,7 +578,7 @@ async fn fill(
     });
     if let Some(msg) = failure {
         tracing::warn!(key = %spec.key, error = %msg, "cache fill failed; nothing stored");
-        send(&mut client, Err(msg.clone().into())).await;
+        client.fail(msg.clone()).await;
         return FillOutcome::Failed(msg);
     }
 
@@ -532,9 +614,7 @@ async fn fill(
     };
     match committed {
         Ok(sync) => {
-            if let Some(last) = held {
-                send(&mut client, Ok(Frame::data(last))).await;
-            }
+            client.finish(spec.content, held).await;
             // After the client has its answer: make the rename durable, and drop any remembered
             // not-found (a newer positive entry already wins over it in `serve`).
             let cache = state.cache.clone();
@@ -552,14 +632,12 @@ async fn fill(
                 .cache_fills
                 .with_label_values(&["rejected"])
                 .inc();
-            send(&mut client, Err(rejected.clone().into())).await;
+            client.fail(rejected.clone()).await;
             FillOutcome::Failed(rejected)
         }
         Err(None) => {
             // Not stored (disk trouble), but the bytes were fine: the client gets them.
-            if let Some(last) = held {
-                send(&mut client, Ok(Frame::data(last))).await;
-            }
+            client.finish(spec.content, held).await;
             FillOutcome::Uncached
         }
     }
