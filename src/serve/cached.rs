@@ -26,7 +26,7 @@ use crate::proxy::ctx::ReqCtx;
 use crate::proxy::upstream::BaseUrl;
 use crate::serve::respond::ServeError;
 use crate::serve::upstreams::Entry;
-use crate::store::disk::{Found, NOT_FOUND_SUFFIX, PendingEntry};
+use crate::store::disk::{DiskCache, Found, NOT_FOUND_SUFFIX, PendingEntry, StoreError};
 use crate::store::flight::Join;
 use crate::store::shared::{Claim, Validator};
 
@@ -591,10 +591,7 @@ async fn fill(spec: &Spec, state: &Arc<State>, mut body: Incoming, answer: Answe
             let cache = state.cache.clone();
             let last = batch.freeze();
             let res = tokio::task::spawn_blocking(move || {
-                let mut p = match file {
-                    Fill::Opened(p) => p,
-                    _ => cache.begin(&key)?,
-                };
+                let mut p = file.open(&cache, &key)?;
                 p.write(&last)?;
                 p.commit_then(|file| validate(file))
             })
@@ -602,7 +599,7 @@ async fn fill(spec: &Spec, state: &Arc<State>, mut body: Incoming, answer: Answe
             let key = &spec.key;
             match res {
                 Ok(Ok(sync)) => Ok(sync),
-                Ok(Err(crate::store::disk::StoreError::Rejected(msg))) => Err(Some(msg)),
+                Ok(Err(StoreError::Rejected(msg))) => Err(Some(msg)),
                 Ok(Err(e)) => {
                     tracing::warn!(key, error = %e, "cache commit failed");
                     state.cache.count_error();
@@ -664,16 +661,23 @@ enum Fill {
     Failed,
 }
 
+impl Fill {
+    /// The entry to write to, made now if not yet (blocking). Not for a failed fill.
+    fn open(self, cache: &Arc<DiskCache>, key: &str) -> Result<PendingEntry, StoreError> {
+        match self {
+            Fill::Opened(p) => Ok(p),
+            Fill::NotOpened => cache.begin(key),
+            Fill::Failed => unreachable!("a failed fill writes nothing"),
+        }
+    }
+}
+
 /// Writes `data` to the fill's file, opening it first if need be (blocking pool).
 async fn write_batch(file: Fill, key: &str, data: Bytes, state: &Arc<State>) -> Fill {
     let cache = state.cache.clone();
     let owned_key = key.to_string();
     let res = tokio::task::spawn_blocking(move || {
-        let mut p = match file {
-            Fill::Opened(p) => p,
-            Fill::NotOpened => cache.begin(&owned_key)?,
-            Fill::Failed => return Ok(Fill::Failed),
-        };
+        let mut p = file.open(&cache, &owned_key)?;
         p.write(&data).map(|_| Fill::Opened(p))
     })
     .await;
@@ -729,7 +733,7 @@ fn set_headers(resp: &mut Response<Body>, content: Content, cache: &'static str,
 
 /// Serves a cached entry: small ones from memory, large ones streamed from the file.
 pub(crate) async fn serve_found(
-    disk: &crate::store::disk::DiskCache,
+    disk: &DiskCache,
     found: &Found,
     content: Content,
     cache: &'static str,
