@@ -37,12 +37,6 @@ PATHS = {
 }
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("binaries", nargs="+", help="modgate binaries to compare")
@@ -114,9 +108,9 @@ extra_ca_file = "{certs}/ca.pem"
                 args += ["--concurrency", str(a.concurrency)] + (["--h2"] if a.h2 else [])
                 # fill: every URL once (misses); otherwise for --seconds
                 args += ["--requests", str(len(paths))] if a.mode == "fill" else ["--duration", f"{a.seconds}s"]
-                before = cpu_seconds(pid)
+                before = common.cpu_seconds(pid)
                 out = subprocess.run([LOADGEN, "run"] + args, capture_output=True, text=True, check=True)
-                used = cpu_seconds(pid) - before
+                used = common.cpu_seconds(pid) - before
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 if r["errors"]:
                     raise SystemExit(f"{n}: {r['errors']} requests failed")

@@ -52,6 +52,13 @@ def peak_rss_mib(pid):
     return 0.0
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds used so far by process `pid` (not its children)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -34,6 +34,7 @@ Prints Markdown tables (results, then targets met/missed) and writes all runs as
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -235,7 +236,8 @@ extra_ca_file = "{self.up_ca}"
     def print_rows(self, sid):
         for row in self.rows:
             if row["id"] == sid:
-                log(f"  {row['scenario']:<58} {row['target']:<11} {row['value']:>10} {row['unit']:<7} p50 {row['p50_ms']} p99 {row['p99_ms']} rss {row['rss_mib']} err {row['errors']}")
+                cpu = f" cpu go {row['go_cpu_s']} server {row.get('server_cpu_s', '-')}" if "go_cpu_s" in row else ""
+                log(f"  {row['scenario']:<58} {row['target']:<11} {row['value']:>10} {row['unit']:<7} p50 {row['p50_ms']} p99 {row['p99_ms']} rss {row['rss_mib']} err {row['errors']}{cpu}")
 
     def scenario_a(self):
         for c in (1, 16, 64):
@@ -358,8 +360,11 @@ extra_ca_file = "{self.up_ca}"
         gopath = os.path.join(d, "gopath")
         env = self.go_env(gopath, **env_kw)
         t0 = time.time()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run([GO, "build", "-o", os.path.join(d, "app.bin"), "."], cwd=d, env=env, capture_output=True, text=True)
         secs = time.time() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.go_cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
         if out.returncode != 0:
             raise RuntimeError(f"go build ({tag}) failed:\n{out.stderr[-3000:]}")
         with open(os.path.join(d, "go.sum")) as f:
@@ -391,29 +396,42 @@ extra_ca_file = "{self.up_ca}"
         # Fill the build cache once, so every timed build measures module fetching, extraction and
         # hashing, not compiling.
         self.go_build("warmup", file_proxy)
-        results = {"modgate cold": [], "modgate warm": [], "file://": [], "direct": []}
+        tags = ("modgate cold", "modgate warm", "file://", "direct")
+        results = {t: [] for t in tags}
+        # CPU seconds per build: the go command's (with its children) and the serving process's
+        # (modgate, or the upstream file server for direct; none for file://).
+        go_cpu = {t: [] for t in tags}
+        server_cpu = {t: [] for t in tags}
         sums = set()
+
+        def build(tag, r, env, server_pid):
+            before = common.cpu_seconds(server_pid) if server_pid else 0.0
+            secs, s = self.go_build(f"{tag.replace(' ', '-').replace(':', '').replace('/', '')}-{r}", env)
+            results[tag].append(secs)
+            go_cpu[tag].append(self.go_cpu)
+            if server_pid:
+                server_cpu[tag].append(common.cpu_seconds(server_pid) - before)
+            sums.add(s)
+
         for r in range(a.g_repeat):
             self.wait_quiet()
             procs, mg = self.start_fresh("modgate", os.path.join(self.work, f"g-modgate-{r}"))
             try:
                 via = {"GOPROXY": "https://proxy.golang.org", "HTTPS_PROXY": f"http://{mg.addr}", "SSL_CERT_FILE": mg.ca}
                 for tag in ("modgate cold", "modgate warm"):
-                    secs, s = self.go_build(f"{tag.replace(' ', '-')}-{r}", via)
-                    results[tag].append(secs)
-                    sums.add(s)
+                    build(tag, r, via, mg.pid)
             finally:
                 procs.stop()
-            secs, s = self.go_build(f"file-{r}", file_proxy)
-            results["file://"].append(secs)
-            sums.add(s)
-            secs, s = self.go_build(f"direct-{r}", {"GOPROXY": f"https://localhost:{self.up_port}", "SSL_CERT_FILE": self.up_ca})
-            results["direct"].append(secs)
-            sums.add(s)
+            build("file://", r, file_proxy, None)
+            build("direct", r, {"GOPROXY": f"https://localhost:{self.up_port}", "SSL_CERT_FILE": self.up_ca}, self.up_pid)
         title = f"g. go build, {a.modules} modules ({gomodtree.zip_bytes(self.tree, a.modules) / 1e6:.1f} MB of zips), empty GOMODCACHE"
         for tag, vals in results.items():
-            self.rows.append({"id": "g", "scenario": title, "unit": "s", "target": tag, "value": round(statistics.median(vals), 2),
-                              "runs": [round(v, 2) for v in vals], "p50_ms": "", "p99_ms": "", "errors": 0, "rss_mib": ""})
+            row = {"id": "g", "scenario": title, "unit": "s", "target": tag, "value": round(statistics.median(vals), 2),
+                   "runs": [round(v, 2) for v in vals], "p50_ms": "", "p99_ms": "", "errors": 0, "rss_mib": "",
+                   "go_cpu_s": round(statistics.median(go_cpu[tag]), 2)}
+            if server_cpu[tag]:
+                row["server_cpu_s"] = round(statistics.median(server_cpu[tag]), 3)
+            self.rows.append(row)
         if len(sums) != 1:
             raise RuntimeError("go.sum differs between runs")
         self.print_rows("g")
@@ -445,6 +463,8 @@ extra_ca_file = "{self.up_ca}"
             extra = ""
             if "mb_per_s" in row:
                 extra = f" ({row['mb_per_s']} MB/s)"
+            if "go_cpu_s" in row:
+                extra = f" (CPU s: go {row['go_cpu_s']}" + (f", server {row['server_cpu_s']}" if "server_cpu_s" in row else "") + ")"
             if "baseline_mib" in row:
                 extra = f" (idle process {row['baseline_mib']}; {row['open']} open)"
             out.append(f"| {row['scenario']} | {row['target']} | {row['value']}{extra} | {row['unit']} | {lat} | {row.get('rss_mib', '')} | {ratio} | {row['errors']} | {', '.join(str(v) for v in row['runs'])} |")
@@ -493,11 +513,12 @@ extra_ca_file = "{self.up_ca}"
         g = {r["target"]: r for r in self.rows if r["id"] == "g"}
         gout = []
         if g:
-            gout = [f"| {next(iter(g.values()))['scenario'][3:]} | median s | runs |", "|---|---|---|"]
+            gout = [f"| {next(iter(g.values()))['scenario'][3:]} | median s | CPU s: go / server | runs |", "|---|---|---|---|"]
             for t, r in g.items():
                 ref = {"direct": "modgate cold", "file://": "modgate warm"}.get(t)
                 extra = f" ({ref} ÷ this: {g[ref]['value'] / r['value']:.2f}x)" if ref in g and r["value"] else ""
-                gout.append(f"| {t} | {r['value']}{extra} | {', '.join(str(v) for v in r['runs'])} |")
+                cpu = f"{r['go_cpu_s']} / {r.get('server_cpu_s', '-')}" if "go_cpu_s" in r else ""
+                gout.append(f"| {t} | {r['value']}{extra} | {cpu} | {', '.join(str(v) for v in r['runs'])} |")
         return "\n".join(out + [""] + lat + [""] + gout)
 
     def targets(self):
