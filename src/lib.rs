@@ -394,6 +394,9 @@ impl Gateway {
                 "drain deadline reached; closing remaining connections"
             );
         }
+        // The cache's background fsyncs, so a reboot after this stop discards nothing.
+        let cache = self.state.cache.clone();
+        let _ = tokio::task::spawn_blocking(move || cache.settle()).await;
         drained
     }
 

@@ -582,7 +582,8 @@ async fn fill(spec: &Spec, state: &Arc<State>, mut body: Incoming, answer: Answe
         return FillOutcome::Failed(msg);
     }
 
-    // The last batch, the fsync, the check and the rename: one trip to the blocking pool.
+    // The last batch, the check and the rename: one trip to the blocking pool (the fsyncs run
+    // later, in the background; see store::durable).
     let committed = match file {
         Fill::Failed => Err(None),
         file => {
@@ -612,8 +613,8 @@ async fn fill(spec: &Spec, state: &Arc<State>, mut body: Incoming, answer: Answe
     match committed {
         Ok(sync) => {
             client.finish(spec.content, held).await;
-            // After the client has its answer: make the rename durable, and drop any remembered
-            // not-found (a newer positive entry already wins over it in `serve`).
+            // After the client has its answer: any directory fsync still owed, and drop any
+            // remembered not-found (a newer positive entry already wins over it in `serve`).
             let cache = state.cache.clone();
             let neg_key = format!("{}{NOT_FOUND_SUFFIX}", spec.key);
             tokio::task::spawn_blocking(move || {

@@ -1,5 +1,8 @@
-//! The on-disk cache: one file per entry under `<data>/cache/<key>`, written to `<data>/tmp`,
-//! fsynced and renamed into place, so a crash never leaves a partial entry that is later served.
+//! The on-disk cache: one file per entry under `<data>/cache/<key>`, written to `<data>/tmp` and
+//! renamed into place once complete, so no partial entry is ever served. The gateway's fills are
+//! fsynced in the background after the rename, and entries that may not have reached the disk
+//! before an OS crash are removed at the next start ([`durable`](super::durable)); other writers
+//! fsync before the rename.
 //! An in-memory index (rebuilt by scanning the directory at start) tracks sizes and use order and
 //! evicts the least recently used entries beyond the size bound.
 //!
@@ -16,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntGauge};
+
+use super::durable::{self, Tracker};
 
 /// Suffix of not-found entries.
 pub const NOT_FOUND_SUFFIX: &str = ".notfound";
@@ -160,6 +165,8 @@ pub struct DiskCache {
     spares: Mutex<Vec<(PathBuf, File)>>,
     /// A refill of `spares` is running.
     refilling: AtomicBool,
+    /// Background fsyncs and the durable horizon (the gateway's cache only).
+    durable: Option<Tracker>,
 }
 
 /// Empty temporary files kept ready, so a fill does not wait for the file system to allocate an
@@ -168,13 +175,20 @@ pub struct DiskCache {
 /// in the background, on tokio's blocking pool, after a fill takes one.
 const SPARE_FILES: usize = 8;
 
+/// How long a background fsync waits for more fills to join its batch: a burst of misses then
+/// shares one horizon update and one fsync per directory.
+const FLUSH_DELAY: Duration = Duration::from_millis(20);
+
 /// Largest entry kept in memory, and the memory given to such entries.
 pub const HOT_ENTRY_MAX: u64 = 64 * 1024;
 const HOT_BYTES: u64 = 32 * 1024 * 1024;
 
 impl DiskCache {
-    /// Opens (creating) the cache under `data_dir`, removes leftover temporary files, and
-    /// rebuilds the index from the files present (oldest modification first).
+    /// Opens (creating) the cache under `data_dir` for the gateway: removes leftover temporary
+    /// files and, after an OS restart, the entries the previous run may not have made durable
+    /// (or fsyncs them, on the same boot); rebuilds the index from the files present (oldest
+    /// modification first). Fills committed with [`PendingEntry::commit_then`] are then fsynced
+    /// in the background.
     pub fn open(
         data_dir: &Path,
         max_bytes: u64,
@@ -208,6 +222,11 @@ impl DiskCache {
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         let mut found = vec![];
         scan(&root, &root, &mut found).map_err(io_err(&root))?;
+        let durable = if clear_tmp {
+            Some(Self::recover(data_dir, &root, &mut found)?)
+        } else {
+            None
+        };
         found.sort_by_key(|(_, _, mtime)| *mtime);
         let mut index = Index::default();
         for (key, size, _) in found {
@@ -227,10 +246,99 @@ impl DiskCache {
                 .build(),
             spares: Mutex::new(Vec::new()),
             refilling: AtomicBool::new(false),
+            durable,
         };
         cache.evict();
         cache.publish();
         Ok(cache)
+    }
+
+    /// Deals with what the previous run left unsynced (see [`durable`]), drops removed entries
+    /// from `found`, and starts a new horizon.
+    fn recover(
+        data_dir: &Path,
+        root: &Path,
+        found: &mut Vec<(String, u64, SystemTime)>,
+    ) -> Result<Tracker, StoreError> {
+        let marker = data_dir.join(durable::HORIZON_FILE);
+        let boot = durable::boot_id();
+        if let Some(horizon) = durable::read_horizon(data_dir).map_err(io_err(&marker))? {
+            let suspects: Vec<String> = durable::suspects(&horizon, found)
+                .map(|(key, _, _)| key.clone())
+                .collect();
+            let same_boot = horizon.boot == boot;
+            if !suspects.is_empty() && !same_boot {
+                for key in &suspects {
+                    let path = root.join(key);
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                }
+                let gone: std::collections::HashSet<&String> = suspects.iter().collect();
+                found.retain(|(key, _, _)| !gone.contains(key));
+                tracing::warn!(
+                    removed = suspects.len(),
+                    "the system restarted since the cache was last used: removed the entries \
+                     written in its last moments, which may not have reached the disk"
+                );
+            } else if !suspects.is_empty() {
+                let paths: Vec<PathBuf> = suspects.iter().map(|k| root.join(k)).collect();
+                durable::sync_paths(&paths);
+                tracing::debug!(
+                    synced = paths.len(),
+                    "synced the previous run's last entries"
+                );
+            }
+        }
+        let horizon = durable::write_horizon(data_dir, &boot).map_err(io_err(&marker))?;
+        Ok(Tracker::new(horizon))
+    }
+
+    /// Fsyncs every committed entry still waiting for it and moves the durable horizon to the
+    /// present (blocking; at shutdown, after the last request).
+    pub fn settle(&self) {
+        let Some(tracker) = &self.durable else { return };
+        while let Some(batch) = tracker.take() {
+            self.flush(tracker, &batch);
+        }
+        if let Err(e) = tracker.settled(&Vec::new(), &[]) {
+            tracing::warn!(error = %e, "cannot record the cache's durable horizon");
+        }
+    }
+
+    /// Number of fills renamed into place whose fsync has not completed.
+    pub fn unsynced(&self) -> usize {
+        self.durable.as_ref().map_or(0, Tracker::queued)
+    }
+
+    fn flush(&self, tracker: &Tracker, batch: &durable::Batch) {
+        let mut failed = vec![];
+        for (id, key, e) in durable::sync_batch(batch) {
+            // The contents may never reach the disk: drop the entry rather than risk it.
+            tracing::warn!(key, error = %e, "cannot sync a cache entry; removing it");
+            self.metrics.errors.inc();
+            self.remove(&key);
+            failed.push(id);
+        }
+        if let Err(e) = tracker.settled(batch, &failed) {
+            tracing::warn!(error = %e, "cannot record the cache's durable horizon");
+        }
+    }
+
+    /// Runs background fsyncs on tokio's blocking pool until the queue is empty, starting
+    /// [`FLUSH_DELAY`] from now so that the fills of a burst share a batch.
+    fn start_flush(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        let cache = self.clone();
+        rt.spawn(async move {
+            tokio::time::sleep(FLUSH_DELAY).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                let Some(tracker) = &cache.durable else {
+                    return;
+                };
+                while let Some(batch) = tracker.take() {
+                    cache.flush(tracker, &batch);
+                }
+            })
+            .await;
+        });
     }
 
     fn publish(&self) {
@@ -360,6 +468,7 @@ impl DiskCache {
             tmp_path,
             file: Some(file),
             len: 0,
+            id: self.durable.as_ref().map(Tracker::begin),
         })
     }
 
@@ -405,11 +514,12 @@ impl DiskCache {
         });
     }
 
-    /// Stores a small entry in one step.
+    /// Stores a small entry in one step (fsynced in the background, like a fill).
     pub fn put(self: &Arc<Self>, key: &str, data: &[u8]) -> Result<(), StoreError> {
         let mut p = self.begin(key)?;
         p.write(data)?;
-        p.commit(|_| Ok(()))
+        p.commit_then(|_| Ok(()))?.run();
+        Ok(())
     }
 
     /// Removes `key` (and its file).
@@ -486,6 +596,8 @@ pub struct PendingEntry {
     tmp_path: PathBuf,
     file: Option<File>,
     len: u64,
+    /// The fill's place in the durability tracker, until it is durable or dropped.
+    id: Option<u64>,
 }
 
 impl PendingEntry {
@@ -512,25 +624,43 @@ impl PendingEntry {
     }
 
     /// Fsyncs, runs `validate` on the complete file, then renames it into place atomically and
-    /// fsyncs the directory.
+    /// fsyncs the directory: durable when it returns. For writers that set the file's times
+    /// themselves, which the background path cannot vouch for.
     pub fn commit(
         self,
         validate: impl FnOnce(&File) -> Result<(), String>,
     ) -> Result<(), StoreError> {
-        self.commit_then(validate)?.run();
+        self.finish(validate, false)?.run();
         Ok(())
     }
 
-    /// [`commit`](Self::commit) up to the rename: the entry is complete on disk and in the index.
-    /// The directory fsync that makes the rename itself survive a power cut is left to the
-    /// returned [`DirSync`], so a caller can answer its client first; a crash before it can lose
-    /// the entry (a later miss), never leave a partial one.
+    /// Runs `validate` on the complete file and renames it into place: the entry is complete
+    /// and in the index (and survives the gateway being killed). In the gateway's cache the
+    /// fsyncs that make it survive an OS crash run in the background (see
+    /// [`durable`](super::durable)) and the returned [`DirSync`] is empty; elsewhere the file is
+    /// fsynced before the rename and the directory fsync is left to the returned [`DirSync`], so
+    /// a caller can answer its client first. Either way a crash can lose the entry (a later
+    /// miss), never leave a partial one that is served. `validate` must not set the file's times.
     pub fn commit_then(
-        mut self,
+        self,
         validate: impl FnOnce(&File) -> Result<(), String>,
     ) -> Result<DirSync, StoreError> {
+        self.finish(validate, true)
+    }
+
+    fn finish(
+        mut self,
+        validate: impl FnOnce(&File) -> Result<(), String>,
+        defer: bool,
+    ) -> Result<DirSync, StoreError> {
         let file = self.file.take().expect("file present until commit");
-        file.sync_all().map_err(io_err(&self.tmp_path))?;
+        let background = match (&self.cache.durable, self.id) {
+            (Some(_), Some(_)) if defer => tokio::runtime::Handle::try_current().ok(),
+            _ => None,
+        };
+        if background.is_none() {
+            file.sync_all().map_err(io_err(&self.tmp_path))?;
+        }
         self.len = file.metadata().map_err(io_err(&self.tmp_path))?.len();
         validate(&file).map_err(StoreError::Rejected)?;
         drop(file);
@@ -539,7 +669,21 @@ impl PendingEntry {
         }
         fs::rename(&self.tmp_path, &self.dest).map_err(io_err(&self.dest))?;
         self.cache.committed(&self.key, self.len);
-        Ok(DirSync(self.dest.parent().map(Path::to_path_buf)))
+        let id = self.id.take();
+        match (background, &self.cache.durable, id) {
+            (Some(rt), Some(tracker), Some(id)) => {
+                if tracker.queue(id, self.key.clone(), self.dest.clone()) {
+                    self.cache.start_flush(&rt);
+                }
+                Ok(DirSync(None))
+            }
+            (_, tracker, id) => {
+                if let (Some(tracker), Some(id)) = (tracker, id) {
+                    tracker.release(id);
+                }
+                Ok(DirSync(self.dest.parent().map(Path::to_path_buf)))
+            }
+        }
     }
 }
 
@@ -560,6 +704,9 @@ impl DirSync {
 
 impl Drop for PendingEntry {
     fn drop(&mut self) {
+        if let (Some(tracker), Some(id)) = (&self.cache.durable, self.id) {
+            tracker.release(id);
+        }
         if self.file.is_some() || self.tmp_path.exists() {
             let _ = fs::remove_file(&self.tmp_path);
         }
@@ -633,6 +780,117 @@ mod tests {
         let c = DiskCache::open(dir.path(), 300, metrics()).unwrap();
         assert_eq!(c.usage(), (3, 300));
         assert!(c.get("k/a").is_some());
+    }
+
+    /// Writes the horizon file as a run on `boot` would have left it, with time `at`.
+    fn fake_horizon(data: &Path, boot: &str, at: SystemTime) {
+        let path = data.join(durable::HORIZON_FILE);
+        fs::write(&path, format!("{boot}\n")).unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    }
+
+    fn set_mtime(c: &DiskCache, key: &str, at: SystemTime) {
+        File::options()
+            .write(true)
+            .open(c.file_of(key).unwrap())
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    }
+
+    /// Three entries as a run might leave them: one well before its horizon, one after it,
+    /// and an empty one (an inode that reached the disk without its contents).
+    fn entries_around_a_horizon(dir: &Path) -> SystemTime {
+        let c = Arc::new(DiskCache::open(dir, 1 << 20, metrics()).unwrap());
+        c.put("k/durable", b"old").unwrap();
+        c.put("k/late", b"new").unwrap();
+        c.put("k/empty", b"").unwrap();
+        let horizon = SystemTime::now() - 4 * durable::MARGIN;
+        set_mtime(&c, "k/durable", horizon - 2 * durable::MARGIN);
+        set_mtime(&c, "k/late", horizon + Duration::from_secs(1));
+        set_mtime(&c, "k/empty", horizon - 2 * durable::MARGIN);
+        horizon
+    }
+
+    #[test]
+    fn after_an_os_restart_entries_the_last_run_may_not_have_synced_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let horizon = entries_around_a_horizon(dir.path());
+        fake_horizon(dir.path(), "an-earlier-boot", horizon);
+        let c = DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap();
+        assert!(c.get("k/durable").is_some());
+        assert!(c.get("k/late").is_none(), "written after the horizon");
+        assert!(c.get("k/empty").is_none(), "empty");
+        assert!(!dir.path().join("cache/k/late").exists());
+        assert!(!dir.path().join("cache/k/empty").exists());
+        assert_eq!(c.usage(), (1, 3));
+        // The new horizon belongs to this boot and is recent.
+        let now = durable::read_horizon(dir.path()).unwrap().unwrap();
+        assert_eq!(now.boot, durable::boot_id());
+        assert!(now.at > horizon);
+    }
+
+    #[test]
+    fn on_the_same_boot_or_without_a_horizon_every_entry_is_kept() {
+        for boot in [Some(durable::boot_id()), None] {
+            let dir = tempfile::tempdir().unwrap();
+            let horizon = entries_around_a_horizon(dir.path());
+            match &boot {
+                Some(b) => fake_horizon(dir.path(), b, horizon),
+                None => fs::remove_file(dir.path().join(durable::HORIZON_FILE)).unwrap(),
+            }
+            let c = DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap();
+            for key in ["k/durable", "k/late", "k/empty"] {
+                assert!(c.get(key).is_some(), "{key} kept ({boot:?})");
+            }
+            assert!(dir.path().join(durable::HORIZON_FILE).exists());
+        }
+    }
+
+    #[tokio::test]
+    async fn fills_are_synced_in_the_background_and_move_the_horizon() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap());
+        let opened = durable::read_horizon(dir.path()).unwrap().unwrap().at;
+        let before = SystemTime::now();
+        let mut p = c.begin("k/a").unwrap();
+        p.write(b"one").unwrap();
+        p.commit_then(|_| Ok(())).unwrap().run();
+        assert!(c.get("k/a").is_some(), "visible at once");
+        // An open fill holds the horizon back to its start.
+        let open = c.begin("k/b").unwrap();
+        let b_began = SystemTime::now();
+        let synced = async {
+            while c.unsynced() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), synced)
+            .await
+            .expect("the background fsync ran");
+        let moved = async {
+            loop {
+                let at = durable::read_horizon(dir.path()).unwrap().unwrap().at;
+                if at > opened {
+                    return at;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let at = tokio::time::timeout(Duration::from_secs(30), moved)
+            .await
+            .expect("the horizon moved after the fsync");
+        assert!(at >= before, "past the synced fill");
+        assert!(at <= b_began, "not past the open one");
+        drop(open);
+        c.settle();
+        let settled = durable::read_horizon(dir.path()).unwrap().unwrap().at;
+        assert!(settled >= at);
     }
 
     #[tokio::test]

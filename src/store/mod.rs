@@ -3,6 +3,7 @@
 //! replicas (`shared`), and private repository mirrors (`mirror`). Nothing here knows about HTTP.
 
 pub mod disk;
+pub mod durable;
 pub mod flight;
 pub mod mirror;
 pub mod shared;
