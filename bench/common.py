@@ -98,9 +98,9 @@ def wait_http(url, timeout=20):
     raise RuntimeError(f"{url} did not come up")
 
 
-def tmpdir(prefix):
-    d = tempfile.mkdtemp(prefix=prefix)
-    return d
+def tmpdir(prefix, parent=None):
+    """A new work directory under `parent` (default: the system's temporary directory)."""
+    return tempfile.mkdtemp(prefix=prefix, dir=parent)
 
 
 def cleanup(d):

@@ -89,11 +89,13 @@ def loadgen_run(args):
 class Bench:
     def __init__(self, a):
         self.a = a
-        self.work = tmpdir("modgate-peers-")
+        self.work = tmpdir("modgate-peers-", a.work_dir)
         os.chmod(self.work, 0o755)
         self.procs = Procs()
         self.rows = []  # one per (scenario, target): dict with medians and all runs
         self.notes = []
+        if a.work_dir:
+            self.notes.append(f"work directory (proxies' data, upstream files) under {a.work_dir}")
         self.waited = [0, 0.0, 0]  # rounds that waited, seconds waited, rounds started busy anyway
 
     def wait_quiet(self):
@@ -575,6 +577,7 @@ def main():
     ap.add_argument("--targets", default="", help="comma-separated proxies to measure (default: all; direct and nginx always run)")
     ap.add_argument("--agent-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else "",
                     help="scenario g: the go command's files go under here (another file system than modgate's data, as on a build agent); '' keeps them in the work dir")
+    ap.add_argument("--work-dir", default=None, help="put the work directory (modgate's cache, the upstream's files) under this directory instead of the system's temporary one, e.g. a dedicated volume as a gateway's data would be")
     ap.add_argument("--json", default=None, help="write every row (with all runs) here")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--modgate", metavar="BINARY", help="measure this modgate binary instead of target/release/modgate (A/B of builds; implies --no-build)")
