@@ -50,6 +50,8 @@ pub struct StoreMetrics {
     pub entries: IntGauge,
     pub evictions: IntCounter,
     pub errors: IntCounter,
+    /// Entries in place whose background fsync has not completed.
+    pub unsynced: IntGauge,
 }
 
 /// A cached entry as found.
@@ -306,7 +308,7 @@ impl DiskCache {
 
     /// Number of fills renamed into place whose fsync has not completed.
     pub fn unsynced(&self) -> usize {
-        self.durable.as_ref().map_or(0, Tracker::queued)
+        self.durable.as_ref().map_or(0, Tracker::unsynced)
     }
 
     fn flush(&self, tracker: &Tracker, batch: &durable::Batch) {
@@ -321,6 +323,7 @@ impl DiskCache {
         if let Err(e) = tracker.settled(batch, &failed) {
             tracing::warn!(error = %e, "cannot record the cache's durable horizon");
         }
+        self.metrics.unsynced.set(tracker.unsynced() as i64);
     }
 
     /// Runs background fsyncs on tokio's blocking pool until the queue is empty, starting
@@ -675,6 +678,7 @@ impl PendingEntry {
                 if tracker.queue(id, self.key.clone(), self.dest.clone()) {
                     self.cache.start_flush(&rt);
                 }
+                self.cache.metrics.unsynced.set(tracker.unsynced() as i64);
                 Ok(DirSync(None))
             }
             (_, tracker, id) => {
@@ -723,6 +727,7 @@ mod tests {
             entries: IntGauge::new("e", "e").unwrap(),
             evictions: IntCounter::new("v", "v").unwrap(),
             errors: IntCounter::new("r", "r").unwrap(),
+            unsynced: IntGauge::new("u", "u").unwrap(),
         }
     }
 
@@ -862,11 +867,14 @@ mod tests {
         p.write(b"one").unwrap();
         p.commit_then(|_| Ok(())).unwrap().run();
         assert!(c.get("k/a").is_some(), "visible at once");
+        // This runtime has one thread and the test has not yielded: the fsync has not run.
+        assert_eq!(c.unsynced(), 1);
+        assert_eq!(c.metrics.unsynced.get(), 1, "the gauge counts it");
         // An open fill holds the horizon back to its start.
         let open = c.begin("k/b").unwrap();
         let b_began = SystemTime::now();
         let synced = async {
-            while c.unsynced() > 0 {
+            while c.unsynced() > 0 || c.metrics.unsynced.get() > 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };

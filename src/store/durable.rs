@@ -128,6 +128,8 @@ struct State {
     open: BTreeMap<u64, SystemTime>,
     /// Committed entries awaiting their fsync: id, key, file.
     queue: Vec<(u64, String, PathBuf)>,
+    /// Entries queued or in a batch being synced.
+    unsynced: usize,
     flushing: bool,
 }
 
@@ -165,6 +167,7 @@ impl Tracker {
     pub fn queue(&self, id: u64, key: String, file: PathBuf) -> bool {
         let mut st = self.state.lock().expect("durability state poisoned");
         st.queue.push((id, key, file));
+        st.unsynced += 1;
         !std::mem::replace(&mut st.flushing, true)
     }
 
@@ -178,10 +181,12 @@ impl Tracker {
         Some(std::mem::take(&mut st.queue))
     }
 
-    /// Number of entries renamed into place and not yet fsynced.
-    pub fn queued(&self) -> usize {
-        let st = self.state.lock().expect("durability state poisoned");
-        st.queue.len()
+    /// Number of entries renamed into place and not yet fsynced (queued or being synced).
+    pub fn unsynced(&self) -> usize {
+        self.state
+            .lock()
+            .expect("durability state poisoned")
+            .unsynced
     }
 
     /// Records that the entries of `batch` are durable, except those listed in `failed`, and
@@ -195,6 +200,7 @@ impl Tracker {
                     st.open.remove(id);
                 }
             }
+            st.unsynced = st.unsynced.saturating_sub(batch.len());
             st.open
                 .values()
                 .next()

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub cache_evictions: IntCounter,
     /// Cache writes that failed (disk full, read-only directory ...).
     pub cache_store_errors: IntCounter,
+    /// Cache entries in place whose background fsync has not completed.
+    pub cache_unsynced: IntGauge,
     /// Cache fills from upstream, by outcome.
     pub cache_fills: IntCounterVec,
     /// Requests for private module paths answered locally, by kind.
@@ -176,6 +178,11 @@ impl Metrics {
                 "Cache writes that failed; the request was still answered from upstream.",
             )
             .expect("metric"),
+            cache_unsynced: IntGauge::new(
+                "modgate_cache_unsynced_entries",
+                "Cache entries in place whose background fsync has not completed.",
+            )
+            .expect("metric"),
             cache_fills: IntCounterVec::new(
                 Opts::new("modgate_cache_fills_total", "Upstream fetches made to fill the cache, by outcome."),
                 &["outcome"],
@@ -253,6 +260,7 @@ impl Metrics {
             Box::new(m.cache_bytes.clone()),
             Box::new(m.cache_entries.clone()),
             Box::new(m.cache_evictions.clone()),
+            Box::new(m.cache_unsynced.clone()),
             Box::new(m.cache_store_errors.clone()),
             Box::new(m.cache_fills.clone()),
             Box::new(m.private_refused.clone()),
@@ -325,6 +333,7 @@ impl Metrics {
             entries: self.cache_entries.clone(),
             evictions: self.cache_evictions.clone(),
             errors: self.cache_store_errors.clone(),
+            unsynced: self.cache_unsynced.clone(),
         }
     }
 
