@@ -225,11 +225,10 @@ pub fn internal_git_host(
     })
 }
 
-/// A route whose password comes from a file (tests never touch the process environment).
-fn route(password: &str) -> PrivateRouteConfig {
-    let dir = std::env::temp_dir().join(format!("modgate-pw-{}", rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("password");
+/// A route whose password comes from a file in `dir`, the test's own temporary directory (tests
+/// never touch the process environment).
+fn route(dir: &std::path::Path, password: &str) -> PrivateRouteConfig {
+    let file = dir.join(format!("password-{}", rand_suffix()));
     std::fs::write(&file, format!("{password}\n")).unwrap();
     PrivateRouteConfig {
         module: "git.corp.example/{group}/{repo}".into(),
@@ -366,11 +365,12 @@ async fn go_sum_through_modgate_equals_direct_git_in_proxy_and_direct_mode() {
 
     // modgate with a private route holding the credentials.
     let (gb, pb) = (git_host.base_url(), public_up.base_url());
+    let pw_dir = base.path().to_path_buf();
     let gw = TestGateway::start(&ca, move |c| {
-        let mut vanity = route(PASSWORD);
+        let mut vanity = route(&pw_dir, PASSWORD);
         vanity.module = "corp.example/lib".into();
         vanity.git = "https://git.internal/team/vanity".into();
-        c.private.routes = vec![vanity, route(PASSWORD)];
+        c.private.routes = vec![vanity, route(&pw_dir, PASSWORD)];
         c.upstream.overrides.insert("git.internal".into(), gb);
         c.upstream.overrides.insert("proxy.golang.org".into(), pb);
     })
@@ -485,7 +485,7 @@ async fn missing_repositories_and_bad_credentials_are_explained_without_secrets(
     let git_host = Upstream::tls(&ca, internal_git_host(repos, Arc::default())).await;
     let gb = git_host.base_url();
     let good = TestGateway::start(&ca, |c| {
-        c.private.routes = vec![route(PASSWORD)];
+        c.private.routes = vec![route(base.path(), PASSWORD)];
         c.upstream
             .overrides
             .insert("git.internal".into(), gb.clone());
@@ -523,7 +523,7 @@ async fn missing_repositories_and_bad_credentials_are_explained_without_secrets(
 
     let wrong = "not-the-password";
     let bad = TestGateway::start(&ca, |c| {
-        c.private.routes = vec![route(wrong)];
+        c.private.routes = vec![route(base.path(), wrong)];
         c.upstream
             .overrides
             .insert("git.internal".into(), gb.clone());
@@ -569,7 +569,7 @@ async fn git_protocol_v0_and_v2_are_forwarded_with_injected_credentials() {
     let git_host = Upstream::tls(&ca, internal_git_host(repos.clone(), log.clone())).await;
     let gb = git_host.base_url();
     let gw = TestGateway::start(&ca, |c| {
-        c.private.routes = vec![route(PASSWORD)];
+        c.private.routes = vec![route(base.path(), PASSWORD)];
         c.upstream.overrides.insert("git.internal".into(), gb);
     })
     .await;
