@@ -394,7 +394,8 @@ impl Gateway {
                 "drain deadline reached; closing remaining connections"
             );
         }
-        // The cache's background fsyncs, so a reboot after this stop discards nothing.
+        // The cache's background fsyncs, and a clean stop recorded: a later start, on any boot,
+        // then removes nothing.
         let cache = self.state.cache.clone();
         let _ = tokio::task::spawn_blocking(move || cache.settle()).await;
         drained

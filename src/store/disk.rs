@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntGauge};
 
-use super::durable::{self, Tracker};
+use super::durable::{self, Queued, Tracker};
 
 /// Suffix of not-found entries.
 pub const NOT_FOUND_SUFFIX: &str = ".notfound";
@@ -181,6 +181,9 @@ const SPARE_FILES: usize = 8;
 /// shares one horizon update and one fsync per directory.
 const FLUSH_DELAY: Duration = Duration::from_millis(20);
 
+/// How long a settle at shutdown waits for a background batch to finish.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
+
 /// Largest entry kept in memory, and the memory given to such entries.
 pub const HOT_ENTRY_MAX: u64 = 64 * 1024;
 const HOT_BYTES: u64 = 32 * 1024 * 1024;
@@ -225,7 +228,12 @@ impl DiskCache {
         let mut found = vec![];
         scan(&root, &root, &mut found).map_err(io_err(&root))?;
         let durable = if clear_tmp {
-            Some(Self::recover(data_dir, &root, &mut found)?)
+            Some(Self::recover(
+                data_dir,
+                &root,
+                &mut found,
+                metrics.unsynced.clone(),
+            )?)
         } else {
             None
         };
@@ -261,6 +269,7 @@ impl DiskCache {
         data_dir: &Path,
         root: &Path,
         found: &mut Vec<(String, u64, SystemTime)>,
+        unsynced: IntGauge,
     ) -> Result<Tracker, StoreError> {
         let marker = data_dir.join(durable::HORIZON_FILE);
         let boot = durable::boot_id();
@@ -268,41 +277,65 @@ impl DiskCache {
             let suspects: Vec<String> = durable::suspects(&horizon, found)
                 .map(|(key, _, _)| key.clone())
                 .collect();
+            // On the same boot the page cache has them whole: fsync them, and drop any whose
+            // fsync fails. On another boot they may be partial: drop them all.
             let same_boot = horizon.boot == boot;
-            if !suspects.is_empty() && !same_boot {
-                for key in &suspects {
-                    let path = root.join(key);
-                    fs::remove_file(&path).map_err(io_err(&path))?;
+            let mut gone = std::collections::HashSet::new();
+            for key in &suspects {
+                let path = root.join(key);
+                if same_boot {
+                    match File::open(&path).and_then(|f| f.sync_all()) {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            tracing::warn!(key, error = %e, "cannot sync a cache entry; removing it")
+                        }
+                    }
                 }
-                let gone: std::collections::HashSet<&String> = suspects.iter().collect();
-                found.retain(|(key, _, _)| !gone.contains(key));
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                gone.insert(key.as_str());
+            }
+            // The syncs, or the removals, reach the disk before the new horizon does.
+            durable::sync_dirs(
+                suspects
+                    .iter()
+                    .filter_map(|key| root.join(key).parent().map(Path::to_path_buf))
+                    .collect::<std::collections::BTreeSet<_>>(),
+            );
+            found.retain(|(key, _, _)| !gone.contains(key.as_str()));
+            if !same_boot && !gone.is_empty() {
                 tracing::warn!(
-                    removed = suspects.len(),
+                    removed = gone.len(),
                     "the system restarted since the cache was last used: removed the entries \
                      written in its last moments, which may not have reached the disk"
                 );
-            } else if !suspects.is_empty() {
-                let paths: Vec<PathBuf> = suspects.iter().map(|k| root.join(k)).collect();
-                durable::sync_paths(&paths);
-                tracing::debug!(
-                    synced = paths.len(),
-                    "synced the previous run's last entries"
-                );
             }
         }
-        let horizon = durable::write_horizon(data_dir, &boot).map_err(io_err(&marker))?;
-        Ok(Tracker::new(horizon))
+        let horizon = durable::write_horizon(data_dir, &boot, false).map_err(io_err(&marker))?;
+        Ok(Tracker::new(data_dir, &boot, horizon, unsynced))
     }
 
-    /// Fsyncs every committed entry still waiting for it and moves the durable horizon to the
-    /// present (blocking; at shutdown, after the last request).
+    /// Fsyncs every committed entry still waiting for it (waiting up to [`SETTLE_WAIT`] for a
+    /// background batch) and records a clean stop, after which a restart, on any boot, removes
+    /// nothing. Blocking; for shutdown, after the last request: later fills are fsynced before
+    /// their rename.
     pub fn settle(&self) {
         let Some(tracker) = &self.durable else { return };
-        while let Some(batch) = tracker.take() {
-            self.flush(tracker, &batch);
+        let deadline = Instant::now() + SETTLE_WAIT;
+        loop {
+            while let Some(batch) = tracker.take() {
+                self.flush(tracker, &batch);
+            }
+            if tracker.unsynced() == 0 || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        if let Err(e) = tracker.settled(&Vec::new(), &[]) {
-            tracing::warn!(error = %e, "cannot record the cache's durable horizon");
+        match tracker.close_clean() {
+            Ok(true) => tracing::debug!("cache settled: clean stop recorded"),
+            Ok(false) => {
+                tracing::warn!("cache fills still in flight at stop; the next start checks them")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot record a clean stop of the cache"),
         }
     }
 
@@ -323,7 +356,6 @@ impl DiskCache {
         if let Err(e) = tracker.settled(batch, &failed) {
             tracing::warn!(error = %e, "cannot record the cache's durable horizon");
         }
-        self.metrics.unsynced.set(tracker.unsynced() as i64);
     }
 
     /// Runs background fsyncs on tokio's blocking pool until the queue is empty, starting
@@ -657,16 +689,22 @@ impl PendingEntry {
         defer: bool,
     ) -> Result<DirSync, StoreError> {
         let file = self.file.take().expect("file present until commit");
-        let background = match (&self.cache.durable, self.id) {
-            (Some(_), Some(_)) if defer => tokio::runtime::Handle::try_current().ok(),
+        let meta = file.metadata().map_err(io_err(&self.tmp_path))?;
+        self.len = meta.len();
+        // The background fsync: in the gateway's cache, inside its runtime, when the tracker
+        // can vouch for the file's time and has room.
+        let background = match (&self.cache.durable, self.id, meta.modified()) {
+            (Some(tracker), Some(id), Ok(modified)) if defer => {
+                tokio::runtime::Handle::try_current()
+                    .ok()
+                    .filter(|_| tracker.may_defer(id, modified))
+            }
             _ => None,
         };
         if background.is_none() {
             file.sync_all().map_err(io_err(&self.tmp_path))?;
         }
-        self.len = file.metadata().map_err(io_err(&self.tmp_path))?.len();
         validate(&file).map_err(StoreError::Rejected)?;
-        drop(file);
         if let Some(parent) = self.dest.parent() {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
@@ -675,13 +713,19 @@ impl PendingEntry {
         let id = self.id.take();
         match (background, &self.cache.durable, id) {
             (Some(rt), Some(tracker), Some(id)) => {
-                if tracker.queue(id, self.key.clone(), self.dest.clone()) {
+                let entry = Queued {
+                    id,
+                    key: self.key.clone(),
+                    path: self.dest.clone(),
+                    file,
+                };
+                if tracker.queue(entry) {
                     self.cache.start_flush(&rt);
                 }
-                self.cache.metrics.unsynced.set(tracker.unsynced() as i64);
                 Ok(DirSync(None))
             }
             (_, tracker, id) => {
+                drop(file);
                 if let (Some(tracker), Some(id)) = (tracker, id) {
                     tracker.release(id);
                 }
@@ -788,9 +832,14 @@ mod tests {
     }
 
     /// Writes the horizon file as a run on `boot` would have left it, with time `at`.
-    fn fake_horizon(data: &Path, boot: &str, at: SystemTime) {
+    fn fake_horizon(data: &Path, boot: &str, at: SystemTime, clean: bool) {
         let path = data.join(durable::HORIZON_FILE);
-        fs::write(&path, format!("{boot}\n")).unwrap();
+        let text = if clean {
+            format!("{boot}\nclean\n")
+        } else {
+            format!("{boot}\n")
+        };
+        fs::write(&path, text).unwrap();
         File::options()
             .write(true)
             .open(&path)
@@ -826,7 +875,7 @@ mod tests {
     fn after_an_os_restart_entries_the_last_run_may_not_have_synced_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let horizon = entries_around_a_horizon(dir.path());
-        fake_horizon(dir.path(), "an-earlier-boot", horizon);
+        fake_horizon(dir.path(), "an-earlier-boot", horizon, false);
         let c = DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap();
         assert!(c.get("k/durable").is_some());
         assert!(c.get("k/late").is_none(), "written after the horizon");
@@ -846,7 +895,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let horizon = entries_around_a_horizon(dir.path());
             match &boot {
-                Some(b) => fake_horizon(dir.path(), b, horizon),
+                Some(b) => fake_horizon(dir.path(), b, horizon, false),
                 None => fs::remove_file(dir.path().join(durable::HORIZON_FILE)).unwrap(),
             }
             let c = DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap();
@@ -897,8 +946,28 @@ mod tests {
         assert!(at <= b_began, "not past the open one");
         drop(open);
         c.settle();
-        let settled = durable::read_horizon(dir.path()).unwrap().unwrap().at;
-        assert!(settled >= at);
+        let settled = durable::read_horizon(dir.path()).unwrap().unwrap();
+        assert!(settled.clean, "nothing open or unsynced: a clean stop");
+        assert!(settled.at >= at);
+        // After the stop is recorded, fills are fsynced before their rename.
+        c.put("k/c", b"late").unwrap();
+        assert_eq!(c.unsynced(), 0, "not queued");
+        assert!(c.get("k/c").is_some());
+    }
+
+    #[test]
+    fn after_a_clean_stop_even_another_boot_keeps_every_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let horizon = entries_around_a_horizon(dir.path());
+        fake_horizon(dir.path(), "an-earlier-boot", horizon, true);
+        let c = DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap();
+        for key in ["k/durable", "k/late", "k/empty"] {
+            assert!(c.get(key).is_some(), "{key} kept");
+        }
+        assert!(
+            !durable::read_horizon(dir.path()).unwrap().unwrap().clean,
+            "running again"
+        );
     }
 
     #[tokio::test]

@@ -5,25 +5,31 @@
 //! are in the kernel's page cache. What a rename does not give is survival of an OS crash or a
 //! power cut; for that the file (and its directory) must be fsynced, which costs 0.5–1 ms per
 //! entry on common disks — more than the upstream round trip of a small entry. So the fsyncs run
-//! in the background, in batches, and the cache keeps a *horizon* on disk: a time before which
-//! every entry is known to be durable.
+//! in the background, in batches, and the cache keeps a *horizon* on disk: every entry modified
+//! more than [`MARGIN`] before it is known to be durable.
 //!
-//! The horizon is the modification time of the file `<data>/durable`, whose contents are the
+//! The horizon is the modification time of the file `<data>/durable`, whose first line is the
 //! kernel's boot id when it was written. It is set (and the file fsynced) after each batch to the
 //! start of the oldest fill still in flight or awaiting its fsync, or the present when there is
-//! none. At start:
+//! none. A graceful stop that leaves nothing unsynced rewrites the file with a second line,
+//! `clean`. At start:
 //!
+//! - after a clean stop, every entry is durable;
 //! - on another boot (an OS crash or power cut may have happened since), entries modified within
-//!   [`MARGIN`] of the horizon or after it, and empty entries, are removed: they may be partial.
-//!   They are fetched again on the next miss, like any other;
+//!   [`MARGIN`] of the horizon or after it, and empty entries, are removed (and the removal made
+//!   durable): they may be partial. They are fetched again on the next miss, like any other;
 //! - on the same boot (the gateway restarted, or was killed), those entries are intact in the
-//!   page cache and are fsynced instead;
+//!   page cache and are fsynced instead (or removed if that fails);
 //! - then the file is rewritten with this boot's id and the present as horizon.
 //!
 //! An entry's modification time is set by its writes (never set explicitly on this path), so it
-//! is no earlier than the start of its fill; an inode written to disk carries its size and times
-//! together, so one that reached the disk without its new contents is either empty or has a
-//! modification time after the horizon.
+//! is no earlier than the start of its fill unless the clock was stepped back; a fill whose file
+//! is older than the horizon allows (or that finds [`QUEUE_MAX`] entries waiting) is fsynced
+//! before its rename instead. An inode written to disk carries its size and times together, so one
+//! that reached the disk without its new contents is either empty or newer than the horizon. On
+//! ext4 without a journal a directory entry can reach the disk before its inode; ext4 then does
+//! not reuse an inode freed in the last minute (longer while the freeing is unwritten), so such an
+//! entry points at an unused inode, which `e2fsck` clears, not at another entry's old contents.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -31,6 +37,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+use prometheus::IntGauge;
 
 /// Name of the horizon file inside the data directory.
 pub const HORIZON_FILE: &str = "durable";
@@ -41,20 +49,19 @@ pub const HORIZON_FILE: &str = "durable";
 /// written within it.
 pub const MARGIN: Duration = Duration::from_secs(60);
 
-/// What start-up found about the previous run's unsynced entries.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Recovery {
-    /// Entries (keys) that may be partial after an OS crash and must be removed.
-    pub discard: Vec<String>,
-    /// Entries (keys) written by an earlier run of this boot, fsynced now.
-    pub synced: usize,
-}
+/// Most entries waiting for their background fsync (each holds its file open); beyond it a fill
+/// is fsynced before its rename, so a disk that cannot keep up slows fills instead of piling up.
+pub const QUEUE_MAX: usize = 256;
 
-/// The horizon file as read at start: the boot it was written on and its time.
+/// The horizon file as read at start.
 #[derive(Debug, Clone)]
 pub struct Horizon {
+    /// The boot it was written on.
     pub boot: String,
+    /// Its modification time.
     pub at: SystemTime,
+    /// Written by a graceful stop that left nothing unsynced.
+    pub clean: bool,
 }
 
 /// The kernel's id of the running boot; a string that matches no recorded boot where there is
@@ -74,8 +81,10 @@ pub fn read_horizon(data_dir: &Path) -> io::Result<Option<Horizon>> {
     match fs::read_to_string(&path) {
         Ok(text) => {
             let at = fs::metadata(&path)?.modified()?;
+            let mut lines = text.lines();
             Ok(Some(Horizon {
-                boot: text.trim().to_string(),
+                boot: lines.next().unwrap_or_default().trim().to_string(),
+                clean: lines.next().map(str::trim) == Some("clean"),
                 at,
             }))
         }
@@ -94,23 +103,42 @@ pub fn suspects<'a>(
         .at
         .checked_sub(MARGIN)
         .unwrap_or(SystemTime::UNIX_EPOCH);
+    let clean = horizon.clean;
     entries
         .iter()
-        .filter(move |(_, len, modified)| *len == 0 || *modified >= line)
+        .filter(move |(_, len, modified)| !clean && (*len == 0 || *modified >= line))
 }
 
-/// Writes `<data>/durable` afresh (boot id, horizon now) and makes it durable; returns it open
-/// for later horizon updates.
-pub fn write_horizon(data_dir: &Path, boot: &str) -> io::Result<File> {
+/// Writes `<data>/durable` afresh (boot id, horizon now, `clean` if asked) and makes it durable;
+/// returns it open for later horizon updates.
+pub fn write_horizon(data_dir: &Path, boot: &str, clean: bool) -> io::Result<File> {
     let path = data_dir.join(HORIZON_FILE);
     let tmp = data_dir.join(format!("{HORIZON_FILE}.tmp"));
     let mut f = File::create(&tmp)?;
-    f.write_all(format!("{boot}\n").as_bytes())?;
+    let text = if clean {
+        format!("{boot}\nclean\n")
+    } else {
+        format!("{boot}\n")
+    };
+    f.write_all(text.as_bytes())?;
     f.sync_all()?;
     fs::rename(&tmp, &path)?;
     File::open(data_dir)?.sync_all()?;
     File::options().write(true).open(&path)
 }
+
+/// One committed entry awaiting its fsync: its tracker id, key, path and the file it was
+/// written through (kept open, so a write-back error is reported to this fsync).
+#[derive(Debug)]
+pub struct Queued {
+    pub id: u64,
+    pub key: String,
+    pub path: PathBuf,
+    pub file: File,
+}
+
+/// One flush's work, taken from the queue.
+pub type Batch = Vec<Queued>;
 
 /// Fills in flight and committed entries awaiting their fsync.
 #[derive(Debug)]
@@ -118,35 +146,57 @@ pub struct Tracker {
     state: Mutex<State>,
     /// The horizon file, open for updates of its modification time.
     horizon: Mutex<File>,
+    /// Entries queued or being synced, for the metrics.
+    gauge: IntGauge,
+    /// Where the horizon file lives, and this boot's id.
+    data_dir: PathBuf,
+    boot: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     next: u64,
-    /// Fills begun and not yet durable nor abandoned: id -> when begun. Ids are handed out in
-    /// the order of those times, so the first is the oldest.
+    /// Fills begun and not yet durable nor abandoned: id -> when begun.
     open: BTreeMap<u64, SystemTime>,
-    /// Committed entries awaiting their fsync: id, key, file.
-    queue: Vec<(u64, String, PathBuf)>,
+    /// Committed entries awaiting their fsync.
+    queue: Batch,
     /// Entries queued or in a batch being synced.
     unsynced: usize,
     flushing: bool,
+    /// The horizon as last recorded on disk.
+    recorded: SystemTime,
+    /// A clean stop was recorded: nothing more may be deferred.
+    closed: bool,
 }
 
-/// One flush's work, taken from the queue.
-pub type Batch = Vec<(u64, String, PathBuf)>;
-
 impl Tracker {
-    pub fn new(horizon: File) -> Tracker {
+    /// A tracker for the horizon file in `data_dir`, just written on boot `boot` (see
+    /// [`write_horizon`]), which holds the present.
+    pub fn new(data_dir: &Path, boot: &str, horizon: File, gauge: IntGauge) -> Tracker {
         Tracker {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                next: 0,
+                open: BTreeMap::new(),
+                queue: Vec::new(),
+                unsynced: 0,
+                flushing: false,
+                recorded: SystemTime::now(),
+                closed: false,
+            }),
             horizon: Mutex::new(horizon),
+            gauge,
+            data_dir: data_dir.to_path_buf(),
+            boot: boot.to_string(),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("durability state poisoned")
     }
 
     /// Registers a fill starting now.
     pub fn begin(&self) -> u64 {
-        let mut st = self.state.lock().expect("durability state poisoned");
+        let mut st = self.state();
         st.next += 1;
         let id = st.next;
         st.open.insert(id, SystemTime::now());
@@ -155,25 +205,47 @@ impl Tracker {
 
     /// A fill that ended without an entry, or whose entry is durable by other means.
     pub fn release(&self, id: u64) {
-        self.state
-            .lock()
-            .expect("durability state poisoned")
-            .open
-            .remove(&id);
+        self.state().open.remove(&id);
+    }
+
+    /// Whether fill `id`, whose file was last modified at `modified`, may be renamed before its
+    /// fsync: a crash must leave it newer than any horizon recorded while it waits (at most the
+    /// start of the oldest open fill, itself included, or the horizon recorded already), and the
+    /// queue must have room.
+    pub fn may_defer(&self, id: u64, modified: SystemTime) -> bool {
+        let st = self.state();
+        let Some(began) = st.open.get(&id) else {
+            return false;
+        };
+        !st.closed && st.queue.len() < QUEUE_MAX && modified + MARGIN >= (*began).max(st.recorded)
+    }
+
+    /// Records a clean stop if nothing is in flight or waiting for its fsync; from then on every
+    /// fill is fsynced before its rename. Returns whether it did.
+    pub fn close_clean(&self) -> io::Result<bool> {
+        let mut f = self.horizon.lock().expect("horizon poisoned");
+        let mut st = self.state();
+        if !st.open.is_empty() || st.unsynced > 0 {
+            return Ok(false);
+        }
+        st.closed = true;
+        *f = write_horizon(&self.data_dir, &self.boot, true)?;
+        Ok(true)
     }
 
     /// Queues a renamed entry's fsync. Returns true when the caller must start a flush (none is
     /// running).
-    pub fn queue(&self, id: u64, key: String, file: PathBuf) -> bool {
-        let mut st = self.state.lock().expect("durability state poisoned");
-        st.queue.push((id, key, file));
+    pub fn queue(&self, entry: Queued) -> bool {
+        let mut st = self.state();
+        st.queue.push(entry);
         st.unsynced += 1;
+        self.gauge.set(st.unsynced as i64);
         !std::mem::replace(&mut st.flushing, true)
     }
 
     /// The queued entries, or `None` (and the flush ends) when there are none.
     pub fn take(&self) -> Option<Batch> {
-        let mut st = self.state.lock().expect("durability state poisoned");
+        let mut st = self.state();
         if st.queue.is_empty() {
             st.flushing = false;
             return None;
@@ -183,76 +255,68 @@ impl Tracker {
 
     /// Number of entries renamed into place and not yet fsynced (queued or being synced).
     pub fn unsynced(&self) -> usize {
-        self.state
-            .lock()
-            .expect("durability state poisoned")
-            .unsynced
+        self.state().unsynced
+    }
+
+    /// Whether nothing is in flight or waiting for its fsync.
+    pub fn idle(&self) -> bool {
+        let st = self.state();
+        st.open.is_empty() && st.unsynced == 0
     }
 
     /// Records that the entries of `batch` are durable, except those listed in `failed`, and
     /// moves the horizon on disk. A failed one stays open for the rest of the run, holding the
     /// horizon back: its removal may not reach the disk either.
     pub fn settled(&self, batch: &Batch, failed: &[u64]) -> io::Result<()> {
+        let f = self.horizon.lock().expect("horizon poisoned");
         let at = {
-            let mut st = self.state.lock().expect("durability state poisoned");
-            for (id, _, _) in batch {
-                if !failed.contains(id) {
-                    st.open.remove(id);
+            let mut st = self.state();
+            for q in batch {
+                if !failed.contains(&q.id) {
+                    st.open.remove(&q.id);
                 }
             }
             st.unsynced = st.unsynced.saturating_sub(batch.len());
-            st.open
+            self.gauge.set(st.unsynced as i64);
+            // The oldest start, not the first id's: the clock may have been stepped back.
+            let at = st
+                .open
                 .values()
-                .next()
+                .min()
                 .copied()
-                .unwrap_or_else(SystemTime::now)
+                .unwrap_or_else(SystemTime::now);
+            st.recorded = at;
+            at
         };
-        let f = self.horizon.lock().expect("horizon poisoned");
         f.set_modified(at)?;
         f.sync_all()
     }
 }
 
-/// Fsyncs the files of `batch` and their directories. Returns the entries whose fsync failed
-/// (their contents may never reach the disk) with the error; files removed or replaced since are
-/// skipped (a replacement has its own place in a batch).
+/// Fsyncs the files of `batch`, then every directory they were renamed into (which also makes
+/// durable the removal of an entry evicted or replaced since). Returns the entries whose fsync
+/// failed (their contents may never reach the disk) with the error.
 pub fn sync_batch(batch: &Batch) -> Vec<(u64, String, io::Error)> {
     let mut failed = vec![];
     let mut dirs = BTreeSet::new();
-    for (id, key, path) in batch {
-        match File::open(path) {
-            Ok(f) => {
-                if let Err(e) = f.sync_all() {
-                    failed.push((*id, key.clone(), e));
-                    continue;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                failed.push((*id, key.clone(), e));
-                continue;
-            }
+    for q in batch {
+        if let Err(e) = q.file.sync_all() {
+            failed.push((q.id, q.key.clone(), e));
         }
-        if let Some(dir) = path.parent() {
+        if let Some(dir) = q.path.parent() {
             dirs.insert(dir.to_path_buf());
         }
     }
+    sync_dirs(dirs);
+    failed
+}
+
+/// Fsyncs directories (logging failures).
+pub fn sync_dirs(dirs: impl IntoIterator<Item = PathBuf>) {
     for dir in dirs {
         if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot sync a cache directory");
         }
-    }
-    failed
-}
-
-/// Fsyncs files and then their directories (start-up, same boot).
-pub fn sync_paths(paths: &[PathBuf]) {
-    let batch: Batch = paths
-        .iter()
-        .map(|p| (0, p.display().to_string(), p.clone()))
-        .collect();
-    for (_, key, e) in sync_batch(&batch) {
-        tracing::warn!(file = %key, error = %e, "cannot sync a cache file");
     }
 }
 
@@ -264,12 +328,22 @@ mod tests {
         (key.to_string(), len, modified)
     }
 
+    fn gauge() -> IntGauge {
+        IntGauge::new("u", "u").unwrap()
+    }
+
+    /// How far apart two times are, either way.
+    fn apart(a: SystemTime, b: SystemTime) -> Duration {
+        a.duration_since(b).unwrap_or_else(|e| e.duration())
+    }
+
     #[test]
-    fn suspects_are_entries_near_or_after_the_horizon_and_empty_ones() {
+    fn suspects_are_entries_near_or_after_the_horizon_and_empty_ones_unless_stopped_clean() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let h = Horizon {
+        let mut h = Horizon {
             boot: "b".into(),
             at,
+            clean: false,
         };
         let entries = vec![
             entry("old", 10, at - 2 * MARGIN),
@@ -284,62 +358,101 @@ mod tests {
         ];
         let got: Vec<&str> = suspects(&h, &entries).map(|(k, _, _)| k.as_str()).collect();
         assert_eq!(got, ["old-empty", "within-margin", "after"]);
+        h.clean = true;
+        assert_eq!(suspects(&h, &entries).count(), 0);
+    }
+
+    #[test]
+    fn the_horizon_file_records_the_boot_and_a_clean_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        write_horizon(dir.path(), "boot-1", false).unwrap();
+        let h = read_horizon(dir.path()).unwrap().unwrap();
+        assert_eq!((h.boot.as_str(), h.clean), ("boot-1", false));
+        write_horizon(dir.path(), "boot-1", true).unwrap();
+        let h = read_horizon(dir.path()).unwrap().unwrap();
+        assert_eq!((h.boot.as_str(), h.clean), ("boot-1", true));
+        assert!(!dir.path().join("durable.tmp").exists());
+    }
+
+    /// Queues fill `id` with a file of its own.
+    fn queue(t: &Tracker, dir: &Path, id: u64) -> bool {
+        let path = dir.join(format!("f{id}"));
+        let file = File::create(&path).unwrap();
+        t.queue(Queued {
+            id,
+            key: format!("k{id}"),
+            path,
+            file,
+        })
     }
 
     #[test]
     fn the_horizon_is_the_oldest_open_fill_or_now() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write_horizon(dir.path(), "boot-1").unwrap();
-        let read = read_horizon(dir.path()).unwrap().unwrap();
-        assert_eq!(read.boot, "boot-1");
-        let t = Tracker::new(f);
+        let f = write_horizon(dir.path(), "boot-1", false).unwrap();
+        let g = gauge();
+        let t = Tracker::new(dir.path(), "boot-1", f, g.clone());
         let a = t.begin();
         let b = t.begin();
-        // A long fill: a began an hour ago.
-        let a_began = SystemTime::now() - Duration::from_secs(3600);
-        t.state.lock().unwrap().open.insert(a, a_began);
-        let b_began = *t.state.lock().unwrap().open.get(&b).unwrap();
-        assert!(t.queue(b, "k".into(), dir.path().join("nothing")));
-        assert!(
-            !t.queue(b, "k2".into(), dir.path().join("nothing")),
-            "one flush at a time"
-        );
+        let c = t.begin();
+        // A long fill: a began an hour ago. c, begun after a, carries an earlier time (the
+        // clock was stepped back): the horizon is the oldest time, not the first id's.
+        let hour = Duration::from_secs(3600);
+        let a_began = SystemTime::now() - hour;
+        let c_began = SystemTime::now() - 2 * hour;
+        t.state().open.insert(a, a_began);
+        t.state().open.insert(c, c_began);
+        assert!(queue(&t, dir.path(), b));
+        assert!(!queue(&t, dir.path(), b), "one flush at a time");
+        assert_eq!((t.unsynced(), g.get()), (2, 2));
         let batch = t.take().unwrap();
         assert_eq!(batch.len(), 2);
+        assert!(sync_batch(&batch).is_empty());
         t.settled(&batch, &[]).unwrap();
-        // b is durable, a is still in flight: the horizon is a's start.
+        assert_eq!((t.unsynced(), g.get()), (0, 0));
         let h = read_horizon(dir.path()).unwrap().unwrap();
-        let off =
-            h.at.duration_since(a_began)
-                .unwrap_or_else(|e| e.duration());
-        assert!(
-            off < Duration::from_secs(1),
-            "horizon {:?}, a began {a_began:?}",
-            h.at
-        );
+        assert!(apart(h.at, c_began) < Duration::from_secs(1), "{:?}", h.at);
         assert!(t.take().is_none(), "the flush ends when the queue is empty");
-        t.release(a);
-        // A failed fsync holds the horizon back to its fill's start.
-        let c = t.begin();
-        let c_began = *t.state.lock().unwrap().open.get(&c).unwrap();
-        assert!(t.queue(c, "c".into(), dir.path().join("nothing")));
-        let batch = t.take().unwrap();
-        t.settled(&batch, &[c]).unwrap();
+        t.release(c);
+        t.settled(&vec![], &[]).unwrap();
         let h = read_horizon(dir.path()).unwrap().unwrap();
-        let off =
-            h.at.duration_since(c_began)
-                .unwrap_or_else(|e| e.duration());
-        assert!(
-            off < Duration::from_millis(100),
-            "horizon {:?}, c began {c_began:?}",
-            h.at
-        );
-        t.state.lock().unwrap().open.remove(&c);
+        assert!(apart(h.at, a_began) < Duration::from_secs(1), "{:?}", h.at);
+        // A failed fsync holds the horizon back to its fill's start, even once a is done.
+        let d = t.begin();
+        let d_began = SystemTime::now() - 3 * hour;
+        t.state().open.insert(d, d_began);
+        assert!(queue(&t, dir.path(), d));
+        t.release(a);
+        let batch = t.take().unwrap();
+        t.settled(&batch, &[d]).unwrap();
+        let h = read_horizon(dir.path()).unwrap().unwrap();
+        assert!(apart(h.at, d_began) < Duration::from_secs(1), "{:?}", h.at);
+        assert!(!t.idle());
+        t.release(d);
         t.settled(&vec![], &[]).unwrap();
         let h = read_horizon(dir.path()).unwrap().unwrap();
         assert!(
-            h.at + Duration::from_secs(1) > b_began,
-            "nothing open: the horizon is the present"
+            apart(h.at, SystemTime::now()) < Duration::from_secs(60),
+            "nothing open: the horizon is the present, {:?}",
+            h.at
         );
+        assert!(t.idle());
+    }
+
+    #[test]
+    fn a_fill_older_than_the_horizon_or_a_full_queue_is_not_deferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write_horizon(dir.path(), "boot-1", false).unwrap();
+        let t = Tracker::new(dir.path(), "boot-1", f, gauge());
+        let now = SystemTime::now();
+        let a = t.begin();
+        assert!(t.may_defer(a, now), "written just now");
+        // The clock was stepped back by ten minutes after the horizon was recorded.
+        assert!(!t.may_defer(a, now - 10 * MARGIN));
+        assert!(!t.may_defer(9999, now), "not a known fill");
+        for i in 0..QUEUE_MAX as u64 {
+            queue(&t, dir.path(), 100 + i);
+        }
+        assert!(!t.may_defer(a, now), "the queue is full");
     }
 }
