@@ -273,6 +273,7 @@ impl DiskCache {
     ) -> Result<Tracker, StoreError> {
         let marker = data_dir.join(durable::HORIZON_FILE);
         let boot = durable::boot_id();
+        let mut keep = None;
         if let Some(horizon) = durable::read_horizon(data_dir).map_err(io_err(&marker))? {
             let suspects: Vec<String> = durable::suspects(&horizon, found)
                 .map(|(key, _, _)| key.clone())
@@ -286,21 +287,30 @@ impl DiskCache {
                 if same_boot {
                     match File::open(&path).and_then(|f| f.sync_all()) {
                         Ok(()) => continue,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                         Err(e) => {
                             tracing::warn!(key, error = %e, "cannot sync a cache entry; removing it")
                         }
                     }
                 }
-                fs::remove_file(&path).map_err(io_err(&path))?;
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(&path)(e)),
+                }
                 gone.insert(key.as_str());
             }
-            // The syncs, or the removals, reach the disk before the new horizon does.
-            durable::sync_dirs(
+            // The syncs, or the removals, reach the disk before the new horizon does; where a
+            // directory cannot be synced, the old horizon is kept.
+            let bad = durable::sync_dirs(
                 suspects
                     .iter()
                     .filter_map(|key| root.join(key).parent().map(Path::to_path_buf))
                     .collect::<std::collections::BTreeSet<_>>(),
             );
+            if !bad.is_empty() {
+                keep = Some(horizon.at);
+            }
             found.retain(|(key, _, _)| !gone.contains(key.as_str()));
             if !same_boot && !gone.is_empty() {
                 tracing::warn!(
@@ -311,7 +321,15 @@ impl DiskCache {
             }
         }
         let horizon = durable::write_horizon(data_dir, &boot, false).map_err(io_err(&marker))?;
-        Ok(Tracker::new(data_dir, &boot, horizon, unsynced))
+        let mut recorded = SystemTime::now();
+        if let Some(at) = keep {
+            horizon
+                .set_modified(at)
+                .and_then(|()| horizon.sync_all())
+                .map_err(io_err(&marker))?;
+            recorded = at;
+        }
+        Ok(Tracker::new(data_dir, &boot, horizon, recorded, unsynced))
     }
 
     /// Fsyncs every committed entry still waiting for it (waiting up to [`SETTLE_WAIT`] for a
@@ -346,13 +364,19 @@ impl DiskCache {
 
     fn flush(&self, tracker: &Tracker, batch: &durable::Batch) {
         let mut failed = vec![];
+        let mut dirs = std::collections::BTreeSet::new();
         for (id, key, e) in durable::sync_batch(batch) {
-            // The contents may never reach the disk: drop the entry rather than risk it.
+            // The contents may never reach the disk: drop the entry rather than risk it, and
+            // make the removal durable (a restart on this boot would not look for it).
             tracing::warn!(key, error = %e, "cannot sync a cache entry; removing it");
             self.metrics.errors.inc();
             self.remove(&key);
+            if let Some(dir) = self.file_of(&key).as_deref().and_then(Path::parent) {
+                dirs.insert(dir.to_path_buf());
+            }
             failed.push(id);
         }
+        durable::sync_dirs(dirs);
         if let Err(e) = tracker.settled(batch, &failed) {
             tracing::warn!(error = %e, "cannot record the cache's durable horizon");
         }

@@ -171,8 +171,14 @@ struct State {
 
 impl Tracker {
     /// A tracker for the horizon file in `data_dir`, just written on boot `boot` (see
-    /// [`write_horizon`]), which holds the present.
-    pub fn new(data_dir: &Path, boot: &str, horizon: File, gauge: IntGauge) -> Tracker {
+    /// [`write_horizon`]), whose time is `recorded`.
+    pub fn new(
+        data_dir: &Path,
+        boot: &str,
+        horizon: File,
+        recorded: SystemTime,
+        gauge: IntGauge,
+    ) -> Tracker {
         Tracker {
             state: Mutex::new(State {
                 next: 0,
@@ -180,7 +186,7 @@ impl Tracker {
                 queue: Vec::new(),
                 unsynced: 0,
                 flushing: false,
-                recorded: SystemTime::now(),
+                recorded,
                 closed: false,
             }),
             horizon: Mutex::new(horizon),
@@ -285,11 +291,14 @@ impl Tracker {
                 .min()
                 .copied()
                 .unwrap_or_else(SystemTime::now);
-            st.recorded = at;
+            // Until the write is known done, the disk may hold either value.
+            st.recorded = st.recorded.max(at);
             at
         };
         f.set_modified(at)?;
-        f.sync_all()
+        f.sync_all()?;
+        self.state().recorded = at;
+        Ok(())
     }
 }
 
@@ -302,22 +311,33 @@ pub fn sync_batch(batch: &Batch) -> Vec<(u64, String, io::Error)> {
     for q in batch {
         if let Err(e) = q.file.sync_all() {
             failed.push((q.id, q.key.clone(), e));
-        }
-        if let Some(dir) = q.path.parent() {
+        } else if let Some(dir) = q.path.parent() {
             dirs.insert(dir.to_path_buf());
         }
     }
-    sync_dirs(dirs);
+    // An entry whose directory cannot be synced is not durable either.
+    let bad_dirs = sync_dirs(dirs);
+    for q in batch {
+        if let Some(dir) = q.path.parent()
+            && bad_dirs.contains(dir)
+        {
+            let e = io::Error::other(format!("cannot sync directory {}", dir.display()));
+            failed.push((q.id, q.key.clone(), e));
+        }
+    }
     failed
 }
 
-/// Fsyncs directories (logging failures).
-pub fn sync_dirs(dirs: impl IntoIterator<Item = PathBuf>) {
+/// Fsyncs directories, logging failures; returns those that failed.
+pub fn sync_dirs(dirs: impl IntoIterator<Item = PathBuf>) -> BTreeSet<PathBuf> {
+    let mut bad = BTreeSet::new();
     for dir in dirs {
         if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot sync a cache directory");
+            bad.insert(dir);
         }
     }
+    bad
 }
 
 #[cfg(test)]
@@ -391,7 +411,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = write_horizon(dir.path(), "boot-1", false).unwrap();
         let g = gauge();
-        let t = Tracker::new(dir.path(), "boot-1", f, g.clone());
+        let t = Tracker::new(dir.path(), "boot-1", f, SystemTime::now(), g.clone());
         let a = t.begin();
         let b = t.begin();
         let c = t.begin();
@@ -443,16 +463,39 @@ mod tests {
     fn a_fill_older_than_the_horizon_or_a_full_queue_is_not_deferred() {
         let dir = tempfile::tempdir().unwrap();
         let f = write_horizon(dir.path(), "boot-1", false).unwrap();
-        let t = Tracker::new(dir.path(), "boot-1", f, gauge());
         let now = SystemTime::now();
+        let t = Tracker::new(dir.path(), "boot-1", f, now, gauge());
         let a = t.begin();
         assert!(t.may_defer(a, now), "written just now");
-        // The clock was stepped back by ten minutes after the horizon was recorded.
-        assert!(!t.may_defer(a, now - 10 * MARGIN));
+        // The clock was stepped back by ten minutes after the horizon was recorded: the fill
+        // began, and its file was written, before the horizon on disk.
+        let earlier = now - 10 * MARGIN;
+        t.state().open.insert(a, earlier);
+        assert!(!t.may_defer(a, earlier));
+        t.state().open.insert(a, now);
         assert!(!t.may_defer(9999, now), "not a known fill");
         for i in 0..QUEUE_MAX as u64 {
             queue(&t, dir.path(), 100 + i);
         }
         assert!(!t.may_defer(a, now), "the queue is full");
+    }
+
+    #[test]
+    fn a_clean_stop_is_recorded_only_when_nothing_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write_horizon(dir.path(), "boot-1", false).unwrap();
+        let t = Tracker::new(dir.path(), "boot-1", f, SystemTime::now(), gauge());
+        let a = t.begin();
+        assert!(!t.close_clean().unwrap(), "a fill is in flight");
+        assert!(!read_horizon(dir.path()).unwrap().unwrap().clean);
+        assert!(t.may_defer(a, SystemTime::now()));
+        t.release(a);
+        assert!(t.close_clean().unwrap());
+        assert!(read_horizon(dir.path()).unwrap().unwrap().clean);
+        let b = t.begin();
+        assert!(
+            !t.may_defer(b, SystemTime::now()),
+            "closed: nothing deferred"
+        );
     }
 }
