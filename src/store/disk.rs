@@ -301,7 +301,7 @@ impl DiskCache {
                 gone.insert(key.as_str());
             }
             // The syncs, or the removals, reach the disk before the new horizon does; where a
-            // directory cannot be synced, the old horizon is kept.
+            // directory cannot be synced, the old horizon is kept for this whole run.
             let bad = durable::sync_dirs(
                 suspects
                     .iter()
@@ -320,16 +320,17 @@ impl DiskCache {
                 );
             }
         }
-        let horizon = durable::write_horizon(data_dir, &boot, false).map_err(io_err(&marker))?;
-        let mut recorded = SystemTime::now();
-        if let Some(at) = keep {
-            horizon
-                .set_modified(at)
-                .and_then(|()| horizon.sync_all())
-                .map_err(io_err(&marker))?;
-            recorded = at;
-        }
-        Ok(Tracker::new(data_dir, &boot, horizon, recorded, unsynced))
+        let horizon =
+            durable::write_horizon(data_dir, &boot, false, keep).map_err(io_err(&marker))?;
+        let recorded = keep.unwrap_or_else(SystemTime::now);
+        Ok(Tracker::new(
+            data_dir,
+            &boot,
+            horizon,
+            recorded,
+            keep.is_some(),
+            unsynced,
+        ))
     }
 
     /// Fsyncs every committed entry still waiting for it (waiting up to [`SETTLE_WAIT`] for a

@@ -109,9 +109,14 @@ pub fn suspects<'a>(
         .filter(move |(_, len, modified)| !clean && (*len == 0 || *modified >= line))
 }
 
-/// Writes `<data>/durable` afresh (boot id, horizon now, `clean` if asked) and makes it durable;
-/// returns it open for later horizon updates.
-pub fn write_horizon(data_dir: &Path, boot: &str, clean: bool) -> io::Result<File> {
+/// Writes `<data>/durable` afresh (boot id, `clean` if asked, horizon `at` or the present) and
+/// makes it durable; returns it open for later horizon updates.
+pub fn write_horizon(
+    data_dir: &Path,
+    boot: &str,
+    clean: bool,
+    at: Option<SystemTime>,
+) -> io::Result<File> {
     let path = data_dir.join(HORIZON_FILE);
     let tmp = data_dir.join(format!("{HORIZON_FILE}.tmp"));
     let mut f = File::create(&tmp)?;
@@ -121,6 +126,9 @@ pub fn write_horizon(data_dir: &Path, boot: &str, clean: bool) -> io::Result<Fil
         format!("{boot}\n")
     };
     f.write_all(text.as_bytes())?;
+    if let Some(at) = at {
+        f.set_modified(at)?;
+    }
     f.sync_all()?;
     fs::rename(&tmp, &path)?;
     File::open(data_dir)?.sync_all()?;
@@ -171,18 +179,26 @@ struct State {
 
 impl Tracker {
     /// A tracker for the horizon file in `data_dir`, just written on boot `boot` (see
-    /// [`write_horizon`]), whose time is `recorded`.
+    /// [`write_horizon`]), whose time is `recorded`. With `pin`, the horizon never moves past
+    /// `recorded` in this run (start-up could not make some removals durable).
     pub fn new(
         data_dir: &Path,
         boot: &str,
         horizon: File,
         recorded: SystemTime,
+        pin: bool,
         gauge: IntGauge,
     ) -> Tracker {
+        // Fill ids start at 1; 0 is the pin.
+        let open = if pin {
+            BTreeMap::from([(0, recorded)])
+        } else {
+            BTreeMap::new()
+        };
         Tracker {
             state: Mutex::new(State {
                 next: 0,
-                open: BTreeMap::new(),
+                open,
                 queue: Vec::new(),
                 unsynced: 0,
                 flushing: false,
@@ -235,7 +251,7 @@ impl Tracker {
             return Ok(false);
         }
         st.closed = true;
-        *f = write_horizon(&self.data_dir, &self.boot, true)?;
+        *f = write_horizon(&self.data_dir, &self.boot, true, None)?;
         Ok(true)
     }
 
@@ -385,10 +401,10 @@ mod tests {
     #[test]
     fn the_horizon_file_records_the_boot_and_a_clean_stop() {
         let dir = tempfile::tempdir().unwrap();
-        write_horizon(dir.path(), "boot-1", false).unwrap();
+        write_horizon(dir.path(), "boot-1", false, None).unwrap();
         let h = read_horizon(dir.path()).unwrap().unwrap();
         assert_eq!((h.boot.as_str(), h.clean), ("boot-1", false));
-        write_horizon(dir.path(), "boot-1", true).unwrap();
+        write_horizon(dir.path(), "boot-1", true, None).unwrap();
         let h = read_horizon(dir.path()).unwrap().unwrap();
         assert_eq!((h.boot.as_str(), h.clean), ("boot-1", true));
         assert!(!dir.path().join("durable.tmp").exists());
@@ -409,9 +425,9 @@ mod tests {
     #[test]
     fn the_horizon_is_the_oldest_open_fill_or_now() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write_horizon(dir.path(), "boot-1", false).unwrap();
+        let f = write_horizon(dir.path(), "boot-1", false, None).unwrap();
         let g = gauge();
-        let t = Tracker::new(dir.path(), "boot-1", f, SystemTime::now(), g.clone());
+        let t = Tracker::new(dir.path(), "boot-1", f, SystemTime::now(), false, g.clone());
         let a = t.begin();
         let b = t.begin();
         let c = t.begin();
@@ -462,9 +478,9 @@ mod tests {
     #[test]
     fn a_fill_older_than_the_horizon_or_a_full_queue_is_not_deferred() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write_horizon(dir.path(), "boot-1", false).unwrap();
+        let f = write_horizon(dir.path(), "boot-1", false, None).unwrap();
         let now = SystemTime::now();
-        let t = Tracker::new(dir.path(), "boot-1", f, now, gauge());
+        let t = Tracker::new(dir.path(), "boot-1", f, now, false, gauge());
         let a = t.begin();
         assert!(t.may_defer(a, now), "written just now");
         // The clock was stepped back by ten minutes after the horizon was recorded: the fill
@@ -481,10 +497,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_horizon_stays_put_for_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = SystemTime::now() - 10 * MARGIN;
+        let f = write_horizon(dir.path(), "boot-1", false, Some(old)).unwrap();
+        let h = read_horizon(dir.path()).unwrap().unwrap();
+        assert!(apart(h.at, old) < Duration::from_secs(1), "{:?}", h.at);
+        let t = Tracker::new(dir.path(), "boot-1", f, old, true, gauge());
+        let a = t.begin();
+        assert!(queue(&t, dir.path(), a));
+        let batch = t.take().unwrap();
+        t.settled(&batch, &[]).unwrap();
+        let h = read_horizon(dir.path()).unwrap().unwrap();
+        assert!(apart(h.at, old) < Duration::from_secs(1), "{:?}", h.at);
+        assert!(!t.close_clean().unwrap(), "never a clean stop");
+    }
+
+    #[test]
     fn a_clean_stop_is_recorded_only_when_nothing_is_open() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write_horizon(dir.path(), "boot-1", false).unwrap();
-        let t = Tracker::new(dir.path(), "boot-1", f, SystemTime::now(), gauge());
+        let f = write_horizon(dir.path(), "boot-1", false, None).unwrap();
+        let t = Tracker::new(dir.path(), "boot-1", f, SystemTime::now(), false, gauge());
         let a = t.begin();
         assert!(!t.close_clean().unwrap(), "a fill is in flight");
         assert!(!read_horizon(dir.path()).unwrap().unwrap().clean);
