@@ -366,16 +366,16 @@ impl DiskCache {
     fn flush(&self, tracker: &Tracker, batch: &durable::Batch) {
         let mut failed = vec![];
         let mut dirs = std::collections::BTreeSet::new();
-        for (id, key, e) in durable::sync_batch(batch) {
+        for (q, e) in durable::sync_batch(batch) {
             // The contents may never reach the disk: drop the entry rather than risk it, and
             // make the removal durable (a restart on this boot would not look for it).
-            tracing::warn!(key, error = %e, "cannot sync a cache entry; removing it");
+            tracing::warn!(key = q.key, error = %e, "cannot sync a cache entry; removing it");
             self.metrics.errors.inc();
-            self.remove(&key);
-            if let Some(dir) = self.file_of(&key).as_deref().and_then(Path::parent) {
+            self.remove(&q.key);
+            if let Some(dir) = q.path.parent() {
                 dirs.insert(dir.to_path_buf());
             }
-            failed.push(id);
+            failed.push(q.id);
         }
         durable::sync_dirs(dirs);
         if let Err(e) = tracker.settled(batch, &failed) {
@@ -858,19 +858,7 @@ mod tests {
 
     /// Writes the horizon file as a run on `boot` would have left it, with time `at`.
     fn fake_horizon(data: &Path, boot: &str, at: SystemTime, clean: bool) {
-        let path = data.join(durable::HORIZON_FILE);
-        let text = if clean {
-            format!("{boot}\nclean\n")
-        } else {
-            format!("{boot}\n")
-        };
-        fs::write(&path, text).unwrap();
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(at)
-            .unwrap();
+        durable::write_horizon(data, boot, clean, Some(at)).unwrap();
     }
 
     fn set_mtime(c: &DiskCache, key: &str, at: SystemTime) {

@@ -177,6 +177,13 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    /// Nothing in flight or waiting for its fsync.
+    fn idle(&self) -> bool {
+        self.open.is_empty() && self.unsynced == 0
+    }
+}
+
 impl Tracker {
     /// A tracker for the horizon file in `data_dir`, just written on boot `boot` (see
     /// [`write_horizon`]), whose time is `recorded`. With `pin`, the horizon never moves past
@@ -247,7 +254,7 @@ impl Tracker {
     pub fn close_clean(&self) -> io::Result<bool> {
         let mut f = self.horizon.lock().expect("horizon poisoned");
         let mut st = self.state();
-        if !st.open.is_empty() || st.unsynced > 0 {
+        if !st.idle() {
             return Ok(false);
         }
         st.closed = true;
@@ -278,12 +285,6 @@ impl Tracker {
     /// Number of entries renamed into place and not yet fsynced (queued or being synced).
     pub fn unsynced(&self) -> usize {
         self.state().unsynced
-    }
-
-    /// Whether nothing is in flight or waiting for its fsync.
-    pub fn idle(&self) -> bool {
-        let st = self.state();
-        st.open.is_empty() && st.unsynced == 0
     }
 
     /// Records that the entries of `batch` are durable, except those listed in `failed`, and
@@ -321,12 +322,12 @@ impl Tracker {
 /// Fsyncs the files of `batch`, then every directory they were renamed into (which also makes
 /// durable the removal of an entry evicted or replaced since). Returns the entries whose fsync
 /// failed (their contents may never reach the disk) with the error.
-pub fn sync_batch(batch: &Batch) -> Vec<(u64, String, io::Error)> {
+pub fn sync_batch(batch: &Batch) -> Vec<(&Queued, io::Error)> {
     let mut failed = vec![];
     let mut dirs = BTreeSet::new();
     for q in batch {
         if let Err(e) = q.file.sync_all() {
-            failed.push((q.id, q.key.clone(), e));
+            failed.push((q, e));
         } else if let Some(dir) = q.path.parent() {
             dirs.insert(dir.to_path_buf());
         }
@@ -338,7 +339,7 @@ pub fn sync_batch(batch: &Batch) -> Vec<(u64, String, io::Error)> {
             && bad_dirs.contains(dir)
         {
             let e = io::Error::other(format!("cannot sync directory {}", dir.display()));
-            failed.push((q.id, q.key.clone(), e));
+            failed.push((q, e));
         }
     }
     failed
@@ -463,7 +464,7 @@ mod tests {
         t.settled(&batch, &[d]).unwrap();
         let h = read_horizon(dir.path()).unwrap().unwrap();
         assert!(apart(h.at, d_began) < Duration::from_secs(1), "{:?}", h.at);
-        assert!(!t.idle());
+        assert!(!t.state().idle());
         t.release(d);
         t.settled(&vec![], &[]).unwrap();
         let h = read_horizon(dir.path()).unwrap().unwrap();
@@ -472,7 +473,7 @@ mod tests {
             "nothing open: the horizon is the present, {:?}",
             h.at
         );
-        assert!(t.idle());
+        assert!(t.state().idle());
     }
 
     #[test]
