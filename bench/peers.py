@@ -349,7 +349,7 @@ extra_ca_file = "{self.up_ca}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("GO") and k.lower() not in ("https_proxy", "http_proxy", "no_proxy", "ssl_cert_file")}
         env.update({
             "HOME": self.work, "GOPATH": gopath, "GOMODCACHE": os.path.join(gopath, "pkg", "mod"),
-            "GOCACHE": os.path.join(self.agent, "gocache"), "GOFLAGS": "-mod=mod", "GOSUMDB": "off",
+            "GOCACHE": os.path.join(self.agent, "gocache"), "GOTMPDIR": self.agent_tmp, "GOFLAGS": "-mod=mod", "GOSUMDB": "off",
             "GONOSUMDB": "", "GOPRIVATE": "", "CGO_ENABLED": "0", "PATH": os.path.dirname(GO) + ":" + env.get("PATH", ""),
         })
         env.update(kw)
@@ -383,6 +383,10 @@ extra_ca_file = "{self.up_ca}"
         # after every build, would otherwise leave thousands of just-freed inodes in the file
         # system modgate creates its cache files in, and ext4 scans past those on every create.
         self.agent = tempfile.mkdtemp(prefix="modgate-agent-", dir=a.agent_dir) if a.agent_dir else self.work
+        # Its temporary build directories too (GOTMPDIR; /tmp otherwise): each build creates and
+        # removes a few hundred files there.
+        self.agent_tmp = os.path.join(self.agent, "gotmp")
+        os.makedirs(self.agent_tmp, exist_ok=True)
         if a.agent_dir:
             self.notes.append(f"scenario g: the go command's files under {a.agent_dir}, modgate's data under {self.work}")
         try:
