@@ -2,9 +2,11 @@
 //! closes. No TLS termination, nothing inspected. Bytes are counted as they pass, so long-lived
 //! and reset tunnels are measured too.
 //!
-//! Bytes are copied through 64 KiB buffers. splice(2) through a pipe was tried and measured
-//! slower on loopback (bench/peers.py scenario d, two runs: 0.70x direct against 0.83x with
-//! copies).
+//! Bytes are copied through 64 KiB buffers. splice(2) through a pipe per direction was tried
+//! twice: in an interleaved A/B (BENCHMARKS.md, run 9) it moved bytes as fast with about 20%
+//! less CPU, but every tunnel would hold two pipes (four more descriptors each), and pipe pages
+//! count against `fs.pipe-user-pages-soft`, past which a gateway not running as root gets
+//! two-page pipes.
 
 use std::io;
 use std::pin::Pin;
