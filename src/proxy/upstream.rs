@@ -308,7 +308,7 @@ pub fn client_tls_config(extra_ca_files: &[&Path]) -> Result<rustls::ClientConfi
 }
 
 /// Socket read size under TLS on upstream connections.
-const UPSTREAM_READ_BUF: usize = 64 * 1024;
+const UPSTREAM_READ_BUF: usize = 256 * 1024;
 
 /// Opens TCP (and TLS for https) connections to upstreams.
 #[derive(Clone)]
@@ -364,9 +364,9 @@ impl Connector {
         let name = ServerName::try_from(host.clone())
             .map_err(|_| ConnectError::Tls(format!("invalid server name {host:?}")))?;
         let start = Instant::now();
-        // rustls reads at most one record (about 16 KiB) per call; reading the socket 64 KiB at a
-        // time cuts the syscalls of a large download by four (about 10% of the CPU of a
-        // forwarded 100 MB body, bench/peers.py scenario b).
+        // rustls reads 4-16 KiB per call; reading the socket up to 256 KiB at a time cuts the
+        // syscalls and window updates of a large download (BENCHMARKS.md, run 9: 7-12% less CPU
+        // per MB of a forwarded 100 MB body than 64 KiB reads).
         let tcp = BufReader::with_capacity(UPSTREAM_READ_BUF, tcp);
         let tls = tokio::time::timeout(self.tls_timeout, self.tls.connect(name, tcp))
             .await
