@@ -365,8 +365,8 @@ impl Connector {
             .map_err(|_| ConnectError::Tls(format!("invalid server name {host:?}")))?;
         let start = Instant::now();
         // rustls reads 4-16 KiB per call; reading the socket up to 256 KiB at a time cuts the
-        // syscalls and window updates of a large download (BENCHMARKS.md, run 9: 7-12% less CPU
-        // per MB of a forwarded 100 MB body than 64 KiB reads).
+        // syscalls and window updates of a large download (BENCHMARKS.md, after run 9: 0-12%
+        // less CPU per MB of a forwarded 100 MB body than 64 KiB reads, never more).
         let tcp = BufReader::with_capacity(UPSTREAM_READ_BUF, tcp);
         let tls = tokio::time::timeout(self.tls_timeout, self.tls.connect(name, tcp))
             .await
