@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""A/B of modgate builds: two or more modgate binaries and the direct connection, in alternating
-rounds against one upstream, with the CPU each proxy used per unit of work. For before/after
-numbers of a performance change (BENCHMARKS.md), where the peers do not matter.
+"""A/B of modgate builds: two or more modgate binaries and the direct connection, in rounds
+against one upstream (each round starting with the next target, so none always runs first), with
+the CPU each proxy used per unit of work. For before/after numbers of a performance change
+(BENCHMARKS.md), where the peers do not matter.
 
     cp target/release/modgate /tmp/modgate-before     # build, copy; change; build again
     python3 bench/ab.py /tmp/modgate-before target/release/modgate --mode zip --concurrency 1
@@ -91,7 +92,10 @@ extra_ca_file = "{certs}/ca.pem"
         results = {n: [] for n in names}
         latency = {n: [] for n in names}
         for rnd in range(a.rounds):
-            for j, n in enumerate(names):
+            # Each round starts one later in the list: what runs first in a round (right after
+            # the previous round's last target) differs, and a position bias evens out.
+            shift = rnd % len(names)
+            for j, n in enumerate(names[shift:] + names[:shift]):
                 paths = fill[rnd * len(names) + j] if a.mode == "fill" else [path]
                 if n == "direct":
                     host = "127.0.0.1" if a.mode == "tunnel" else "localhost"
