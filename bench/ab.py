@@ -17,12 +17,16 @@ Modes (the same host routing as bench/peers.py):
 
 For each binary: median of the rounds, every round, the ratio to direct, and CPU seconds the
 proxy process used per second of load and per MB (or per 1,000 requests). CPU per unit of work is
-much steadier than throughput on a shared 2-core machine.
+much steadier than throughput on a shared 2-core machine. Below each target, the CPU per unit the
+upstream server and the load client used in the same runs: when the machine is saturated, the
+ratio to direct is about direct's total CPU per unit over the proxied path's total (upstream,
+client and proxy), which tells what any proxy could reach.
 """
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 
@@ -91,6 +95,7 @@ extra_ca_file = "{certs}/ca.pem"
         path = PATHS[a.mode]
         results = {n: [] for n in names}
         latency = {n: [] for n in names}
+        others = {n: [] for n in names}
         for rnd in range(a.rounds):
             # Each round starts one later in the list: what runs first in a round (right after
             # the previous round's last target) differs, and a position bias evens out.
@@ -112,9 +117,11 @@ extra_ca_file = "{certs}/ca.pem"
                 args += ["--concurrency", str(a.concurrency)] + (["--h2"] if a.h2 else [])
                 # fill: every URL once (misses); otherwise for --seconds
                 args += ["--requests", str(len(paths))] if a.mode == "fill" else ["--duration", f"{a.seconds}s"]
-                before = common.cpu_seconds(pid)
+                before, up_before, client_before = common.cpu_seconds(pid), common.cpu_seconds(up.pid), children_cpu()
                 out = subprocess.run([LOADGEN, "run"] + args, capture_output=True, text=True, check=True)
                 used = common.cpu_seconds(pid) - before
+                # The other two ends: what a proxy adds is not only its own CPU.
+                others[n].append((common.cpu_seconds(up.pid) - up_before, children_cpu() - client_before))
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 if r["errors"]:
                     raise SystemExit(f"{n}: {r['errors']} requests failed")
@@ -135,9 +142,21 @@ extra_ca_file = "{certs}/ca.pem"
             p50 = statistics.median(x for x, _ in latency[n])
             p99 = statistics.median(y for _, y in latency[n])
             print(f"{n:44} {med:10.1f} {unit:5} ({med / direct:.2f}x direct)  p50/p99 {p50:.3f}/{p99:.3f} ms  {who} {cores:.2f} cores, {cost:.3f} {per}  runs {[round(v) for v in vals]}")
+            if n != "direct":
+                ends = [(u / (v * secs) * scale, c / (v * secs) * scale) for (v, _, secs), (u, c) in zip(results[n], others[n]) if v]
+                print(f"{'':44} upstream {statistics.median(u for u, _ in ends):.3f}, client {statistics.median(c for _, c in ends):.3f} {per}")
+            else:
+                ends = [(c / (v * secs) * scale) for (v, _, secs), (_, c) in zip(results[n], others[n]) if v]
+                print(f"{'':44} client {statistics.median(ends):.3f} {per}")
     finally:
         procs.stop()
         common.cleanup(work)
+
+
+def children_cpu():
+    """CPU seconds (user + system) of this script's waited-for children: the load client."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 if __name__ == "__main__":
