@@ -262,6 +262,9 @@ const MODULES: &[&str] = &[
     "git.corp.example/team/major/v2@v2.0.0",
     "git.corp.example/team/major@v1.0.0",
     "git.corp.example/team/legacy@v2.0.0+incompatible",
+    // Without the suffix: the go command asks for v2.0.0.info and takes the +incompatible
+    // version back.
+    "git.corp.example/team/legacy@v2.0.0",
     "git.corp.example/team/legacy@v1.0.0",
     "git.corp.example/Team/Upper@v0.1.0",
     "corp.example/lib@v1.0.0",
@@ -419,6 +422,10 @@ async fn go_sum_through_modgate_equals_direct_git_in_proxy_and_direct_mode() {
     );
     assert_eq!(
         direct["git.corp.example/team/legacy@v2.0.0+incompatible"].0,
+        "v2.0.0+incompatible"
+    );
+    assert_eq!(
+        direct["git.corp.example/team/legacy@v2.0.0"].0,
         "v2.0.0+incompatible"
     );
 

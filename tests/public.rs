@@ -129,6 +129,25 @@ async fn mutable_entries_expire_and_are_served_stale_when_upstream_fails() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn info_for_a_major_the_path_lacks_is_a_query_the_upstream_answers() {
+    // `go get m@v3.2.0` for a module without /v3 asks for v3.2.0.info, and proxy.golang.org
+    // answers with the +incompatible version.
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let info = r#"{"Version":"v3.2.0+incompatible","Time":"2018-03-08T23:13:08Z"}"#;
+    script.ok("/example.com/m/@v/v3.2.0.info", info);
+    let (up, gw) = gateway(&script, &ca, |_| {}).await;
+    assert_eq!(
+        get(&gw, "/example.com/m/@v/v3.2.0.info").await,
+        (200, "miss".into(), info.into())
+    );
+    assert_eq!(count(&up, "/example.com/m/@v/v3.2.0.info"), 1);
+    // .mod and .zip are only asked for with the suffix; without it they stay 404s.
+    assert_eq!(get(&gw, "/example.com/m/@v/v3.2.0.mod").await.0, 404);
+    assert_eq!(count(&up, "/example.com/m/@v/v3.2.0.mod"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn not_found_is_passed_through_and_remembered_briefly() {
     let ca = TestCa::new();
     let script = Arc::new(Script::default());

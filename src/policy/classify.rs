@@ -298,8 +298,11 @@ fn classify_goproxy(path: &str) -> Result<Target, ClassifyError> {
     let op = match op {
         ProxyOp::Info(esc) => {
             let v = unescape(&esc)?;
-            if version::is_canonical(&v) {
-                major_fits(&module, &v)?;
+            // A canonical version whose major does not fit the path is still a fair query:
+            // `go get m@v3.2.0` asks for `v3.2.0.info` and takes `v3.2.0+incompatible` back
+            // (modfetch `proxyRepo.Stat` holds a proxy to the exact version only when
+            // `module.Check` passes).
+            if version::is_canonical(&v) && major_fits(&module, &v).is_ok() {
                 ProxyOp::Info(v)
             } else {
                 ProxyOp::Query(v)
@@ -467,6 +470,23 @@ mod tests {
                     "example.com/m",
                     ProxyOp::Info("v0.0.0-20200101000000-abcdefabcdef".into()),
                 ),
+            ),
+            // Majors that do not fit the path: queries the upstream or the repository
+            // answers (`go get m@v3.2.0` gets `v3.2.0+incompatible`), not 404s.
+            (
+                "/example.com/m/@v/v3.2.0.info",
+                gp("example.com/m", ProxyOp::Query("v3.2.0".into())),
+            ),
+            (
+                "/example.com/m/@v/v2.0.0-20200101000000-abcdefabcdef.info",
+                gp(
+                    "example.com/m",
+                    ProxyOp::Query("v2.0.0-20200101000000-abcdefabcdef".into()),
+                ),
+            ),
+            (
+                "/example.com/m/v2/@v/v1.0.0.info",
+                gp("example.com/m/v2", ProxyOp::Query("v1.0.0".into())),
             ),
         ];
         for (path, want) in table {
