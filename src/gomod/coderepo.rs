@@ -304,12 +304,23 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
             }
             let (v, canonical) = self.tag_to_version(name);
             let Some(v) = v else { continue };
-            if canonical {
-                if version::compare(&highest_canonical, &v).is_lt() {
-                    highest_canonical = v;
+            if !stat_vers.is_empty() && version::compare(&v, stat_vers).is_eq() {
+                // The tag is the version asked for: canonical, it answers; with build
+                // metadata, it is the base of an unambiguous pseudo-version.
+                if canonical {
+                    return self.check_canonical(&v, stat_vers, commit);
                 }
-            } else if version::compare(&pseudo_base, &v).is_lt() {
-                pseudo_base = v;
+                pseudo_base = v.clone();
+            }
+            // The highest canonical tag this module may carry: its major fits the path, or
+            // it can be +incompatible (a v1 module's commit may also carry a v2 tag that
+            // belongs to the v2 module in a subdirectory).
+            if canonical
+                && version::compare(&highest_canonical, &v).is_lt()
+                && (check_path_major(&v, &self.path_major).is_ok()
+                    || self.can_use_incompatible(&v, stat_vers, commit)?)
+            {
+                highest_canonical = v;
             }
         }
         if !highest_canonical.is_empty() {
@@ -446,7 +457,8 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
             )));
         }
         // A base version must be a tag that is an ancestor of the commit.
-        let base = pseudo_base(v);
+        let base = pseudo_base(v)
+            .map_err(|e| self.not_found(format!("{v}: invalid pseudo-version: {e}")))?;
         if !base.is_empty() {
             let prefix = self.tag_prefix();
             let merged = self
@@ -676,32 +688,55 @@ fn inc_decimal(d: &str) -> String {
 }
 
 /// `module.PseudoVersionBase`: the version a pseudo-version was derived from, with its build
-/// suffix ("" for the `vX.0.0-...` form).
-pub fn pseudo_base(v: &str) -> String {
+/// suffix ("" for the `vX.0.0-...` form). `vX.Y.0-0.…` has no base (the patch before 0) and
+/// is refused, as Go refuses it.
+pub fn pseudo_base(v: &str) -> Result<String, String> {
     let build = version::build(v);
     let body = &v[..v.len() - build.len()];
     let Some((v, _rev)) = body.rsplit_once('-') else {
-        return String::new();
+        return Ok(String::new());
     };
     let i = v.rfind('-').unwrap_or(0);
     let base = match v.rfind('.') {
         Some(j) if j > i => &v[..j],
-        _ => return String::new(),
+        _ => return Ok(String::new()),
     };
     match version::prerelease(base) {
-        "" => String::new(),
+        "" => Ok(String::new()),
         "-0" => {
             let rel = &base[..base.len() - 2];
             let k = rel.rfind('.').map(|k| k + 1).unwrap_or(0);
-            format!("{}{}{build}", &rel[..k], dec_decimal(&rel[k..]))
+            let patch = dec_decimal(&rel[k..])
+                .ok_or_else(|| format!("version before {rel} would have negative patch number"))?;
+            Ok(format!("{}{patch}{build}", &rel[..k]))
         }
-        _ => format!("{}{build}", base.strip_suffix(".0").unwrap_or(base)),
+        _ => Ok(format!(
+            "{}{build}",
+            base.strip_suffix(".0").unwrap_or(base)
+        )),
     }
 }
 
-fn dec_decimal(d: &str) -> String {
-    let n: u128 = d.parse().unwrap_or(1);
-    (n.saturating_sub(1)).to_string()
+/// `decDecimal`: one less than a decimal number of any length; `None` for "0".
+fn dec_decimal(d: &str) -> Option<String> {
+    let mut digits: Vec<u8> = d.bytes().collect();
+    let mut i = digits.len();
+    loop {
+        if i == 0 {
+            return None;
+        }
+        i -= 1;
+        if digits[i] == b'0' {
+            digits[i] = b'9';
+        } else {
+            digits[i] -= 1;
+            break;
+        }
+    }
+    if digits[0] == b'0' && digits.len() > 1 {
+        digits.remove(0);
+    }
+    Some(String::from_utf8(digits).expect("ascii"))
 }
 
 /// `yyyymmddhhmmss` in UTC.
@@ -847,15 +882,25 @@ mod tests {
             pseudo_version("", "v2.0.0+incompatible", t, "abc"),
             "v2.0.1-0.20191121193931-abc+incompatible"
         );
+        for (v, base) in [
+            ("v1.2.10-0.20191121193931-daa7c04131f5", "v1.2.9"),
+            ("v1.2.100-0.20191121193931-daa7c04131f5", "v1.2.99"),
+            ("v1.2.1-0.20191121193931-daa7c04131f5", "v1.2.0"),
+            (
+                "v2.0.1-0.20191121193931-daa7c04131f5+incompatible",
+                "v2.0.0+incompatible",
+            ),
+            ("v1.3.0-pre.0.20191121193931-daa7c04131f5", "v1.3.0-pre"),
+            ("v0.0.0-20191121193931-daa7c04131f5", ""),
+        ] {
+            assert_eq!(pseudo_base(v).unwrap(), base, "{v}");
+        }
+        // The patch before 0 does not exist (x/mod `PseudoVersionBase`).
+        let err = pseudo_base("v1.1.0-0.20191121193931-daa7c04131f5").unwrap_err();
         assert_eq!(
-            pseudo_base("v1.2.10-0.20191121193931-daa7c04131f5"),
-            "v1.2.9"
+            err,
+            "version before v1.1.0 would have negative patch number"
         );
-        assert_eq!(
-            pseudo_base("v1.3.0-pre.0.20191121193931-daa7c04131f5"),
-            "v1.3.0-pre"
-        );
-        assert_eq!(pseudo_base("v0.0.0-20191121193931-daa7c04131f5"), "");
         assert_eq!(rfc3339(t), "2019-11-21T19:39:31Z");
     }
 
@@ -968,5 +1013,40 @@ mod tests {
         assert!(v2.stat("v1.0.0").is_err());
         // Query on a commit holding two tags: the highest canonical one.
         assert_eq!(v2.stat(&c1[..10]).unwrap().version, "v2.1.0");
+    }
+
+    #[test]
+    fn a_commit_tagged_for_two_majors_answers_each_module_with_its_own_tag() {
+        // v1 at the root, v2 in a subdirectory, one commit tagged v1.1.0 and v2.0.0.
+        let mut m = Mem::default();
+        let c0 = m.commit(&[
+            ("go.mod", "module x.com/foo\n"),
+            ("v2/go.mod", "module x.com/foo/v2\n"),
+        ]);
+        m.tag("v1.1.0", &c0);
+        m.tag("v2.0.0", &c0);
+        let v1 = repo(&m, "x.com/foo", "x.com/foo");
+        assert_eq!(v1.stat(&c0[..12]).unwrap().version, "v1.1.0");
+        assert_eq!(v1.stat("main").unwrap().version, "v1.1.0");
+        assert_eq!(v1.latest().unwrap().version, "v1.1.0");
+        let v2 = repo(&m, "x.com/foo/v2", "x.com/foo");
+        assert_eq!(v2.stat(&c0[..12]).unwrap().version, "v2.0.0");
+        assert_eq!(v2.source("v2.0.0").unwrap().dir, "v2");
+    }
+
+    #[test]
+    fn a_pseudo_version_below_patch_zero_is_refused() {
+        let mut m = Mem::default();
+        let c0 = m.commit(&[("go.mod", "module x.com/r\n")]);
+        m.tag("v1.1.0", &c0);
+        let c1 = m.commit(&[("go.mod", "module x.com/r\n"), ("a.go", "")]);
+        let r = repo(&m, "x.com/r", "x.com/r");
+        let t = r.stat("main").unwrap().time;
+        // v1.1.1-0.… is the real one; v1.1.0-0.… would need a tag v1.0.-1.
+        let good = format!("v1.1.1-0.{}-{}", timestamp(t), &c1[..12]);
+        assert_eq!(r.stat(&good).unwrap().version, good);
+        let bad = format!("v1.1.0-0.{}-{}", timestamp(t), &c1[..12]);
+        let err = r.stat(&bad).unwrap_err().to_string();
+        assert!(err.contains("would have negative patch number"), "{err}");
     }
 }
