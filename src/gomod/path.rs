@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+
 use super::version;
 
 /// Why a path, version or escaped string was rejected. The text follows the go command's wording.
@@ -47,7 +49,9 @@ fn file_name_ok(c: char) -> bool {
     if c.is_ascii() {
         c.is_ascii_alphanumeric() || "!#$%&()+,-.=@[]^_{}~ ".contains(c)
     } else {
-        c.is_alphabetic()
+        // Go's `unicode.IsLetter`: general category L only. Rust's `is_alphabetic` also
+        // takes letter numbers (Ⅷ) and some combining marks (U+0345), which Go refuses.
+        c.general_category_group() == GeneralCategoryGroup::Letter
     }
 }
 
@@ -413,6 +417,12 @@ mod tests {
         assert!(check_import_path("x.com/.hidden").is_ok());
         assert!(check_import_path("x.com/a b").is_err());
         assert!(check_file_path("dir/.hidden/-x (1)/ü.go").is_ok());
+        // Letters are general category L, as Go's unicode.IsLetter: 中, ǅ, ʰ yes; a letter
+        // number (Ⅷ), a combining mark (U+0345) or a non-ASCII digit (٣) no.
+        assert!(check_file_path("中ǅʰ.go").is_ok());
+        for name in ["Ⅷ.go", "a\u{345}.go", "٣.go"] {
+            assert!(check_file_path(name).is_err(), "{name}");
+        }
         assert!(check_file_path("-leading").is_ok());
         assert!(check_file_path("a/b:c").is_err());
         assert!(check_file_path("a\\b").is_err());
