@@ -412,10 +412,28 @@ async fn goproxy_list_falls_through_like_the_go_command() {
         get(&pipe, "/example.com/err/@v/list").await,
         (200, "miss".into(), "v2.0.0\n".into())
     );
-    // Not found everywhere: the first not-found text.
+    // Not found everywhere: the last answer, as the go command reports it (TryProxies).
+    first.set(
+        "/example.com/none/@v/list",
+        Reply::Body(
+            404,
+            b"not found: first has no such module".to_vec(),
+            Duration::ZERO,
+        ),
+    );
+    second.set(
+        "/example.com/none/@v/list",
+        Reply::Body(
+            410,
+            b"not found: second has removed it".to_vec(),
+            Duration::ZERO,
+        ),
+    );
     let (status, _, body) = get(&pipe, "/example.com/none/@v/list").await;
-    assert_eq!(status, 404);
-    assert!(body.starts_with("not found:"), "{body}");
+    assert_eq!(
+        (status, body.as_str()),
+        (410, "not found: second has removed it\n")
+    );
 
     let off = TestGateway::start(&ca, |c| c.modules.upstream = "off".into()).await;
     let (status, _, body) = get(&off, "/example.com/nf/@v/list").await;

@@ -344,7 +344,7 @@ async fn fetch(spec: &Spec, state: &State) -> Fetched {
     for source in &spec.sources {
         let (base, label, on_any_error) = match source {
             Source::Off => {
-                not_found.get_or_insert((
+                not_found = Some((
                     404,
                     Bytes::from_static(b"not found: module lookup disabled by GOPROXY=off"),
                 ));
@@ -376,7 +376,9 @@ async fn fetch(spec: &Spec, state: &State) -> Fetched {
                     StatusCode::NOT_FOUND | StatusCode::GONE => {
                         let status = resp.status().as_u16();
                         let text = read_text(resp.into_body(), state).await;
-                        not_found.get_or_insert((status, text));
+                        // Of several not-found answers the go command reports the last
+                        // (modfetch `TryProxies`); so does the gateway.
+                        not_found = Some((status, text));
                         continue;
                     }
                     other => {
