@@ -43,7 +43,8 @@ pub fn is_vendored_package(name: &str, new_rule: bool) -> bool {
     } else {
         return false;
     };
-    name.get(i..).is_some_and(|rest| rest.contains('/'))
+    // Bytes, as Go slices them: the old rule's offset can fall inside a multi-byte character.
+    name.as_bytes()[i..].contains(&b'/')
 }
 
 /// Chooses the files of a module zip. Returns indices into `files`, in order.
@@ -181,6 +182,8 @@ mod tests {
             ("pkg/vendor/a/b.go", true),
             ("a/b/vendor.go", false),
             ("vendored/x/y.go", false),
+            // Byte 8 inside a character: Go slices bytes, and the rest holds a slash.
+            ("日本語/vendor/x.go", true),
         ] {
             assert_eq!(is_vendored_package(name, false), want, "old {name}");
         }
