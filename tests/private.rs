@@ -109,6 +109,9 @@ pub fn build_repos(base: &Path) -> PathBuf {
     alpha
         .write("alpha.go", "package alpha\n\nconst V = 3\n")
         .commit(&[]);
+    // A tag and a branch of one name on different commits: the go command takes the tag.
+    git(&alpha.dir, &["tag", "stable", "v1.0.0"]);
+    git(&alpha.dir, &["branch", "stable"]);
     alpha.publish(&repos, "team/alpha");
 
     let mut multi = Work::new(base, "multi");
@@ -257,6 +260,7 @@ const MODULES: &[&str] = &[
     "git.corp.example/team/alpha@v1.1.0",
     "git.corp.example/team/alpha@main",
     "git.corp.example/team/alpha@feature",
+    "git.corp.example/team/alpha@stable",
     "git.corp.example/team/multi/sub/lib@v1.2.0",
     "git.corp.example/team/multi/sub/lib/v2@v2.0.0",
     "git.corp.example/team/major/v2@v2.0.0",
@@ -413,6 +417,7 @@ async fn go_sum_through_modgate_equals_direct_git_in_proxy_and_direct_mode() {
 
     // The expected shapes, as a sanity check of the fixture.
     assert_eq!(direct["git.corp.example/team/alpha@feature"].0, "v1.1.0");
+    assert_eq!(direct["git.corp.example/team/alpha@stable"].0, "v1.0.0");
     assert_eq!(direct[&queries[queries.len() - 1]].0, "v1.0.0");
     assert!(
         direct["git.corp.example/team/alpha@main"]
@@ -516,6 +521,20 @@ async fn missing_repositories_and_bad_credentials_are_explained_without_secrets(
         )
         .await;
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    // A commit is named by at least 7 hex digits (the go command's minHashDigits); 6 are an
+    // unknown revision, 7 resolve.
+    let v1 = git(
+        &base.path().join("repos/team/alpha"),
+        &["rev-parse", "v1.0.0^{commit}"],
+    );
+    for (digits, want) in [(6, 404), (7, 200)] {
+        let path = format!(
+            "/git.corp.example/team/alpha/@v/{}.info",
+            &v1.trim()[..digits]
+        );
+        let (status, _, body) = good.get("proxy.golang.org:443", &path, Alpn::H1).await;
+        assert_eq!(status, want, "{path}: {}", String::from_utf8_lossy(&body));
+    }
     let (status, _, body) = good
         .get(
             "proxy.golang.org:443",

@@ -353,8 +353,10 @@ impl CodeHost for Mirror {
         let candidates: Vec<String> = if rev == "HEAD" {
             vec!["refs/modgate/HEAD".into()]
         } else {
-            let mut c = vec![format!("refs/heads/{rev}"), format!("refs/tags/{rev}")];
-            if is_hex(rev) && (4..=40).contains(&rev.len()) {
+            // The go command's order (codehost `gitRepo.stat`): a tag, then a branch of that
+            // name, then a commit hash of at least 7 digits (`minHashDigits`).
+            let mut c = vec![format!("refs/tags/{rev}"), format!("refs/heads/{rev}")];
+            if is_hex(rev) && (7..=40).contains(&rev.len()) {
                 c.push(rev.to_string());
             }
             c
