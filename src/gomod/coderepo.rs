@@ -252,14 +252,22 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
                 .ok_or_else(|| self.not_found(format!("{rev}: unknown revision {rev}")))?;
             return self.check_canonical(rev, rev, &commit);
         }
+        // A semantic version (v1.2, v1.2.3+build) names a tag under the module's directory,
+        // as the go command's `revToRev` has it; anything else is a branch, tag or hash.
+        let code_rev = if version::is_valid(rev) {
+            let bare = rev.strip_suffix("+incompatible").unwrap_or(rev);
+            format!("{}{bare}", self.tag_prefix())
+        } else {
+            rev.to_string()
+        };
         let commit = self
             .host
-            .resolve(rev)
+            .resolve(&code_rev)
             .map_err(RepoError::Host)?
             .ok_or_else(|| {
                 self.not_found(format!("{rev}: invalid version: unknown revision {rev}"))
             })?;
-        self.convert(&commit, "", &tags)
+        self.convert(&commit, rev, &tags)
     }
 
     /// `@latest`: the default branch's head, as a version.
@@ -482,13 +490,10 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
                     &commit.hash[..12]
                 )));
             }
-        } else if self.path_major.is_empty()
-            && version::major(v) != "v0"
-            && !v.ends_with("+incompatible")
-        {
+        } else if self.path_major.is_empty() && version::major(v) == "v1" {
+            // Without a base, v0 or (checked next) an incompatible or suffixed major.
             return Err(self.not_found(format!(
-                "{v}: invalid version: should be v0, not {}",
-                version::major(v)
+                "{v}: invalid pseudo-version: major version without preceding tag must be v0, not v1"
             )));
         }
         self.check_canonical(v, v, &commit)
@@ -819,15 +824,16 @@ mod tests {
             Ok(self.tags.clone())
         }
         fn resolve(&self, rev: &str) -> Result<Option<Commit>, String> {
-            let hash = if let Some(h) = self.branches.get(rev) {
+            // As the git mirror resolves: tag, branch, hash of 7 digits or more.
+            let hash = if let Some((_, h)) = self.tags.iter().find(|(n, _)| n == rev) {
                 h.clone()
-            } else if let Some((_, h)) = self.tags.iter().find(|(n, _)| n == rev) {
+            } else if let Some(h) = self.branches.get(rev) {
                 h.clone()
             } else {
                 match self
                     .commits
                     .iter()
-                    .find(|(h, _, _)| rev.len() >= 4 && h.starts_with(rev))
+                    .find(|(h, _, _)| rev.len() >= 7 && h.starts_with(rev))
                 {
                     Some((h, _, _)) => h.clone(),
                     None => return Ok(None),
@@ -1032,6 +1038,49 @@ mod tests {
         let v2 = repo(&m, "x.com/foo/v2", "x.com/foo");
         assert_eq!(v2.stat(&c0[..12]).unwrap().version, "v2.0.0");
         assert_eq!(v2.source("v2.0.0").unwrap().dir, "v2");
+    }
+
+    #[test]
+    fn semantic_version_queries_name_tags_under_the_module_directory() {
+        let mut m = Mem::default();
+        m.commit(&[("sub/go.mod", "module x.com/r/sub\n")]);
+        let c0 = m.commit(&[("sub/go.mod", "module x.com/r/sub\n"), ("sub/a.go", "")]);
+        m.tag("sub/v1.1.0+build1", &c0);
+        let sub = repo(&m, "x.com/r/sub", "x.com/r");
+        // Not canonical: the base of a pseudo-version just above it (modfetch revToRev).
+        let info = sub.stat("v1.1.0+build1").unwrap();
+        assert_eq!(
+            info.version,
+            format!("v1.1.1-0.{}-{}", timestamp(info.time), &c0[..12])
+        );
+    }
+
+    #[test]
+    fn pseudo_versions_without_a_base_take_any_major_but_v1() {
+        // No go.mod: a v2 pseudo-version is +incompatible, as the go command makes it.
+        let mut m = Mem::default();
+        let c0 = m.commit(&[("a.go", "")]);
+        let r = repo(&m, "x.com/legacy", "x.com/legacy");
+        let t = r.stat(&c0[..12]).unwrap().time;
+        let v2 = format!("v2.0.0-{}-{}", timestamp(t), &c0[..12]);
+        assert_eq!(r.stat(&v2).unwrap().version, format!("{v2}+incompatible"));
+        let v1 = format!("v1.0.0-{}-{}", timestamp(t), &c0[..12]);
+        let err = r.stat(&v1).unwrap_err().to_string();
+        assert!(err.contains("must be v0, not v1"), "{err}");
+        // With a go.mod, v2 needs the /v2 path.
+        let mut m = Mem::default();
+        let c0 = m.commit(&[("go.mod", "module x.com/modern\n")]);
+        let r = repo(&m, "x.com/modern", "x.com/modern");
+        let v2 = format!("v2.0.0-{}-{}", timestamp(t_of(&r, &c0)), &c0[..12]);
+        let err = r.stat(&v2).unwrap_err().to_string();
+        assert!(
+            err.contains("module path must match major version"),
+            "{err}"
+        );
+    }
+
+    fn t_of(r: &CodeRepo<'_, Mem>, hash: &str) -> i64 {
+        r.stat(&hash[..12]).unwrap().time
     }
 
     #[test]
