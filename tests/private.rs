@@ -166,6 +166,26 @@ pub fn build_repos(base: &Path) -> PathBuf {
         .write("Upper.go", "package Upper\n")
         .commit(&["v0.1.0"]);
     upper.publish(&repos, "Team/Upper");
+
+    // v1.1.0 is retracted by v1.2.0's go.mod: a branch cut after it takes v1.0.0 as the base
+    // of its pseudo-version.
+    let mut retracted = Work::new(base, "retracted");
+    let gomod = "module git.corp.example/team/retracted\n\ngo 1.19\n";
+    retracted
+        .write("go.mod", gomod)
+        .write("r.go", "package r\n")
+        .commit(&["v1.0.0"]);
+    retracted
+        .write("r.go", "package r\n\n// 1.1\n")
+        .commit(&["v1.1.0"]);
+    retracted
+        .write("r.go", "package r\n\n// next\n")
+        .commit(&[]);
+    git(&retracted.dir, &["branch", "feature"]);
+    retracted
+        .write("go.mod", &format!("{gomod}\nretract v1.1.0 // broken\n"))
+        .commit(&["v1.2.0"]);
+    retracted.publish(&repos, "team/retracted");
     repos
 }
 
@@ -261,6 +281,7 @@ const MODULES: &[&str] = &[
     "git.corp.example/team/alpha@main",
     "git.corp.example/team/alpha@feature",
     "git.corp.example/team/alpha@stable",
+    "git.corp.example/team/retracted@feature",
     "git.corp.example/team/multi/sub/lib@v1.2.0",
     "git.corp.example/team/multi/sub/lib/v2@v2.0.0",
     "git.corp.example/team/major/v2@v2.0.0",
@@ -418,6 +439,12 @@ async fn go_sum_through_modgate_equals_direct_git_in_proxy_and_direct_mode() {
     // The expected shapes, as a sanity check of the fixture.
     assert_eq!(direct["git.corp.example/team/alpha@feature"].0, "v1.1.0");
     assert_eq!(direct["git.corp.example/team/alpha@stable"].0, "v1.0.0");
+    assert!(
+        direct["git.corp.example/team/retracted@feature"]
+            .0
+            .starts_with("v1.0.1-0."),
+        "{direct:?}"
+    );
     assert_eq!(direct[&queries[queries.len() - 1]].0, "v1.0.0");
     assert!(
         direct["git.corp.example/team/alpha@main"]

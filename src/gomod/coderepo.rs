@@ -304,6 +304,8 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
         stat_vers: &str,
         tags: &[(String, String)],
     ) -> R<RevInfo, H> {
+        let retracted = self.retracted();
+        let is_retracted = |v: &str| retracted.iter().any(|r| r.covers(v));
         let mut highest_canonical = String::new();
         let mut pseudo_base = String::new();
         for (name, c) in tags {
@@ -320,11 +322,12 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
                 }
                 pseudo_base = v.clone();
             }
-            // The highest canonical tag this module may carry: its major fits the path, or
-            // it can be +incompatible (a v1 module's commit may also carry a v2 tag that
-            // belongs to the v2 module in a subdirectory).
+            // The highest canonical tag this module may carry: not retracted, and its major
+            // fits the path or can be +incompatible (a v1 module's commit may also carry a v2
+            // tag that belongs to the v2 module in a subdirectory).
             if canonical
                 && version::compare(&highest_canonical, &v).is_lt()
+                && !is_retracted(&v)
                 && (check_path_major(&v, &self.path_major).is_ok()
                     || self.can_use_incompatible(&v, stat_vers, commit)?)
             {
@@ -345,7 +348,7 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
                 let Some(semtag) = tag.strip_prefix(&prefix) else {
                     continue;
                 };
-                if !self.tag_allowed(&tag, commit)? {
+                if !self.tag_allowed(&tag, commit, &is_retracted)? {
                     continue;
                 }
                 if version::compare(semtag, &highest).is_gt() {
@@ -376,9 +379,39 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
         self.check_canonical(&pseudo, stat_vers, commit)
     }
 
-    fn tag_allowed(&self, tag: &str, commit: &Commit) -> R<bool, H> {
+    /// The versions the go.mod of the highest release retracts (`codeRepo.retractedVersions`):
+    /// they are neither a commit's version nor a pseudo-version's base. None when that go.mod
+    /// cannot be read or parsed, as the go command then assumes.
+    fn retracted(&self) -> Vec<modfile::Retraction> {
+        let Ok(versions) = self.versions() else {
+            return vec![];
+        };
+        let releases: Vec<&String> = versions
+            .iter()
+            .take_while(|v| !v.ends_with("+incompatible"))
+            .collect();
+        let highest = releases
+            .iter()
+            .rev()
+            .find(|v| version::prerelease(v).is_empty())
+            .or(releases.last());
+        highest
+            .and_then(|v| self.go_mod(v).ok())
+            .and_then(|data| modfile::retractions(&data))
+            .unwrap_or_default()
+    }
+
+    fn tag_allowed(
+        &self,
+        tag: &str,
+        commit: &Commit,
+        is_retracted: &dyn Fn(&str) -> bool,
+    ) -> R<bool, H> {
         let (v, _) = self.tag_to_version(tag);
         let Some(v) = v else { return Ok(false) };
+        if is_retracted(&v) {
+            return Ok(false);
+        }
         if check_path_major(&version::module_canonical(&v), &self.path_major).is_ok() {
             return Ok(true);
         }
@@ -1081,6 +1114,32 @@ mod tests {
 
     fn t_of(r: &CodeRepo<'_, Mem>, hash: &str) -> i64 {
         r.stat(&hash[..12]).unwrap().time
+    }
+
+    #[test]
+    fn retracted_versions_name_no_commit_and_base_no_pseudo_version() {
+        let gomod = "module x.com/r\n";
+        let mut m = Mem::default();
+        let c0 = m.commit(&[("go.mod", gomod)]);
+        m.tag("v1.0.0", &c0);
+        let c1 = m.commit(&[("go.mod", gomod), ("a.go", "1")]);
+        m.tag("v1.1.0", &c1);
+        let c2 = m.commit(&[("go.mod", gomod), ("a.go", "2")]);
+        m.branches.insert("feature".into(), c2.clone());
+        let c3 = m.commit(&[("go.mod", "module x.com/r\n\nretract v1.1.0 // broken\n")]);
+        m.tag("v1.2.0", &c3);
+        let r = repo(&m, "x.com/r", "x.com/r");
+        let pseudo = |c: &str| {
+            let t = m.commits[m.idx(c).unwrap()].1;
+            format!("v1.0.1-0.{}-{}", timestamp(t), &c[..12])
+        };
+        // The retracted tag is passed over, as the go command does (convert, tagAllowed).
+        assert_eq!(r.stat("feature").unwrap().version, pseudo(&c2));
+        assert_eq!(r.stat(&c1[..12]).unwrap().version, pseudo(&c1));
+        // Asked for by name, it still resolves; it is still listed.
+        assert_eq!(r.stat("v1.1.0").unwrap().version, "v1.1.0");
+        assert_eq!(r.versions().unwrap(), ["v1.0.0", "v1.1.0", "v1.2.0"]);
+        assert_eq!(r.latest().unwrap().version, "v1.2.0");
     }
 
     #[test]

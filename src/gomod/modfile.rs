@@ -1,5 +1,8 @@
-//! The two facts modgate reads from go.mod files, as golang.org/x/mod/modfile reads them:
-//! the module path (`ModulePath`) and the `go` directive's language version.
+//! The facts modgate reads from go.mod files, as golang.org/x/mod/modfile reads them: the
+//! module path (`ModulePath`), the `go` directive's language version and the `retract`
+//! directives.
+
+use super::version;
 
 /// `modfile.ModulePath`: the path in the first `module` line, or empty if none.
 pub fn module_path(data: &[u8]) -> String {
@@ -82,6 +85,105 @@ pub fn go_at_least(v: &str, major: u32, minor: u32) -> bool {
     (maj, min) >= (major, minor)
 }
 
+/// A retracted interval of versions, both ends canonical and included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retraction {
+    pub low: String,
+    pub high: String,
+}
+
+impl Retraction {
+    pub fn covers(&self, v: &str) -> bool {
+        version::compare(&self.low, v).is_le() && version::compare(v, &self.high).is_le()
+    }
+}
+
+/// The `retract` directives (`retract v1.0.0`, `retract [v1.0.0, v1.0.5]`, and blocks of
+/// them), with versions canonicalized as `modfile.ParseLax` does. `None` if one of them does
+/// not parse: the go command's parse then fails, and it treats nothing as retracted.
+pub fn retractions(data: &[u8]) -> Option<Vec<Retraction>> {
+    let text = String::from_utf8_lossy(data);
+    let mut out = vec![];
+    // Inside `verb ( … )`: whether the verb is retract.
+    let mut block: Option<bool> = None;
+    for line in text.split('\n') {
+        let toks = tokens(line)?;
+        if let Some(retract) = block {
+            match toks.as_slice() {
+                [] => {}
+                [t] if t == ")" => block = None,
+                _ if retract => out.push(interval(&toks)?),
+                _ => {}
+            }
+            continue;
+        }
+        match toks.split_first() {
+            Some((verb, [open])) if open == "(" => block = Some(verb == "retract"),
+            Some((verb, rest)) if verb == "retract" => out.push(interval(rest)?),
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// One line's tokens, comments dropped: words, quoted strings, and `( ) [ ] ,` on their own.
+fn tokens(line: &str) -> Option<Vec<String>> {
+    let mut out = vec![];
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        if rest.starts_with("//") {
+            break;
+        }
+        let c = rest.chars().next().expect("not empty");
+        if c.is_whitespace() {
+            rest = rest.trim_start();
+            continue;
+        }
+        if "()[],".contains(c) {
+            out.push(c.to_string());
+            rest = &rest[1..];
+            continue;
+        }
+        if c == '"' || c == '`' {
+            let end = rest[1..].find(c)? + 2;
+            out.push(unquote(&rest[..end])?);
+            rest = &rest[end..];
+            continue;
+        }
+        let end = rest
+            .find(|ch: char| ch.is_whitespace() || "()[],\"`".contains(ch) || ch == '/')
+            .unwrap_or(rest.len())
+            .max(1);
+        out.push(rest[..end].to_string());
+        rest = &rest[end..];
+    }
+    Some(out)
+}
+
+/// `parseVersionInterval`, then nothing may follow.
+fn interval(toks: &[String]) -> Option<Retraction> {
+    let canon = |t: &String| {
+        let v = version::module_canonical(t);
+        (!v.is_empty()).then_some(v)
+    };
+    match toks {
+        [v] => {
+            let v = canon(v)?;
+            Some(Retraction {
+                low: v.clone(),
+                high: v,
+            })
+        }
+        [open, low, comma, high, close] if open == "[" && comma == "," && close == "]" => {
+            Some(Retraction {
+                low: canon(low)?,
+                high: canon(high)?,
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The go.mod the go command synthesizes for a module without one.
 pub fn synthesized(module: &str) -> String {
     format!("module {module}\n")
@@ -108,6 +210,43 @@ mod tests {
             module_path(b"  module example.com/m/v2\r\n"),
             "example.com/m/v2"
         );
+    }
+
+    #[test]
+    fn retract_directives() {
+        let gomod = b"module example.com/m\n\ngo 1.19\n\n\
+retract v1.1.0 // published by mistake\n\
+retract [v1.2.0, v1.2.5]\n\
+retract (\n\
+\t// both broken\n\
+\tv1.3\n\
+\t[\"v1.4.0\",v1.4.1]\n\
+)\n\
+require (\n\
+\tretract v1.0.0 // a module named retract, not a directive\n\
+)\n";
+        let r = retractions(gomod).unwrap();
+        let pairs: Vec<(&str, &str)> = r.iter().map(|r| (&*r.low, &*r.high)).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("v1.1.0", "v1.1.0"),
+                ("v1.2.0", "v1.2.5"),
+                ("v1.3.0", "v1.3.0"),
+                ("v1.4.0", "v1.4.1")
+            ]
+        );
+        assert!(r[1].covers("v1.2.3") && !r[1].covers("v1.2.6") && !r[1].covers("v1.1.9"));
+        assert_eq!(retractions(b"module m\n").unwrap(), vec![]);
+        // One bad directive: the go command's parse fails, so nothing counts as retracted.
+        for bad in [
+            "retract latest\n",
+            "retract [v1.0.0]\n",
+            "retract v1.0.0 v1.0.1\n",
+            "retract (\n\tnot-a-version\n)\n",
+        ] {
+            assert_eq!(retractions(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     #[test]
