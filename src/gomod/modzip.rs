@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use super::path::check_file_path;
+use super::path::{check_file_path, fold_key};
 use super::zip::{MAX_GO_MOD, MAX_LICENSE, MAX_ZIP_FILE};
 
 /// One file of the source tree, by its path relative to the module root.
@@ -98,7 +98,7 @@ pub fn select(files: &[SourceFile], go_version: Option<&str>) -> Result<Vec<usiz
         let mut q = p;
         let mut is_dir = false;
         loop {
-            let fold = q.to_lowercase();
+            let fold = fold_key(q);
             let tagged = format!("{}{}", if is_dir { "d:" } else { "f:" }, q);
             match seen.get(&fold) {
                 Some(other) if other != &tagged => {
@@ -235,6 +235,7 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["A.go", "a.go"], "case-insensitive"),
             (&["Dir/x.go", "dir/y.go"], "case-insensitive"),
+            (&["s.go", "ſ.go"], "case-insensitive"),
             (&["GO.MOD"], "lowercase"),
             (&["a:b.go"], "invalid char"),
             (&["../x.go"], "not clean"),

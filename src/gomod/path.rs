@@ -55,6 +55,21 @@ fn file_name_ok(c: char) -> bool {
     }
 }
 
+/// x/mod/zip's `strToFold`: two names collide on a case-insensitive file system, by the go
+/// command's reckoning, exactly when their keys are equal. Unicode simple case folding, which
+/// puts `ſ` with `s` and `ς` with `σ` (`to_lowercase` does neither, and lowers a final `Σ`
+/// to `ς`). Checked against Go 1.19 over every code point: the same classes, but for case
+/// pairs Unicode added after Go 1.19's tables (which later Go versions have).
+pub fn fold_key(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            unicode_case_mapping::case_folded(c)
+                .and_then(|f| char::from_u32(f.get()))
+                .unwrap_or(c)
+        })
+        .collect()
+}
+
 fn first_path_ok(c: char) -> bool {
     c == '-' || c == '.' || c.is_ascii_digit() || c.is_ascii_lowercase()
 }
@@ -420,6 +435,19 @@ mod tests {
         // Letters are general category L, as Go's unicode.IsLetter: 中, ǅ, ʰ yes; a letter
         // number (Ⅷ), a combining mark (U+0345) or a non-ASCII digit (٣) no.
         assert!(check_file_path("中ǅʰ.go").is_ok());
+        // Case-fold keys as Go's strToFold groups names.
+        for (a, b) in [
+            ("A.go", "a.go"),
+            ("ſ.go", "S.go"),
+            ("\u{212a}.go", "k.go"),
+            ("ΑΣ.go", "ας.go"),
+            ("ẞ", "ß"),
+        ] {
+            assert_eq!(fold_key(a), fold_key(b), "{a} {b}");
+        }
+        for (a, b) in [("ß", "ss"), ("ı", "i"), ("İ", "i"), ("é", "e")] {
+            assert_ne!(fold_key(a), fold_key(b), "{a} {b}");
+        }
         for name in ["Ⅷ.go", "a\u{345}.go", "٣.go"] {
             assert!(check_file_path(name).is_err(), "{name}");
         }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek};
 
-use super::path::{ModulePath, check_file_path, check_path_major};
+use super::path::{ModulePath, check_file_path, check_path_major, fold_key};
 use super::version;
 
 /// Largest module zip, and largest total uncompressed content (500 MiB).
@@ -126,7 +126,7 @@ struct Collisions {
 
 impl Collisions {
     fn check(&mut self, p: &str, is_dir: bool) -> Result<(), String> {
-        let fold = p.to_lowercase();
+        let fold = fold_key(p);
         if let Some((other, other_dir)) = self.seen.get(&fold) {
             if other != p {
                 return Err(format!(
