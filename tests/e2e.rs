@@ -26,10 +26,34 @@ fn goproxy_files() -> HashMap<String, Vec<u8>> {
     files
 }
 
+/// Like [`files`], but zips answer with a 302 to `/storage/…`, as proxy.golang.org sends zip
+/// downloads to its storage host.
+fn files_with_zip_redirects(map: HashMap<String, Vec<u8>>) -> Handler {
+    let inner = files(map);
+    std::sync::Arc::new(move |mut parts, body| {
+        let path = parts.uri.path().to_string();
+        if path.ends_with(".zip") && !path.starts_with("/storage/") {
+            return Box::pin(async move {
+                let mut r = http::Response::new(modgate::body::full("see storage"));
+                *r.status_mut() = http::StatusCode::FOUND;
+                r.headers_mut().insert(
+                    http::header::LOCATION,
+                    format!("/storage{path}").parse().unwrap(),
+                );
+                r
+            });
+        }
+        if let Some(rest) = path.strip_prefix("/storage") {
+            parts.uri = rest.parse().unwrap();
+        }
+        inner(parts, body)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn go_command_builds_through_the_gateway() {
     let ca = TestCa::new();
-    let up = Upstream::tls(&ca, files(goproxy_files())).await;
+    let up = Upstream::tls(&ca, files_with_zip_redirects(goproxy_files())).await;
     let base = up.base_url();
     let gw = TestGateway::start(&ca, move |c| {
         c.upstream.overrides.insert("proxy.golang.org".into(), base);
@@ -87,8 +111,9 @@ async fn go_command_builds_through_the_gateway() {
         "{paths:?}"
     );
     assert!(
-        paths.contains(&"/example.com/hello/@v/v1.0.0.zip".to_string()),
-        "{paths:?}"
+        paths.contains(&"/example.com/hello/@v/v1.0.0.zip".to_string())
+            && paths.contains(&"/storage/example.com/hello/@v/v1.0.0.zip".to_string()),
+        "the zip came by way of its redirect: {paths:?}"
     );
     let m = gw.metrics().await;
     assert!(

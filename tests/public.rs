@@ -148,6 +148,63 @@ async fn info_for_a_major_the_path_lacks_is_a_query_the_upstream_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn upstream_redirects_are_followed_as_the_go_command_follows_them() {
+    // proxy.golang.org answers zips with a 302 to its storage host.
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let storage_script = Arc::new(Script::default());
+    let storage = Upstream::tls(&ca, scripted(storage_script.clone())).await;
+    let storage_base = storage.base_url();
+    script.set(
+        "/example.com/m/@v/v1.0.0.mod",
+        Reply::Redirect(302, "/blobs/m-1.0.0.mod".into()),
+    );
+    script.ok("/blobs/m-1.0.0.mod", "module example.com/m\n");
+    script.set(
+        "/example.com/m/@v/v1.1.0.mod",
+        Reply::Redirect(307, "https://storage.test/x/m-1.1.0.mod?sig=1".into()),
+    );
+    storage_script.set(
+        "/x/m-1.1.0.mod",
+        Reply::Redirect(301, "m-1.1.0-final.mod".into()),
+    );
+    storage_script.ok("/x/m-1.1.0-final.mod", "module example.com/m // 1.1\n");
+    script.set(
+        "/example.com/loop/@v/list",
+        Reply::Redirect(302, "/example.com/loop/@v/list".into()),
+    );
+    script.set(
+        "/example.com/down/@v/list",
+        Reply::Redirect(302, "http://storage.test/down".into()),
+    );
+    let (up, gw) = gateway(&script, &ca, |c| {
+        c.upstream
+            .overrides
+            .insert("storage.test".into(), storage_base);
+    })
+    .await;
+    // Relative, then absolute to another host (through its override) and relative again.
+    assert_eq!(
+        get(&gw, "/example.com/m/@v/v1.0.0.mod").await,
+        (200, "miss".into(), "module example.com/m\n".into())
+    );
+    assert_eq!(
+        get(&gw, "/example.com/m/@v/v1.1.0.mod").await,
+        (200, "miss".into(), "module example.com/m // 1.1\n".into())
+    );
+    assert_eq!(get(&gw, "/example.com/m/@v/v1.1.0.mod").await.1, "hit");
+    assert_eq!(count(&up, "/example.com/m/@v/v1.1.0.mod"), 1);
+    // A loop stops after 10 redirects; https never goes on to http.
+    let (status, _, body) = get(&gw, "/example.com/loop/@v/list").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("stopped after 10 redirects"), "{body}");
+    assert_eq!(count(&up, "/example.com/loop/@v/list"), 11);
+    let (status, _, body) = get(&gw, "/example.com/down/@v/list").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("insecure"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn not_found_is_passed_through_and_remembered_briefly() {
     let ca = TestCa::new();
     let script = Arc::new(Script::default());

@@ -662,6 +662,8 @@ pub enum Reply {
     Body(u16, Vec<u8>, std::time::Duration),
     /// Declares `declared` bytes, sends `sent`, then breaks the connection.
     Abort { declared: u64, sent: Vec<u8> },
+    /// A redirect: status and `Location`.
+    Redirect(u16, String),
     /// Sends `body` in `chunk`-byte pieces with `delay` between them.
     Slow {
         body: Vec<u8>,
@@ -710,6 +712,13 @@ pub fn scripted(script: Arc<Script>) -> Handler {
                     tokio::time::sleep(delay).await;
                     let mut r = Response::new(full(body));
                     *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                    r
+                }
+                Some(Reply::Redirect(status, location)) => {
+                    let mut r = Response::new(full("moved"));
+                    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                    r.headers_mut()
+                        .insert(http::header::LOCATION, location.parse().unwrap());
                     r
                 }
                 Some(Reply::Slow { body, chunk, delay }) => {

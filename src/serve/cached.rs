@@ -360,17 +360,8 @@ async fn fetch(spec: &Spec, state: &State) -> Fetched {
             Ok(u) => u,
             Err(e) => return Fetched::Err(ServeError::Internal(format!("bad upstream URL: {e}"))),
         };
-        let req = Request::get(uri)
-            .header(
-                http::header::USER_AGENT,
-                concat!("modgate/", env!("CARGO_PKG_VERSION")),
-            )
-            .header(http::header::ACCEPT_ENCODING, "identity")
-            .body(crate::body::empty())
-            .expect("static request parts are valid");
-        match state.upstream.send(req, label).await {
-            Ok((resp, waited)) => {
-                total_wait += waited;
+        match get_following_redirects(uri, label, state, &mut total_wait).await {
+            Ok(resp) => {
                 match resp.status() {
                     StatusCode::OK => return Fetched::Ok(resp, total_wait),
                     StatusCode::NOT_FOUND | StatusCode::GONE => {
@@ -404,10 +395,10 @@ async fn fetch(spec: &Spec, state: &State) -> Fetched {
             }
             Err(e) => {
                 if on_any_error {
-                    error = Some(e.into());
+                    error = Some(e);
                     continue;
                 }
-                return Fetched::Err(e.into());
+                return Fetched::Err(e);
             }
         }
     }
@@ -418,6 +409,95 @@ async fn fetch(spec: &Spec, state: &State) -> Fetched {
         Some((status, text)) => Fetched::NotFound { status, text },
         None => Fetched::Err(ServeError::Internal("no upstream configured".into())),
     }
+}
+
+/// Redirects followed per upstream request, as the go command's HTTP client allows.
+const MAX_REDIRECTS: usize = 10;
+
+/// GETs `uri`, following redirects as the go command would against the upstream itself
+/// (proxy.golang.org answers zips with a 302 to its storage): at most [`MAX_REDIRECTS`], never
+/// from https to http, and through the target host's `upstream.overrides` entry if any.
+async fn get_following_redirects(
+    mut uri: http::Uri,
+    label: &str,
+    state: &State,
+    total_wait: &mut Duration,
+) -> Result<Response<Incoming>, ServeError> {
+    let mut hops = 0;
+    loop {
+        let req = Request::get(uri.clone())
+            .header(
+                http::header::USER_AGENT,
+                concat!("modgate/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(http::header::ACCEPT_ENCODING, "identity")
+            .body(crate::body::empty())
+            .expect("static request parts are valid");
+        let (resp, waited) = state.upstream.send(req, label).await?;
+        *total_wait += waited;
+        let redirect = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
+        let Some(location) = resp
+            .headers()
+            .get(http::header::LOCATION)
+            .filter(|_| redirect)
+        else {
+            return Ok(resp);
+        };
+        let from = uri.to_string();
+        let status = resp.status().as_u16();
+        let redirect_error = |detail: String| ServeError::UpstreamStatus {
+            upstream: from.clone(),
+            status,
+            detail,
+        };
+        if hops == MAX_REDIRECTS {
+            return Err(redirect_error(format!(
+                "stopped after {MAX_REDIRECTS} redirects"
+            )));
+        }
+        let location = location
+            .to_str()
+            .map_err(|_| redirect_error("Location is not text".into()))?
+            .to_string();
+        let next = redirect_target(&uri, &location, &state.dynamic()).map_err(redirect_error)?;
+        // Let the connection go back to the pool: the redirect's body is small or empty.
+        let _ = read_text(resp.into_body(), state).await;
+        tracing::debug!(from = %uri, to = %next, "upstream redirect");
+        uri = next;
+        hops += 1;
+    }
+}
+
+/// Where `location`, from a response to `from`, leads: resolved as a URL reference, https to
+/// http refused, the new host's override applied.
+fn redirect_target(
+    from: &http::Uri,
+    location: &str,
+    dynamic: &crate::Dynamic,
+) -> Result<http::Uri, String> {
+    let base = url::Url::parse(&from.to_string()).map_err(|e| format!("bad URL {from}: {e}"))?;
+    let next = base
+        .join(location)
+        .map_err(|e| format!("bad redirect Location {location:?}: {e}"))?;
+    match next.scheme() {
+        "https" => {}
+        "http" if base.scheme() == "http" => {}
+        "http" => return Err(format!("redirected from https to insecure URL {next}")),
+        other => return Err(format!("redirect to unsupported scheme {other:?}")),
+    }
+    if !next.username().is_empty() || next.password().is_some() {
+        return Err("redirect Location carries credentials".into());
+    }
+    let origin = next.origin().ascii_serialization();
+    let target = BaseUrl::parse(&origin).map_err(|e| format!("bad redirect target: {e}"))?;
+    let path = match next.query() {
+        Some(q) => format!("{}?{q}", next.path()),
+        None => next.path().to_string(),
+    };
+    dynamic
+        .resolve(&target)
+        .join(&path)
+        .map_err(|e| format!("bad redirect target {next}: {e}"))
 }
 
 /// Reads at most a few KB of an error body, with the response timeout.
