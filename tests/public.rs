@@ -642,6 +642,32 @@ async fn checksum_database_is_proxied_and_cached_byte_for_byte() {
     assert_eq!(count(&sum, "/tile/8/0/001.p/2"), 0);
     // A database that is not configured is not proxied: 404 lets the go command go direct.
     assert_eq!(get(&gw, "/sumdb/sum.other.example/supported").await.0, 404);
+    // A remembered not-found answer is nobody else's entry: not that of a version whose name
+    // ends the way not-found entries are marked.
+    let weird = "/lookup/example.com/m@v1.0.0-x.notfound";
+    script.ok(weird, lookup);
+    let (status, _, _) = gw
+        .get(
+            "sum.golang.org:443",
+            "/lookup/example.com/m@v1.0.0-x",
+            Alpn::H1,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = gw
+        .get(
+            "sum.golang.org:443",
+            "/lookup/example.com/m@v1.0.0-x@notfound",
+            Alpn::H1,
+        )
+        .await;
+    assert_eq!(status, 400, "a not-found entry cannot be asked for by name");
+    let (status, _, body) = gw.get("sum.golang.org:443", weird, Alpn::H1).await;
+    assert_eq!(
+        (status.as_u16(), String::from_utf8_lossy(&body)),
+        (200, lookup.into())
+    );
+    assert_eq!(count(&sum, weird), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

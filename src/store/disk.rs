@@ -8,7 +8,7 @@
 //!
 //! Keys are relative paths made by `policy::route` from validated module paths and versions; this
 //! module additionally refuses any key with an empty, `.` or `..` component. Freshness is the
-//! file's modification time; not-found answers are entries whose key ends in `.notfound`.
+//! file's modification time; not-found answers are entries whose key ends in `@notfound`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -22,8 +22,12 @@ use prometheus::{IntCounter, IntGauge};
 
 use super::durable::{self, Queued, Tracker};
 
-/// Suffix of not-found entries.
-pub const NOT_FOUND_SUFFIX: &str = ".notfound";
+/// Suffix of not-found entries. `@` appears in no module path or version, so no answer's key
+/// ends this way (`.notfound` did: a lookup of `m@v1.0.0-x.notfound` met `m@v1.0.0-x`'s).
+pub const NOT_FOUND_SUFFIX: &str = "@notfound";
+
+/// The suffix not-found entries had before: removed when the gateway opens the cache.
+const LEGACY_NOT_FOUND_SUFFIX: &str = ".notfound";
 
 /// Cache failures.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +231,14 @@ impl DiskCache {
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         let mut found = vec![];
         scan(&root, &root, &mut found).map_err(io_err(&root))?;
+        if clear_tmp {
+            // Not-found answers under the old suffix: seconds-long answers that could be
+            // mistaken for another version's entry. A real entry of a version ending in
+            // `.notfound` goes with them and is fetched again.
+            found.retain(|(key, _, _)| {
+                !key.ends_with(LEGACY_NOT_FOUND_SUFFIX) || fs::remove_file(root.join(key)).is_err()
+            });
+        }
         let durable = if clear_tmp {
             Some(Self::recover(
                 data_dir,
@@ -854,6 +866,28 @@ mod tests {
         let c = DiskCache::open(dir.path(), 300, metrics()).unwrap();
         assert_eq!(c.usage(), (3, 300));
         assert!(c.get("k/a").is_some());
+    }
+
+    #[test]
+    fn not_found_entries_under_the_old_suffix_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Arc::new(DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap());
+            c.put("k/v1.0.0-x.info.notfound", b"404\n").unwrap();
+            c.put(&format!("k/v1.0.0-y.info{NOT_FOUND_SUFFIX}"), b"404\n")
+                .unwrap();
+            c.put("k/v1.0.0.info", b"{}").unwrap();
+            c.settle();
+        }
+        let c = DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap();
+        assert!(c.get("k/v1.0.0-x.info.notfound").is_none());
+        assert!(!dir.path().join("cache/k/v1.0.0-x.info.notfound").exists());
+        assert!(
+            c.get(&format!("k/v1.0.0-y.info{NOT_FOUND_SUFFIX}"))
+                .is_some()
+        );
+        assert!(c.get("k/v1.0.0.info").is_some());
+        assert_eq!(c.usage().0, 2);
     }
 
     /// Writes the horizon file as a run on `boot` would have left it, with time `at`.
