@@ -205,6 +205,29 @@ async fn upstream_redirects_are_followed_as_the_go_command_follows_them() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn head_is_answered_without_a_body_on_h1_and_h2() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    script.ok("/example.com/m/@v/v1.0.0.mod", "module example.com/m\n");
+    let (_up, gw) = gateway(&script, &ca, |_| {}).await;
+    // A miss (a fill), a hit and a not-found, over both protocols.
+    for alpn in [Alpn::H2, Alpn::H1] {
+        for (path, want) in [
+            ("/example.com/m/@v/v1.0.0.mod", 200),
+            ("/example.com/m/@v/v1.0.0.mod", 200),
+            ("/example.com/nope/@v/list", 404),
+        ] {
+            let (status, headers, body) = gw.request(HOST, http::Method::HEAD, path, alpn).await;
+            assert_eq!((status.as_u16(), body.len()), (want, 0), "{path} {alpn:?}");
+            if want == 200 {
+                assert_eq!(headers["content-length"], "21", "{path} {alpn:?}");
+            }
+        }
+    }
+    assert_eq!(get(&gw, "/example.com/m/@v/v1.0.0.mod").await.1, "hit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn not_found_is_passed_through_and_remembered_briefly() {
     let ca = TestCa::new();
     let script = Arc::new(Script::default());

@@ -313,6 +313,23 @@ impl TestGateway {
         http_get(tls, host, path, alpn).await
     }
 
+    /// Like [`get`](Self::get), with another method.
+    pub async fn request(
+        &self,
+        target: &str,
+        method: http::Method,
+        path: &str,
+        alpn: Alpn,
+    ) -> (StatusCode, http::HeaderMap, Bytes) {
+        let (stream, head) = connect(self.proxy, target, "").await;
+        assert_eq!(status(&head), 200, "CONNECT {target}: {head}");
+        let host = target.rsplit_once(':').unwrap().0;
+        let tls = tls_connect(stream, host, self.roots(), alpn)
+            .await
+            .expect("TLS with gateway");
+        http_request(tls, method, host, path, alpn).await
+    }
+
     /// Waits (at most 5s) until `name{labels}` reaches `want`; returns the last scrape.
     pub async fn metric_reaches(&self, name: &str, labels: &[(&str, &str)], want: f64) -> String {
         let mut m = String::new();
@@ -494,7 +511,23 @@ pub async fn http_get<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let req = Request::get(path)
+    http_request(io, http::Method::GET, host, path, alpn).await
+}
+
+/// One request with `method` and no body; the whole answer.
+pub async fn http_request<S>(
+    io: S,
+    method: http::Method,
+    host: &str,
+    path: &str,
+    alpn: Alpn,
+) -> (StatusCode, http::HeaderMap, Bytes)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header(http::header::HOST, host)
         .body(Empty::<Bytes>::new())
         .unwrap();

@@ -217,5 +217,12 @@ async fn tile_from_wider(
 pub fn finish(resp: Response<Body>, ctx: ReqCtx, state: &State) -> Response<Body> {
     let status = resp.status().as_u16();
     let metrics = state.metrics.clone();
+    // An answer to HEAD has no body. hyper leaves it out on HTTP/1.1 but would send it on
+    // HTTP/2, where the client then resets the stream. (A fill goes on without its client.)
+    let resp = if ctx.method == http::Method::HEAD {
+        resp.map(|_| crate::body::empty())
+    } else {
+        resp
+    };
     resp.map(|body| access_log::observe(body, ctx, status, metrics))
 }
