@@ -726,7 +726,14 @@ impl PendingEntry {
         defer: bool,
     ) -> Result<DirSync, StoreError> {
         let file = self.file.take().expect("file present until commit");
-        let meta = file.metadata().map_err(io_err(&self.tmp_path))?;
+        let mut meta = file.metadata().map_err(io_err(&self.tmp_path))?;
+        if meta.len() == 0 {
+            // Nothing was written, so the time is still that of the spare file it came from;
+            // freshness is measured from it.
+            file.set_modified(SystemTime::now())
+                .map_err(io_err(&self.tmp_path))?;
+            meta = file.metadata().map_err(io_err(&self.tmp_path))?;
+        }
         self.len = meta.len();
         // The background fsync: in the gateway's cache, inside its runtime, when the tracker
         // can vouch for the file's time and has room.
@@ -888,6 +895,27 @@ mod tests {
         );
         assert!(c.get("k/v1.0.0.info").is_some());
         assert_eq!(c.usage().0, 2);
+    }
+
+    #[test]
+    fn an_empty_entry_is_as_new_as_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap());
+        let p = c.begin("k/empty").unwrap();
+        // As a spare file made a while before the fill that takes it.
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&p.tmp_path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        p.commit_then(|_| Ok(())).unwrap().run();
+        let found = c.get("k/empty").unwrap();
+        let age = SystemTime::now()
+            .duration_since(fs::metadata(&found.path).unwrap().modified().unwrap())
+            .unwrap_or_default();
+        assert!(age < Duration::from_secs(600), "{age:?}");
     }
 
     /// Writes the horizon file as a run on `boot` would have left it, with time `at`.
