@@ -565,7 +565,7 @@ async fn connection_limit_answers_503_and_recovers() {
 }
 
 async fn still_serves_files(gw: &TestGateway) {
-    let (status, _, body) = gw.get("files.test:443", "/after", Alpn::H2).await;
+    let (status, _, body) = gw.get("files.test:443", "/after", Alpn::H1).await;
     assert_eq!((status.as_u16(), &body[..]), (200, &b"slow"[..]));
 }
 
@@ -580,14 +580,18 @@ async fn h2_stream_limit_is_enforced_and_counted() {
     });
     let up = Upstream::tls(&ca, slow).await;
     let base = up.base_url();
+    // HTTP/2 is offered on module-proxy and checksum-database hosts.
     let gw = TestGateway::start(&ca, move |c| {
         c.intercept.hosts.push("files.test".into());
-        c.upstream.overrides.insert("files.test".into(), base);
+        c.upstream
+            .overrides
+            .insert("files.test".into(), base.clone());
+        c.upstream.overrides.insert("proxy.golang.org".into(), base);
         c.intercept.h2_max_concurrent_streams = 2;
     })
     .await;
-    let (stream, _) = connect(gw.proxy, "files.test:443", "").await;
-    let tls = tls_connect(stream, "files.test", gw.roots(), Alpn::H2)
+    let (stream, _) = connect(gw.proxy, "proxy.golang.org:443", "").await;
+    let tls = tls_connect(stream, "proxy.golang.org", gw.roots(), Alpn::H2)
         .await
         .unwrap();
     let (send, conn) = hyper::client::conn::http2::handshake(
@@ -601,9 +605,10 @@ async fn h2_stream_limit_is_enforced_and_counted() {
     for i in 0..6 {
         let mut send = send.clone();
         tasks.push(tokio::spawn(async move {
-            let req = http::Request::get(format!("https://files.test/{i}"))
-                .body(http_body_util::Empty::<bytes::Bytes>::new())
-                .unwrap();
+            let req =
+                http::Request::get(format!("https://proxy.golang.org/example.com/m{i}/@v/list"))
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
             send.ready().await.unwrap();
             send.send_request(req).await.map(|r| r.status())
         }));
@@ -635,13 +640,12 @@ async fn idle_intercepted_h2_connections_are_closed() {
     let up = Upstream::tls(&ca, fixed("ok")).await;
     let base = up.base_url();
     let gw = TestGateway::start(&ca, move |c| {
-        c.intercept.hosts.push("files.test".into());
-        c.upstream.overrides.insert("files.test".into(), base);
+        c.upstream.overrides.insert("proxy.golang.org".into(), base);
         c.proxy.idle_timeout = Duration::from_millis(300);
     })
     .await;
-    let (stream, _) = connect(gw.proxy, "files.test:443", "").await;
-    let tls = tls_connect(stream, "files.test", gw.roots(), Alpn::H2)
+    let (stream, _) = connect(gw.proxy, "proxy.golang.org:443", "").await;
+    let tls = tls_connect(stream, "proxy.golang.org", gw.roots(), Alpn::H2)
         .await
         .unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
@@ -652,7 +656,7 @@ async fn idle_intercepted_h2_connections_are_closed() {
     .unwrap();
     let conn = tokio::spawn(conn);
     let req = || {
-        http::Request::get("https://files.test/x")
+        http::Request::get("https://proxy.golang.org/example.com/m/@v/list")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap()
     };

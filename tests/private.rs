@@ -614,6 +614,100 @@ async fn missing_repositories_and_bad_credentials_are_explained_without_secrets(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_of_many_refs_works_for_git_asking_for_http2() {
+    // 25,000 branches on distinct commits: a clone's request is ~1.3 MB of want lines, which
+    // git streams (past http.postBuffer) as one small HTTP/2 DATA frame per line when it gets
+    // HTTP/2 — and the h2 crate closes such a connection. A git host is offered HTTP/1.1 only.
+    let ca = TestCa::new();
+    let base = tempfile::tempdir().unwrap();
+    let repos = build_repos(base.path());
+    let many = repos.join("team/many");
+    git(
+        base.path(),
+        &["init", "-q", "--bare", many.to_str().unwrap()],
+    );
+    let mut stream = String::new();
+    for i in 1..=25_000 {
+        stream.push_str(&format!(
+            "commit refs/heads/b{i:05}\nmark :{i}\ncommitter T <t@example.com> {} +0000\ndata 0\n{}\n",
+            1_700_000_000 + i,
+            if i > 1 { format!("from :{}\n", i - 1) } else { String::new() }
+        ));
+    }
+    let mut child = Command::new(tool("git"))
+        .args(["fast-import", "--quiet"])
+        .current_dir(&many)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", base.path())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stream.as_bytes())
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "git fast-import");
+    let git_host = Upstream::tls(&ca, internal_git_host(repos, Arc::default())).await;
+    let gb = git_host.base_url();
+    let gw = TestGateway::start(&ca, |c| {
+        c.private.routes = vec![route(base.path(), PASSWORD)];
+        c.upstream.overrides.insert("git.internal".into(), gb);
+    })
+    .await;
+    // The git host is offered HTTP/1.1 only: a client speaking nothing but h2 is refused.
+    let (stream, _) = connect(gw.proxy, "git.corp.example:443", "").await;
+    assert!(
+        tls_connect(stream, "git.corp.example", gw.roots(), Alpn::H2)
+            .await
+            .is_err(),
+        "HTTP/2 offered to a git host"
+    );
+    let dest = base.path().join("clone");
+    let out = tokio::task::block_in_place(|| {
+        Command::new(tool("git"))
+            .args([
+                "-c",
+                "protocol.version=2",
+                "-c",
+                "http.version=HTTP/2",
+                "clone",
+                "-q",
+                "--bare",
+                "https://git.corp.example/team/many",
+                dest.to_str().unwrap(),
+            ])
+            .current_dir(base.path())
+            .env("HOME", base.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("HTTPS_PROXY", format!("http://{}", gw.proxy))
+            .env("https_proxy", format!("http://{}", gw.proxy))
+            .env("GIT_SSL_CAINFO", &gw.ca_path)
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "git clone: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let branches = git(&dest, &["for-each-ref", "--count=30000", "refs/heads"]);
+    assert_eq!(branches.lines().count(), 25_000);
+    // The fetch request was that large: streamed (chunked), not sent with a length.
+    let seen = git_host.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "POST" && !s.headers.contains_key("content-length")),
+        "no streamed fetch request reached the git host: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn git_protocol_v0_and_v2_are_forwarded_with_injected_credentials() {
     let ca = TestCa::new();
     let base = tempfile::tempdir().unwrap();

@@ -149,6 +149,15 @@ impl Classifier {
         self.proxy_hosts.iter().any(|h| h == host)
     }
 
+    /// Whether `host` answers only reads: a GOPROXY or checksum-database host.
+    pub fn is_read_only_host(&self, host: &str) -> bool {
+        self.is_proxy_host(host)
+            || self
+                .sumdbs
+                .iter()
+                .any(|db| db.split('/').next() == Some(host))
+    }
+
     /// Classifies one request. `host` is lower-case without port; `raw_path` is as received
     /// (percent-encoded, starting with `/`).
     pub fn classify(

@@ -330,14 +330,21 @@ impl LeafCache {
         }
     }
 
-    /// The TLS configuration for `host` (lower-case, no trailing dot), signing a leaf on first use.
-    /// Concurrent first calls for one host sign once.
+    /// The TLS configuration for `host` (lower-case, no trailing dot), signing a leaf on first use,
+    /// offering HTTP/2 and HTTP/1.1 by ALPN, or HTTP/1.1 only when `h2` is false. Concurrent first
+    /// calls for one host sign once.
     pub async fn server_config(
         &self,
         host: &str,
+        h2: bool,
     ) -> Result<Arc<rustls::ServerConfig>, Arc<CaError>> {
+        let key = if h2 {
+            host.to_string()
+        } else {
+            format!("{host} http/1.1")
+        };
         self.cache
-            .try_get_with_by_ref(host, async {
+            .try_get_with_by_ref(&key, async {
                 let ca = self.ca.clone();
                 let host_owned = host.to_string();
                 let validity = self.validity;
@@ -368,7 +375,11 @@ impl LeafCache {
                             path: PathBuf::new(),
                             message: e.to_string(),
                         })?;
-                cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                cfg.alpn_protocols = if h2 {
+                    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+                } else {
+                    vec![b"http/1.1".to_vec()]
+                };
                 Ok(Arc::new(cfg))
             })
             .await

@@ -1,5 +1,6 @@
 //! TLS interception: after CONNECT to an intercepted host, terminate the client's TLS with a leaf
-//! certificate for that host (ALPN h2 and http/1.1) and serve each request.
+//! certificate for that host (ALPN h2 and http/1.1 on module-proxy and checksum-database hosts,
+//! http/1.1 elsewhere) and serve each request.
 //!
 //! The ClientHello's SNI must equal the CONNECT host (an IP-literal CONNECT may omit SNI);
 //! anything else, including bytes that are not TLS, ends the connection with a clear refusal.
@@ -216,9 +217,18 @@ where
         None if conn.host.parse::<std::net::IpAddr>().is_ok() => {}
         None => return Err("no_sni"),
     }
+    // HTTP/2 only where every request is a read. git sends a fetch's request body as one small
+    // DATA frame per pkt-line, and the h2 crate (0.4.16 on) closes a connection on which more
+    // small frames wait than its budget allows, a budget hyper does not let us set; git over
+    // HTTP/1.1 streams the same body chunked.
+    let h2 = state
+        .dynamic()
+        .policy
+        .classifier
+        .is_read_only_host(&conn.host);
     let cfg = state
         .leaves
-        .server_config(&conn.host)
+        .server_config(&conn.host, h2)
         .await
         .map_err(|_| "cert_error")?;
     start.into_stream(cfg).await.map_err(|_| "handshake")
