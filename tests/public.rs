@@ -228,6 +228,48 @@ async fn head_is_answered_without_a_body_on_h1_and_h2() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn other_requests_for_private_paths_are_refused_not_forwarded() {
+    // After git fails, the go command GETs the repository URL itself (codehost/git.go) to tell
+    // "not found" apart; that and git's dumb protocol are no module protocol request.
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let github = Upstream::tls(&ca, fixed("a public page")).await;
+    let gh = github.base_url();
+    let (_up, gw) = gateway(&script, &ca, |c| {
+        c.intercept.hosts.push("github.com".into());
+        c.upstream.overrides.insert("github.com".into(), gh);
+    })
+    .await;
+    for path in [
+        "/acme/secret-project",
+        "/acme/secret-project/",
+        "/acme/secret-project/info/refs",
+        "/acme/secret-project/HEAD",
+    ] {
+        let (status, _, body) = gw.get("github.com:443", path, Alpn::H1).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(
+            body.starts_with("not found: github.com/acme/secret-project")
+                && body.contains("is private"),
+            "{body}"
+        );
+    }
+    let (status, _, body) = gw.get("github.com:443", "/other/project", Alpn::H1).await;
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"a public page"[..]));
+    assert_eq!(
+        github.paths(),
+        ["/other/project"],
+        "no private name went on"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "modgate_private_refused_total", &[("kind", "other")]),
+        4.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn not_found_is_passed_through_and_remembered_briefly() {
     let ca = TestCa::new();
     let script = Arc::new(Script::default());

@@ -96,7 +96,36 @@ impl Policy {
         query: Option<&str>,
     ) -> Result<(Target, Route), ClassifyError> {
         let target = self.classifier.classify(host, method, raw_path, query)?;
+        if let Target::Other = target
+            && let Some(route) = self.private_other(host, raw_path)
+        {
+            return Ok((target, route));
+        }
         let route = route::route(&target, &self.rules);
         Ok((target, route))
+    }
+
+    /// A request that is no module protocol (the go command's own GET of a repository URL
+    /// after git failed, git's dumb protocol, a web page) whose `host/path` is private: refused
+    /// here, as any private path is unless a private route answers it, so no private name goes
+    /// on to the host (which may be a public one a route stands in for).
+    fn private_other(&self, host: &str, raw_path: &str) -> Option<Route> {
+        if self.classifier.is_read_only_host(host) {
+            return None;
+        }
+        let path = classify::percent_decode(raw_path).ok()?;
+        let candidate = format!("{host}{}", path.trim_end_matches('/'));
+        let rule = match self.rules.private.matching(&candidate) {
+            Some(rule) => rule.to_string(),
+            None if self.rules.routes.repo_for(&candidate).is_some() => "a private route".into(),
+            None => return None,
+        };
+        Some(Route::PrivateRefused {
+            message: format!(
+                "not found: {candidate} is private (matches {rule:?}); modgate answers private paths only with go-get discovery and git through a private route, and does not forward other requests for them to {host}"
+            ),
+            rule,
+            kind: "other",
+        })
     }
 }

@@ -300,7 +300,7 @@ impl Metrics {
         for outcome in ["committed", "not_found", "failed", "rejected", "uncached"] {
             m.cache_fills.with_label_values(&[outcome]);
         }
-        for kind in ["goproxy", "sumdb", "goget", "git"] {
+        for kind in ["goproxy", "sumdb", "goget", "git", "other"] {
             m.private_refused.with_label_values(&[kind]);
         }
         for outcome in ["ok", "error"] {
