@@ -242,6 +242,43 @@ async fn plain_http_absolute_form_is_forwarded_under_policy() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn plain_http_keeps_private_paths_from_a_goproxy_host() {
+    // GOPROXY=http://… through HTTP_PROXY: absolute-form requests to the proxy host.
+    let ca = TestCa::new();
+    let up = Upstream::plain(fixed("{\"Version\":\"v1.0.0\"}")).await;
+    let gw = TestGateway::start(&ca, |c| {
+        c.modules.proxy_hosts.push("127.0.0.1".into());
+        c.modules.private = modgate::config::PatternList(vec!["git.corp.example".into()]);
+    })
+    .await;
+    let get = |path: &str| {
+        format!(
+            "GET http://127.0.0.1:{}{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            up.addr.port()
+        )
+    };
+    let mut s = TcpStream::connect(gw.proxy).await.unwrap();
+    s.write_all(get("/git.corp.example/team/alpha/@v/v1.0.0.info").as_bytes())
+        .await
+        .unwrap();
+    let (code, _, body) = read_response(&mut s).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("is private"), "{body}");
+    // A public module still goes on.
+    let mut s = TcpStream::connect(gw.proxy).await.unwrap();
+    s.write_all(get("/example.com/m/@v/v1.0.0.info").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    assert_eq!(up.paths(), ["/example.com/m/@v/v1.0.0.info"]);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "modgate_private_refused_total", &[("kind", "goproxy")]),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bytes_sent_with_the_connect_head_reach_the_target() {
     let ca = TestCa::new();
     let gw = TestGateway::start(&ca, |_| {}).await;

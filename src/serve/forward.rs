@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use crate::State;
 use crate::body::{self, Body};
 use crate::policy::egress::{Decision, normalize_host};
+use crate::policy::route::Route;
 use crate::proxy::ctx::{ConnCtx, ReqCtx};
 use crate::proxy::upstream::Wire;
 use crate::serve::respond::{ServeError, error_response};
@@ -113,9 +114,39 @@ async fn forward_plain(
             "modgate: invalid host {host:?} in request URL"
         )));
     }
-    let decision = state.counted(state.dynamic().policy.egress.decide_forward(host));
+    let dynamic = state.dynamic();
+    let decision = state.counted(dynamic.policy.egress.decide_forward(host));
     if let Decision::Deny(reason) = decision {
         return Err(ServeError::ClientForbidden(reason));
+    }
+    // The go command sends `GOPROXY=http://…` (or an http:// go-get or git URL) through
+    // HTTP_PROXY as exactly this request: private paths are kept here as on intercepted
+    // connections.
+    let path = req.uri().path().to_string();
+    match dynamic
+        .policy
+        .decide(host, req.method().as_str(), &path, req.uri().query())
+    {
+        Err(e) if dynamic.policy.classifier.is_read_only_host(host) => return Err(e.into()),
+        Ok((_, Route::PrivateRefused { kind, message, .. })) => {
+            state
+                .metrics
+                .private_refused
+                .with_label_values(&[kind])
+                .inc();
+            return Err(ServeError::ClientNotFound(message));
+        }
+        Ok((target, Route::Private(_) | Route::GoGetAnswer { .. } | Route::GitForward { .. })) => {
+            state
+                .metrics
+                .private_refused
+                .with_label_values(&[target.kind()])
+                .inc();
+            return Err(ServeError::ClientNotFound(format!(
+                "not found: {host}{path} is private; modgate serves private modules over https:// only"
+            )));
+        }
+        _ => {}
     }
     let (mut parts, body) = req.into_parts();
     parts.version = Version::HTTP_11;
