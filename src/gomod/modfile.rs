@@ -85,7 +85,7 @@ pub fn go_at_least(v: &str, major: u32, minor: u32) -> bool {
     (maj, min) >= (major, minor)
 }
 
-/// A retracted interval of versions, both ends canonical and included.
+/// A retracted interval of versions, both ends included, as written in the go.mod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retraction {
     pub low: String,
@@ -99,8 +99,10 @@ impl Retraction {
 }
 
 /// The `retract` directives (`retract v1.0.0`, `retract [v1.0.0, v1.0.5]`, and blocks of
-/// them), with versions canonicalized as `modfile.ParseLax` does. `None` if one of them does
-/// not parse: the go command's parse then fails, and it treats nothing as retracted.
+/// them) as `modfile.ParseLax` reads a module's go.mod for its retractions: versions kept as
+/// written (not checked: `dontFixRetract`), a directive that does not parse skipped, anything
+/// after the interval ignored. `None` when the file itself does not lex (an unterminated
+/// string): the go command's parse then fails, and it treats nothing as retracted.
 pub fn retractions(data: &[u8]) -> Option<Vec<Retraction>> {
     let text = String::from_utf8_lossy(data);
     let mut out = vec![];
@@ -112,14 +114,14 @@ pub fn retractions(data: &[u8]) -> Option<Vec<Retraction>> {
             match toks.as_slice() {
                 [] => {}
                 [t] if t == ")" => block = None,
-                _ if retract => out.push(interval(&toks)?),
+                _ if retract => out.extend(interval(&toks)),
                 _ => {}
             }
             continue;
         }
         match toks.split_first() {
             Some((verb, [open])) if open == "(" => block = Some(verb == "retract"),
-            Some((verb, rest)) if verb == "retract" => out.push(interval(rest)?),
+            Some((verb, rest)) if verb == "retract" => out.extend(interval(rest)),
             _ => {}
         }
     }
@@ -160,27 +162,21 @@ fn tokens(line: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
-/// `parseVersionInterval`, then nothing may follow.
+/// `parseVersionInterval`: a version, or `[low, high]`; what follows is not looked at.
 fn interval(toks: &[String]) -> Option<Retraction> {
-    let canon = |t: &String| {
-        let v = version::module_canonical(t);
-        (!v.is_empty()).then_some(v)
-    };
     match toks {
-        [v] => {
-            let v = canon(v)?;
+        [open, low, comma, high, close, ..] if open == "[" && comma == "," && close == "]" => {
             Some(Retraction {
-                low: v.clone(),
-                high: v,
+                low: low.clone(),
+                high: high.clone(),
             })
         }
-        [open, low, comma, high, close] if open == "[" && comma == "," && close == "]" => {
-            Some(Retraction {
-                low: canon(low)?,
-                high: canon(high)?,
-            })
-        }
-        _ => None,
+        [open, ..] if open == "[" || open == "(" => None,
+        [v, ..] => Some(Retraction {
+            low: v.clone(),
+            high: v.clone(),
+        }),
+        [] => None,
     }
 }
 
@@ -232,21 +228,29 @@ require (\n\
             [
                 ("v1.1.0", "v1.1.0"),
                 ("v1.2.0", "v1.2.5"),
-                ("v1.3.0", "v1.3.0"),
+                ("v1.3", "v1.3"),
                 ("v1.4.0", "v1.4.1")
             ]
         );
         assert!(r[1].covers("v1.2.3") && !r[1].covers("v1.2.6") && !r[1].covers("v1.1.9"));
+        // Compared as semver: v1.3 is v1.3.0.
+        assert!(r[2].covers("v1.3.0"));
         assert_eq!(retractions(b"module m\n").unwrap(), vec![]);
-        // One bad directive: the go command's parse fails, so nothing counts as retracted.
+        // Directives that do not parse are skipped, as ParseLax skips them (checked against Go
+        // 1.19's x/mod); the others still count. A version that is not one covers nothing.
         for bad in [
-            "retract latest\n",
             "retract [v1.0.0]\n",
-            "retract v1.0.0 v1.0.1\n",
-            "retract (\n\tnot-a-version\n)\n",
+            "retract (\n\t[v1.0.0,\n)\n",
+            "retract latest\n",
         ] {
-            assert_eq!(retractions(bad.as_bytes()), None, "{bad}");
+            let r = retractions(format!("retract v1.1.0\n{bad}").as_bytes()).unwrap();
+            assert!(r.iter().any(|r| r.covers("v1.1.0")), "{bad}");
+            assert!(!r.iter().any(|r| r.covers("v1.0.0")), "{bad}");
         }
+        let r = retractions(b"retract v1.0.0 v1.0.1\n").unwrap();
+        assert!(r[0].covers("v1.0.0") && !r[0].covers("v1.0.1"));
+        // A file that does not lex is no go.mod at all.
+        assert_eq!(retractions(b"retract \"v1.0.0\n"), None);
     }
 
     #[test]
