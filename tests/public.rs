@@ -236,8 +236,28 @@ async fn other_requests_for_private_paths_are_refused_not_forwarded() {
     let github = Upstream::tls(&ca, fixed("a public page")).await;
     let gh = github.base_url();
     let (_up, gw) = gateway(&script, &ca, |c| {
+        // github.com/acme/* is served from an internal host; git.corp.example from itself.
+        for (module, git) in [
+            ("github.com/acme/{repo}", "https://git.internal/acme/{repo}"),
+            (
+                "git.corp.example/{group}/{repo}",
+                "https://git.corp.example/{group}/{repo}",
+            ),
+        ] {
+            c.private.routes.push(modgate::config::PrivateRouteConfig {
+                module: module.into(),
+                git: git.into(),
+                username: String::new(),
+                password_env: None,
+                password_file: None,
+                token_env: None,
+                token_file: None,
+                extra_ca_file: None,
+            });
+        }
         c.intercept.hosts.push("github.com".into());
-        c.upstream.overrides.insert("github.com".into(), gh);
+        c.upstream.overrides.insert("github.com".into(), gh.clone());
+        c.upstream.overrides.insert("git.corp.example".into(), gh);
     })
     .await;
     for path in [
@@ -257,10 +277,15 @@ async fn other_requests_for_private_paths_are_refused_not_forwarded() {
     }
     let (status, _, body) = gw.get("github.com:443", "/other/project", Alpn::H1).await;
     assert_eq!((status.as_u16(), &body[..]), (200, &b"a public page"[..]));
+    // A private host that is its own git host: the request leaks nothing and goes on.
+    let (status, _, _) = gw
+        .get("git.corp.example:443", "/team/alpha/-/issues", Alpn::H1)
+        .await;
+    assert_eq!(status, 200);
     assert_eq!(
         github.paths(),
-        ["/other/project"],
-        "no private name went on"
+        ["/other/project", "/team/alpha/-/issues"],
+        "no private name went to github.com"
     );
     let m = gw.metrics().await;
     assert_eq!(

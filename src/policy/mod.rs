@@ -106,25 +106,28 @@ impl Policy {
     }
 
     /// A request that is no module protocol (the go command's own GET of a repository URL
-    /// after git failed, git's dumb protocol, a web page) whose `host/path` is private: refused
-    /// here, as any private path is unless a private route answers it, so no private name goes
-    /// on to the host (which may be a public one a route stands in for).
+    /// after git failed, git's dumb protocol, a web page) for a repository a private route
+    /// serves from another host: refused here, so the private name does not go on to the host
+    /// the route stands in for (`github.com/acme/{repo}` served from an internal host). When
+    /// the host is the route's own git host, nothing leaks and the request goes on.
     fn private_other(&self, host: &str, raw_path: &str) -> Option<Route> {
         if self.classifier.is_read_only_host(host) {
             return None;
         }
         let path = classify::percent_decode(raw_path).ok()?;
         let candidate = format!("{host}{}", path.trim_end_matches('/'));
-        let rule = match self.rules.private.matching(&candidate) {
-            Some(rule) => rule.to_string(),
-            None if self.rules.routes.repo_for(&candidate).is_some() => "a private route".into(),
-            None => return None,
-        };
+        let repo = self.rules.routes.repo_for(&candidate)?;
+        let git_host = http::Uri::try_from(repo.git_url.as_str())
+            .ok()
+            .and_then(|u| u.host().map(egress::normalize_host));
+        if git_host.as_deref() == Some(host) {
+            return None;
+        }
         Some(Route::PrivateRefused {
             message: format!(
-                "not found: {candidate} is private (matches {rule:?}); modgate answers private paths only with go-get discovery and git through a private route, and does not forward other requests for them to {host}"
+                "not found: {candidate} is private (served by a private route from its internal host); modgate answers it with go-get discovery and git only, and does not forward other requests for it to {host}"
             ),
-            rule,
+            rule: format!("private route for {}", repo.root),
             kind: "other",
         })
     }
