@@ -177,10 +177,18 @@ async fn upstream_redirects_are_followed_as_the_go_command_follows_them() {
         "/example.com/down/@v/list",
         Reply::Redirect(302, "http://storage.test/down".into()),
     );
+    script.set(
+        "/example.com/denied/@v/list",
+        Reply::Redirect(302, "https://metadata.internal/secret".into()),
+    );
     let (up, gw) = gateway(&script, &ca, |c| {
         c.upstream
             .overrides
-            .insert("storage.test".into(), storage_base);
+            .insert("storage.test".into(), storage_base.clone());
+        c.upstream
+            .overrides
+            .insert("metadata.internal".into(), storage_base);
+        c.egress.deny = vec!["*.internal".into()];
     })
     .await;
     // Relative, then absolute to another host (through its override) and relative again.
@@ -194,11 +202,16 @@ async fn upstream_redirects_are_followed_as_the_go_command_follows_them() {
     );
     assert_eq!(get(&gw, "/example.com/m/@v/v1.1.0.mod").await.1, "hit");
     assert_eq!(count(&up, "/example.com/m/@v/v1.1.0.mod"), 1);
-    // A loop stops after 10 redirects; https never goes on to http.
+    // A loop stops at the tenth request, as the go command's client does; https never goes on
+    // to http, and egress.deny holds for redirect targets too.
     let (status, _, body) = get(&gw, "/example.com/loop/@v/list").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("stopped after 10 redirects"), "{body}");
-    assert_eq!(count(&up, "/example.com/loop/@v/list"), 11);
+    assert_eq!(count(&up, "/example.com/loop/@v/list"), 10);
+    let (status, _, body) = get(&gw, "/example.com/denied/@v/list").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("denied by policy"), "{body}");
+    assert_eq!(storage.paths().len(), 2, "the denied host was not asked");
     let (status, _, body) = get(&gw, "/example.com/down/@v/list").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("insecure"), "{body}");

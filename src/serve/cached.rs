@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::State;
 use crate::body::{Body, BoxError};
 use crate::gomod::path::ModulePath;
+use crate::policy::egress::{Decision, normalize_host};
 use crate::policy::route::{CacheClass, Content};
 use crate::proxy::ctx::ReqCtx;
 use crate::proxy::upstream::BaseUrl;
@@ -411,20 +412,23 @@ async fn fetch(spec: &Spec, state: &State) -> Fetched {
     }
 }
 
-/// Redirects followed per upstream request, as the go command's HTTP client allows.
-const MAX_REDIRECTS: usize = 10;
+/// Requests per upstream fetch, the first and its redirects: the go command's HTTP client
+/// stops at the tenth (`checkRedirect`: "stopped after 10 redirects").
+const MAX_REQUESTS: usize = 10;
 
 /// GETs `uri`, following redirects as the go command would against the upstream itself
-/// (proxy.golang.org answers zips with a 302 to its storage): at most [`MAX_REDIRECTS`], never
-/// from https to http, and through the target host's `upstream.overrides` entry if any.
+/// (proxy.golang.org answers zips with a 302 to its storage): at most [`MAX_REQUESTS`] in all,
+/// never from https to http, only to hosts the egress policy allows, and through the target
+/// host's `upstream.overrides` entry if any.
 async fn get_following_redirects(
     mut uri: http::Uri,
     label: &str,
     state: &State,
     total_wait: &mut Duration,
 ) -> Result<Response<Incoming>, ServeError> {
-    let mut hops = 0;
+    let mut requests = 0;
     loop {
+        requests += 1;
         let req = Request::get(uri.clone())
             .header(
                 http::header::USER_AGENT,
@@ -436,10 +440,11 @@ async fn get_following_redirects(
         let (resp, waited) = state.upstream.send(req, label).await?;
         *total_wait += waited;
         let redirect = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
+        // A 3xx without a Location is an answer, as in Go's client.
         let Some(location) = resp
             .headers()
             .get(http::header::LOCATION)
-            .filter(|_| redirect)
+            .filter(|v| redirect && !v.is_empty())
         else {
             return Ok(resp);
         };
@@ -450,9 +455,9 @@ async fn get_following_redirects(
             status,
             detail,
         };
-        if hops == MAX_REDIRECTS {
+        if requests == MAX_REQUESTS {
             return Err(redirect_error(format!(
-                "stopped after {MAX_REDIRECTS} redirects"
+                "stopped after {MAX_REQUESTS} redirects"
             )));
         }
         let location = location
@@ -464,7 +469,6 @@ async fn get_following_redirects(
         let _ = read_text(resp.into_body(), state).await;
         tracing::debug!(from = %uri, to = %next, "upstream redirect");
         uri = next;
-        hops += 1;
     }
 }
 
@@ -487,6 +491,13 @@ fn redirect_target(
     }
     if !next.username().is_empty() || next.password().is_some() {
         return Err("redirect Location carries credentials".into());
+    }
+    // The gateway's own egress rules hold for where an upstream sends it.
+    let host = next.host_str().unwrap_or_default();
+    if let Decision::Deny(reason) = dynamic.policy.egress.decide_forward(&normalize_host(
+        host.trim_start_matches('[').trim_end_matches(']'),
+    )) {
+        return Err(format!("redirect to {next} refused: {reason}"));
     }
     let origin = next.origin().ascii_serialization();
     let target = BaseUrl::parse(&origin).map_err(|e| format!("bad redirect target: {e}"))?;
