@@ -111,7 +111,7 @@ impl Policy {
     /// the route stands in for (`github.com/acme/{repo}` served from an internal host). When
     /// the host is the route's own git host, nothing leaks and the request goes on.
     fn private_other(&self, host: &str, raw_path: &str) -> Option<Route> {
-        if self.classifier.is_read_only_host(host) {
+        if self.rules.routes.is_empty() || self.classifier.is_read_only_host(host) {
             return None;
         }
         let path = classify::percent_decode(raw_path).ok()?;
