@@ -613,6 +613,23 @@ async fn missing_repositories_and_bad_credentials_are_explained_without_secrets(
     );
 }
 
+/// Runs git in `dir` as an agent would: through the gateway, trusting its CA, no credentials.
+fn git_through(gw: &TestGateway, dir: &Path, args: &[&str]) -> std::process::Output {
+    tokio::task::block_in_place(|| {
+        Command::new(tool("git"))
+            .args(args)
+            .current_dir(dir)
+            .env("HOME", dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("HTTPS_PROXY", format!("http://{}", gw.proxy))
+            .env("https_proxy", format!("http://{}", gw.proxy))
+            .env("GIT_SSL_CAINFO", &gw.ca_path)
+            .output()
+            .unwrap()
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fetch_of_many_refs_works_for_git_asking_for_http2() {
     // 25,000 branches on distinct commits: a clone's request is ~1.3 MB of want lines, which
@@ -668,29 +685,21 @@ async fn a_fetch_of_many_refs_works_for_git_asking_for_http2() {
         "HTTP/2 offered to a git host"
     );
     let dest = base.path().join("clone");
-    let out = tokio::task::block_in_place(|| {
-        Command::new(tool("git"))
-            .args([
-                "-c",
-                "protocol.version=2",
-                "-c",
-                "http.version=HTTP/2",
-                "clone",
-                "-q",
-                "--bare",
-                "https://git.corp.example/team/many",
-                dest.to_str().unwrap(),
-            ])
-            .current_dir(base.path())
-            .env("HOME", base.path())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("HTTPS_PROXY", format!("http://{}", gw.proxy))
-            .env("https_proxy", format!("http://{}", gw.proxy))
-            .env("GIT_SSL_CAINFO", &gw.ca_path)
-            .output()
-            .unwrap()
-    });
+    let out = git_through(
+        &gw,
+        base.path(),
+        &[
+            "-c",
+            "protocol.version=2",
+            "-c",
+            "http.version=HTTP/2",
+            "clone",
+            "-q",
+            "--bare",
+            "https://git.corp.example/team/many",
+            dest.to_str().unwrap(),
+        ],
+    );
     assert!(
         out.status.success(),
         "git clone: {}",
@@ -725,25 +734,17 @@ async fn git_protocol_v0_and_v2_are_forwarded_with_injected_credentials() {
         &["rev-parse", "refs/tags/v1.1.0^{commit}"],
     );
     for version in ["0", "2"] {
-        let out = tokio::task::block_in_place(|| {
-            Command::new(tool("git"))
-                .args([
-                    "-c",
-                    &format!("protocol.version={version}"),
-                    "ls-remote",
-                    "https://git.corp.example/team/alpha",
-                    "refs/tags/v1.1.0",
-                ])
-                .current_dir(base.path())
-                .env("HOME", base.path())
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_TERMINAL_PROMPT", "0")
-                .env("HTTPS_PROXY", format!("http://{}", gw.proxy))
-                .env("https_proxy", format!("http://{}", gw.proxy))
-                .env("GIT_SSL_CAINFO", &gw.ca_path)
-                .output()
-                .unwrap()
-        });
+        let out = git_through(
+            &gw,
+            base.path(),
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "ls-remote",
+                "https://git.corp.example/team/alpha",
+                "refs/tags/v1.1.0",
+            ],
+        );
         assert!(
             out.status.success(),
             "protocol v{version}: {}",

@@ -304,13 +304,7 @@ impl TestGateway {
         path: &str,
         alpn: Alpn,
     ) -> (StatusCode, http::HeaderMap, Bytes) {
-        let (stream, head) = connect(self.proxy, target, "").await;
-        assert_eq!(status(&head), 200, "CONNECT {target}: {head}");
-        let host = target.rsplit_once(':').unwrap().0;
-        let tls = tls_connect(stream, host, self.roots(), alpn)
-            .await
-            .expect("TLS with gateway");
-        http_get(tls, host, path, alpn).await
+        self.request(target, http::Method::GET, path, alpn).await
     }
 
     /// Like [`get`](Self::get), with another method.
