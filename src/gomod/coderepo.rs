@@ -438,7 +438,7 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
     }
 
     fn check_canonical(&self, v: &str, stat_vers: &str, commit: &Commit) -> R<RevInfo, H> {
-        self.find_dir_at(commit).map_err(|e| match e {
+        self.find_dir_at(commit, v).map_err(|e| match e {
             RepoError::NotFound(m) => self.not_found(format!("{v}: invalid version: {m}")),
             other => other,
         })?;
@@ -532,8 +532,24 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
         self.check_canonical(v, v, &commit)
     }
 
+    /// The git revision behind `version`, as the go command names it in errors
+    /// (`versionToRev`): the short hash of a pseudo-version, else the version's tag.
+    fn rev_of(&self, version: &str) -> String {
+        if version::is_pseudo(version) {
+            let body = version.split('+').next().unwrap_or(version);
+            return body
+                .rsplit_once('-')
+                .map(|(_, r)| r)
+                .unwrap_or(body)
+                .to_string();
+        }
+        let bare = version.strip_suffix("+incompatible").unwrap_or(version);
+        format!("{}{bare}", self.tag_prefix())
+    }
+
     /// `findDir` for the commit behind a checked version.
-    fn find_dir_at(&self, commit: &Commit) -> R<Source, H> {
+    fn find_dir_at(&self, commit: &Commit, version: &str) -> R<Source, H> {
+        let rev = self.rev_of(version);
         let file1 = join(&self.code_dir, "go.mod");
         let gomod1 = self.read(&commit.hash, &file1)?;
         let mpath1 = gomod1
@@ -556,11 +572,8 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
             let found2 = gomod2.is_some() && is_major(&mpath2, &self.path_major);
             if found1 && found2 {
                 return Err(RepoError::NotFound(format!(
-                    "{}/{file1} and ...{}/go.mod both have ...{} module paths at revision {}",
-                    self.path_prefix,
-                    self.path_major,
-                    self.path_major,
-                    &commit.hash[..12]
+                    "{}/{file1} and ...{}/go.mod both have ...{} module paths at revision {rev}",
+                    self.path_prefix, self.path_major, self.path_major,
                 )));
             }
             if found2 {
@@ -572,11 +585,14 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
             }
             if gomod2.is_some() {
                 return Err(RepoError::NotFound(if mpath2.is_empty() {
-                    format!("{}/{file2} is missing module path", self.path_prefix)
+                    format!(
+                        "{}/{file2} is missing module path at revision {rev}",
+                        self.code_root
+                    )
                 } else {
                     format!(
-                        "{}/{file2} has non-...{} module path {mpath2:?}",
-                        self.path_prefix, self.path_major
+                        "{}/{file2} has non-...{} module path {mpath2:?} at revision {rev}",
+                        self.code_root, self.path_major
                     )
                 }));
             }
@@ -595,14 +611,19 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
                 format!(" (and ...{}/go.mod does not exist)", self.path_major)
             };
             return Err(RepoError::NotFound(if mpath1.is_empty() {
-                format!("{file1} is missing module path{suffix}")
+                format!("{file1} is missing module path{suffix} at revision {rev}")
             } else if !self.path_major.is_empty() {
                 format!(
-                    "{file1} has non-...{} module path {mpath1:?}{suffix}",
+                    "{file1} has non-...{} module path {mpath1:?}{suffix} at revision {rev}",
                     self.path_major
                 )
+            } else if split_path_version(&mpath1).is_none() {
+                format!("{file1} has malformed module path {mpath1:?}{suffix} at revision {rev}")
             } else {
-                format!("{file1} has post-v1 module path {mpath1:?}{suffix}")
+                format!(
+                    "{file1} has post-{} module path {mpath1:?}{suffix} at revision {rev}",
+                    version::major(version)
+                )
             }));
         }
         if self.code_dir.is_empty()
@@ -616,11 +637,11 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
         }
         Err(RepoError::NotFound(if !file2.is_empty() {
             format!(
-                "missing {}/go.mod and ...{}/go.mod",
+                "missing {}/go.mod and ...{}/go.mod at revision {rev}",
                 self.path_prefix, self.path_major
             )
         } else {
-            format!("missing {}/go.mod", self.path_prefix)
+            format!("missing {}/go.mod at revision {rev}", self.path_prefix)
         }))
     }
 
@@ -637,7 +658,7 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
             hash: info.commit,
             time: info.time,
         };
-        self.find_dir_at(&commit)
+        self.find_dir_at(&commit, v)
     }
 
     /// The `.mod` answer for canonical version `v`.
@@ -1140,6 +1161,23 @@ mod tests {
         assert_eq!(r.stat("v1.1.0").unwrap().version, "v1.1.0");
         assert_eq!(r.versions().unwrap(), ["v1.0.0", "v1.1.0", "v1.2.0"]);
         assert_eq!(r.latest().unwrap().version, "v1.2.0");
+    }
+
+    #[test]
+    fn a_go_mod_claiming_another_major_is_explained_as_go_explains_it() {
+        let mut m = Mem::default();
+        let c0 = m.commit(&[("go.mod", "module x.com/maj\n")]);
+        m.tag("v1.0.0", &c0);
+        let c1 = m.commit(&[("go.mod", "module x.com/maj/v2\n")]);
+        m.tag("v2.0.0", &c1);
+        let r = repo(&m, "x.com/maj", "x.com/maj");
+        let err = r.stat("v2.0.0").unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "v2.0.0: invalid version: go.mod has post-v2 module path \"x.com/maj/v2\" at revision v2.0.0"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
