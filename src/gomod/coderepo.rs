@@ -154,11 +154,16 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
 
     /// The `@v/list` answer: canonical versions, sorted.
     pub fn versions(&self) -> R<Vec<String>, H> {
-        let prefix = self.tag_prefix();
         let tags = self.host.tags().map_err(RepoError::Host)?;
+        self.versions_in(&tags)
+    }
+
+    /// [`versions`](Self::versions) from tags already read.
+    fn versions_in(&self, tags: &[(String, String)]) -> R<Vec<String>, H> {
+        let prefix = self.tag_prefix();
         let mut list = vec![];
         let mut incompatible = vec![];
-        for (name, _) in &tags {
+        for (name, _) in tags {
             let Some(v) = name.strip_prefix(&prefix) else {
                 continue;
             };
@@ -178,7 +183,7 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
         }
         sort_versions(&mut list);
         sort_versions(&mut incompatible);
-        self.append_incompatible(list, incompatible, &tags)
+        self.append_incompatible(list, incompatible, tags)
     }
 
     fn tag_commit<'t>(&self, tags: &'t [(String, String)], v: &str) -> Option<&'t str> {
@@ -304,7 +309,7 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
         stat_vers: &str,
         tags: &[(String, String)],
     ) -> R<RevInfo, H> {
-        let retracted = self.retracted();
+        let retracted = self.retracted(tags);
         let is_retracted = |v: &str| retracted.iter().any(|r| r.covers(v));
         let mut highest_canonical = String::new();
         let mut pseudo_base = String::new();
@@ -382,8 +387,8 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
     /// The versions the go.mod of the highest release retracts (`codeRepo.retractedVersions`):
     /// they are neither a commit's version nor a pseudo-version's base. None when that go.mod
     /// cannot be read or parsed, as the go command then assumes.
-    fn retracted(&self) -> Vec<modfile::Retraction> {
-        let Ok(versions) = self.versions() else {
+    fn retracted(&self, tags: &[(String, String)]) -> Vec<modfile::Retraction> {
+        let Ok(versions) = self.versions_in(tags) else {
             return vec![];
         };
         let releases: Vec<&String> = versions
@@ -395,8 +400,13 @@ impl<'h, H: CodeHost> CodeRepo<'h, H> {
             .rev()
             .find(|v| version::prerelease(v).is_empty())
             .or(releases.last());
-        highest
-            .and_then(|v| self.go_mod(v).ok())
+        // Its go.mod, from the tag's commit (the tags are at hand; no second stat).
+        let go_mod = highest.and_then(|v| {
+            let hash = self.tag_commit(tags, v)?;
+            let commit = self.host.resolve(hash).ok()??;
+            self.find_dir_at(&commit, v).ok()?.go_mod
+        });
+        go_mod
             .and_then(|data| modfile::retractions(&data))
             .unwrap_or_default()
     }
