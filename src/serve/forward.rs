@@ -129,22 +129,16 @@ async fn forward_plain(
     {
         Err(e) if dynamic.policy.classifier.is_read_only_host(host) => return Err(e.into()),
         Ok((_, Route::PrivateRefused { kind, message, .. })) => {
-            state
-                .metrics
-                .private_refused
-                .with_label_values(&[kind])
-                .inc();
-            return Err(ServeError::ClientNotFound(message));
+            return Err(super::refuse_private(state, kind, message));
         }
         Ok((target, Route::Private(_) | Route::GoGetAnswer { .. } | Route::GitForward { .. })) => {
-            state
-                .metrics
-                .private_refused
-                .with_label_values(&[target.kind()])
-                .inc();
-            return Err(ServeError::ClientNotFound(format!(
-                "not found: {host}{path} is private; modgate serves private modules over https:// only"
-            )));
+            return Err(super::refuse_private(
+                state,
+                target.kind(),
+                format!(
+                    "not found: {host}{path} is private; modgate serves private modules over https:// only"
+                ),
+            ));
         }
         _ => {}
     }

@@ -74,17 +74,12 @@ async fn handle(
         }
         Route::SumDbSupported => Ok(Response::new(crate::body::empty())),
         Route::PrivateRefused { kind, message, .. } => {
-            state
-                .metrics
-                .private_refused
-                .with_label_values(&[kind])
-                .inc();
             tracing::info!(
                 module = ctx.module.as_deref(),
                 kind,
                 "private module path refused locally"
             );
-            Err(ServeError::ClientNotFound(message))
+            Err(refuse_private(state, kind, message))
         }
         Route::Private(f) => private::serve(f, ctx, state, &dynamic, req.method()).await,
         Route::GoGetAnswer { root } => Ok(private::go_get_answer(&root)),
@@ -94,6 +89,16 @@ async fn handle(
         } => git::forward(req, &repo, &request_prefix, ctx, &dynamic).await,
         Route::Forward => forward::intercepted(req, ctx, state, &dynamic).await,
     }
+}
+
+/// A private path answered locally: counted, and the not-found the go command shows.
+pub fn refuse_private(state: &State, kind: &str, message: String) -> ServeError {
+    state
+        .metrics
+        .private_refused
+        .with_label_values(&[kind])
+        .inc();
+    ServeError::ClientNotFound(message)
 }
 
 /// Records what the request is about, for the access log.
