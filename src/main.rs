@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use modgate::config::{self, Config};
-use modgate::proxy::ca::CertAuthority;
+use modgate::tls::ca::CertAuthority;
 use modgate::{Gateway, agent_env_lines};
 
 #[derive(Parser, Debug)]
@@ -152,7 +152,7 @@ fn warm(
     concurrency: usize,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use modgate::warm;
+    use modgate::cli::warm;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let wants = warm::parse_input(&file.display().to_string(), &text)
@@ -190,7 +190,7 @@ fn warm(
                 .map_err(anyhow::Error::msg)?,
         ),
     };
-    let policy = modgate::policy::Policy::new(cfg).map_err(anyhow::Error::msg)?;
+    let policy = modgate::gateway::compile::policy(cfg)?;
     let mut skip: Vec<String> = nosumdb
         .split(',')
         .map(str::trim)
@@ -206,7 +206,7 @@ fn warm(
             .filter(|s| !s.is_empty())
             .map(str::to_string),
     );
-    let nosumdb = modgate::policy::patterns::Patterns::parse(skip.iter().map(String::as_str))
+    let nosumdb = modgate_core::policy::patterns::Patterns::parse(skip.iter().map(String::as_str))
         .map_err(|e| anyhow::anyhow!("--nosumdb: {e}"))?;
     let opts = warm::Options {
         proxy,
@@ -257,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if gateway.created_ca() {
                     banner.push_str(&format!(
                         "modgate: created a new CA in {}\n",
-                        gateway.state().ca.cert_path().display()
+                        gateway.ca().cert_path().display()
                     ));
                 }
                 if let Some(addr) = gateway.transparent_addr() {
@@ -285,7 +285,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             ConfigCommand::Check { file } => {
-                config::load(&file)?;
+                let cfg = config::load(&file)?;
+                modgate::gateway::compile::check(&cfg)?;
                 println!("{}: ok", file.display());
                 Ok(())
             }
@@ -296,9 +297,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let dir = dir.unwrap_or(cfg.ca.dir.clone());
                 let constraints = if cfg.ca.name_constraints {
                     Some(
-                        modgate::policy::Policy::new(&cfg)
-                            .and_then(|p| p.ca_name_constraints())
-                            .map_err(anyhow::Error::msg)?,
+                        modgate::gateway::compile::policy(&cfg)?
+                            .ca_name_constraints()
+                            .map_err(|e| anyhow::anyhow!("ca.name_constraints: {e}"))?,
                     )
                 } else {
                     None
@@ -327,10 +328,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cache { command, config } => {
             let cfg = load_config(config.as_ref())?;
             match command {
-                CacheCommand::Stats => print!("{}", modgate::ops::stats(&cfg)?),
-                CacheCommand::Gc => print!("{}", modgate::ops::gc(&cfg)?),
+                CacheCommand::Stats => print!("{}", modgate::cli::ops::stats(&cfg)?),
+                CacheCommand::Gc => print!("{}", modgate::cli::ops::gc(&cfg)?),
                 CacheCommand::Verify => {
-                    let report = modgate::ops::verify(&cfg)?;
+                    let report = modgate::cli::ops::verify(&cfg)?;
                     for (key, reason) in &report.corrupt {
                         println!("removed {key}: {reason}");
                     }
@@ -373,7 +374,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = load_config(config.as_ref())?;
             print!(
                 "{}",
-                modgate::explain::explain(&cfg, &input).map_err(anyhow::Error::msg)?
+                modgate::cli::explain::explain(&cfg, &input).map_err(anyhow::Error::msg)?
             );
             Ok(())
         }
@@ -384,7 +385,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::io::stdin().read_to_string(&mut input)?;
             let password = input.trim_end_matches(['\r', '\n']);
             anyhow::ensure!(!password.is_empty(), "empty password on standard input");
-            println!("{}", modgate::proxy::auth::hash_password(password));
+            println!("{}", modgate::ingress::auth::hash_password(password));
             Ok(())
         }
     }

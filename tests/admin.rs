@@ -153,7 +153,7 @@ async fn reload_applies_new_rules_to_new_requests_and_refuses_bad_files() {
     let gw = Gateway::start_with_path(cfg, Some(path.clone()))
         .await
         .unwrap();
-    let roots = roots_from_pem(gw.state().ca.cert_pem());
+    let roots = roots_from_pem(gw.ca().cert_pem());
     let target = up.addr.to_string();
 
     // A keep-alive intercepted connection opened before the reload.

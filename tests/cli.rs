@@ -355,8 +355,8 @@ fn cache_stats_verify_and_gc() {
         b"module example.com/tampered\n",
     );
     // A cached checksum-database record for example.com/good@v1.0.0.
-    let zip_hash = modgate::gomod::dirhash::hash_zip(std::io::Cursor::new(&good)).unwrap();
-    let mod_hash = modgate::gomod::dirhash::hash_go_mod(b"module example.com/good\n");
+    let zip_hash = modgate_core::gomod::dirhash::hash_zip(std::io::Cursor::new(&good)).unwrap();
+    let mod_hash = modgate_core::gomod::dirhash::hash_go_mod(b"module example.com/good\n");
     put(
         "sumdb/sum.golang.org/lookup/example.com/good@v1.0.0",
         format!("7\nexample.com/good v1.0.0 {zip_hash}\nexample.com/good v1.0.0/go.mod {mod_hash}\n\ngo.sum database tree\n8\nx\n").as_bytes(),

@@ -178,7 +178,7 @@ async fn proxy_auth_requires_valid_credentials() {
     let gw = TestGateway::start(&ca, |c| {
         c.auth.users = vec![modgate::config::UserConfig {
             name: "ci".into(),
-            password_hash: modgate::proxy::auth::hash_password("hunter2"),
+            password_hash: modgate::ingress::auth::hash_password("hunter2"),
         }];
     })
     .await;

@@ -20,7 +20,7 @@ async fn no_secret_reaches_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let proxy_password = "proxy-Pa55-word";
     let wrong_password = "wrong-Pa55-word";
-    let hash = modgate::proxy::auth::hash_password(proxy_password);
+    let hash = modgate::ingress::auth::hash_password(proxy_password);
     std::fs::write(
         dir.path().join("c.toml"),
         format!(

@@ -277,11 +277,11 @@ impl TestGateway {
         cfg.upstream.connect_timeout = std::time::Duration::from_secs(5);
         edit(&mut cfg);
         let gateway = Gateway::start(cfg).await.expect("gateway starts");
-        let ca_path = gateway.state().ca.cert_path();
+        let ca_path = gateway.ca().cert_path();
         TestGateway {
             proxy: gateway.proxy_addr(),
             admin: gateway.admin_addr(),
-            ca_pem: gateway.state().ca.cert_pem().to_string(),
+            ca_pem: gateway.ca().cert_pem().to_string(),
             ca_path,
             gateway: Some(gateway),
             dir,
@@ -821,8 +821,8 @@ pub fn module_zip(module: &str, version: &str, files: &[(&str, &str)]) -> Vec<u8
 
 /// Writes `module@version` into a GOPROXY file tree (escaped paths): .info, .mod, .zip, list.
 pub fn write_module(root: &Path, module: &str, version: &str, gomod: &str, files: &[(&str, &str)]) {
-    let esc = modgate::gomod::path::escape_path(module).unwrap();
-    let escv = modgate::gomod::path::escape_version(version).unwrap();
+    let esc = modgate_core::gomod::path::escape_path(module).unwrap();
+    let escv = modgate_core::gomod::path::escape_version(version).unwrap();
     let dir = root.join(&esc).join("@v");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(

@@ -3,8 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use modgate::config::Config;
-use modgate::policy::Policy;
-use modgate::policy::route::Route;
+use modgate_core::policy::route::Route;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };
@@ -15,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let query = parts.next();
     let mut cfg = Config::default();
     cfg.modules.private = modgate::config::PatternList(vec!["*.corp.example,github.com/acme/*".into()]);
-    let policy = Policy::new(&cfg).unwrap();
+    let policy = modgate::gateway::compile::policy(&cfg).unwrap();
     for host in [host, "proxy.golang.org", "sum.golang.org"] {
         if let Ok((_, route)) = policy.decide(host, method, path, query) {
             let key = match &route {

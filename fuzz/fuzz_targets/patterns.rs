@@ -1,7 +1,7 @@
 //! GOPRIVATE pattern matching on arbitrary globs and targets: never panics.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use modgate::policy::patterns::{Patterns, match_prefix_patterns, path_match};
+use modgate_core::policy::patterns::{Patterns, match_prefix_patterns, path_match};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };

@@ -18,18 +18,19 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::State;
 use crate::body::{Body, BoxError};
-use crate::gomod::path::ModulePath;
-use crate::policy::egress::{Decision, normalize_host};
-use crate::policy::route::{CacheClass, Content};
-use crate::proxy::ctx::ReqCtx;
-use crate::proxy::upstream::BaseUrl;
+use crate::serve::State;
 use crate::serve::respond::ServeError;
-use crate::serve::upstreams::Entry;
 use crate::store::disk::{DiskCache, Found, NOT_FOUND_SUFFIX, PendingEntry, StoreError};
 use crate::store::flight::Join;
 use crate::store::shared::{Claim, Validator};
+use crate::telemetry::ctx::ReqCtx;
+use modgate_core::base_url::BaseUrl;
+use modgate_core::gomod::path::ModulePath;
+use modgate_core::policy::egress::Decision;
+use modgate_core::policy::goproxy::Entry;
+use modgate_core::policy::host::normalize_host;
+use modgate_core::policy::route::{CacheClass, Content};
 
 /// Header naming the cache outcome on every cached route's response.
 pub const CACHE_HEADER: &str = "x-modgate-cache";
@@ -95,7 +96,7 @@ pub struct Spec {
 }
 
 /// Turns a configured GOPROXY list into sources, applying upstream overrides.
-pub fn sources_from(list: &[Entry], dynamic: &crate::Dynamic) -> Vec<Source> {
+pub fn sources_from(list: &[Entry], dynamic: &crate::serve::Live) -> Vec<Source> {
     list.iter()
         .map(|e| match e {
             Entry::Proxy { base, on_any_error } => Source::Url {
@@ -464,7 +465,7 @@ async fn get_following_redirects(
             .to_str()
             .map_err(|_| redirect_error("Location is not text".into()))?
             .to_string();
-        let next = redirect_target(&uri, &location, &state.dynamic()).map_err(redirect_error)?;
+        let next = redirect_target(&uri, &location, &state.live()).map_err(redirect_error)?;
         // Let the connection go back to the pool: the redirect's body is small or empty.
         let _ = read_text(resp.into_body(), state).await;
         tracing::debug!(from = %uri, to = %next, "upstream redirect");
@@ -477,7 +478,7 @@ async fn get_following_redirects(
 fn redirect_target(
     from: &http::Uri,
     location: &str,
-    dynamic: &crate::Dynamic,
+    dynamic: &crate::serve::Live,
 ) -> Result<http::Uri, String> {
     let base = url::Url::parse(&from.to_string()).map_err(|e| format!("bad URL {from}: {e}"))?;
     let next = base
@@ -740,7 +741,7 @@ fn validator(spec: &Spec) -> Validator {
     Arc::new(move |file: &std::fs::File| match &zip {
         Some((module, version)) => {
             let len = file.metadata().map_err(|e| e.to_string())?.len();
-            crate::gomod::zip::check_zip(module, version, file, len)
+            modgate_core::gomod::zip::check_zip(module, version, file, len)
                 .map_err(|e| format!("invalid module zip for {module}@{version}: {e}"))
         }
         None => Ok(()),

@@ -9,13 +9,14 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::State;
 use crate::body::{self, Body};
-use crate::policy::egress::{Decision, normalize_host};
-use crate::policy::route::Route;
-use crate::proxy::ctx::{ConnCtx, ReqCtx};
-use crate::proxy::upstream::Wire;
+use crate::egress::upstream::Wire;
+use crate::serve::State;
 use crate::serve::respond::{ServeError, error_response};
+use crate::telemetry::ctx::{ConnCtx, ReqCtx};
+use modgate_core::policy::egress::Decision;
+use modgate_core::policy::host::normalize_host;
+use modgate_core::policy::route::Route;
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -49,7 +50,7 @@ pub async fn intercepted(
     req: Request<Incoming>,
     ctx: &mut ReqCtx,
     state: &State,
-    dynamic: &crate::Dynamic,
+    dynamic: &crate::serve::Live,
 ) -> Result<Response<Body>, ServeError> {
     let base = dynamic
         .upstream_base(&ctx.conn.host, ctx.conn.port)
@@ -109,12 +110,12 @@ async fn forward_plain(
     ctx: &mut ReqCtx,
     state: &State,
 ) -> Result<Response<Body>, ServeError> {
-    if !crate::proxy::listener::valid_host(host) {
+    if !modgate_core::policy::host::valid_host(host) {
         return Err(ServeError::ClientBadRequest(format!(
             "modgate: invalid host {host:?} in request URL"
         )));
     }
-    let dynamic = state.dynamic();
+    let dynamic = state.live();
     let decision = state.counted(dynamic.policy.egress.decide_forward(host));
     if let Decision::Deny(reason) = decision {
         return Err(ServeError::ClientForbidden(reason));

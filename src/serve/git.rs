@@ -7,11 +7,11 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
-use crate::policy::private::RepoMatch;
-use crate::proxy::ctx::ReqCtx;
-use crate::proxy::upstream::BaseUrl;
 use crate::serve::forward::strip_hop_by_hop;
 use crate::serve::respond::ServeError;
+use crate::telemetry::ctx::ReqCtx;
+use modgate_core::base_url::BaseUrl;
+use modgate_core::policy::private::RepoMatch;
 
 /// Request headers a git client needs the server to see.
 const FORWARDED: [HeaderName; 6] = [
@@ -29,7 +29,7 @@ pub async fn forward(
     repo: &RepoMatch,
     request_prefix: &str,
     ctx: &mut ReqCtx,
-    dynamic: &crate::Dynamic,
+    dynamic: &crate::serve::Live,
 ) -> Result<Response<Body>, ServeError> {
     let backend = dynamic
         .private

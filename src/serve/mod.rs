@@ -8,7 +8,9 @@ pub mod forward;
 pub mod git;
 pub mod private;
 pub mod respond;
-pub mod upstreams;
+pub mod state;
+
+pub use state::{Live, State};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,13 +19,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
-use crate::policy::classify::{ProxyOp, SumDbOp, Target};
-use crate::policy::route::{PublicFetch, Route, SumDbFetch};
-use crate::proxy::ctx::ReqCtx;
 use crate::serve::cached::{Source, Spec};
 use crate::serve::respond::ServeError;
 use crate::telemetry::access_log;
-use crate::{Dynamic, State};
+use crate::telemetry::ctx::ReqCtx;
+use modgate_core::policy::classify::{ProxyOp, SumDbOp, Target};
+use modgate_core::policy::route::{PublicFetch, Route, SumDbFetch};
 
 /// Handles one intercepted request and arranges for it to be observed when its body ends.
 pub async fn dispatch(
@@ -43,7 +44,7 @@ async fn handle(
     ctx: &mut ReqCtx,
     state: &Arc<State>,
 ) -> Result<Response<Body>, ServeError> {
-    let dynamic = state.dynamic();
+    let dynamic = state.live();
     let decided = dynamic.policy.decide(
         &ctx.conn.host,
         req.method().as_str(),
@@ -121,7 +122,7 @@ fn describe(target: &Target, ctx: &mut ReqCtx) {
     }
 }
 
-fn public_spec(f: &PublicFetch, dynamic: &Dynamic) -> Spec {
+fn public_spec(f: &PublicFetch, dynamic: &Live) -> Spec {
     let zip = match f.op() {
         ProxyOp::Zip(v) => Some((f.module().clone(), v.clone())),
         _ => None,
@@ -141,7 +142,7 @@ fn public_spec(f: &PublicFetch, dynamic: &Dynamic) -> Spec {
     }
 }
 
-fn sumdb_spec(f: &SumDbFetch, dynamic: &Dynamic) -> Result<Spec, ServeError> {
+fn sumdb_spec(f: &SumDbFetch, dynamic: &Live) -> Result<Spec, ServeError> {
     let base = dynamic.sumdbs.get(f.db()).ok_or_else(|| {
         ServeError::ClientNotFound(format!(
             "not found: checksum database {} is not configured",
@@ -177,10 +178,11 @@ async fn tile_from_wider(
     if t.l < 0 || t.is_full() {
         return None;
     }
-    let full = crate::gomod::sumdb::Tile { w: 1 << t.h, ..*t };
-    let key_of = |tile: &crate::gomod::sumdb::Tile| format!("sumdb/{}/{}", f.db(), tile.path());
+    let full = modgate_core::gomod::sumdb::Tile { w: 1 << t.h, ..*t };
+    let key_of =
+        |tile: &modgate_core::gomod::sumdb::Tile| format!("sumdb/{}/{}", f.db(), tile.path());
     let mut candidates = vec![key_of(&full)];
-    let partial_dir = key_of(&crate::gomod::sumdb::Tile { w: 1, ..*t });
+    let partial_dir = key_of(&modgate_core::gomod::sumdb::Tile { w: 1, ..*t });
     let partial_dir = partial_dir
         .rsplit_once('/')
         .map(|(d, _)| d.to_string())

@@ -10,22 +10,22 @@ use std::time::Instant;
 use base64::Engine;
 use http::{HeaderValue, Method, Response};
 
-use crate::State;
 use crate::body::Body;
-use crate::config::PrivateRouteConfig;
-use crate::gomod::coderepo::{CodeHost, CodeRepo, RepoError};
-use crate::gomod::modzip::{self, SourceFile};
-use crate::gomod::path::ModulePath;
-use crate::gomod::{modfile, zip::check_zip};
-use crate::policy::classify::ProxyOp;
-use crate::policy::route::{CacheClass, PrivateFetch};
-use crate::proxy::ctx::ReqCtx;
-use crate::proxy::upstream::UpstreamClient;
+use crate::config::{ConfigError, PrivateRouteConfig};
+use crate::egress::upstream::UpstreamClient;
+use crate::serve::State;
 use crate::serve::cached::{self, FillOutcome};
 use crate::serve::respond::ServeError;
 use crate::store::disk::PendingEntry;
 use crate::store::flight::Join;
 use crate::store::mirror::{GitAccess, Mirror, MirrorError};
+use crate::telemetry::ctx::ReqCtx;
+use modgate_core::gomod::coderepo::{CodeHost, CodeRepo, RepoError};
+use modgate_core::gomod::modzip::{self, SourceFile};
+use modgate_core::gomod::path::ModulePath;
+use modgate_core::gomod::{modfile, zip::check_zip};
+use modgate_core::policy::classify::ProxyOp;
+use modgate_core::policy::route::{CacheClass, PrivateFetch};
 
 /// Everything needed to reach one route's git host.
 pub struct PrivateBackend {
@@ -56,16 +56,17 @@ impl PrivateBackend {
         cfg: &PrivateRouteConfig,
         state_cfg: &crate::config::Config,
         metrics: Arc<crate::telemetry::metrics::Metrics>,
-    ) -> Result<PrivateBackend, String> {
+    ) -> Result<PrivateBackend, ConfigError> {
         let key = |k: &str| format!("private.routes[{i}].{k}");
+        let invalid = |k: &str, m: String| ConfigError::invalid(&key(k), m);
         let read_env = |k: &str, var: &str| {
             std::env::var(var)
-                .map_err(|_| format!("{}: environment variable {var} is not set", key(k)))
+                .map_err(|_| invalid(k, format!("environment variable {var} is not set")))
         };
         let read_file = |k: &str, p: &PathBuf| {
             std::fs::read_to_string(p)
                 .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-                .map_err(|e| format!("{}: {}: {e}", key(k), p.display()))
+                .map_err(|e| invalid(k, format!("{}: {e}", p.display())))
         };
         let basic = |pw: String| {
             format!(
@@ -87,14 +88,14 @@ impl PrivateBackend {
         if let Some(h) = &auth_header
             && HeaderValue::from_str(h).is_err()
         {
-            return Err(format!(
-                "{}: the credential contains characters not allowed in an HTTP header",
-                key("password_env")
+            return Err(invalid(
+                "password_env",
+                "the credential contains characters not allowed in an HTTP header".into(),
             ));
         }
         let extra: Vec<&std::path::Path> = cfg.extra_ca_file.as_deref().into_iter().collect();
         let client = UpstreamClient::with_roots(&state_cfg.upstream, &extra, metrics)
-            .map_err(|e| format!("{}: {e}", key("extra_ca_file")))?;
+            .map_err(|e| invalid("extra_ca_file", e))?;
         // git uses its own TLS stack: give it one bundle with every root modgate trusts.
         let mut roots: Vec<&std::path::Path> = extra.clone();
         if let Some(p) = state_cfg.upstream.extra_ca_file.as_deref() {
@@ -106,7 +107,8 @@ impl PrivateBackend {
             let mut bundle = String::new();
             for r in &roots {
                 bundle.push_str(
-                    &std::fs::read_to_string(r).map_err(|e| format!("{}: {e}", r.display()))?,
+                    &std::fs::read_to_string(r)
+                        .map_err(|e| invalid("extra_ca_file", format!("{}: {e}", r.display())))?,
                 );
                 bundle.push('\n');
             }
@@ -114,9 +116,13 @@ impl PrivateBackend {
                 bundle.push_str(&system);
             }
             let dir = state_cfg.storage.data_dir.join("mirrors");
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                ConfigError::invalid("storage.data_dir", format!("{}: {e}", dir.display()))
+            })?;
             let path = dir.join(format!("ca-route-{i}.pem"));
-            std::fs::write(&path, bundle).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::write(&path, bundle).map_err(|e| {
+                ConfigError::invalid("storage.data_dir", format!("{}: {e}", path.display()))
+            })?;
             Some(path)
         };
         Ok(PrivateBackend {
@@ -146,7 +152,7 @@ pub async fn serve(
     f: PrivateFetch,
     ctx: &mut ReqCtx,
     state: &Arc<State>,
-    dynamic: &crate::Dynamic,
+    dynamic: &crate::serve::Live,
     method: &Method,
 ) -> Result<Response<Body>, ServeError> {
     let access = access(&f, dynamic)?;
@@ -208,12 +214,12 @@ pub async fn serve(
 }
 
 /// How to reach the repository behind `f`, with this snapshot's credentials and overrides.
-fn access(f: &PrivateFetch, dynamic: &crate::Dynamic) -> Result<GitAccess, ServeError> {
+fn access(f: &PrivateFetch, dynamic: &crate::serve::Live) -> Result<GitAccess, ServeError> {
     let backend = dynamic
         .private
         .get(f.repo().route)
         .ok_or_else(|| ServeError::Internal("private route vanished".into()))?;
-    let url = crate::proxy::upstream::BaseUrl::parse(&f.repo().git_url)
+    let url = modgate_core::base_url::BaseUrl::parse(&f.repo().git_url)
         .map_err(|e| ServeError::Internal(format!("route git URL: {e}")))?;
     Ok(backend.access(&dynamic.resolve(&url).to_string()))
 }

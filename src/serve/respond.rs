@@ -4,8 +4,8 @@
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::{Body, full};
-use crate::policy::classify::ClassifyError;
-use crate::proxy::upstream::UpstreamError;
+use crate::egress::upstream::UpstreamError;
+use modgate_core::policy::classify::ClassifyError;
 
 /// Everything a request handler can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::gomod::coderepo::{CodeHost, Commit};
 use crate::store::flight::{Flights, Join};
+use modgate_core::gomod::coderepo::{CodeHost, Commit};
 
 /// A mirror could not be brought up to date or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

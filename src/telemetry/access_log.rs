@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::{Body, BoxError};
-use crate::proxy::ctx::ReqCtx;
+use crate::telemetry::ctx::ReqCtx;
 use crate::telemetry::metrics::{Metrics, status_class};
 
 /// Wraps `body` so that the request is recorded exactly once, when the body ends, fails or is

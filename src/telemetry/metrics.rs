@@ -284,7 +284,7 @@ impl Metrics {
         for event in crate::store::shared::EVENTS {
             m.shared_cache.with_label_values(&[event]);
         }
-        for outcome in crate::proxy::transparent::OUTCOMES {
+        for outcome in crate::ingress::transparent::OUTCOMES {
             m.transparent_connections.with_label_values(&[outcome]);
         }
         for kind in ["client", "tunnel", "intercept", "transparent"] {

@@ -1,7 +1,8 @@
-//! Observation: Prometheus metrics, the access log, the admin listener and log set-up.
+//! Observation: the per-connection and per-request context, Prometheus metrics, the access log
+//! and log set-up. A leaf: it knows no handler, listener or store.
 
 pub mod access_log;
-pub mod admin;
+pub mod ctx;
 pub mod metrics;
 
 use crate::config::{LogConfig, LogFormat};

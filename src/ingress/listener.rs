@@ -11,12 +11,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::State;
 use crate::body::Body;
-use crate::policy::egress::{Decision, normalize_host};
-use crate::proxy::ctx::ConnCtx;
-use crate::proxy::{mitm, tunnel, upstream};
+use crate::egress::upstream;
+use crate::ingress::Ingress as State;
+use crate::ingress::{mitm, tunnel};
 use crate::serve::respond::text;
+use crate::telemetry::ctx::ConnCtx;
+use modgate_core::policy::egress::Decision;
+use modgate_core::policy::host::{normalize_host, valid_host};
 
 /// Accepts connections until shutdown.
 pub async fn run(listener: TcpListener, state: Arc<State>) {
@@ -59,6 +61,7 @@ pub async fn accept_loop<F, Fut>(
                     }
                     Err(_) => {
                         state
+                            .serve
                             .metrics
                             .limit_hits
                             .with_label_values(&["connections"])
@@ -98,9 +101,9 @@ pub fn http1_builder(state: &State) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(state.config.proxy.header_read_timeout)
-        .max_header_size(state.config.proxy.max_head_size.as_u64() as usize)
-        .max_headers(state.config.proxy.max_headers);
+        .header_read_timeout(state.serve.config.proxy.header_read_timeout)
+        .max_header_size(state.serve.config.proxy.max_head_size.as_u64() as usize)
+        .max_headers(state.serve.config.proxy.max_headers);
     builder
 }
 
@@ -108,12 +111,14 @@ pub fn http1_builder(state: &State) -> hyper::server::conn::http1::Builder {
 pub fn count_conn_error(state: &State, e: &hyper::Error) {
     if e.is_parse_too_large() {
         state
+            .serve
             .metrics
             .limit_hits
             .with_label_values(&["head_size"])
             .inc();
     } else if e.is_timeout() {
         state
+            .serve
             .metrics
             .limit_hits
             .with_label_values(&["header_timeout"])
@@ -127,7 +132,7 @@ async fn serve_client(
     state: Arc<State>,
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) {
-    let _conn = state.metrics.connection("client");
+    let _conn = state.serve.metrics.connection("client");
     let svc_state = state.clone();
     let svc = service_fn(move |req| handle(req, peer, svc_state.clone(), permit.clone()));
     let builder = http1_builder(&state);
@@ -155,14 +160,15 @@ async fn handle(
     state: Arc<State>,
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Response<Body>, Infallible> {
-    let dynamic = state.dynamic();
-    if let Some(auth) = &dynamic.auth
+    let dynamic = state.serve.live();
+    if let Some(auth) = state.auth.load_full()
         && let verdict = auth.check(req.headers(), peer.ip()).await
-        && verdict != crate::proxy::auth::Verdict::Allowed
+        && verdict != crate::ingress::auth::Verdict::Allowed
     {
-        state.metrics.auth_failures.inc();
-        if verdict == crate::proxy::auth::Verdict::Limited {
+        state.serve.metrics.auth_failures.inc();
+        if verdict == crate::ingress::auth::Verdict::Limited {
             state
+                .serve
                 .metrics
                 .limit_hits
                 .with_label_values(&["auth_rate"])
@@ -188,7 +194,9 @@ async fn handle(
         return Ok(connect(req, peer, state, &dynamic, permit).await);
     }
     if req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-        return Ok(crate::serve::forward::plain_http(req, peer, state, "connect").await);
+        return Ok(
+            crate::serve::forward::plain_http(req, peer, state.serve.clone(), "connect").await,
+        );
     }
     Ok(text(
         StatusCode::BAD_REQUEST,
@@ -221,41 +229,27 @@ pub fn parse_connect_target(req: &Request<Incoming>) -> Result<(String, u16), St
     Ok((host, port))
 }
 
-/// A DNS name (letters, digits, '-', '_', dots) or an IP literal.
-pub fn valid_host(host: &str) -> bool {
-    if host.parse::<std::net::IpAddr>().is_ok() {
-        return true;
-    }
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
 async fn connect(
     req: Request<Incoming>,
     peer: SocketAddr,
     state: Arc<State>,
-    dynamic: &crate::Dynamic,
+    dynamic: &crate::serve::Live,
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Response<Body> {
     let (host, port) = match parse_connect_target(&req) {
         Ok(t) => t,
         Err(reason) => return text(StatusCode::BAD_REQUEST, &reason),
     };
-    let decision = state.counted(dynamic.policy.egress.decide_connect(&host));
+    let decision = state
+        .serve
+        .counted(dynamic.policy.egress.decide_connect(&host));
     match decision {
         Decision::Deny(reason) => {
             tracing::info!(%peer, %host, port, "CONNECT denied");
             text(StatusCode::FORBIDDEN, &reason)
         }
         Decision::Tunnel => {
-            let timeout = state.config.upstream.connect_timeout;
+            let timeout = state.serve.config.upstream.connect_timeout;
             let target =
                 match tokio::time::timeout(timeout, upstream::connect_tcp(&host, port)).await {
                     Ok(Ok(s)) => s,
@@ -274,7 +268,7 @@ async fn connect(
                         );
                     }
                 };
-            let metrics = state.metrics.clone();
+            let metrics = state.serve.metrics.clone();
             state.tasks.spawn(async move {
                 let _permit = permit;
                 match hyper::upgrade::on(req).await {

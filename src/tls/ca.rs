@@ -366,7 +366,7 @@ impl LeafCache {
                 self.metrics.certs_issued.inc();
                 tracing::debug!(host, "issued leaf certificate");
                 let mut cfg =
-                    rustls::ServerConfig::builder_with_provider(crate::proxy::tls_provider())
+                    rustls::ServerConfig::builder_with_provider(crate::tls::tls_provider())
                         .with_safe_default_protocol_versions()
                         .expect("ring supports the default protocol versions")
                         .with_no_client_auth()
@@ -431,7 +431,7 @@ mod tests {
         roots.add(ca.cert_der().clone()).unwrap();
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
-            crate::proxy::tls_provider(),
+            crate::tls::tls_provider(),
         )
         .build()
         .unwrap();

@@ -3,15 +3,51 @@
 
 pub mod classify;
 pub mod egress;
+pub mod goproxy;
+pub mod host;
 pub mod patterns;
 pub mod private;
 pub mod route;
 
-use crate::config::Config;
 use classify::{Classifier, ClassifyError, Target};
 use egress::EgressPolicy;
 use patterns::Patterns;
 use route::{Route, Rules};
+
+/// The configuration a [`Policy`] is compiled from (the gateway's configuration, in core terms).
+#[derive(Debug, Clone, Default)]
+pub struct PolicySpec {
+    /// `intercept.hosts`.
+    pub intercept_hosts: Vec<String>,
+    /// `modules.proxy_hosts`.
+    pub proxy_hosts: Vec<String>,
+    /// `modules.private`: GOPRIVATE-style patterns.
+    pub private: Vec<String>,
+    /// `sumdb.dbs`' names.
+    pub sumdb_names: Vec<String>,
+    /// `private.routes`: (module template, git URL template) pairs.
+    pub routes: Vec<(String, String)>,
+    /// `egress.allow` and `egress.deny`.
+    pub egress_allow: Vec<String>,
+    pub egress_deny: Vec<String>,
+}
+
+/// Why a policy could not be compiled; `key` is the configuration key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct PolicyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl PolicyError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> PolicyError {
+        PolicyError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Every decision modgate makes, compiled once from configuration.
 #[derive(Debug, Clone)]
@@ -24,43 +60,59 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Compiles the policy from validated configuration. Proxy hosts and checksum-database hosts
-    /// join the intercept set automatically.
-    pub fn new(config: &Config) -> Result<Policy, String> {
-        let sumdb_names: Vec<String> = config.sumdb.dbs.keys().cloned().collect();
+    /// Compiles the policy; the error names the key at fault. Proxy hosts, checksum-database
+    /// hosts and private-route hosts join the intercept set automatically.
+    pub fn new(spec: &PolicySpec) -> Result<Policy, PolicyError> {
         let mut templates = vec![];
-        for r in &config.private.routes {
+        for (i, (module, git)) in spec.routes.iter().enumerate() {
             templates.push(
-                private::RouteTemplate::parse(&r.module, &r.git)
-                    .map_err(|(field, e)| format!("private.routes.{field}: {e}"))?,
+                private::RouteTemplate::parse(module, git).map_err(|(field, e)| {
+                    PolicyError::new(format!("private.routes[{i}].{field}"), e)
+                })?,
             );
         }
         let private_routes = private::PrivateRoutes::new(templates);
-        let mut intercept: Vec<String> = config.intercept.hosts.clone();
-        intercept.extend(config.modules.proxy_hosts.iter().cloned());
+        for (i, host) in spec.intercept_hosts.iter().enumerate() {
+            host::HostSet::new([host.as_str()])
+                .map_err(|e| PolicyError::new(format!("intercept.hosts[{i}]"), e))?;
+        }
+        for (key, list) in [
+            ("egress.allow", &spec.egress_allow),
+            ("egress.deny", &spec.egress_deny),
+        ] {
+            for (i, glob) in list.iter().enumerate() {
+                host::HostSet::new([glob.as_str()])
+                    .map_err(|e| PolicyError::new(format!("{key}[{i}]"), e))?;
+            }
+        }
+        let mut intercept: Vec<String> = spec.intercept_hosts.to_vec();
+        intercept.extend(spec.proxy_hosts.iter().cloned());
         intercept.extend(private_routes.hosts());
         intercept.extend(
-            sumdb_names
+            spec.sumdb_names
                 .iter()
                 .map(|n| n.split('/').next().unwrap_or(n).to_string()),
         );
+        let private = spec
+            .private
+            .iter()
+            .cloned()
+            .chain(private_routes.patterns())
+            .collect::<Vec<_>>();
         Ok(Policy {
-            egress: EgressPolicy::new(intercept.iter().map(String::as_str), &config.egress)?,
+            egress: EgressPolicy::new(
+                intercept.iter().map(String::as_str),
+                &spec.egress_allow,
+                &spec.egress_deny,
+            )
+            .map_err(|e| PolicyError::new("intercept.hosts", e))?,
             intercept_hosts: intercept.clone(),
-            classifier: Classifier::new(&config.modules.proxy_hosts, &sumdb_names),
+            classifier: Classifier::new(&spec.proxy_hosts, &spec.sumdb_names),
             rules: Rules {
-                private: Patterns::parse(
-                    config
-                        .modules
-                        .private
-                        .entries()
-                        .into_iter()
-                        .map(str::to_string)
-                        .chain(private_routes.patterns())
-                        .collect::<Vec<_>>()
-                        .iter()
-                        .map(String::as_str),
-                )?,
+                private: Patterns::parse(private.iter().map(String::as_str)).map_err(|e| {
+                    // Route templates are valid patterns, so the fault is in modules.private.
+                    PolicyError::new("modules.private", e)
+                })?,
                 routes: private_routes,
             },
         })
@@ -72,7 +124,7 @@ impl Policy {
         self.intercept_hosts
             .iter()
             .map(|h| {
-                let h = egress::normalize_host(h);
+                let h = host::normalize_host(h);
                 match h.strip_prefix("*.") {
                     Some(rest) if !rest.contains(['*', '?', '[', '{']) => Ok(rest.to_string()),
                     _ if h.contains(['*', '?', '[', '{']) => Err(format!(
@@ -119,7 +171,7 @@ impl Policy {
         let repo = self.rules.routes.repo_for(&candidate)?;
         let git_host = http::Uri::try_from(repo.git_url.as_str())
             .ok()
-            .and_then(|u| u.host().map(egress::normalize_host));
+            .and_then(|u| u.host().map(host::normalize_host));
         if git_host.as_deref() == Some(host) {
             return None;
         }

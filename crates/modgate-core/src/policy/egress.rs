@@ -4,73 +4,7 @@
 //! ignored. Globs use globset syntax where `*` may span dots (`*.corp.example` also matches
 //! `a.b.corp.example`, but not `corp.example`).
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-
-use crate::config::EgressConfig;
-
-/// A set of host-name globs.
-#[derive(Debug, Clone)]
-pub struct HostSet {
-    set: GlobSet,
-    patterns: Vec<String>,
-}
-
-impl HostSet {
-    /// Compiles `patterns`; the error text names the first bad pattern.
-    pub fn new<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Result<HostSet, String> {
-        let mut builder = GlobSetBuilder::new();
-        let mut kept = vec![];
-        for p in patterns {
-            let norm = normalize_host(p);
-            if norm.is_empty() {
-                return Err("empty host pattern".to_string());
-            }
-            if norm.contains(['/', ':', ' ']) {
-                return Err(format!("{p:?} is not a host name pattern"));
-            }
-            let glob = GlobBuilder::new(&norm)
-                .case_insensitive(true)
-                .literal_separator(false)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| format!("bad host pattern {p:?}: {}", e.kind()))?;
-            builder.add(glob);
-            kept.push(p.to_string());
-        }
-        let set = builder
-            .build()
-            .map_err(|e| format!("bad host patterns: {e}"))?;
-        Ok(HostSet {
-            set,
-            patterns: kept,
-        })
-    }
-
-    /// Whether `host` matches any glob.
-    pub fn matches(&self, host: &str) -> bool {
-        self.set.is_match(normalize_host(host).as_str())
-    }
-
-    /// The first pattern that matches `host`, for explanations.
-    pub fn matching_pattern(&self, host: &str) -> Option<&str> {
-        let m = self.set.matches(normalize_host(host).as_str());
-        m.first().map(|&i| self.patterns[i].as_str())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-}
-
-/// Lower-cases and strips one trailing dot and IPv6 brackets.
-pub fn normalize_host(host: &str) -> String {
-    let h = host.strip_suffix('.').unwrap_or(host);
-    let h = h
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(h);
-    h.to_ascii_lowercase()
-}
+use super::host::HostSet;
 
 /// What to do with a connection to a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,12 +40,13 @@ impl EgressPolicy {
     /// Builds the policy: `intercept` is every host (or glob) whose TLS modgate terminates.
     pub fn new<'a>(
         intercept: impl IntoIterator<Item = &'a str>,
-        egress: &EgressConfig,
+        allow: &[String],
+        deny: &[String],
     ) -> Result<Self, String> {
         Ok(EgressPolicy {
             intercept: HostSet::new(intercept)?,
-            allow: HostSet::new(egress.allow.iter().map(String::as_str))?,
-            deny: HostSet::new(egress.deny.iter().map(String::as_str))?,
+            allow: HostSet::new(allow.iter().map(String::as_str))?,
+            deny: HostSet::new(deny.iter().map(String::as_str))?,
         })
     }
 
@@ -157,10 +92,8 @@ mod tests {
     fn policy(intercept: &[&str], allow: &[&str], deny: &[&str]) -> EgressPolicy {
         EgressPolicy::new(
             intercept.iter().copied(),
-            &EgressConfig {
-                allow: allow.iter().map(|s| s.to_string()).collect(),
-                deny: deny.iter().map(|s| s.to_string()).collect(),
-            },
+            &allow.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &deny.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         )
         .unwrap()
     }

@@ -17,23 +17,24 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::State;
-use crate::policy::egress::normalize_host;
-use crate::proxy::ctx::{ConnCtx, ReqCtx};
-use crate::proxy::io::Prefixed;
+use crate::ingress::Ingress as State;
+use crate::ingress::io::Prefixed;
+use crate::telemetry::ctx::{ConnCtx, ReqCtx};
+use modgate_core::policy::host::normalize_host;
 
 /// Serves one intercepted tunnel until it closes or the gateway shuts down.
 pub async fn serve<IO>(io: IO, conn: Arc<ConnCtx>, state: Arc<State>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _guard = state.metrics.connection("intercept");
+    let _guard = state.serve.metrics.connection("intercept");
     let started = Instant::now();
-    let timeout = state.config.intercept.tls_handshake_timeout;
+    let timeout = state.serve.config.intercept.tls_handshake_timeout;
     let tls = match tokio::time::timeout(timeout, accept_tls(io, &conn, &state)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(reason)) => {
             state
+                .serve
                 .metrics
                 .tls_failures
                 .with_label_values(&[reason])
@@ -43,11 +44,13 @@ where
         }
         Err(_) => {
             state
+                .serve
                 .metrics
                 .tls_failures
                 .with_label_values(&["timeout"])
                 .inc();
             state
+                .serve
                 .metrics
                 .limit_hits
                 .with_label_values(&["tls_handshake_timeout"])
@@ -57,6 +60,7 @@ where
         }
     };
     state
+        .serve
         .metrics
         .tls_handshake_duration
         .with_label_values(&["client"])
@@ -70,13 +74,14 @@ where
     // Milliseconds since `started` at the last request start or end (idle-timeout clock).
     let last_active = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let svc_last_active = last_active.clone();
-    let max_streams = state.config.intercept.h2_max_concurrent_streams;
+    let max_streams = state.serve.config.intercept.h2_max_concurrent_streams;
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         use std::sync::atomic::Ordering;
         svc_last_active.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let n = inflight.fetch_add(1, Ordering::Relaxed) + 1;
         if req.version() == http::Version::HTTP_2 && n >= max_streams {
             svc_state
+                .serve
                 .metrics
                 .limit_hits
                 .with_label_values(&["h2_streams"])
@@ -93,7 +98,7 @@ where
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_else(|| "/".into()),
         );
-        let fut = crate::serve::dispatch(req, ctx, svc_state.clone());
+        let fut = crate::serve::dispatch(req, ctx, svc_state.serve.clone());
         async move {
             let res = fut.await;
             inflight.fetch_sub(1, Ordering::Relaxed);
@@ -105,20 +110,22 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.config.proxy.header_read_timeout)
-        .max_buf_size(state.config.proxy.max_head_size.as_u64() as usize)
-        .max_headers(state.config.proxy.max_headers);
+        .header_read_timeout(state.serve.config.proxy.header_read_timeout)
+        .max_buf_size(state.serve.config.proxy.max_head_size.as_u64() as usize)
+        .max_headers(state.serve.config.proxy.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(state.config.intercept.h2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(state.config.intercept.h2_max_pending_reset_streams)
-        .max_header_list_size((state.config.proxy.max_head_size.as_u64() as u32).max(16 * 1024));
+        .max_concurrent_streams(state.serve.config.intercept.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(state.serve.config.intercept.h2_max_pending_reset_streams)
+        .max_header_list_size(
+            (state.serve.config.proxy.max_head_size.as_u64() as u32).max(16 * 1024),
+        );
     let http = builder.serve_connection(TokioIo::new(tls), svc);
     tokio::pin!(http);
     // An intercepted connection with no request in flight for `proxy.idle_timeout` is closed
     // gracefully (HTTP/1.1 idle connections are also closed by the header-read timeout).
-    let idle = state.config.proxy.idle_timeout;
+    let idle = state.serve.config.proxy.idle_timeout;
     let idle_watch = async {
         use std::sync::atomic::Ordering;
         loop {
@@ -132,17 +139,17 @@ where
     };
     tokio::select! {
         _ = idle_watch => {
-            state.metrics.limit_hits.with_label_values(&["idle_timeout"]).inc();
+            state.serve.metrics.limit_hits.with_label_values(&["idle_timeout"]).inc();
             http.as_mut().graceful_shutdown();
             let _ = http.await;
         }
         res = http.as_mut() => {
             if let Err(e) = res {
                 if let Some(he) = e.downcast_ref::<hyper::Error>() {
-                    crate::proxy::listener::count_conn_error(&state, he);
+                    crate::ingress::listener::count_conn_error(&state, he);
                 }
                 if is_reset_flood(e.as_ref()) {
-                    state.metrics.limit_hits.with_label_values(&["h2_reset_flood"]).inc();
+                    state.serve.metrics.limit_hits.with_label_values(&["h2_reset_flood"]).inc();
                 }
                 tracing::debug!(client = %conn.client, host = %conn.host, error = %e, "intercepted connection ended with error");
             }
@@ -222,7 +229,8 @@ where
     // small frames wait than its budget allows, a budget hyper does not let us set; git over
     // HTTP/1.1 streams the same body chunked.
     let h2 = state
-        .dynamic()
+        .serve
+        .live()
         .policy
         .classifier
         .is_read_only_host(&conn.host);

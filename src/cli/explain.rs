@@ -4,16 +4,16 @@
 use std::fmt::Write as _;
 
 use crate::config::Config;
-use crate::gomod::path::escape_path;
-use crate::policy::Policy;
-use crate::policy::classify::Target;
-use crate::policy::egress::{Decision, normalize_host};
-use crate::policy::route::Route;
-use crate::serve::upstreams::{Entry, GoProxyList};
+use modgate_core::gomod::path::escape_path;
+use modgate_core::policy::classify::Target;
+use modgate_core::policy::egress::Decision;
+use modgate_core::policy::goproxy::{Entry, GoProxyList};
+use modgate_core::policy::host::normalize_host;
+use modgate_core::policy::route::Route;
 
 /// Explains `input` (a module path, or an `https://` / `http://` URL) under `config`.
 pub fn explain(config: &Config, input: &str) -> Result<String, String> {
-    let policy = Policy::new(config)?;
+    let policy = crate::gateway::compile::policy(config).map_err(|e| e.to_string())?;
     let url = if input.starts_with("https://") || input.starts_with("http://") {
         input.to_string()
     } else {

@@ -10,15 +10,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::State;
 use crate::body::{Body, full};
+use crate::gateway::Runtime as State;
 use crate::serve::respond::text;
 
 /// Serves admin requests until shutdown.
 pub async fn run(listener: TcpListener, state: Arc<State>) {
     loop {
         let (stream, _) = tokio::select! {
-            _ = state.shutdown.cancelled() => break,
+            _ = state.ingress.shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(v) => v,
                 Err(e) => {
@@ -34,7 +34,7 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
             let svc = service_fn(move |req| handle(req, svc_state.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(state.config.proxy.header_read_timeout)
+                .header_read_timeout(state.ingress.serve.config.proxy.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), svc);
             let _ = conn.await;
         });
@@ -52,7 +52,14 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             .map_err(|e| anyhow::anyhow!("reload task failed: {e}"))
             .and_then(|r| r);
         return Ok(match res {
-            Ok(()) => text(StatusCode::OK, "reloaded"),
+            Ok(r) if r.restart_keys.is_empty() => text(StatusCode::OK, "reloaded"),
+            Ok(r) => text(
+                StatusCode::OK,
+                &format!(
+                    "reloaded; these keys changed but take effect only after a restart: {}",
+                    r.restart_keys.join(", ")
+                ),
+            ),
             Err(e) => text(
                 StatusCode::BAD_REQUEST,
                 &format!("reload refused, previous configuration kept: {e:#}"),
@@ -64,11 +71,11 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
     }
     let resp = match req.uri().path() {
         "/metrics" => with_type(
-            full(state.metrics.render()),
+            full(state.ingress.serve.metrics.render()),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/healthz" => text(StatusCode::OK, "ok"),
-        "/readyz" if state.shutdown.is_cancelled() => {
+        "/readyz" if state.ingress.shutdown.is_cancelled() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
         }
         "/readyz" => text(StatusCode::OK, "ready"),

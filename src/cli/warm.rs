@@ -23,7 +23,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::gomod::{dirhash, path as modpath};
+use modgate_core::gomod::{dirhash, path as modpath};
 
 /// The public checksum database's verifier key (as in GOSUMDB).
 pub const SUM_GOLANG_ORG_KEY: &str =
@@ -52,7 +52,7 @@ pub fn parse_input(name: &str, text: &str) -> Result<Vec<Want>, String> {
     ) -> Result<&'m mut Want, String> {
         modpath::check_path(module)
             .map_err(|e| format!("line {line}: invalid module path {module:?}: {e}"))?;
-        if !crate::gomod::version::is_valid(version) {
+        if !modgate_core::gomod::version::is_valid(version) {
             return Err(format!(
                 "line {line}: invalid version {version:?} for {module}"
             ));
@@ -222,7 +222,7 @@ pub struct Options {
     /// Checksum database key; None skips verification (GOSUMDB=off).
     pub sumdb: Option<VerifierKey>,
     /// Module paths not checked against the database (GONOSUMDB-style patterns).
-    pub nosumdb: crate::policy::patterns::Patterns,
+    pub nosumdb: modgate_core::policy::patterns::Patterns,
     pub concurrency: usize,
 }
 

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::gomod::path::{ModulePath, unescape_version};
-use crate::gomod::{dirhash, version, zip::check_zip};
 use crate::store::disk::{DiskCache, NOT_FOUND_SUFFIX};
 use crate::telemetry::metrics::Metrics;
+use modgate_core::gomod::path::{ModulePath, unescape_version};
+use modgate_core::gomod::{dirhash, version, zip::check_zip};
 
 fn open(config: &Config) -> anyhow::Result<DiskCache> {
     Ok(DiskCache::open_shared(

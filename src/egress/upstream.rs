@@ -27,84 +27,6 @@ use crate::body::{Body, BoxError};
 use crate::config::UpstreamConfig;
 use crate::telemetry::metrics::Metrics;
 
-/// A parsed upstream base URL: scheme, authority and an optional path prefix without a trailing
-/// slash. Used for `upstream.overrides`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseUrl {
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
-    prefix: String,
-}
-
-impl BaseUrl {
-    /// Parses `http(s)://host[:port][/prefix]`.
-    pub fn parse(s: &str) -> Result<BaseUrl, String> {
-        let uri: Uri = s.parse().map_err(|e| format!("invalid URL {s:?}: {e}"))?;
-        let scheme = uri
-            .scheme()
-            .filter(|s| **s == http::uri::Scheme::HTTPS || **s == http::uri::Scheme::HTTP)
-            .ok_or_else(|| format!("{s:?} must start with https:// or http://"))?
-            .clone();
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("{s:?} has no host"))?
-            .clone();
-        if authority.as_str().contains('@') {
-            return Err(format!("{s:?} must not contain credentials"));
-        }
-        if uri.query().is_some() {
-            return Err(format!("{s:?} must not have a query"));
-        }
-        let prefix = uri.path().trim_end_matches('/').to_string();
-        Ok(BaseUrl {
-            scheme,
-            authority,
-            prefix,
-        })
-    }
-
-    /// `https://host:port` for a host reached directly.
-    pub fn https(host: &str, port: u16) -> Result<BaseUrl, String> {
-        let authority = if port == 443 {
-            host.to_string()
-        } else if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        BaseUrl::parse(&format!("https://{authority}"))
-    }
-
-    /// The URI for `path_and_query` (which starts with `/`) under this base.
-    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{}", self.prefix, path_and_query))
-            .build()
-    }
-
-    /// This URL with `over`'s scheme and authority, and `over`'s path prefix in front of its own.
-    pub fn with_override(&self, over: &BaseUrl) -> BaseUrl {
-        BaseUrl {
-            scheme: over.scheme.clone(),
-            authority: over.authority.clone(),
-            prefix: format!("{}{}", over.prefix, self.prefix),
-        }
-    }
-
-    /// The host part, for labels and logs.
-    pub fn host(&self) -> &str {
-        self.authority.host()
-    }
-}
-
-impl std::fmt::Display for BaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
-    }
-}
-
 /// Why an upstream exchange failed. Texts never contain credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -298,7 +220,7 @@ pub fn client_tls_config(extra_ca_files: &[&Path]) -> Result<rustls::ClientConfi
             return Err(format!("{}: no CERTIFICATE blocks", path.display()));
         }
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(crate::proxy::tls_provider())
+    let mut cfg = rustls::ClientConfig::builder_with_provider(crate::tls::tls_provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
@@ -527,35 +449,5 @@ impl hyper::rt::Write for UpstreamIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base_url_join() {
-        let b = BaseUrl::parse("https://mirror.example:8443/api/go/").unwrap();
-        assert_eq!(
-            b.join("/golang.org/x/mod/@v/list").unwrap().to_string(),
-            "https://mirror.example:8443/api/go/golang.org/x/mod/@v/list"
-        );
-        let b = BaseUrl::https("proxy.golang.org", 443).unwrap();
-        assert_eq!(
-            b.join("/x?y=1").unwrap().to_string(),
-            "https://proxy.golang.org/x?y=1"
-        );
-        assert_eq!(
-            BaseUrl::https("::1", 8443).unwrap().to_string(),
-            "https://[::1]:8443"
-        );
-    }
-
-    #[test]
-    fn base_url_rejects() {
-        for bad in ["ftp://x", "x", "https://u:p@x/", "https://x/?q=1"] {
-            assert!(BaseUrl::parse(bad).is_err(), "{bad}");
-        }
     }
 }

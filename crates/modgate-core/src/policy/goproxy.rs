@@ -2,7 +2,7 @@
 //! not-found (404/410), `|` on any error, the last entry never falls through, and `off` ends the
 //! list with not-found — the go command's rules (reference §1.1, §1.7).
 
-use crate::proxy::upstream::BaseUrl;
+use crate::base_url::BaseUrl;
 
 /// One entry of the list.
 #[derive(Debug, Clone, PartialEq, Eq)]

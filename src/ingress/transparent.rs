@@ -20,14 +20,15 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::State;
 use crate::body::Body;
 use crate::config::{NoSni, TransparentConfig};
-use crate::policy::egress::{Decision, normalize_host};
-use crate::proxy::ctx::ConnCtx;
-use crate::proxy::io::Prefixed;
-use crate::proxy::{mitm, tunnel};
+use crate::ingress::Ingress as State;
+use crate::ingress::io::Prefixed;
+use crate::ingress::{mitm, tunnel};
 use crate::serve::respond::text;
+use crate::telemetry::ctx::ConnCtx;
+use modgate_core::policy::egress::Decision;
+use modgate_core::policy::host::normalize_host;
 
 /// The largest ClientHello read before deciding (a hello may span several records).
 pub const MAX_CLIENT_HELLO: usize = 64 * 1024;
@@ -67,7 +68,7 @@ pub fn bind(cfg: &TransparentConfig, addr: SocketAddr) -> std::io::Result<TcpLis
 /// for loop refusal.
 pub async fn run(listener: TcpListener, state: Arc<State>, own: Vec<SocketAddr>) {
     let own = Arc::new(own);
-    crate::proxy::listener::accept_loop(
+    crate::ingress::listener::accept_loop(
         listener,
         state,
         "transparent",
@@ -135,9 +136,10 @@ enum Hello {
 }
 
 async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: &[SocketAddr]) {
-    let _guard = state.metrics.connection("transparent");
+    let _guard = state.serve.metrics.connection("transparent");
     let outcome = |o: &str| {
         state
+            .serve
             .metrics
             .transparent_connections
             .with_label_values(&[o])
@@ -151,12 +153,12 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
         Ok(a) => a,
         Err(_) => return,
     };
-    if is_loop(orig, local, own, state.config.transparent.tproxy) {
+    if is_loop(orig, local, own, state.serve.config.transparent.tproxy) {
         outcome("loop");
         tracing::warn!(%peer, %orig, "transparent connection to modgate itself refused (loop)");
         return;
     }
-    let timeout = state.config.intercept.tls_handshake_timeout;
+    let timeout = state.serve.config.intercept.tls_handshake_timeout;
     let mut buf = BytesMut::with_capacity(4096);
     let hello = match tokio::time::timeout(timeout, read_hello(&mut stream, &mut buf)).await {
         Ok(Ok(h)) => h,
@@ -169,6 +171,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
         Err(_) => {
             outcome("timeout");
             state
+                .serve
                 .metrics
                 .limit_hits
                 .with_label_values(&["tls_handshake_timeout"])
@@ -185,10 +188,10 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
         }
         Hello::Tls(sni) => sni,
     };
-    let dynamic = state.dynamic();
-    let decision = state.counted(match &sni {
+    let dynamic = state.serve.live();
+    let decision = state.serve.counted(match &sni {
         Some(host) => dynamic.policy.egress.decide_connect(host),
-        None => match state.config.transparent.no_sni {
+        None => match state.serve.config.transparent.no_sni {
             NoSni::Tunnel => Decision::Tunnel,
             NoSni::Deny => Decision::Deny(format!(
                 "modgate: TLS to {orig} without a server name (SNI) is not allowed"
@@ -209,7 +212,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
         }
         Decision::Tunnel => {
             if let Some(host) = &sni
-                && state.config.transparent.verify_destination
+                && state.serve.config.transparent.verify_destination
                 && !resolves_to(host, orig).await
             {
                 outcome("deny");
@@ -218,7 +221,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
                 return;
             }
             let connect = tokio::time::timeout(
-                state.config.upstream.connect_timeout,
+                state.serve.config.upstream.connect_timeout,
                 TcpStream::connect(orig),
             )
             .await;
@@ -242,11 +245,12 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
             }
             outcome("splice");
             state
+                .serve
                 .metrics
                 .tunnel_bytes
                 .with_label_values(&["upstream"])
                 .inc_by(prefix.len() as u64);
-            tunnel::run(stream, target, state.metrics.clone()).await;
+            tunnel::run(stream, target, state.serve.metrics.clone()).await;
         }
     }
 }
@@ -305,12 +309,12 @@ async fn serve_plain(
     let svc_state = state.clone();
     let svc = service_fn(move |req| plain_request(req, peer, orig, svc_state.clone()));
     let conn =
-        crate::proxy::listener::http1_builder(&state).serve_connection(TokioIo::new(io), svc);
+        crate::ingress::listener::http1_builder(&state).serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
-                crate::proxy::listener::count_conn_error(&state, &e);
+                crate::ingress::listener::count_conn_error(&state, &e);
             }
         }
         _ = state.shutdown.cancelled() => {
@@ -356,7 +360,7 @@ async fn plain_request(
             ));
         }
     }
-    Ok(crate::serve::forward::plain_http(req, peer, state, "transparent").await)
+    Ok(crate::serve::forward::plain_http(req, peer, state.serve.clone(), "transparent").await)
 }
 
 #[cfg(test)]

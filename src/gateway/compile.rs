@@ -1,0 +1,302 @@
+//! Raw configuration -> compiled parts, exactly once: [`live`] compiles what a reload swaps
+//! (policy, routes, upstream lists, credentials, proxy users); [`restart_keys`] names every
+//! changed key a reload cannot apply.
+//!
+//! Which keys are reloadable is written down once, in [`LIVE_KEYS`]; every other key is
+//! restart-only by construction, so a key added later can never be silently ignored by a reload.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use modgate_core::base_url::BaseUrl;
+use modgate_core::policy::goproxy::GoProxyList;
+use modgate_core::policy::host::normalize_host;
+use modgate_core::policy::{Policy, PolicySpec};
+
+use crate::config::{Config, ConfigError};
+use crate::ingress::auth::ProxyAuth;
+use crate::serve::Live;
+use crate::serve::private::PrivateBackend;
+use crate::telemetry::metrics::Metrics;
+
+/// The configuration keys a reload applies (a table, or one key of a table). Everything else
+/// needs a restart.
+pub const LIVE_KEYS: &[&str] = &[
+    "intercept.hosts",
+    "egress",
+    "auth",
+    "upstream.overrides",
+    "modules",
+    "sumdb",
+    "private.routes",
+];
+
+/// The reloadable rules, compiled from a validated configuration; the error names the key.
+pub fn live(config: &Config, metrics: &Arc<Metrics>) -> Result<Live, ConfigError> {
+    let policy = policy(config)?;
+    let public_upstreams = GoProxyList::parse(&config.modules.upstream)
+        .map_err(|e| ConfigError::invalid("modules.upstream", e))?;
+    let mut sumdbs = HashMap::new();
+    for (name, url) in &config.sumdb.dbs {
+        let base = BaseUrl::parse(url)
+            .map_err(|e| ConfigError::invalid(&format!("sumdb.dbs.\"{name}\""), e))?;
+        sumdbs.insert(name.clone(), base);
+    }
+    let mut overrides = HashMap::new();
+    for (host, base) in &config.upstream.overrides {
+        let base = BaseUrl::parse(base)
+            .map_err(|e| ConfigError::invalid(&format!("upstream.overrides.\"{host}\""), e))?;
+        overrides.insert(normalize_host(host), base);
+    }
+    let mut private = vec![];
+    for (i, r) in config.private.routes.iter().enumerate() {
+        private.push(PrivateBackend::new(i, r, config, metrics.clone())?);
+    }
+    Ok(Live {
+        config: config.clone(),
+        policy,
+        overrides,
+        public_upstreams,
+        sumdbs,
+        private,
+    })
+}
+
+/// The proxy users, compiled (`None`: authentication off).
+pub fn auth(config: &Config) -> Option<Arc<ProxyAuth>> {
+    ProxyAuth::new(&config.auth).map(Arc::new)
+}
+
+/// The decision policy alone (for `modgate explain` and the CA's name constraints).
+pub fn policy(config: &Config) -> Result<Policy, ConfigError> {
+    Policy::new(&policy_spec(config)).map_err(|e| ConfigError::invalid(&e.key, e.message))
+}
+
+/// The core's view of the configuration.
+pub fn policy_spec(config: &Config) -> PolicySpec {
+    PolicySpec {
+        intercept_hosts: config.intercept.hosts.clone(),
+        proxy_hosts: config.modules.proxy_hosts.clone(),
+        private: config
+            .modules
+            .private
+            .entries()
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        sumdb_names: config.sumdb.dbs.keys().cloned().collect(),
+        routes: config
+            .private
+            .routes
+            .iter()
+            .map(|r| (r.module.clone(), r.git.clone()))
+            .collect(),
+        egress_allow: config.egress.allow.clone(),
+        egress_deny: config.egress.deny.clone(),
+    }
+}
+
+/// Checks everything a start would compile, without binding or opening anything: the policy,
+/// URLs, route templates and credentials. `modgate config check` and `serve` both run it.
+pub fn check(config: &Config) -> Result<(), ConfigError> {
+    let policy = policy(config)?;
+    if config.ca.name_constraints {
+        policy
+            .ca_name_constraints()
+            .map_err(|e| ConfigError::invalid("ca.name_constraints", e))?;
+    }
+    GoProxyList::parse(&config.modules.upstream)
+        .map_err(|e| ConfigError::invalid("modules.upstream", e))?;
+    for (name, url) in &config.sumdb.dbs {
+        BaseUrl::parse(url)
+            .map_err(|e| ConfigError::invalid(&format!("sumdb.dbs.\"{name}\""), e))?;
+    }
+    for (host, base) in &config.upstream.overrides {
+        BaseUrl::parse(base)
+            .map_err(|e| ConfigError::invalid(&format!("upstream.overrides.\"{host}\""), e))?;
+    }
+    Ok(())
+}
+
+/// Every key whose value differs between `old` and `new` and that a reload cannot apply, as
+/// dotted TOML paths (`intercept.h2_max_concurrent_streams`, `private.fetch_timeout`, ...).
+pub fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
+    let (a, b) = (fixed_view(old), fixed_view(new));
+    let mut out = vec![];
+    diff("", &a, &b, &mut out);
+    out
+}
+
+/// `config` as a TOML value with every reloadable key removed.
+fn fixed_view(config: &Config) -> toml::Value {
+    let mut v = toml::Value::try_from(config).expect("the configuration serializes");
+    for key in LIVE_KEYS {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().expect("non-empty key");
+        let mut table = v.as_table_mut();
+        for p in parts {
+            table = table
+                .and_then(|t| t.get_mut(p))
+                .and_then(|t| t.as_table_mut());
+        }
+        if let Some(t) = table {
+            t.remove(last);
+        }
+    }
+    v
+}
+
+fn diff(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
+    match (a.as_table(), b.as_table()) {
+        (Some(ta), Some(tb)) => {
+            let mut keys: Vec<&String> = ta.keys().chain(tb.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match (ta.get(k), tb.get(k)) {
+                    (Some(x), Some(y)) => diff(&path, x, y, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+        _ if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    /// One key of each restart-only section, and the reloadable ones beside them.
+    #[test]
+    fn restart_keys_name_every_restart_only_change() {
+        let old = Config::default();
+        let table = [
+            (
+                "[proxy]\nidle_timeout = \"5s\"\n",
+                vec!["proxy.idle_timeout"],
+            ),
+            (
+                "[admin]\nlisten = \"127.0.0.1:9999\"\n",
+                vec!["admin.listen"],
+            ),
+            (
+                "[storage]\ndata_dir = \"elsewhere\"\n",
+                vec!["storage.data_dir"],
+            ),
+            ("[ca]\ndir = \"other-ca\"\n", vec!["ca.dir"]),
+            (
+                "[intercept]\nh2_max_concurrent_streams = 7\n",
+                vec!["intercept.h2_max_concurrent_streams"],
+            ),
+            (
+                "[intercept]\nh2_max_pending_reset_streams = 3\n",
+                vec!["intercept.h2_max_pending_reset_streams"],
+            ),
+            (
+                "[upstream]\nconnect_timeout = \"3s\"\n",
+                vec!["upstream.connect_timeout"],
+            ),
+            ("[cache]\nmutable_ttl = \"5m\"\n", vec!["cache.mutable_ttl"]),
+            (
+                "[shared_cache]\nprefix = \"other\"\n",
+                vec!["shared_cache.prefix"],
+            ),
+            (
+                "[private]\nfetch_timeout = \"9s\"\n",
+                vec!["private.fetch_timeout"],
+            ),
+            (
+                "[private]\nmirror_ttl = \"9s\"\n",
+                vec!["private.mirror_ttl"],
+            ),
+            (
+                "[transparent]\nverify_destination = false\n",
+                vec!["transparent.verify_destination"],
+            ),
+            ("[log]\nformat = \"json\"\n", vec!["log.format"]),
+            // Reloadable keys need no restart.
+            ("[intercept]\nhosts = [\"a.example\"]\n", vec![]),
+            ("[egress]\ndeny = [\"x.example\"]\n", vec![]),
+            ("[modules]\nprivate = \"corp.example\"\n", vec![]),
+            (
+                "[upstream.overrides]\n\"a.example\" = \"http://127.0.0.1:1\"\n",
+                vec![],
+            ),
+            (
+                "[sumdb.dbs]\n\"s.example\" = \"https://s.example\"\n",
+                vec![],
+            ),
+        ];
+        for (text, want) in table {
+            let new = parse(text).unwrap();
+            assert_eq!(restart_keys(&old, &new), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_added_optional_key_is_named_too() {
+        let new = parse("[transparent]\nlisten = \"127.0.0.1:3130\"\n").unwrap();
+        assert_eq!(
+            restart_keys(&Config::default(), &new),
+            vec!["transparent.listen"]
+        );
+    }
+
+    /// Every configuration error names its key, whether serde, validation or compiling found it.
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let cases = [
+            ("[ca]\nleaf_validity = \"90days\"\n", "ca.leaf_validity:"),
+            ("[egress]\ndeny = [\"a[\"]\n", "egress.deny[0]:"),
+            (
+                "[upstream.overrides]\n\"proxy.golang.org\" = \"ftp://x\"\n",
+                "upstream.overrides.\"proxy.golang.org\":",
+            ),
+            (
+                "[[auth.users]]\nname = \"ci\"\npassword_hash = \"plain\"\n",
+                "auth.users[0].password_hash:",
+            ),
+            (
+                "[upstream]\nconnect_timeout = \"0s\"\n",
+                "upstream.connect_timeout:",
+            ),
+            ("[log]\nlevel = \"modgate=loud\"\n", "log.level:"),
+            ("[log]\nformat = \"xml\"\n", "log.format:"),
+            ("[modules]\nprivate = \"ok.com,bad[\"\n", "modules.private:"),
+            ("[modules]\nupstream = \"ftp://x\"\n", "modules.upstream:"),
+            (
+                "[modules]\nproxy_hosts = [\"a b\"]\n",
+                "modules.proxy_hosts[0]:",
+            ),
+            ("[cache]\nmax_size = \"lots\"\n", "cache.max_size:"),
+            (
+                "[[private.routes]]\nmodule = \"corp.example/{x\"\ngit = \"https://g/{x}\"\n",
+                "private.routes[0].module:",
+            ),
+            (
+                "[[private.routes]]\nmodule = \"corp.example/{x}\"\ngit = \"https://g/{y}\"\n",
+                "private.routes[0].git:",
+            ),
+            (
+                "[[private.routes]]\nmodule = \"corp.example/{x}\"\ngit = \"https://g/{x}\"\ntoken_env = \"A\"\npassword_env = \"B\"\n",
+                "private.routes[0].password_env:",
+            ),
+            (
+                "[sumdb.dbs]\n\"sum.x.org\" = \"nope\"\n",
+                "sumdb.dbs.\"sum.x.org\":",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).and_then(|c| check(&c)).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{text:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The composition root: turns a configuration into a running gateway, once. It compiles the
+//! reloadable rules ([`compile::live`]), builds the restart-only services (CA, caches, upstream
+//! client, mirrors, listeners), starts the accept loops, and reloads and shuts down.
+
+pub mod admin;
+pub mod compile;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwapOption;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, Config};
+use crate::egress::upstream::UpstreamClient;
+use crate::ingress::{self, Ingress};
+use crate::serve;
+use crate::store::disk::DiskCache;
+use crate::store::mirror::Mirrors;
+use crate::store::shared::SharedStore;
+use crate::telemetry::metrics::Metrics;
+use crate::tls::ca::{CertAuthority, LeafCache};
+
+/// What the admin listener and reloads need: the listeners' shared state, the CA and the file
+/// the configuration came from.
+#[derive(Debug)]
+pub struct Runtime {
+    pub ingress: Arc<Ingress>,
+    pub ca: Arc<CertAuthority>,
+    /// The file the configuration came from, for reloads.
+    pub config_path: Option<std::path::PathBuf>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Keys that changed but take effect only after a restart.
+    pub restart_keys: Vec<String>,
+}
+
+impl Runtime {
+    fn metrics(&self) -> &Metrics {
+        &self.ingress.serve.metrics
+    }
+
+    /// Re-reads the configuration file and swaps in its rules, routes and credentials. Requests
+    /// already running finish with the rules they started with; on any error the current rules
+    /// stay in force. Keys that need a restart are named in the answer and in a warning.
+    pub fn reload(&self) -> anyhow::Result<Reloaded> {
+        let res = self.try_reload();
+        let outcome = if res.is_ok() { "ok" } else { "error" };
+        self.metrics()
+            .config_reloads
+            .with_label_values(&[outcome])
+            .inc();
+        match &res {
+            Ok(r) if r.restart_keys.is_empty() => tracing::info!("configuration reloaded"),
+            Ok(r) => tracing::warn!(
+                keys = ?r.restart_keys,
+                "configuration reloaded; these keys changed but take effect only after a restart"
+            ),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "configuration reload refused; the previous configuration stays in force")
+            }
+        }
+        res
+    }
+
+    fn try_reload(&self) -> anyhow::Result<Reloaded> {
+        let path = self.config_path.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("modgate was started without --config; nothing to reload")
+        })?;
+        let config = config::load(path)?;
+        let live = compile::live(&config, &self.ingress.serve.metrics)?;
+        let auth = compile::auth(&config);
+        let restart_keys = compile::restart_keys(&self.ingress.serve.config, &config);
+        self.ingress.serve.swap_live(live);
+        self.ingress.auth.store(auth);
+        Ok(Reloaded { restart_keys })
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    runtime: Arc<Runtime>,
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    transparent_addr: Option<SocketAddr>,
+    created_ca: bool,
+    accept_loops: TaskTracker,
+}
+
+impl Gateway {
+    /// Loads (or creates) the CA, binds both listeners and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        Self::start_with_path(config, None).await
+    }
+
+    /// Like [`start`](Self::start), remembering the file the configuration came from so that
+    /// SIGHUP and `POST /-/reload` can re-read it.
+    pub async fn start_with_path(
+        config: Config,
+        config_path: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Gateway> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::new());
+        let live = compile::live(&config, &metrics)?;
+        let constraints = if config.ca.name_constraints {
+            Some(
+                live.policy
+                    .ca_name_constraints()
+                    .map_err(|e| anyhow::anyhow!("ca.name_constraints: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let (ca, created_ca) = CertAuthority::load_or_init(&config.ca.dir, constraints.as_deref())?;
+        let ca = Arc::new(ca);
+        let leaves = LeafCache::new(ca.clone(), config.ca.leaf_validity, metrics.clone());
+        let upstream = UpstreamClient::new(&config.upstream, metrics.clone())
+            .map_err(|e| anyhow::anyhow!("upstream: {e}"))?;
+        std::fs::create_dir_all(&config.storage.data_dir).with_context(|| {
+            format!(
+                "storage.data_dir: cannot create {}",
+                config.storage.data_dir.display()
+            )
+        })?;
+        let cache = {
+            let dir = config.storage.data_dir.clone();
+            let max = config.cache.max_size.as_u64();
+            let store_metrics = metrics.store();
+            tokio::task::spawn_blocking(move || DiskCache::open(&dir, max, store_metrics))
+                .await?
+                .with_context(|| "storage.data_dir: cannot open the module cache")?
+        };
+        let shared = match &config.shared_cache.bucket {
+            Some(bucket) => Some(Arc::new(
+                SharedStore::connect(&config.shared_cache, bucket, metrics.shared_cache.clone())
+                    .await?,
+            )),
+            None => None,
+        };
+        let mirrors = Mirrors::new(
+            &config.storage.data_dir,
+            config.private.mirror_ttl,
+            config.private.fetch_timeout,
+        )
+        .with_context(|| "storage.data_dir: cannot create the mirror directory")?;
+        let proxy_listener = TcpListener::bind(config.proxy.listen)
+            .await
+            .with_context(|| format!("proxy.listen: cannot bind {}", config.proxy.listen))?;
+        let admin_listener = TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
+        let proxy_addr = proxy_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let transparent_listener = match config.transparent.listen {
+            Some(addr) => Some(
+                ingress::transparent::bind(&config.transparent, addr)
+                    .with_context(|| format!("transparent.listen: cannot bind {addr}"))?,
+            ),
+            None => None,
+        };
+        let transparent_addr = match &transparent_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        let conn_limit = Arc::new(tokio::sync::Semaphore::new(config.proxy.max_connections));
+        let auth = compile::auth(&config);
+        let serve = Arc::new(serve::State::new(
+            config,
+            metrics,
+            upstream,
+            Arc::new(cache),
+            shared,
+            mirrors,
+            live,
+        ));
+        let ingress = Arc::new(Ingress {
+            serve,
+            auth: ArcSwapOption::new(auth),
+            leaves,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            conn_limit,
+        });
+        let runtime = Arc::new(Runtime {
+            ingress: ingress.clone(),
+            ca,
+            config_path,
+        });
+        let accept_loops = TaskTracker::new();
+        accept_loops.spawn(ingress::listener::run(proxy_listener, ingress.clone()));
+        accept_loops.spawn(admin::run(admin_listener, runtime.clone()));
+        if let (Some(listener), Some(addr)) = (transparent_listener, transparent_addr) {
+            let own = vec![proxy_addr, admin_addr, addr];
+            accept_loops.spawn(ingress::transparent::run(listener, ingress.clone(), own));
+            tracing::info!(transparent_addr = %addr, "gateway mode: transparent listener started");
+        }
+        accept_loops.close();
+        tracing::info!(%proxy_addr, %admin_addr, ca = %runtime.ca.cert_path().display(), "modgate started");
+        Ok(Gateway {
+            runtime,
+            proxy_addr,
+            admin_addr,
+            transparent_addr,
+            created_ca,
+            accept_loops,
+        })
+    }
+
+    /// Address of the proxy listener.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// Address of the admin listener.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Address of the transparent (gateway-mode) listener, when configured.
+    pub fn transparent_addr(&self) -> Option<SocketAddr> {
+        self.transparent_addr
+    }
+
+    /// Whether this start created a new CA.
+    pub fn created_ca(&self) -> bool {
+        self.created_ca
+    }
+
+    /// The gateway's CA.
+    pub fn ca(&self) -> &Arc<CertAuthority> {
+        &self.runtime.ca
+    }
+
+    /// The running state (metrics, rules, reload), for the CLI and tests.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The lines an agent needs, for this gateway.
+    pub fn agent_env(&self) -> String {
+        let ca_path = std::path::absolute(self.runtime.ca.cert_path())
+            .unwrap_or_else(|_| self.runtime.ca.cert_path());
+        agent_env_lines(&format!("http://{}", self.proxy_addr), &ca_path)
+    }
+
+    /// Stops accepting, lets in-flight requests and tunnels finish for at most the configured
+    /// drain time, then returns. Returns whether everything finished in time.
+    pub async fn shutdown(self) -> bool {
+        let ingress = &self.runtime.ingress;
+        let deadline = ingress.serve.config.proxy.drain_timeout;
+        ingress.shutdown.cancel();
+        self.accept_loops.wait().await;
+        ingress.tasks.close();
+        let drained = tokio::time::timeout(deadline, ingress.tasks.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                remaining = ingress.tasks.len(),
+                "drain deadline reached; closing remaining connections"
+            );
+        }
+        // The cache's background fsyncs, and a clean stop recorded: a later start, on any boot,
+        // then removes nothing.
+        let cache = ingress.serve.cache.clone();
+        let _ = tokio::task::spawn_blocking(move || cache.settle()).await;
+        drained
+    }
+
+    /// Runs until `stop` completes (e.g. a signal), reloading the configuration on SIGHUP, then
+    /// shuts down gracefully.
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = hup.recv() => {
+                        let runtime = self.runtime.clone();
+                        let _ = tokio::task::spawn_blocking(move || runtime.reload()).await;
+                    }
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload");
+                stop.await;
+            }
+        }
+        let drained = self.shutdown().await;
+        tracing::info!(drained, "modgate stopped");
+    }
+}
+
+/// Completes on SIGTERM or ctrl-c. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal arriving during start-up is not lost.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("interrupt: draining"),
+        }
+    })
+}
+
+/// Shell lines that point an agent at a gateway.
+pub fn agent_env_lines(proxy_url: &str, ca_path: &std::path::Path) -> String {
+    format!(
+        "export HTTPS_PROXY={proxy_url}\nexport SSL_CERT_FILE={ca}\nexport GIT_SSL_CAINFO={ca}\n",
+        ca = ca_path.display()
+    )
+}

@@ -1,0 +1,116 @@
+//! What every request handler may use: [`State`], built once at start (the restart-only part of
+//! the configuration and the long-lived services), and [`Live`], the compiled rules a reload
+//! swaps. Both are built by `crate::gateway`; handlers take one [`Live`] snapshot per request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use modgate_core::base_url::BaseUrl;
+use modgate_core::policy::Policy;
+use modgate_core::policy::egress::Decision;
+use modgate_core::policy::goproxy::GoProxyList;
+use modgate_core::policy::host::normalize_host;
+
+use crate::config::Config;
+use crate::egress::upstream::UpstreamClient;
+use crate::serve::cached::FillOutcome;
+use crate::serve::private::PrivateBackend;
+use crate::store::disk::DiskCache;
+use crate::store::flight::Flights;
+use crate::store::mirror::Mirrors;
+use crate::store::shared::SharedStore;
+use crate::telemetry::metrics::Metrics;
+
+/// The long-lived services a request may use, shared by all of them.
+#[derive(Debug)]
+pub struct State {
+    /// The configuration the gateway started with. Only its restart-only keys are read through
+    /// this field (cache TTLs, timeouts, storage); reloadable ones are read from [`Live`].
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub upstream: UpstreamClient,
+    pub cache: Arc<DiskCache>,
+    /// The bucket shared with other replicas, when `shared_cache.bucket` is set.
+    pub shared: Option<Arc<SharedStore>>,
+    pub flights: Arc<Flights<FillOutcome>>,
+    pub mirrors: Mirrors,
+    /// Rules, routes and credentials; replaced as a whole on reload.
+    live: ArcSwap<Live>,
+}
+
+impl State {
+    /// Puts the services and the first compiled rules together.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        upstream: UpstreamClient,
+        cache: Arc<DiskCache>,
+        shared: Option<Arc<SharedStore>>,
+        mirrors: Mirrors,
+        live: Live,
+    ) -> State {
+        State {
+            config,
+            metrics,
+            upstream,
+            cache,
+            shared,
+            flights: Arc::default(),
+            mirrors,
+            live: ArcSwap::from_pointee(live),
+        }
+    }
+
+    /// Counts an egress decision (`modgate_egress_decisions_total`) and hands it back.
+    pub fn counted(&self, decision: Decision) -> Decision {
+        self.metrics
+            .egress_decisions
+            .with_label_values(&[decision.kind()])
+            .inc();
+        decision
+    }
+
+    /// The current rules. Take one snapshot per request and use it throughout.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Swaps in newly compiled rules; requests already running keep the snapshot they took.
+    pub fn swap_live(&self, live: Live) {
+        self.live.store(Arc::new(live));
+    }
+}
+
+/// The reloadable part of the configuration, compiled: policy (intercept set, egress, private
+/// patterns and routes), upstream overrides, the public GOPROXY list, checksum databases and
+/// private-route credentials.
+#[derive(Debug)]
+pub struct Live {
+    /// The configuration this snapshot was compiled from (its reloadable keys are read here).
+    pub config: Config,
+    pub policy: Policy,
+    pub overrides: HashMap<String, BaseUrl>,
+    /// The public GOPROXY list.
+    pub public_upstreams: GoProxyList,
+    /// Checksum-database name -> base URL.
+    pub sumdbs: HashMap<String, BaseUrl>,
+    /// One backend per `[[private.routes]]` entry, in order.
+    pub private: Vec<PrivateBackend>,
+}
+
+impl Live {
+    /// Where requests for `host:port` go: its override, or `https://host:port`.
+    pub fn upstream_base(&self, host: &str, port: u16) -> Result<BaseUrl, String> {
+        Ok(self.resolve(&BaseUrl::https(host, port)?))
+    }
+
+    /// `base` with its host's override applied, if one is configured.
+    pub fn resolve(&self, base: &BaseUrl) -> BaseUrl {
+        match self.overrides.get(&normalize_host(base.host())) {
+            Some(over) => base.with_override(over),
+            None => base.clone(),
+        }
+    }
+}
