@@ -8,13 +8,13 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::Body;
 use crate::egress::upstream;
 use crate::ingress::Ingress as State;
-use crate::ingress::{mitm, tunnel};
+use crate::ingress::{conn, mitm, tunnel};
 use crate::serve::respond::text;
 use crate::telemetry::ctx::ConnCtx;
 use modgate_core::policy::egress::Decision;
@@ -22,7 +22,7 @@ use modgate_core::policy::host::{normalize_host, valid_host};
 
 /// Accepts connections until shutdown.
 pub async fn run(listener: TcpListener, state: Arc<State>) {
-    accept_loop(
+    conn::accept_loop(
         listener,
         state,
         "proxy",
@@ -31,99 +31,6 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
         },
     )
     .await
-}
-
-/// Accepts connections until shutdown, each holding one `proxy.max_connections` permit while
-/// `serve` runs. A connection over the limit is counted and, on the proxy listener, answered 503
-/// (a redirected connection is just closed: its protocol is not known yet).
-pub async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    state: Arc<State>,
-    name: &'static str,
-    serve: F,
-) where
-    F: Fn(TcpStream, SocketAddr, Arc<State>, tokio::sync::OwnedSemaphorePermit) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    loop {
-        let accepted = tokio::select! {
-            _ = state.shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                match state.conn_limit.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        state
-                            .tasks
-                            .spawn(serve(stream, peer, state.clone(), permit));
-                    }
-                    Err(_) => {
-                        state
-                            .serve
-                            .metrics
-                            .limit_hits
-                            .with_label_values(&["connections"])
-                            .inc();
-                        if name == "proxy" {
-                            tokio::spawn(refuse_busy(stream));
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                // Typically EMFILE: back off briefly instead of spinning.
-                tracing::warn!(listener = name, error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Answers 503 to a connection over `proxy.max_connections` and closes it.
-async fn refuse_busy(mut stream: TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    let msg = "modgate: too many connections; try again shortly\n";
-    let resp = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}",
-        msg.len()
-    );
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-        let _ = stream.write_all(resp.as_bytes()).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
-}
-
-/// The HTTP/1.1 server settings for agent-facing connections.
-pub fn http1_builder(state: &State) -> hyper::server::conn::http1::Builder {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.serve.config.proxy.header_read_timeout)
-        .max_header_size(state.serve.config.proxy.max_head_size.as_u64() as usize)
-        .max_headers(state.serve.config.proxy.max_headers);
-    builder
-}
-
-/// Counts the limits a finished connection ran into.
-pub fn count_conn_error(state: &State, e: &hyper::Error) {
-    if e.is_parse_too_large() {
-        state
-            .serve
-            .metrics
-            .limit_hits
-            .with_label_values(&["head_size"])
-            .inc();
-    } else if e.is_timeout() {
-        state
-            .serve
-            .metrics
-            .limit_hits
-            .with_label_values(&["header_timeout"])
-            .inc();
-    }
 }
 
 async fn serve_client(
@@ -135,7 +42,7 @@ async fn serve_client(
     let _conn = state.serve.metrics.connection("client");
     let svc_state = state.clone();
     let svc = service_fn(move |req| handle(req, peer, svc_state.clone(), permit.clone()));
-    let builder = http1_builder(&state);
+    let builder = conn::http1_builder(&state);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
@@ -143,7 +50,7 @@ async fn serve_client(
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
-                count_conn_error(&state, &e);
+                conn::count_conn_error(&state, &e);
                 tracing::debug!(%peer, error = %e, "client connection ended with error");
             }
         }

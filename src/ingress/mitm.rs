@@ -146,7 +146,7 @@ where
         res = http.as_mut() => {
             if let Err(e) = res {
                 if let Some(he) = e.downcast_ref::<hyper::Error>() {
-                    crate::ingress::listener::count_conn_error(&state, he);
+                    crate::ingress::conn::count_conn_error(&state, he);
                 }
                 if is_reset_flood(e.as_ref()) {
                     state.serve.metrics.limit_hits.with_label_values(&["h2_reset_flood"]).inc();

@@ -3,6 +3,7 @@
 //! [`crate::serve::dispatch`]; ingress itself decides only about connections.
 
 pub mod auth;
+pub mod conn;
 pub mod io;
 pub mod listener;
 pub mod mitm;

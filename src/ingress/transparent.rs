@@ -36,18 +36,6 @@ pub const MAX_CLIENT_HELLO: usize = 64 * 1024;
 /// A fatal TLS alert, access_denied: what a refused TLS client sees.
 const ALERT_ACCESS_DENIED: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31];
 
-/// Every outcome label of `modgate_transparent_connections_total`.
-pub const OUTCOMES: [&str; 8] = [
-    "intercept",
-    "splice",
-    "http",
-    "deny",
-    "loop",
-    "bad_client_hello",
-    "timeout",
-    "connect_failed",
-];
-
 /// Binds the transparent listener, with IP_TRANSPARENT for TPROXY when configured.
 pub fn bind(cfg: &TransparentConfig, addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -68,7 +56,7 @@ pub fn bind(cfg: &TransparentConfig, addr: SocketAddr) -> std::io::Result<TcpLis
 /// for loop refusal.
 pub async fn run(listener: TcpListener, state: Arc<State>, own: Vec<SocketAddr>) {
     let own = Arc::new(own);
-    crate::ingress::listener::accept_loop(
+    crate::ingress::conn::accept_loop(
         listener,
         state,
         "transparent",
@@ -308,13 +296,12 @@ async fn serve_plain(
 ) {
     let svc_state = state.clone();
     let svc = service_fn(move |req| plain_request(req, peer, orig, svc_state.clone()));
-    let conn =
-        crate::ingress::listener::http1_builder(&state).serve_connection(TokioIo::new(io), svc);
+    let conn = crate::ingress::conn::http1_builder(&state).serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
-                crate::ingress::listener::count_conn_error(&state, &e);
+                crate::ingress::conn::count_conn_error(&state, &e);
             }
         }
         _ = state.shutdown.cancelled() => {

@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntGauge;
 
 use super::durable::{self, Queued, Tracker};
+use crate::telemetry::metrics::StoreMetrics;
 
 /// Suffix of not-found entries. `@` appears in no module path or version, so no answer's key
 /// ends this way (`.notfound` did: a lookup of `m@v1.0.0-x.notfound` met `m@v1.0.0-x`'s).
@@ -45,17 +46,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Gauges and counters the cache keeps current.
-#[derive(Debug, Clone)]
-pub struct StoreMetrics {
-    pub bytes: IntGauge,
-    pub entries: IntGauge,
-    pub evictions: IntCounter,
-    pub errors: IntCounter,
-    /// Entries in place whose background fsync has not completed.
-    pub unsynced: IntGauge,
 }
 
 /// A cached entry as found.
@@ -808,6 +798,7 @@ impl Drop for PendingEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus::IntCounter;
 
     fn metrics() -> StoreMetrics {
         StoreMetrics {

@@ -49,18 +49,6 @@ const PART: usize = 8 * 1024 * 1024;
 /// User metadata naming when an entry was fetched from upstream (Unix milliseconds).
 const FETCHED_META: &str = "modgate-fetched-ms";
 
-/// Events of `modgate_shared_cache_total`.
-pub const EVENTS: [&str; 8] = [
-    "hit",
-    "miss",
-    "lock_won",
-    "lock_waited",
-    "published",
-    "rejected",
-    "error",
-    "lock_expired",
-];
-
 /// The bucket, its prefix and this replica's identity.
 pub struct SharedStore {
     store: Arc<dyn ObjectStore>,

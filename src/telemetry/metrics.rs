@@ -14,6 +14,41 @@ const LATENCY_BUCKETS: &[f64] = &[
     60.0, 120.0,
 ];
 
+/// Events of `modgate_shared_cache_total`.
+pub const SHARED_CACHE_EVENTS: [&str; 8] = [
+    "hit",
+    "miss",
+    "lock_won",
+    "lock_waited",
+    "published",
+    "rejected",
+    "error",
+    "lock_expired",
+];
+
+/// Every outcome label of `modgate_transparent_connections_total`.
+pub const TRANSPARENT_OUTCOMES: [&str; 8] = [
+    "intercept",
+    "splice",
+    "http",
+    "deny",
+    "loop",
+    "bad_client_hello",
+    "timeout",
+    "connect_failed",
+];
+
+/// Gauges and counters the cache keeps current.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    pub bytes: IntGauge,
+    pub entries: IntGauge,
+    pub evictions: IntCounter,
+    pub errors: IntCounter,
+    /// Entries in place whose background fsync has not completed.
+    pub unsynced: IntGauge,
+}
+
 /// Handles to all metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -281,10 +316,10 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         // Series that exist from the start read as 0 instead of absent.
-        for event in crate::store::shared::EVENTS {
+        for event in SHARED_CACHE_EVENTS {
             m.shared_cache.with_label_values(&[event]);
         }
-        for outcome in crate::ingress::transparent::OUTCOMES {
+        for outcome in TRANSPARENT_OUTCOMES {
             m.transparent_connections.with_label_values(&[outcome]);
         }
         for kind in ["client", "tunnel", "intercept", "transparent"] {
@@ -327,8 +362,8 @@ impl Metrics {
     }
 
     /// The handles the disk cache keeps current.
-    pub fn store(&self) -> crate::store::disk::StoreMetrics {
-        crate::store::disk::StoreMetrics {
+    pub fn store(&self) -> StoreMetrics {
+        StoreMetrics {
             bytes: self.cache_bytes.clone(),
             entries: self.cache_entries.clone(),
             evictions: self.cache_evictions.clone(),
