@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     cfg.modules.private = modgate::config::PatternList(vec!["*.corp.example,github.com/acme/*".into()]);
     let policy = modgate::gateway::compile::policy(&cfg).unwrap();
     for host in [host, "proxy.golang.org", "sum.golang.org"] {
-        if let Ok((_, route)) = policy.decide(host, method, path, query) {
+        if let Ok((_, route)) = policy.decide(modgate_core::policy::Entry::Intercepted, host, method, path, query) {
             let key = match &route {
                 Route::Public(f) => Some(f.key().to_string()),
                 Route::SumDb(f) => Some(f.key().to_string()),

@@ -49,7 +49,13 @@ pub fn explain(config: &Config, input: &str) -> Result<String, String> {
     if decision != Decision::Intercept {
         return Ok(out);
     }
-    let (target, route) = match policy.decide(&host, "GET", uri.path(), uri.query()) {
+    let (target, route) = match policy.decide(
+        modgate_core::policy::Entry::Intercepted,
+        &host,
+        "GET",
+        uri.path(),
+        uri.query(),
+    ) {
         Ok(v) => v,
         Err(e) => {
             let _ = writeln!(out, "target:      invalid");

@@ -14,6 +14,7 @@ use crate::egress::upstream::Wire;
 use crate::serve::State;
 use crate::serve::respond::{ServeError, error_response};
 use crate::telemetry::ctx::{ConnCtx, ReqCtx};
+use modgate_core::policy::Entry;
 use modgate_core::policy::egress::Decision;
 use modgate_core::policy::host::normalize_host;
 use modgate_core::policy::route::Route;
@@ -120,26 +121,20 @@ async fn forward_plain(
     if let Decision::Deny(reason) = decision {
         return Err(ServeError::ClientForbidden(reason));
     }
-    // The go command sends `GOPROXY=http://…` (or an http:// go-get or git URL) through
-    // HTTP_PROXY as exactly this request: private paths are kept here as on intercepted
-    // connections.
-    let path = req.uri().path().to_string();
-    match dynamic
-        .policy
-        .decide(host, req.method().as_str(), &path, req.uri().query())
-    {
+    // The go command sends `GOPROXY=http://...` (or an http:// go-get or git URL) through
+    // HTTP_PROXY as exactly this request: route decides about private paths as it does for
+    // intercepted ones.
+    let decided = dynamic.policy.decide(
+        Entry::PlainHttp,
+        host,
+        req.method().as_str(),
+        req.uri().path(),
+        req.uri().query(),
+    );
+    match decided {
         Err(e) if dynamic.policy.classifier.is_read_only_host(host) => return Err(e.into()),
         Ok((_, Route::PrivateRefused { kind, message, .. })) => {
             return Err(super::refuse_private(state, kind, message));
-        }
-        Ok((target, Route::Private(_) | Route::GoGetAnswer { .. } | Route::GitForward { .. })) => {
-            return Err(super::refuse_private(
-                state,
-                target.kind(),
-                format!(
-                    "not found: {host}{path} is private; modgate serves private modules over https:// only"
-                ),
-            ));
         }
         _ => {}
     }

@@ -23,6 +23,7 @@ use crate::serve::cached::{Source, Spec};
 use crate::serve::respond::ServeError;
 use crate::telemetry::access_log;
 use crate::telemetry::ctx::ReqCtx;
+use modgate_core::policy::Entry;
 use modgate_core::policy::classify::{ProxyOp, SumDbOp, Target};
 use modgate_core::policy::route::{PublicFetch, Route, SumDbFetch};
 
@@ -46,6 +47,7 @@ async fn handle(
 ) -> Result<Response<Body>, ServeError> {
     let dynamic = state.live();
     let decided = dynamic.policy.decide(
+        Entry::Intercepted,
         &ctx.conn.host,
         req.method().as_str(),
         req.uri().path(),

@@ -12,6 +12,7 @@ pub mod route;
 use classify::{Classifier, ClassifyError, Target};
 use egress::EgressPolicy;
 use patterns::Patterns;
+pub use route::Entry;
 use route::{Route, Rules};
 
 /// The configuration a [`Policy`] is compiled from (the gateway's configuration, in core terms).
@@ -139,48 +140,145 @@ impl Policy {
             .collect()
     }
 
-    /// Classifies and routes one request.
+    /// Classifies and routes one request that reached modgate by `entry`. The never-leak
+    /// decision is [`route::route_request`]'s, for every entry alike.
     pub fn decide(
         &self,
+        entry: Entry,
         host: &str,
         method: &str,
         raw_path: &str,
         query: Option<&str>,
     ) -> Result<(Target, Route), ClassifyError> {
         let target = self.classifier.classify(host, method, raw_path, query)?;
-        if let Target::Other = target
-            && let Some(route) = self.private_other(host, raw_path)
-        {
-            return Ok((target, route));
-        }
-        let route = route::route(&target, &self.rules);
+        let request = route::RequestFacts {
+            entry,
+            host,
+            raw_path,
+            read_only_host: self.classifier.is_read_only_host(host),
+        };
+        let route = route::route_request(&target, &self.rules, &request);
         Ok((target, route))
     }
+}
 
-    /// A request that is no module protocol (the go command's own GET of a repository URL
-    /// after git failed, git's dumb protocol, a web page) for a repository a private route
-    /// serves from another host: refused here, so the private name does not go on to the host
-    /// the route stands in for (`github.com/acme/{repo}` served from an internal host). When
-    /// the host is the route's own git host, nothing leaks and the request goes on.
-    fn private_other(&self, host: &str, raw_path: &str) -> Option<Route> {
-        if self.rules.routes.is_empty() || self.classifier.is_read_only_host(host) {
-            return None;
-        }
-        let path = classify::percent_decode(raw_path).ok()?;
-        let candidate = format!("{host}{}", path.trim_end_matches('/'));
-        let repo = self.rules.routes.repo_for(&candidate)?;
-        let git_host = http::Uri::try_from(repo.git_url.as_str())
-            .ok()
-            .and_then(|u| u.host().map(host::normalize_host));
-        if git_host.as_deref() == Some(host) {
-            return None;
-        }
-        Some(Route::PrivateRefused {
-            message: format!(
-                "not found: {candidate} is private (served by a private route from its internal host); modgate answers it with go-get discovery and git only, and does not forward other requests for it to {host}"
-            ),
-            rule: format!("private route for {}", repo.root),
-            kind: "other",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy::new(&PolicySpec {
+            proxy_hosts: vec!["proxy.golang.org".into()],
+            sumdb_names: vec!["sum.golang.org".into()],
+            private: vec!["*.corp.example".into()],
+            routes: vec![(
+                "github.com/acme/{repo}".into(),
+                "https://git.internal.example/acme/{repo}.git".into(),
+            )],
+            egress_allow: vec!["*".into()],
+            ..PolicySpec::default()
         })
+        .unwrap()
+    }
+
+    /// The never-leak decision for every way a request reaches modgate: after CONNECT and in
+    /// gateway mode over TLS (both intercepted), and in plain HTTP on the proxy listener or a
+    /// redirected port 80 (both forwarded unless route keeps them). A private module path is
+    /// answered by a private route (over TLS only) or refused; it never takes a public route.
+    #[test]
+    fn one_never_leak_decision_for_every_entry_point() {
+        let p = policy();
+        let entries = [
+            ("CONNECT + TLS", Entry::Intercepted),
+            ("gateway mode, TLS", Entry::Intercepted),
+            ("plain HTTP on the proxy listener", Entry::PlainHttp),
+            ("gateway mode, port 80", Entry::PlainHttp),
+        ];
+        // (host, path, query, route over TLS, route in plain HTTP)
+        let table = [
+            (
+                "proxy.golang.org",
+                "/git.corp.example/x/@v/list",
+                None,
+                "private_refused",
+                "private_refused",
+            ),
+            (
+                "proxy.golang.org",
+                "/git.corp.example/x/@v/v1.0.0.zip",
+                None,
+                "private_refused",
+                "private_refused",
+            ),
+            (
+                "sum.golang.org",
+                "/lookup/git.corp.example/x@v1.0.0",
+                None,
+                "private_refused",
+                "private_refused",
+            ),
+            (
+                "sum.golang.org",
+                "/lookup/github.com/acme/tool@v1.0.0",
+                None,
+                "private_refused",
+                "private_refused",
+            ),
+            (
+                "proxy.golang.org",
+                "/github.com/acme/tool/@v/list",
+                None,
+                "private",
+                "private_refused",
+            ),
+            (
+                "github.com",
+                "/acme/tool",
+                Some("go-get=1"),
+                "goget_answer",
+                "private_refused",
+            ),
+            (
+                "github.com",
+                "/acme/tool.git/info/refs",
+                Some("service=git-upload-pack"),
+                "git_forward",
+                "private_refused",
+            ),
+            // The go command's own GET of the repository URL: the host a route stands in for.
+            (
+                "github.com",
+                "/acme/tool",
+                None,
+                "private_refused",
+                "private_refused",
+            ),
+            // The same on the route's own git host leaks nothing.
+            (
+                "git.internal.example",
+                "/acme/tool",
+                None,
+                "forward",
+                "forward",
+            ),
+            (
+                "proxy.golang.org",
+                "/golang.org/x/mod/@v/list",
+                None,
+                "public",
+                "public",
+            ),
+            ("github.com", "/golang/go", None, "forward", "forward"),
+        ];
+        for (name, entry) in entries {
+            for (host, path, query, tls, plain) in table {
+                let want = match entry {
+                    Entry::Intercepted => tls,
+                    Entry::PlainHttp => plain,
+                };
+                let (_, route) = p.decide(entry, host, "GET", path, query).unwrap();
+                assert_eq!(route.name(), want, "{name}: {host}{path}?{query:?}");
+            }
+        }
     }
 }

@@ -226,6 +226,95 @@ pub struct Rules {
 }
 
 /// Decides the route for `target`.
+/// How a request reached modgate: the never-leak rule holds for each, decided here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Over TLS that modgate terminated: after CONNECT, or redirected to the gateway-mode
+    /// listener with a ClientHello.
+    Intercepted,
+    /// In plain HTTP: an absolute-form request on the proxy listener (`GOPROXY=http://...`
+    /// through `HTTP_PROXY`), or a redirected port-80 connection in gateway mode. Forwarded as
+    /// it came unless a private path makes it local.
+    PlainHttp,
+}
+
+/// What [`route_request`] needs to know of a request beyond its [`Target`].
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub entry: Entry,
+    /// The host the request is for (normalized).
+    pub host: &'a str,
+    /// The path as received (still percent-encoded).
+    pub raw_path: &'a str,
+    /// Whether `host` is a module proxy or checksum database (reads only).
+    pub read_only_host: bool,
+}
+
+/// The one never-leak decision: the route for `target`, with every way a private module path
+/// could leave modgate closed off.
+///
+/// - A module path matching a private pattern takes a private route, or is refused locally.
+/// - A request that is no module protocol (the go command's own GET of a repository URL after
+///   git failed, git's dumb protocol, a web page) for a repository a private route serves from
+///   another host is refused: the private name does not go on to the host the route stands in
+///   for (`github.com/acme/{repo}` served from an internal host). When the host is the route's
+///   own git host, nothing leaks and the request goes on.
+/// - In plain HTTP, private modules are served by no route (modgate serves them over https://
+///   only), so a private route's answer becomes a local refusal.
+pub fn route_request(target: &Target, rules: &Rules, req: &RequestFacts<'_>) -> Route {
+    let route = match target {
+        Target::Other => private_other(rules, req).unwrap_or_else(|| route(target, rules)),
+        _ => route(target, rules),
+    };
+    match (req.entry, route) {
+        (
+            Entry::PlainHttp,
+            Route::Private(_) | Route::GoGetAnswer { .. } | Route::GitForward { .. },
+        ) => {
+            let path = crate::policy::classify::percent_decode(req.raw_path)
+                .unwrap_or_else(|_| req.raw_path.to_string());
+            Route::PrivateRefused {
+                rule: target
+                    .module_path()
+                    .and_then(|m| rules.private.matching(m))
+                    .unwrap_or("private route")
+                    .to_string(),
+                kind: target.kind(),
+                message: format!(
+                    "not found: {}{path} is private; modgate serves private modules over https:// only",
+                    req.host
+                ),
+            }
+        }
+        (_, route) => route,
+    }
+}
+
+/// [`route_request`]'s rule for unclassified requests on a host a private route stands in for.
+fn private_other(rules: &Rules, req: &RequestFacts<'_>) -> Option<Route> {
+    if rules.routes.is_empty() || req.read_only_host {
+        return None;
+    }
+    let host = req.host;
+    let path = crate::policy::classify::percent_decode(req.raw_path).ok()?;
+    let candidate = format!("{host}{}", path.trim_end_matches('/'));
+    let repo = rules.routes.repo_for(&candidate)?;
+    let git_host = http::Uri::try_from(repo.git_url.as_str())
+        .ok()
+        .and_then(|u| u.host().map(crate::policy::host::normalize_host));
+    if git_host.as_deref() == Some(host) {
+        return None;
+    }
+    Some(Route::PrivateRefused {
+        message: format!(
+            "not found: {candidate} is private (served by a private route from its internal host); modgate answers it with go-get discovery and git only, and does not forward other requests for it to {host}"
+        ),
+        rule: format!("private route for {}", repo.root),
+        kind: "other",
+    })
+}
+
+/// The route for a classified request, whatever way it came (see [`route_request`]).
 pub fn route(target: &Target, rules: &Rules) -> Route {
     if let Some(path) = target.module_path()
         && let Some(rule) = rules.private.matching(path)
