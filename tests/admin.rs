@@ -214,3 +214,120 @@ async fn reload_applies_new_rules_to_new_requests_and_refuses_bad_files() {
         1.0
     );
 }
+
+/// Issue 17: a reload names every changed key it cannot apply, one of each restart-only
+/// section, and still applies the reloadable ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_names_every_key_that_needs_a_restart() {
+    use modgate::Gateway;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("modgate.toml");
+    let base = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{d}/data\"\n[ca]\ndir = \"{d}/certs\"\n",
+        d = dir.path().display(),
+    );
+    std::fs::write(&path, &base).unwrap();
+    let cfg = modgate::config::load(&path).unwrap();
+    let gw = Gateway::start_with_path(cfg, Some(path.clone()))
+        .await
+        .unwrap();
+    let changed = [
+        ("[proxy]\nidle_timeout = \"5s\"\n", "proxy.idle_timeout"),
+        ("[ca]\nleaf_validity = \"3days\"\n", "ca.leaf_validity"),
+        (
+            "[intercept]\nh2_max_concurrent_streams = 7\n",
+            "intercept.h2_max_concurrent_streams",
+        ),
+        (
+            "[upstream]\nconnect_timeout = \"3s\"\n",
+            "upstream.connect_timeout",
+        ),
+        ("[cache]\nmutable_ttl = \"5m\"\n", "cache.mutable_ttl"),
+        (
+            "[shared_cache]\nprefix = \"elsewhere\"\n",
+            "shared_cache.prefix",
+        ),
+        (
+            "[private]\nfetch_timeout = \"9s\"\n",
+            "private.fetch_timeout",
+        ),
+        (
+            "[transparent]\nverify_destination = false\n",
+            "transparent.verify_destination",
+        ),
+        ("[log]\nformat = \"json\"\n", "log.format"),
+        // Reloadable: applied, not named.
+        ("[egress]\ndeny = [\"blocked.example\"]\n", ""),
+    ];
+    // `[proxy]` and `[ca]` are already in the base file: their keys go into those tables.
+    let mut text = base.clone();
+    for (section, _) in &changed {
+        let (head, body) = section.split_once('\n').unwrap();
+        match text.find(&format!("{head}\n")) {
+            Some(i) => text.insert_str(i + head.len() + 1, body),
+            None => text.push_str(section),
+        }
+    }
+    std::fs::write(&path, &text).unwrap();
+    let mut s = TcpStream::connect(gw.admin_addr()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"POST /-/reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (code, _, body) = read_response(&mut s).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.starts_with("reloaded; these keys changed but take effect only after a restart: "),
+        "{body}"
+    );
+    for (_, key) in changed.iter().filter(|(_, k)| !k.is_empty()) {
+        assert!(body.contains(key), "{key} missing from {body:?}");
+    }
+    assert!(!body.contains("egress"), "{body}");
+    let (_, head) = connect(gw.proxy_addr(), "blocked.example:443", "").await;
+    assert_eq!(status(&head), 403, "the reloadable key was applied");
+}
+
+/// Issue 17: a request whose client goes away before the response head still gets its
+/// access-log line and histogram observation, as outcome `client_closed` (status 499).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_cancelled_before_its_head_is_still_observed() {
+    let ca = TestCa::new();
+    let slow: Handler = Arc::new(|_, _| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Response::new(modgate::body::full("too late"))
+        })
+    });
+    let up = Upstream::tls(&ca, slow).await;
+    let base = up.base_url();
+    let gw = TestGateway::start(&ca, move |c| {
+        c.intercept.hosts.push("files.test".into());
+        c.upstream.overrides.insert("files.test".into(), base);
+    })
+    .await;
+    let (stream, head) = connect(gw.proxy, "files.test:443", "").await;
+    assert_eq!(status(&head), 200);
+    let tls = tls_connect(stream, "files.test", gw.roots(), Alpn::H1)
+        .await
+        .unwrap();
+    let request = tokio::spawn(http_get(tls, "files.test", "/slow", Alpn::H1));
+    while up.paths().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The client gives up: its connection closes with the request in flight.
+    request.abort();
+    let labels = [("route", "forward"), ("status", "4xx")];
+    let mut seen = 0.0;
+    for _ in 0..200 {
+        let m = gw.metrics().await;
+        seen = metric(&m, "modgate_request_duration_seconds_count", &labels);
+        if seen >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 1.0, "the cancelled request was observed once");
+}

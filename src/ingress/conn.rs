@@ -7,6 +7,8 @@ use std::sync::Arc;
 use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
 
+use tracing::Instrument as _;
+
 use crate::ingress::Ingress as State;
 
 /// Accepts connections until shutdown, each holding one `proxy.max_connections` permit while
@@ -31,9 +33,12 @@ pub async fn accept_loop<F, Fut>(
                 let _ = stream.set_nodelay(true);
                 match state.conn_limit.clone().try_acquire_owned() {
                     Ok(permit) => {
+                        // `client{peer, listener}`: the connection before it becomes a tunnel or
+                        // an intercepted connection (whose `conn` span is a child of this one).
+                        let span = tracing::info_span!("client", %peer, listener = name);
                         state
                             .tasks
-                            .spawn(serve(stream, peer, state.clone(), permit));
+                            .spawn(serve(stream, peer, state.clone(), permit).instrument(span));
                     }
                     Err(_) => {
                         state

@@ -11,6 +11,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+use tracing::Instrument as _;
+
 use crate::body::Body;
 use crate::egress::upstream;
 use crate::ingress::Ingress as State;
@@ -176,25 +178,36 @@ async fn connect(
                     }
                 };
             let metrics = state.serve.metrics.clone();
-            state.tasks.spawn(async move {
-                let _permit = permit;
-                match hyper::upgrade::on(req).await {
-                    Ok(upgraded) => tunnel::run(TokioIo::new(upgraded), target, metrics).await,
-                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            state.tasks.spawn(
+                async move {
+                    let _permit = permit;
+                    match hyper::upgrade::on(req).await {
+                        Ok(upgraded) => tunnel::run(TokioIo::new(upgraded), target, metrics).await,
+                        Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                    }
                 }
-            });
+                .in_current_span(),
+            );
             Response::new(crate::body::empty())
         }
         Decision::Intercept => {
             let conn = ConnCtx::new(peer, "connect", host, port);
             let task_state = state.clone();
-            state.tasks.spawn(async move {
-                let _permit = permit;
-                match hyper::upgrade::on(req).await {
-                    Ok(upgraded) => mitm::serve(TokioIo::new(upgraded), conn, task_state).await,
-                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            state.tasks.spawn(
+                async move {
+                    let _permit = permit;
+                    match hyper::upgrade::on(req).await {
+                        Ok(upgraded) => {
+                            let span = conn.span.clone();
+                            mitm::serve(TokioIo::new(upgraded), conn, task_state)
+                                .instrument(span)
+                                .await
+                        }
+                        Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                    }
                 }
-            });
+                .in_current_span(),
+            );
             Response::new(crate::body::empty())
         }
     }

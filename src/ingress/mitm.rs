@@ -97,6 +97,7 @@ where
                 .path_and_query()
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_else(|| "/".into()),
+            svc_state.serve.metrics.clone(),
         );
         let fut = crate::serve::dispatch(req, ctx, svc_state.serve.clone());
         async move {

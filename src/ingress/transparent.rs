@@ -20,6 +20,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use tracing::Instrument as _;
+
 use crate::body::Body;
 use crate::config::{NoSni, TransparentConfig};
 use crate::ingress::Ingress as State;
@@ -196,7 +198,10 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
             outcome("intercept");
             let host = sni.expect("only a named host is intercepted");
             let conn = ConnCtx::new(peer, "transparent", host, orig.port());
-            mitm::serve(Prefixed::new(prefix, stream), conn, state).await;
+            let span = conn.span.clone();
+            mitm::serve(Prefixed::new(prefix, stream), conn, state)
+                .instrument(span)
+                .await;
         }
         Decision::Tunnel => {
             if let Some(host) = &sni

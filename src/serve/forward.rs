@@ -11,6 +11,8 @@ use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::egress::upstream::Wire;
+use tracing::Instrument as _;
+
 use crate::serve::State;
 use crate::serve::respond::{ServeError, error_response};
 use crate::telemetry::ctx::{ConnCtx, ReqCtx};
@@ -96,13 +98,23 @@ pub async fn plain_http(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let mut ctx = ReqCtx::new(conn, req.method().clone(), host.clone(), path);
-    ctx.route = "http_forward";
-    let resp = match forward_plain(req, &host, &mut ctx, &state).await {
+    let mut ctx = ReqCtx::new(
+        conn,
+        req.method().clone(),
+        host.clone(),
+        path,
+        state.metrics.clone(),
+    );
+    ctx.set_route("http_forward", ctx.kind);
+    let span = ctx.span.clone();
+    let resp = match forward_plain(req, &host, &mut ctx, &state)
+        .instrument(span)
+        .await
+    {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
     };
-    super::finish(resp, ctx, &state)
+    super::finish(resp, ctx)
 }
 
 async fn forward_plain(

@@ -22,6 +22,8 @@ use crate::body::Body;
 use crate::serve::cached::{Source, Spec};
 use crate::serve::respond::ServeError;
 use crate::telemetry::access_log;
+use tracing::Instrument as _;
+
 use crate::telemetry::ctx::ReqCtx;
 use modgate_core::policy::Entry;
 use modgate_core::policy::classify::{ProxyOp, SumDbOp, Target};
@@ -33,11 +35,12 @@ pub async fn dispatch(
     mut ctx: ReqCtx,
     state: Arc<State>,
 ) -> Result<Response<Body>, Infallible> {
-    let resp = match handle(req, &mut ctx, &state).await {
+    let span = ctx.span.clone();
+    let resp = match handle(req, &mut ctx, &state).instrument(span).await {
         Ok(resp) => resp,
         Err(e) => respond::error_response(&e),
     };
-    Ok(finish(resp, ctx, &state))
+    Ok(finish(resp, ctx))
 }
 
 async fn handle(
@@ -56,12 +59,11 @@ async fn handle(
     let (target, route) = match decided {
         Ok(v) => v,
         Err(e) => {
-            ctx.route = "invalid";
+            ctx.set_route("invalid", ctx.kind);
             return Err(e.into());
         }
     };
-    ctx.kind = target.kind();
-    ctx.route = route.name();
+    ctx.set_route(route.name(), target.kind());
     describe(&target, ctx);
     match route {
         Route::Public(f) => {
@@ -106,7 +108,9 @@ pub fn refuse_private(state: &State, kind: &str, message: String) -> ServeError 
 
 /// Records what the request is about, for the access log.
 fn describe(target: &Target, ctx: &mut ReqCtx) {
-    ctx.module = target.module_path().map(str::to_string);
+    if let Some(m) = target.module_path() {
+        ctx.set_module(m.to_string());
+    }
     match target {
         Target::GoProxy { op, .. } => {
             ctx.op = op.name();
@@ -223,9 +227,8 @@ async fn tile_from_wider(
 }
 
 /// Wraps the response body so the request is logged and measured once it is done.
-pub fn finish(resp: Response<Body>, ctx: ReqCtx, state: &State) -> Response<Body> {
+pub fn finish(resp: Response<Body>, ctx: ReqCtx) -> Response<Body> {
     let status = resp.status().as_u16();
-    let metrics = state.metrics.clone();
     // An answer to HEAD has no body. hyper leaves it out on HTTP/1.1 but would send it on
     // HTTP/2, where the client then resets the stream. (A fill goes on without its client.)
     let resp = if ctx.method == http::Method::HEAD {
@@ -233,5 +236,5 @@ pub fn finish(resp: Response<Body>, ctx: ReqCtx, state: &State) -> Response<Body
     } else {
         resp
     };
-    resp.map(|body| access_log::observe(body, ctx, status, metrics))
+    resp.map(|body| access_log::observe(body, ctx, status))
 }

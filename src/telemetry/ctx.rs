@@ -1,7 +1,13 @@
 //! Per-connection and per-request context.
 //!
 //! [`ConnCtx`] is made once per accepted client connection (or established tunnel);
-//! [`ReqCtx`] once per request handled by modgate, and never shared across connections.
+//! [`ReqCtx`] once per request handled by modgate, and never shared across connections. Each
+//! carries a `tracing` span (the request's is a child of its connection's), so every log line
+//! written inside names the client, CONNECT host, mode, route, kind and module.
+//!
+//! A `ReqCtx` records its request exactly once: through [`ReqCtx::finish`] when its response
+//! body ends, or, when it is dropped before that (the client closed the connection before the
+//! response head), as outcome `client_closed` with status 499.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Method;
+use tracing::field::Empty;
+
+use crate::telemetry::metrics::{Metrics, status_class};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -26,16 +35,21 @@ pub struct ConnCtx {
     /// The CONNECT target host (empty on the plain proxy listener).
     pub host: String,
     pub port: u16,
+    /// `conn{id, client, mode, host}`: every log line of this connection carries it.
+    pub span: tracing::Span,
 }
 
 impl ConnCtx {
     pub fn new(client: SocketAddr, mode: &'static str, host: String, port: u16) -> Arc<ConnCtx> {
+        let id = next_id();
+        let span = tracing::info_span!("conn", id, %client, mode, host = %host);
         Arc::new(ConnCtx {
-            id: next_id(),
+            id,
             client,
             mode,
             host,
             port,
+            span,
         })
     }
 }
@@ -60,12 +74,31 @@ pub struct ReqCtx {
     pub module: Option<String>,
     pub version: Option<String>,
     pub op: &'static str,
+    /// `request{request_id, route, kind, module}`, a child of the connection's span.
+    pub span: tracing::Span,
+    metrics: Arc<Metrics>,
+    recorded: bool,
 }
 
 impl ReqCtx {
-    pub fn new(conn: Arc<ConnCtx>, method: Method, host: String, path: String) -> ReqCtx {
+    pub fn new(
+        conn: Arc<ConnCtx>,
+        method: Method,
+        host: String,
+        path: String,
+        metrics: Arc<Metrics>,
+    ) -> ReqCtx {
+        let request_id = format!("{:08x}-{:06x}", conn.id, next_id() & 0xff_ffff);
+        let span = tracing::info_span!(
+            parent: &conn.span,
+            "request",
+            %request_id,
+            route = Empty,
+            kind = Empty,
+            module = Empty
+        );
         ReqCtx {
-            request_id: format!("{:08x}-{:06x}", conn.id, next_id() & 0xff_ffff),
+            request_id,
             conn,
             method,
             host,
@@ -78,6 +111,84 @@ impl ReqCtx {
             module: None,
             version: None,
             op: "",
+            span,
+            metrics,
+            recorded: false,
         }
     }
+
+    /// Sets the route and request kind (bounded labels), in the context and its span.
+    pub fn set_route(&mut self, route: &'static str, kind: &'static str) {
+        self.route = route;
+        self.kind = kind;
+        self.span.record("route", route);
+        self.span.record("kind", kind);
+    }
+
+    /// Sets the module path (when the request named a valid one), in the context and its span.
+    pub fn set_module(&mut self, module: String) {
+        self.span.record("module", module.as_str());
+        self.module = Some(module);
+    }
+
+    /// Writes the access-log line and the request metrics, once: later calls do nothing.
+    pub fn finish(&mut self, status: u16, bytes: u64, outcome: &'static str) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let _entered = self.span.enter();
+        record(self, status, bytes, outcome);
+    }
+}
+
+impl Drop for ReqCtx {
+    fn drop(&mut self) {
+        // Dropped unrecorded: the handler was cancelled before a response head existed.
+        self.finish(499, 0, "client_closed");
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Writes the access-log line and request metrics for one finished request.
+fn record(ctx: &ReqCtx, status: u16, bytes: u64, outcome: &'static str) {
+    let metrics: &Metrics = &ctx.metrics;
+    let elapsed = ctx.start.elapsed();
+    metrics
+        .request_duration
+        .with_label_values(&[
+            ctx.route,
+            ctx.kind,
+            ctx.cache,
+            status_class(status),
+            ctx.conn.mode,
+        ])
+        .observe(elapsed.as_secs_f64());
+    metrics
+        .response_bytes
+        .with_label_values(&[ctx.route])
+        .inc_by(bytes);
+    tracing::info!(
+        target: "modgate::access",
+        request_id = %ctx.request_id,
+        mode = ctx.conn.mode,
+        client = %ctx.conn.client,
+        host = %ctx.host,
+        method = %ctx.method,
+        path = %ctx.path,
+        status,
+        bytes,
+        total_ms = ms(elapsed),
+        upstream_ms = ctx.upstream_time.map(ms),
+        module = ctx.module.as_deref(),
+        version = ctx.version.as_deref(),
+        op = ctx.op,
+        route = ctx.route,
+        kind = ctx.kind,
+        cache = ctx.cache,
+        outcome,
+        "request"
+    );
 }
