@@ -34,6 +34,33 @@ pub const LIVE_KEYS: &[&str] = &[
 /// The reloadable rules, compiled from a validated configuration; the error names the key.
 pub fn live(config: &Config, metrics: &Arc<Metrics>) -> Result<Live, ConfigError> {
     let policy = policy(config)?;
+    let Upstreams {
+        public_upstreams,
+        sumdbs,
+        overrides,
+    } = upstreams(config)?;
+    let mut private = vec![];
+    for (i, r) in config.private.routes.iter().enumerate() {
+        private.push(PrivateBackend::new(i, r, config, metrics.clone())?);
+    }
+    Ok(Live {
+        config: config.clone(),
+        policy,
+        overrides,
+        public_upstreams,
+        sumdbs,
+        private,
+    })
+}
+
+/// The upstream URLs of the configuration, parsed.
+struct Upstreams {
+    public_upstreams: GoProxyList,
+    sumdbs: HashMap<String, BaseUrl>,
+    overrides: HashMap<String, BaseUrl>,
+}
+
+fn upstreams(config: &Config) -> Result<Upstreams, ConfigError> {
     let public_upstreams = GoProxyList::parse(&config.modules.upstream)
         .map_err(|e| ConfigError::invalid("modules.upstream", e))?;
     let mut sumdbs = HashMap::new();
@@ -48,17 +75,10 @@ pub fn live(config: &Config, metrics: &Arc<Metrics>) -> Result<Live, ConfigError
             .map_err(|e| ConfigError::invalid(&format!("upstream.overrides.\"{host}\""), e))?;
         overrides.insert(normalize_host(host), base);
     }
-    let mut private = vec![];
-    for (i, r) in config.private.routes.iter().enumerate() {
-        private.push(PrivateBackend::new(i, r, config, metrics.clone())?);
-    }
-    Ok(Live {
-        config: config.clone(),
-        policy,
-        overrides,
+    Ok(Upstreams {
         public_upstreams,
         sumdbs,
-        private,
+        overrides,
     })
 }
 
@@ -105,16 +125,7 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
             .ca_name_constraints()
             .map_err(|e| ConfigError::invalid("ca.name_constraints", e))?;
     }
-    GoProxyList::parse(&config.modules.upstream)
-        .map_err(|e| ConfigError::invalid("modules.upstream", e))?;
-    for (name, url) in &config.sumdb.dbs {
-        BaseUrl::parse(url)
-            .map_err(|e| ConfigError::invalid(&format!("sumdb.dbs.\"{name}\""), e))?;
-    }
-    for (host, base) in &config.upstream.overrides {
-        BaseUrl::parse(base)
-            .map_err(|e| ConfigError::invalid(&format!("upstream.overrides.\"{host}\""), e))?;
-    }
+    upstreams(config)?;
     Ok(())
 }
 
