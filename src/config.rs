@@ -28,10 +28,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// An invalid value at `key` (a dotted TOML path).
-    pub fn invalid(key: &str, message: impl Into<String>) -> Self {
+    pub fn invalid(key: &str, message: impl std::fmt::Display) -> Self {
         ConfigError::Invalid {
             key: key.to_string(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }

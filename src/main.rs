@@ -372,10 +372,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Explain { input, config } => {
             let cfg = load_config(config.as_ref())?;
-            print!(
-                "{}",
-                modgate::cli::explain::explain(&cfg, &input).map_err(anyhow::Error::msg)?
-            );
+            print!("{}", modgate::cli::explain::explain(&cfg, &input)?);
             Ok(())
         }
         Command::Auth {

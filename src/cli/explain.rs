@@ -12,12 +12,12 @@ use modgate_core::policy::host::normalize_host;
 use modgate_core::policy::route::Route;
 
 /// Explains `input` (a module path, or an `https://` / `http://` URL) under `config`.
-pub fn explain(config: &Config, input: &str) -> Result<String, String> {
-    let policy = crate::gateway::compile::policy(config).map_err(|e| e.to_string())?;
+pub fn explain(config: &Config, input: &str) -> anyhow::Result<String> {
+    let policy = crate::gateway::compile::policy(config)?;
     let url = if input.starts_with("https://") || input.starts_with("http://") {
         input.to_string()
     } else {
-        let esc = escape_path(input).map_err(|e| e.to_string())?;
+        let esc = escape_path(input)?;
         let host = config
             .modules
             .proxy_hosts
@@ -28,8 +28,11 @@ pub fn explain(config: &Config, input: &str) -> Result<String, String> {
     };
     let uri: http::Uri = url
         .parse()
-        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-    let host = normalize_host(uri.host().ok_or("URL has no host")?);
+        .map_err(|e| anyhow::anyhow!("invalid URL {url:?}: {e}"))?;
+    let host = normalize_host(
+        uri.host()
+            .ok_or_else(|| anyhow::anyhow!("URL has no host"))?,
+    );
     let mut out = String::new();
     let _ = writeln!(out, "input:       {input}");
     if url != input {

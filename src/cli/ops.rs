@@ -9,9 +9,10 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::store::disk::{DiskCache, NOT_FOUND_SUFFIX};
+use crate::store::disk::DiskCache;
 use crate::telemetry::metrics::Metrics;
-use modgate_core::gomod::path::{ModulePath, unescape_version};
+use modgate_core::cache_key::{CacheKey, Entry, ModuleFile, SumDbItem};
+use modgate_core::gomod::path::ModulePath;
 use modgate_core::gomod::{dirhash, version, zip::check_zip};
 
 fn open(config: &Config) -> anyhow::Result<DiskCache> {
@@ -23,16 +24,10 @@ fn open(config: &Config) -> anyhow::Result<DiskCache> {
 }
 
 fn kind_of(key: &str) -> &'static str {
-    if key.ends_with(NOT_FOUND_SUFFIX) {
-        "not-found answers"
-    } else if key.starts_with("sumdb/") {
-        "checksum database"
-    } else if key.ends_with(".zip") {
-        "module zips"
-    } else if key.ends_with(".mod") {
-        "go.mod files"
-    } else {
-        "info, lists, queries"
+    match CacheKey::parse(key) {
+        Ok((_, true)) => "not-found answers",
+        Ok((key, false)) => key.kind().describe(),
+        Err(_) => "other entries",
     }
 }
 
@@ -163,19 +158,27 @@ pub struct VerifyReport {
 pub fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
     let cache = open(config)?;
     let mut report = VerifyReport::default();
+    let entries: Vec<(String, Result<(CacheKey, bool), _>)> = cache
+        .list()
+        .into_iter()
+        .map(|(key, _, _)| {
+            let parsed = CacheKey::parse(&key);
+            (key, parsed)
+        })
+        .collect();
     // (module, version) -> record lines from cached sumdb lookups.
     let mut records: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    let entries = cache.list();
-    for (key, _, _) in &entries {
-        let Some(rest) = key.strip_prefix("sumdb/") else {
+    for (key, parsed) in &entries {
+        let Ok((k, false)) = parsed else {
             continue;
         };
-        let Some((_, lookup)) = rest.split_once("/lookup/") else {
+        let Entry::SumDb {
+            item: SumDbItem::Lookup { .. },
+            ..
+        } = k.entry()
+        else {
             continue;
         };
-        if lookup.ends_with(NOT_FOUND_SUFFIX) {
-            continue;
-        }
         let Some(path) = cache.file_of(key) else {
             continue;
         };
@@ -193,36 +196,37 @@ pub fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
             }
         }
     }
-    for (key, _, _) in &entries {
-        let Some(rest) = key.strip_prefix("mod/") else {
-            continue;
-        };
-        if key.ends_with(NOT_FOUND_SUFFIX) {
-            continue;
-        }
-        let Some((esc_module, file)) = rest.split_once("/@v/") else {
-            continue;
-        };
-        let Ok(module) = ModulePath::from_escaped(esc_module) else {
-            report
-                .corrupt
-                .push((key.clone(), "invalid module path in key".into()));
-            continue;
+    for (key, parsed) in &entries {
+        let (module, file) = match parsed {
+            Ok((k, false)) => match k.entry() {
+                Entry::Module { module, file } => (module, file),
+                Entry::SumDb { .. } => continue,
+            },
+            Ok((_, true)) => continue,
+            Err(e) if key.starts_with("mod/") => {
+                cache.remove(key);
+                report.corrupt.push((key.clone(), e.to_string()));
+                continue;
+            }
+            Err(_) => continue,
         };
         let Some(path) = cache.file_of(key) else {
             continue;
         };
-        let problem = if let Some(v) = file.strip_suffix(".zip") {
-            report.checked += 1;
-            check_zip_entry(&module, v, &path, &records)
-        } else if let Some(v) = file.strip_suffix(".mod") {
-            report.checked += 1;
-            check_mod_entry(&module, v, &path, &records)
-        } else if let Some(v) = file.strip_suffix(".info") {
-            report.checked += 1;
-            check_info_entry(v, &path)
-        } else {
-            None
+        let problem = match file {
+            ModuleFile::Zip(v) => {
+                report.checked += 1;
+                check_zip_entry(module, v, &path, &records)
+            }
+            ModuleFile::Mod(v) => {
+                report.checked += 1;
+                check_mod_entry(module, v, &path, &records)
+            }
+            ModuleFile::Info(v) => {
+                report.checked += 1;
+                check_info_entry(v, &path)
+            }
+            ModuleFile::List | ModuleFile::Latest => None,
         };
         if let Some(reason) = problem {
             cache.remove(key);
@@ -234,11 +238,11 @@ pub fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
 
 fn check_zip_entry(
     module: &ModulePath,
-    esc_v: &str,
+    v: &str,
     path: &Path,
     records: &BTreeMap<(String, String), Vec<String>>,
 ) -> Option<String> {
-    let v = unescape_version(esc_v).ok()?;
+    let v = v.to_string();
     let file = std::fs::File::open(path).ok()?;
     let len = file.metadata().ok()?.len();
     if let Err(e) = check_zip(module, &v, &file, len) {
@@ -257,11 +261,11 @@ fn check_zip_entry(
 
 fn check_mod_entry(
     module: &ModulePath,
-    esc_v: &str,
+    v: &str,
     path: &Path,
     records: &BTreeMap<(String, String), Vec<String>>,
 ) -> Option<String> {
-    let v = unescape_version(esc_v).ok()?;
+    let v = v.to_string();
     let want = records.get(&(module.to_string(), v.clone()))?;
     let data = std::fs::read(path).ok()?;
     let line = format!("{module} {v}/go.mod {}", dirhash::hash_go_mod(&data));
@@ -269,9 +273,8 @@ fn check_mod_entry(
     (expected != &line).then(|| "go.mod hash does not match the checksum database".to_string())
 }
 
-fn check_info_entry(esc_v: &str, path: &Path) -> Option<String> {
-    let v = unescape_version(esc_v).ok()?;
-    if !version::is_canonical(&v) {
+fn check_info_entry(v: &str, path: &Path) -> Option<String> {
+    if !version::is_canonical(v) {
         return None; // query answers are checked when refreshed
     }
     let data = std::fs::read(path).ok()?;
@@ -279,5 +282,5 @@ fn check_info_entry(esc_v: &str, path: &Path) -> Option<String> {
         Ok(j) => j,
         Err(e) => return Some(format!("not JSON: {e}")),
     };
-    (json["Version"].as_str() != Some(v.as_str())).then(|| format!("Version is not {v}"))
+    (json["Version"].as_str() != Some(v)).then(|| format!("Version is not {v}"))
 }

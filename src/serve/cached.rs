@@ -21,11 +21,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::body::{Body, BoxError};
 use crate::serve::State;
 use crate::serve::respond::ServeError;
-use crate::store::disk::{DiskCache, Found, NOT_FOUND_SUFFIX, PendingEntry, StoreError};
+use crate::store::disk::{DiskCache, Found, PendingEntry, StoreError};
 use crate::store::flight::Join;
 use crate::store::shared::{Claim, Validator};
 use crate::telemetry::ctx::ReqCtx;
 use modgate_core::base_url::BaseUrl;
+use modgate_core::cache_key::CacheKey;
 use modgate_core::gomod::path::ModulePath;
 use modgate_core::policy::egress::Decision;
 use modgate_core::policy::goproxy::Entry;
@@ -83,7 +84,7 @@ pub enum Source {
 /// Everything needed to serve one cacheable request.
 #[derive(Debug, Clone)]
 pub struct Spec {
-    pub key: String,
+    pub key: CacheKey,
     pub class: CacheClass,
     pub content: Content,
     /// Validate the body as the module zip for this module@version before committing.
@@ -120,14 +121,14 @@ pub async fn serve(
     let negative_ttl = state.config.cache.negative_ttl;
     let spec = Arc::new(spec);
     for _attempt in 0..3 {
-        let found = state.cache.get(&spec.key);
+        let found = state.cache.get(spec.key.as_str());
         if let Some(f) = &found
             && (spec.class == CacheClass::Immutable || f.age() < ttl)
         {
             ctx.cache = "hit";
             return serve_found(&state.cache, f, spec.content, "hit", method).await;
         }
-        let neg_key = format!("{}{NOT_FOUND_SUFFIX}", spec.key);
+        let neg_key = spec.key.not_found();
         if let Some(n) = state.cache.get(&neg_key)
             && n.age() < negative_ttl
             && found.as_ref().is_none_or(|f| f.modified < n.modified)
@@ -137,7 +138,7 @@ pub async fn serve(
             let (status, text) = decode_not_found(&data);
             return Ok(not_found(status, text, "hit"));
         }
-        match state.flights.join(&spec.key) {
+        match state.flights.join(spec.key.as_str()) {
             Join::Leader(leader) => {
                 let (tx, rx) = oneshot::channel();
                 tokio::spawn(lead(spec.clone(), state.clone(), leader, tx));
@@ -160,7 +161,7 @@ pub async fn serve(
             }
             Join::Follower(follower) => match follower.wait().await {
                 Some(FillOutcome::Committed) => {
-                    if let Some(f) = state.cache.get(&spec.key) {
+                    if let Some(f) = state.cache.get(spec.key.as_str()) {
                         ctx.cache = "coalesced";
                         return serve_found(&state.cache, &f, spec.content, "coalesced", method)
                             .await;
@@ -217,14 +218,12 @@ async fn lead(
         let max_age =
             (spec.class != CacheClass::Immutable).then_some(state.config.cache.mutable_ttl);
         match shared
-            .claim(&spec.key, max_age, &state.cache, validator(&spec))
+            .claim(spec.key.as_str(), max_age, &state.cache, validator(&spec))
             .await
         {
             Claim::Local => {
-                if let Some(found) = state.cache.get(&spec.key) {
-                    state
-                        .cache
-                        .remove(&format!("{}{NOT_FOUND_SUFFIX}", spec.key));
+                if let Some(found) = state.cache.get(spec.key.as_str()) {
+                    state.cache.remove(&spec.key.not_found());
                     let result =
                         serve_found(&state.cache, &found, spec.content, "miss", &Method::GET).await;
                     let _ = reply.send(Led {
@@ -246,7 +245,7 @@ async fn lead(
             stored.extend_from_slice(format!("{status}\n").as_bytes());
             stored.extend_from_slice(&text);
             let cache = state.cache.clone();
-            let key = format!("{}{NOT_FOUND_SUFFIX}", spec.key);
+            let key = spec.key.not_found();
             let stored_ok = tokio::task::spawn_blocking(move || cache.put(&key, &stored))
                 .await
                 .map(|r| r.is_ok())
@@ -316,12 +315,12 @@ async fn lead(
     // Local followers are served; now the other replicas.
     if committed
         && let Some(shared) = &state.shared
-        && let Some(found) = state.cache.get(&spec.key)
+        && let Some(found) = state.cache.get(spec.key.as_str())
     {
         let immutable = spec.class == CacheClass::Immutable;
         shared
             .publish(
-                &spec.key,
+                spec.key.as_str(),
                 &found.path,
                 immutable,
                 found.modified,
@@ -630,7 +629,7 @@ async fn fill(spec: &Spec, state: &Arc<State>, mut body: Incoming, answer: Answe
         if !matches!(file, Fill::Failed) {
             batch.extend_from_slice(&data);
             if batch.len() >= WRITE_BATCH {
-                file = write_batch(file, &spec.key, batch.split().freeze(), state).await;
+                file = write_batch(file, spec.key.as_str(), batch.split().freeze(), state).await;
             }
         }
         client = match client {
@@ -682,7 +681,7 @@ async fn fill(spec: &Spec, state: &Arc<State>, mut body: Incoming, answer: Answe
         Fill::Failed => Err(None),
         file => {
             let validate = validator(spec);
-            let key = spec.key.clone();
+            let key = spec.key.as_str().to_string();
             let cache = state.cache.clone();
             let last = batch.freeze();
             let res = tokio::task::spawn_blocking(move || {
@@ -691,7 +690,7 @@ async fn fill(spec: &Spec, state: &Arc<State>, mut body: Incoming, answer: Answe
                 p.commit_then(|file| validate(file))
             })
             .await;
-            let key = &spec.key;
+            let key = spec.key.as_str();
             match res {
                 Ok(Ok(sync)) => Ok(sync),
                 Ok(Err(StoreError::Rejected(msg))) => Err(Some(msg)),
@@ -710,7 +709,7 @@ async fn fill(spec: &Spec, state: &Arc<State>, mut body: Incoming, answer: Answe
             // After the client has its answer: any directory fsync still owed, and drop any
             // remembered not-found (a newer positive entry already wins over it in `serve`).
             let cache = state.cache.clone();
-            let neg_key = format!("{}{NOT_FOUND_SUFFIX}", spec.key);
+            let neg_key = spec.key.not_found();
             tokio::task::spawn_blocking(move || {
                 sync.run();
                 cache.remove(&neg_key);

@@ -57,7 +57,7 @@ pub async fn intercepted(
 ) -> Result<Response<Body>, ServeError> {
     let base = dynamic
         .upstream_base(&ctx.conn.host, ctx.conn.port)
-        .map_err(ServeError::Internal)?;
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
     let label = dynamic.policy.egress.intercept_label(&ctx.conn.host);
     let (mut parts, body) = req.into_parts();
     let path = parts

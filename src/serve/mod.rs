@@ -25,6 +25,7 @@ use crate::telemetry::access_log;
 use tracing::Instrument as _;
 
 use crate::telemetry::ctx::ReqCtx;
+use modgate_core::cache_key::CacheKey;
 use modgate_core::policy::Entry;
 use modgate_core::policy::classify::{ProxyOp, SumDbOp, Target};
 use modgate_core::policy::route::{PublicFetch, Route, SumDbFetch};
@@ -134,7 +135,7 @@ fn public_spec(f: &PublicFetch, dynamic: &Live) -> Spec {
         _ => None,
     };
     Spec {
-        key: f.key().to_string(),
+        key: f.key().clone(),
         class: f.class(),
         content: f.content(),
         max_len: if zip.is_some() {
@@ -156,7 +157,7 @@ fn sumdb_spec(f: &SumDbFetch, dynamic: &Live) -> Result<Spec, ServeError> {
         ))
     })?;
     Ok(Spec {
-        key: f.key().to_string(),
+        key: f.key().clone(),
         class: f.class(),
         content: f.content(),
         zip: None,
@@ -185,14 +186,9 @@ async fn tile_from_wider(
         return None;
     }
     let full = modgate_core::gomod::sumdb::Tile { w: 1 << t.h, ..*t };
-    let key_of =
-        |tile: &modgate_core::gomod::sumdb::Tile| format!("sumdb/{}/{}", f.db(), tile.path());
-    let mut candidates = vec![key_of(&full)];
-    let partial_dir = key_of(&modgate_core::gomod::sumdb::Tile { w: 1, ..*t });
-    let partial_dir = partial_dir
-        .rsplit_once('/')
-        .map(|(d, _)| d.to_string())
-        .unwrap_or_default();
+    let full_key = CacheKey::sumdb(f.db(), &SumDbOp::Tile(full)).expect("a tile has a key");
+    let mut candidates = vec![full_key.as_str().to_string()];
+    let partial_dir = CacheKey::partial_tile_dir(f.db(), t);
     let mut wider: Vec<u64> = state
         .cache
         .children(&partial_dir)

@@ -168,11 +168,11 @@ pub async fn serve(
         return Ok(resp);
     }
     for _ in 0..3 {
-        if let Some(found) = state.cache.get(f.key()) {
+        if let Some(found) = state.cache.get(f.key().as_str()) {
             ctx.cache = "hit";
             return cached::serve_found(&state.cache, &found, f.content(), "hit", method).await;
         }
-        match state.flights.join(f.key()) {
+        match state.flights.join(f.key().as_str()) {
             Join::Leader(leader) => {
                 ctx.cache = "miss";
                 let result = fill(&f, &access, state).await;
@@ -190,7 +190,7 @@ pub async fn serve(
                         return Err(e);
                     }
                 }
-                let found = state.cache.get(f.key()).ok_or_else(|| {
+                let found = state.cache.get(f.key().as_str()).ok_or_else(|| {
                     ServeError::Internal("cache entry vanished after commit".into())
                 })?;
                 return cached::serve_found(&state.cache, &found, f.content(), "miss", method)
@@ -269,8 +269,8 @@ async fn compute(
     _state: Arc<State>,
 ) -> Result<(Vec<u8>, ()), ServeError> {
     tokio::task::spawn_blocking(move || {
-        let repo =
-            CodeRepo::new(&mirror, f.module(), &f.repo().root).map_err(ServeError::Internal)?;
+        let repo = CodeRepo::new(&mirror, f.module(), &f.repo().root)
+            .map_err(|e| ServeError::Internal(e.to_string()))?;
         let data = match f.op() {
             ProxyOp::List => {
                 let mut out = String::new();
@@ -300,7 +300,7 @@ async fn fill(f: &PrivateFetch, access: &GitAccess, state: &Arc<State>) -> Resul
     let mirror = mirror(f, access, state).await?;
     let mut pending = state
         .cache
-        .begin(f.key())
+        .begin(f.key().as_str())
         .map_err(|e| ServeError::Internal(format!("cannot write the module cache: {e}")))?;
     let f2 = f.clone();
     let tmp = state.config.storage.data_dir.join("tmp");
@@ -324,7 +324,7 @@ async fn fill(f: &PrivateFetch, access: &GitAccess, state: &Arc<State>) -> Resul
         }
         _ => {
             let repo = CodeRepo::new(&mirror, f2.module(), &f2.repo().root)
-                .map_err(ServeError::Internal)?;
+                .map_err(|e| ServeError::Internal(e.to_string()))?;
             let data = match f2.op() {
                 ProxyOp::Info(v) => repo.stat(v).map_err(repo_err)?.json().into_bytes(),
                 ProxyOp::Mod(v) => repo.go_mod(v).map_err(repo_err)?,
@@ -349,7 +349,8 @@ fn build_zip(
     tmp: &std::path::Path,
 ) -> Result<(), ServeError> {
     let module: &ModulePath = f.module();
-    let repo = CodeRepo::new(mirror, module, &f.repo().root).map_err(ServeError::Internal)?;
+    let repo = CodeRepo::new(mirror, module, &f.repo().root)
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
     let src = repo.source(v).map_err(repo_err)?;
     let archive_path = tmp.join(format!("archive-{}.zip", hex_id()));
     let _cleanup = RemoveOnDrop(archive_path.clone());

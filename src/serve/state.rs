@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use modgate_core::base_url::BaseUrl;
+use modgate_core::base_url::{BaseUrl, UrlError};
 use modgate_core::policy::Policy;
 use modgate_core::policy::egress::Decision;
 use modgate_core::policy::goproxy::GoProxyList;
@@ -102,7 +102,7 @@ pub struct Live {
 
 impl Live {
     /// Where requests for `host:port` go: its override, or `https://host:port`.
-    pub fn upstream_base(&self, host: &str, port: u16) -> Result<BaseUrl, String> {
+    pub fn upstream_base(&self, host: &str, port: u16) -> Result<BaseUrl, UrlError> {
         Ok(self.resolve(&BaseUrl::https(host, port)?))
     }
 

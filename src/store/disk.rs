@@ -23,9 +23,8 @@ use prometheus::IntGauge;
 use super::durable::{self, Queued, Tracker};
 use crate::telemetry::metrics::StoreMetrics;
 
-/// Suffix of not-found entries. `@` appears in no module path or version, so no answer's key
-/// ends this way (`.notfound` did: a lookup of `m@v1.0.0-x.notfound` met `m@v1.0.0-x`'s).
-pub const NOT_FOUND_SUFFIX: &str = "@notfound";
+#[cfg(test)]
+use modgate_core::cache_key::NOT_FOUND_SUFFIX;
 
 /// The suffix not-found entries had before: removed when the gateway opens the cache.
 const LEGACY_NOT_FOUND_SUFFIX: &str = ".notfound";

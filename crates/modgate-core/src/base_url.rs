@@ -2,6 +2,21 @@
 
 use http::Uri;
 
+/// Why an upstream URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("invalid URL {url:?}: {reason}")]
+    Invalid { url: String, reason: String },
+    #[error("{0:?} must start with https:// or http://")]
+    Scheme(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    #[error("{0:?} must not contain credentials")]
+    Credentials(String),
+    #[error("{0:?} must not have a query")]
+    Query(String),
+}
+
 /// A parsed upstream base URL: scheme, authority and an optional path prefix without a trailing
 /// slash. Used for `upstream.overrides`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,22 +28,27 @@ pub struct BaseUrl {
 
 impl BaseUrl {
     /// Parses `http(s)://host[:port][/prefix]`.
-    pub fn parse(s: &str) -> Result<BaseUrl, String> {
-        let uri: Uri = s.parse().map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    pub fn parse(s: &str) -> Result<BaseUrl, UrlError> {
+        let uri: Uri = s
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| UrlError::Invalid {
+                url: s.to_string(),
+                reason: e.to_string(),
+            })?;
         let scheme = uri
             .scheme()
             .filter(|s| **s == http::uri::Scheme::HTTPS || **s == http::uri::Scheme::HTTP)
-            .ok_or_else(|| format!("{s:?} must start with https:// or http://"))?
+            .ok_or_else(|| UrlError::Scheme(s.to_string()))?
             .clone();
         let authority = uri
             .authority()
-            .ok_or_else(|| format!("{s:?} has no host"))?
+            .ok_or_else(|| UrlError::NoHost(s.to_string()))?
             .clone();
         if authority.as_str().contains('@') {
-            return Err(format!("{s:?} must not contain credentials"));
+            return Err(UrlError::Credentials(s.to_string()));
         }
         if uri.query().is_some() {
-            return Err(format!("{s:?} must not have a query"));
+            return Err(UrlError::Query(s.to_string()));
         }
         let prefix = uri.path().trim_end_matches('/').to_string();
         Ok(BaseUrl {
@@ -39,7 +59,7 @@ impl BaseUrl {
     }
 
     /// `https://host:port` for a host reached directly.
-    pub fn https(host: &str, port: u16) -> Result<BaseUrl, String> {
+    pub fn https(host: &str, port: u16) -> Result<BaseUrl, UrlError> {
         let authority = if port == 443 {
             host.to_string()
         } else if host.contains(':') {

@@ -15,5 +15,6 @@
 #![deny(missing_debug_implementations)]
 
 pub mod base_url;
+pub mod cache_key;
 pub mod gomod;
 pub mod policy;

@@ -30,6 +30,20 @@ pub trait CodeHost {
     fn merged_tags(&self, commit: &str) -> Result<Vec<String>, Self::Error>;
 }
 
+/// Why a module cannot live in a repository.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("repository rooted at {root} cannot contain module {module}")]
+    OutsideRoot { root: String, module: String },
+    #[error("invalid module path")]
+    InvalidPath,
+}
+
+/// A pseudo-version that has no base version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("version before {0} would have negative patch number")]
+pub struct NegativePatch(pub String);
+
 /// A failure to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoError<E> {
@@ -105,22 +119,22 @@ fn has_path_prefix(s: &str, prefix: &str) -> bool {
 
 impl<'h, H: CodeHost> CodeRepo<'h, H> {
     /// The module `module` in the repository whose root module path is `code_root`.
-    pub fn new(host: &'h H, module: &ModulePath, code_root: &str) -> Result<Self, String> {
+    pub fn new(host: &'h H, module: &ModulePath, code_root: &str) -> Result<Self, LayoutError> {
         let path = module.as_str();
+        let outside = || LayoutError::OutsideRoot {
+            root: code_root.to_string(),
+            module: path.to_string(),
+        };
         if !has_path_prefix(path, code_root) {
-            return Err(format!(
-                "repository rooted at {code_root} cannot contain module {path}"
-            ));
+            return Err(outside());
         }
-        let (mut prefix, major) = split_path_version(path).ok_or("invalid module path")?;
+        let (mut prefix, major) = split_path_version(path).ok_or(LayoutError::InvalidPath)?;
         if code_root == path {
             prefix = path;
         }
         let code_dir = if code_root != path {
             if !has_path_prefix(prefix, code_root) {
-                return Err(format!(
-                    "repository rooted at {code_root} cannot contain module {path}"
-                ));
+                return Err(outside());
             }
             prefix[code_root.len()..].trim_matches('/').to_string()
         } else {
@@ -759,7 +773,7 @@ fn inc_decimal(d: &str) -> String {
 /// `module.PseudoVersionBase`: the version a pseudo-version was derived from, with its build
 /// suffix ("" for the `vX.0.0-...` form). `vX.Y.0-0.…` has no base (the patch before 0) and
 /// is refused, as Go refuses it.
-pub fn pseudo_base(v: &str) -> Result<String, String> {
+pub fn pseudo_base(v: &str) -> Result<String, NegativePatch> {
     let build = version::build(v);
     let body = &v[..v.len() - build.len()];
     let Some((v, _rev)) = body.rsplit_once('-') else {
@@ -775,8 +789,7 @@ pub fn pseudo_base(v: &str) -> Result<String, String> {
         "-0" => {
             let rel = &base[..base.len() - 2];
             let k = rel.rfind('.').map(|k| k + 1).unwrap_or(0);
-            let patch = dec_decimal(&rel[k..])
-                .ok_or_else(|| format!("version before {rel} would have negative patch number"))?;
+            let patch = dec_decimal(&rel[k..]).ok_or_else(|| NegativePatch(rel.to_string()))?;
             Ok(format!("{}{patch}{build}", &rel[..k]))
         }
         _ => Ok(format!(
@@ -883,11 +896,11 @@ mod tests {
     }
 
     impl CodeHost for Mem {
-        type Error = String;
-        fn tags(&self) -> Result<Vec<(String, String)>, String> {
+        type Error = &'static str;
+        fn tags(&self) -> Result<Vec<(String, String)>, &'static str> {
             Ok(self.tags.clone())
         }
-        fn resolve(&self, rev: &str) -> Result<Option<Commit>, String> {
+        fn resolve(&self, rev: &str) -> Result<Option<Commit>, &'static str> {
             // As the git mirror resolves: tag, branch, hash of 7 digits or more.
             let hash = if let Some((_, h)) = self.tags.iter().find(|(n, _)| n == rev) {
                 h.clone()
@@ -909,11 +922,11 @@ mod tests {
                 time: *t,
             }))
         }
-        fn read_file(&self, commit: &str, path: &str) -> Result<Option<Vec<u8>>, String> {
+        fn read_file(&self, commit: &str, path: &str) -> Result<Option<Vec<u8>>, &'static str> {
             let i = self.idx(commit).ok_or("no commit")?;
             Ok(self.commits[i].2.get(path).map(|s| s.as_bytes().to_vec()))
         }
-        fn merged_tags(&self, commit: &str) -> Result<Vec<String>, String> {
+        fn merged_tags(&self, commit: &str) -> Result<Vec<String>, &'static str> {
             let i = self.idx(commit).ok_or("no commit")?;
             Ok(self
                 .tags
@@ -968,7 +981,7 @@ mod tests {
         // The patch before 0 does not exist (x/mod `PseudoVersionBase`).
         let err = pseudo_base("v1.1.0-0.20191121193931-daa7c04131f5").unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             "version before v1.1.0 would have negative patch number"
         );
         assert_eq!(rfc3339(t), "2019-11-21T19:39:31Z");

@@ -4,14 +4,25 @@
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+/// Why a hash could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("dirhash: filenames with newlines are not supported: {0:?}")]
+    Newline(String),
+    #[error(transparent)]
+    Zip(#[from] zip::result::ZipError),
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+}
+
 /// `Hash1` over `(name, content)` pairs. Names containing a newline are refused.
-pub fn hash1<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<String, String> {
+pub fn hash1<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<String, HashError> {
     let mut lines: Vec<(String, String)> = vec![];
     for (name, data) in files {
         if name.contains('\n') {
-            return Err(format!(
-                "dirhash: filenames with newlines are not supported: {name:?}"
-            ));
+            return Err(HashError::Newline(name.to_string()));
         }
         lines.push((name.to_string(), hex(&Sha256::digest(data))));
     }
@@ -32,13 +43,13 @@ pub fn hash_go_mod(data: &[u8]) -> String {
 }
 
 /// `HashZip`: `Hash1` over every entry of a zip, by its full name (directories hash as empty).
-pub fn hash_zip<R: std::io::Read + std::io::Seek>(reader: R) -> Result<String, String> {
-    let mut z = zip::ZipArchive::new(reader).map_err(|e| e.to_string())?;
+pub fn hash_zip<R: std::io::Read + std::io::Seek>(reader: R) -> Result<String, HashError> {
+    let mut z = zip::ZipArchive::new(reader)?;
     let mut files: Vec<(String, Vec<u8>)> = vec![];
     for i in 0..z.len() {
-        let mut f = z.by_index(i).map_err(|e| e.to_string())?;
+        let mut f = z.by_index(i)?;
         let mut data = vec![];
-        std::io::Read::read_to_end(&mut f, &mut data).map_err(|e| e.to_string())?;
+        std::io::Read::read_to_end(&mut f, &mut data)?;
         files.push((f.name().to_string(), data));
     }
     hash1(files.iter().map(|(n, d)| (n.as_str(), d.as_slice())))

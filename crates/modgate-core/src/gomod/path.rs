@@ -12,17 +12,60 @@ use super::version;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     #[error("malformed module path {path:?}: {reason}")]
-    Module { path: String, reason: String },
+    Module { path: String, reason: PathReason },
     #[error("malformed import path {path:?}: {reason}")]
-    Import { path: String, reason: String },
+    Import { path: String, reason: PathReason },
     #[error("malformed file path {path:?}: {reason}")]
-    File { path: String, reason: String },
+    File { path: String, reason: PathReason },
     #[error("invalid escaped module path {0:?}")]
     BadEscapedPath(String),
     #[error("invalid escaped version {0:?}")]
     BadEscapedVersion(String),
     #[error("{version:?} invalid: {reason}")]
-    Version { version: String, reason: String },
+    Version { version: String, reason: PathReason },
+}
+
+/// The go command's reason for refusing a path element or version, in its words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathReason {
+    #[error("empty string")]
+    Empty,
+    #[error("leading dash")]
+    LeadingDash,
+    #[error("double slash")]
+    DoubleSlash,
+    #[error("trailing slash")]
+    TrailingSlash,
+    #[error("empty path element")]
+    EmptyElement,
+    #[error("invalid path element {0:?}")]
+    DotsElement(String),
+    #[error("leading dot in path element")]
+    LeadingDot,
+    #[error("trailing dot in path element")]
+    TrailingDot,
+    #[error("invalid char {0:?}")]
+    InvalidChar(char),
+    #[error("{0:?} disallowed as path element component on Windows")]
+    WindowsName(String),
+    #[error("trailing tilde and digits in path element")]
+    TrailingTilde,
+    #[error("leading slash")]
+    LeadingSlash,
+    #[error("missing dot in first path element")]
+    MissingDot,
+    #[error("leading dash in first path element")]
+    LeadingDashFirst,
+    #[error("invalid char {0:?} in first path element")]
+    InvalidCharFirst(char),
+    #[error("invalid version")]
+    InvalidVersion,
+    #[error("disallowed version string: {0}")]
+    DisallowedVersion(Box<PathReason>),
+    #[error("disallowed version string")]
+    BangInVersion,
+    #[error("should be {want}, not {got}")]
+    WrongMajor { want: String, got: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,18 +117,18 @@ fn first_path_ok(c: char) -> bool {
     c == '-' || c == '.' || c.is_ascii_digit() || c.is_ascii_lowercase()
 }
 
-fn check_path_kind(path: &str, kind: Kind) -> Result<(), String> {
+fn check_path_kind(path: &str, kind: Kind) -> Result<(), PathReason> {
     if path.is_empty() {
-        return Err("empty string".into());
+        return Err(PathReason::Empty);
     }
     if path.starts_with('-') && kind != Kind::File {
-        return Err("leading dash".into());
+        return Err(PathReason::LeadingDash);
     }
     if path.contains("//") {
-        return Err("double slash".into());
+        return Err(PathReason::DoubleSlash);
     }
     if path.ends_with('/') {
-        return Err("trailing slash".into());
+        return Err(PathReason::TrailingSlash);
     }
     for elem in path.split('/') {
         check_elem(elem, kind)?;
@@ -93,18 +136,18 @@ fn check_path_kind(path: &str, kind: Kind) -> Result<(), String> {
     Ok(())
 }
 
-fn check_elem(elem: &str, kind: Kind) -> Result<(), String> {
+fn check_elem(elem: &str, kind: Kind) -> Result<(), PathReason> {
     if elem.is_empty() {
-        return Err("empty path element".into());
+        return Err(PathReason::EmptyElement);
     }
     if elem.bytes().all(|b| b == b'.') {
-        return Err(format!("invalid path element {elem:?}"));
+        return Err(PathReason::DotsElement(elem.to_string()));
     }
     if elem.starts_with('.') && kind == Kind::Module {
-        return Err("leading dot in path element".into());
+        return Err(PathReason::LeadingDot);
     }
     if elem.ends_with('.') {
-        return Err("trailing dot in path element".into());
+        return Err(PathReason::TrailingDot);
     }
     for c in elem.chars() {
         let ok = match kind {
@@ -113,7 +156,7 @@ fn check_elem(elem: &str, kind: Kind) -> Result<(), String> {
             Kind::File => file_name_ok(c),
         };
         if !ok {
-            return Err(format!("invalid char {c:?}"));
+            return Err(PathReason::InvalidChar(c));
         }
     }
     let short = match elem.find('.') {
@@ -124,9 +167,7 @@ fn check_elem(elem: &str, kind: Kind) -> Result<(), String> {
         .iter()
         .any(|bad| bad.eq_ignore_ascii_case(short))
     {
-        return Err(format!(
-            "{short:?} disallowed as path element component on Windows"
-        ));
+        return Err(PathReason::WindowsName(short.to_string()));
     }
     if kind == Kind::File {
         return Ok(());
@@ -135,14 +176,14 @@ fn check_elem(elem: &str, kind: Kind) -> Result<(), String> {
         && tilde < short.len() - 1
         && short[tilde + 1..].bytes().all(|b| b.is_ascii_digit())
     {
-        return Err("trailing tilde and digits in path element".into());
+        return Err(PathReason::TrailingTilde);
     }
     Ok(())
 }
 
 /// `module.CheckPath`: whether `path` is a valid module path.
 pub fn check_path(path_: &str) -> Result<(), PathError> {
-    let err = |reason: String| PathError::Module {
+    let err = |reason: PathReason| PathError::Module {
         path: path_.to_string(),
         reason,
     };
@@ -152,19 +193,19 @@ pub fn check_path(path_: &str) -> Result<(), PathError> {
         None => path_,
     };
     if first.is_empty() {
-        return Err(err("leading slash".into()));
+        return Err(err(PathReason::LeadingSlash));
     }
     if !first.contains('.') {
-        return Err(err("missing dot in first path element".into()));
+        return Err(err(PathReason::MissingDot));
     }
     if path_.starts_with('-') {
-        return Err(err("leading dash in first path element".into()));
+        return Err(err(PathReason::LeadingDashFirst));
     }
     if let Some(c) = first.chars().find(|&c| !first_path_ok(c)) {
-        return Err(err(format!("invalid char {c:?} in first path element")));
+        return Err(err(PathReason::InvalidCharFirst(c)));
     }
     if split_path_version(path_).is_none() {
-        return Err(err("invalid version".into()));
+        return Err(err(PathReason::InvalidVersion));
     }
     Ok(())
 }
@@ -252,7 +293,10 @@ pub fn check_path_major(v: &str, path_major: &str) -> Result<(), PathError> {
     };
     Err(PathError::Version {
         version: v.to_string(),
-        reason: format!("should be {want}, not {m}"),
+        reason: PathReason::WrongMajor {
+            want: want.to_string(),
+            got: m.to_string(),
+        },
     })
 }
 
@@ -307,13 +351,13 @@ pub fn escape_version(v: &str) -> Result<String, PathError> {
     if let Err(reason) = check_elem(v, Kind::File) {
         return Err(PathError::Version {
             version: v.to_string(),
-            reason: format!("disallowed version string: {reason}"),
+            reason: PathReason::DisallowedVersion(Box::new(reason)),
         });
     }
     if v.contains('!') {
         return Err(PathError::Version {
             version: v.to_string(),
-            reason: "disallowed version string".into(),
+            reason: PathReason::BangInVersion,
         });
     }
     Ok(escape_string(v))

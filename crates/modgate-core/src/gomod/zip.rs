@@ -28,6 +28,7 @@ pub enum ZipError {
     Malformed(String),
     #[error("{name}: {reason}")]
     Entry { name: String, reason: String },
+
     #[error(
         "total uncompressed size of module contents too large (max size is {MAX_ZIP_FILE} bytes)"
     )]
@@ -76,7 +77,9 @@ pub fn check_zip<R: Read + Seek>(
             return Err(bad("file path is not clean".into()));
         }
         check_file_path(name).map_err(|e| bad(e.to_string()))?;
-        collisions.check(name, is_dir).map_err(bad)?;
+        collisions
+            .check(name, is_dir)
+            .map_err(|e| bad(e.to_string()))?;
         if is_dir {
             continue;
         }
@@ -118,6 +121,17 @@ fn is_clean(name: &str) -> bool {
             .all(|e| !e.is_empty() && e != "." && e != "..")
 }
 
+/// Two entries that cannot both be in a module zip.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Collision {
+    #[error("case-insensitive file name collision: {0:?} and {1:?}")]
+    Case(String, String),
+    #[error("entry {0:?} is both a file and a directory")]
+    FileAndDirectory(String),
+    #[error("multiple entries for file {0:?}")]
+    Duplicate(String),
+}
+
 /// Finds case-insensitive collisions and paths listed as both file and directory.
 #[derive(Default)]
 struct Collisions {
@@ -125,19 +139,17 @@ struct Collisions {
 }
 
 impl Collisions {
-    fn check(&mut self, p: &str, is_dir: bool) -> Result<(), String> {
+    fn check(&mut self, p: &str, is_dir: bool) -> Result<(), Collision> {
         let fold = fold_key(p);
         if let Some((other, other_dir)) = self.seen.get(&fold) {
             if other != p {
-                return Err(format!(
-                    "case-insensitive file name collision: {other:?} and {p:?}"
-                ));
+                return Err(Collision::Case(other.clone(), p.to_string()));
             }
             if *other_dir != is_dir {
-                return Err(format!("entry {p:?} is both a file and a directory"));
+                return Err(Collision::FileAndDirectory(p.to_string()));
             }
             if !is_dir {
-                return Err(format!("multiple entries for file {p:?}"));
+                return Err(Collision::Duplicate(p.to_string()));
             }
         } else {
             self.seen.insert(fold, (p.to_string(), is_dir));

@@ -4,7 +4,7 @@
 //! ignored. Globs use globset syntax where `*` may span dots (`*.corp.example` also matches
 //! `a.b.corp.example`, but not `corp.example`).
 
-use super::host::HostSet;
+use super::host::{HostPatternError, HostSet};
 
 /// What to do with a connection to a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl EgressPolicy {
         intercept: impl IntoIterator<Item = &'a str>,
         allow: &[String],
         deny: &[String],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, HostPatternError> {
         Ok(EgressPolicy {
             intercept: HostSet::new(intercept)?,
             allow: HostSet::new(allow.iter().map(String::as_str))?,

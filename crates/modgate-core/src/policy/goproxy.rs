@@ -2,7 +2,18 @@
 //! not-found (404/410), `|` on any error, the last entry never falls through, and `off` ends the
 //! list with not-found — the go command's rules (reference §1.1, §1.7).
 
-use crate::base_url::BaseUrl;
+use crate::base_url::{BaseUrl, UrlError};
+
+/// Why a GOPROXY list is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GoProxyError {
+    #[error("\"direct\" is not supported: list proxy URLs (and \"off\")")]
+    Direct,
+    #[error("the list contains no entries")]
+    Empty,
+    #[error(transparent)]
+    Url(#[from] UrlError),
+}
 
 /// One entry of the list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +35,7 @@ pub struct GoProxyList {
 impl GoProxyList {
     /// Parses GOPROXY syntax. `direct` is refused: modgate itself fetches public modules only
     /// from proxies.
-    pub fn parse(list: &str) -> Result<GoProxyList, String> {
+    pub fn parse(list: &str) -> Result<GoProxyList, GoProxyError> {
         let mut entries = vec![];
         let mut rest = list;
         while !rest.is_empty() {
@@ -43,9 +54,7 @@ impl GoProxyList {
                     break;
                 }
                 "direct" => {
-                    return Err(
-                        "\"direct\" is not supported: list proxy URLs (and \"off\")".to_string()
-                    );
+                    return Err(GoProxyError::Direct);
                 }
                 _ => {}
             }
@@ -61,7 +70,7 @@ impl GoProxyList {
             });
         }
         if entries.is_empty() {
-            return Err("the list contains no entries".into());
+            return Err(GoProxyError::Empty);
         }
         Ok(GoProxyList { entries })
     }

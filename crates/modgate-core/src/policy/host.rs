@@ -6,6 +6,19 @@
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
+/// Why a host pattern is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostPatternError {
+    #[error("empty host pattern")]
+    Empty,
+    #[error("{0:?} is not a host name pattern")]
+    NotHost(String),
+    #[error("bad host pattern {pattern:?}: {reason}")]
+    Glob { pattern: String, reason: String },
+    #[error("bad host patterns: {0}")]
+    Set(String),
+}
+
 /// A set of host-name globs.
 #[derive(Debug, Clone)]
 pub struct HostSet {
@@ -15,29 +28,34 @@ pub struct HostSet {
 
 impl HostSet {
     /// Compiles `patterns`; the error text names the first bad pattern.
-    pub fn new<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Result<HostSet, String> {
+    pub fn new<'a>(
+        patterns: impl IntoIterator<Item = &'a str>,
+    ) -> Result<HostSet, HostPatternError> {
         let mut builder = GlobSetBuilder::new();
         let mut kept = vec![];
         for p in patterns {
             let norm = normalize_host(p);
             if norm.is_empty() {
-                return Err("empty host pattern".to_string());
+                return Err(HostPatternError::Empty);
             }
             if norm.contains(['/', ':', ' ']) {
-                return Err(format!("{p:?} is not a host name pattern"));
+                return Err(HostPatternError::NotHost(p.to_string()));
             }
             let glob = GlobBuilder::new(&norm)
                 .case_insensitive(true)
                 .literal_separator(false)
                 .backslash_escape(true)
                 .build()
-                .map_err(|e| format!("bad host pattern {p:?}: {}", e.kind()))?;
+                .map_err(|e| HostPatternError::Glob {
+                    pattern: p.to_string(),
+                    reason: e.kind().to_string(),
+                })?;
             builder.add(glob);
             kept.push(p.to_string());
         }
         let set = builder
             .build()
-            .map_err(|e| format!("bad host patterns: {e}"))?;
+            .map_err(|e| HostPatternError::Set(e.to_string()))?;
         Ok(HostSet {
             set,
             patterns: kept,

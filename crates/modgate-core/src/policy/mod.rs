@@ -42,12 +42,23 @@ pub struct PolicyError {
 }
 
 impl PolicyError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> PolicyError {
+    fn new(key: impl Into<String>, cause: impl std::fmt::Display) -> PolicyError {
         PolicyError {
             key: key.into(),
-            message: message.into(),
+            message: cause.to_string(),
         }
     }
+}
+
+/// Why the intercept set cannot become the CA's name constraints.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameConstraintError {
+    #[error(
+        "intercept host pattern {0:?} cannot be expressed as a name constraint (use exact names or \"*.domain\")"
+    )]
+    Glob(String),
+    #[error("IP address {0} cannot be intercepted by a name-constrained CA")]
+    Ip(String),
 }
 
 /// Every decision modgate makes, compiled once from configuration.
@@ -67,8 +78,8 @@ impl Policy {
         let mut templates = vec![];
         for (i, (module, git)) in spec.routes.iter().enumerate() {
             templates.push(
-                private::RouteTemplate::parse(module, git).map_err(|(field, e)| {
-                    PolicyError::new(format!("private.routes[{i}].{field}"), e)
+                private::RouteTemplate::parse(module, git).map_err(|e| {
+                    PolicyError::new(format!("private.routes[{i}].{}", e.field()), e)
                 })?,
             );
         }
@@ -121,19 +132,15 @@ impl Policy {
 
     /// DNS names for the CA's name constraints: every intercepted host, with `*.x` globs as
     /// `x` (a DNS constraint covers subdomains). Other glob forms cannot be expressed.
-    pub fn ca_name_constraints(&self) -> Result<Vec<String>, String> {
+    pub fn ca_name_constraints(&self) -> Result<Vec<String>, NameConstraintError> {
         self.intercept_hosts
             .iter()
             .map(|h| {
                 let h = host::normalize_host(h);
                 match h.strip_prefix("*.") {
                     Some(rest) if !rest.contains(['*', '?', '[', '{']) => Ok(rest.to_string()),
-                    _ if h.contains(['*', '?', '[', '{']) => Err(format!(
-                        "intercept host pattern {h:?} cannot be expressed as a name constraint (use exact names or \"*.domain\")"
-                    )),
-                    _ if h.parse::<std::net::IpAddr>().is_ok() => Err(format!(
-                        "IP address {h} cannot be intercepted by a name-constrained CA"
-                    )),
+                    _ if h.contains(['*', '?', '[', '{']) => Err(NameConstraintError::Glob(h)),
+                    _ if h.parse::<std::net::IpAddr>().is_ok() => Err(NameConstraintError::Ip(h)),
                     _ => Ok(h),
                 }
             })

@@ -217,6 +217,11 @@ fn glob_matches_prefix(glob: &str, target: &str) -> bool {
     path_match(glob, prefix).unwrap_or(false)
 }
 
+/// A glob Go would silently ignore; configuration refuses it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed pattern {0:?}")]
+pub struct MalformedPattern(pub String);
+
 /// A validated list of GOPRIVATE-style globs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Patterns {
@@ -226,7 +231,9 @@ pub struct Patterns {
 impl Patterns {
     /// Splits each entry on `,` exactly as Go does (no trimming) and checks every glob's syntax;
     /// Go would silently ignore a malformed glob, so configuration refuses it instead.
-    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Patterns, String> {
+    pub fn parse<'a>(
+        entries: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Patterns, MalformedPattern> {
         let mut globs = vec![];
         for entry in entries {
             for glob in entry.split(',') {
@@ -235,7 +242,7 @@ impl Patterns {
                     continue;
                 }
                 if path_match(trimmed, "").is_err() {
-                    return Err(format!("malformed pattern {glob:?}"));
+                    return Err(MalformedPattern(glob.to_string()));
                 }
                 globs.push(glob.to_string());
             }

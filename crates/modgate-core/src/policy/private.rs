@@ -27,51 +27,83 @@ pub struct RepoMatch {
     pub git_url: String,
 }
 
+/// Why a `[[private.routes]]` template is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("the first element (the host) must be literal")]
+    HostPlaceholder,
+    #[error("bad placeholder {0:?}")]
+    BadPlaceholder(String),
+    #[error("placeholders must be whole path elements: {0:?}")]
+    PartialElement(String),
+    #[error("{template:?}: {source}")]
+    Path {
+        template: String,
+        source: crate::gomod::path::PathError,
+    },
+    #[error("{0:?} must be an https:// or http:// URL")]
+    GitScheme(String),
+    #[error("unclosed placeholder in {0:?}")]
+    Unclosed(String),
+    #[error("placeholder {{{0}}} is not in the module template")]
+    Unknown(String),
+}
+
+impl TemplateError {
+    /// The template field at fault: `module` or `git`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            TemplateError::HostPlaceholder
+            | TemplateError::BadPlaceholder(_)
+            | TemplateError::PartialElement(_)
+            | TemplateError::Path { .. } => "module",
+            TemplateError::GitScheme(_)
+            | TemplateError::Unclosed(_)
+            | TemplateError::Unknown(_) => "git",
+        }
+    }
+}
+
 impl RouteTemplate {
     /// Compiles a template; the error names the field (`module` or `git`) at fault.
-    pub fn parse(module: &str, git: &str) -> Result<RouteTemplate, (&'static str, String)> {
+    pub fn parse(module: &str, git: &str) -> Result<RouteTemplate, TemplateError> {
         let mut elems = vec![];
         let mut names = vec![];
         for (i, e) in module.split('/').enumerate() {
             if let Some(name) = e.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
                 if i == 0 {
-                    return Err((
-                        "module",
-                        "the first element (the host) must be literal".into(),
-                    ));
+                    return Err(TemplateError::HostPlaceholder);
                 }
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(("module", format!("bad placeholder {e:?}")));
+                    return Err(TemplateError::BadPlaceholder(e.to_string()));
                 }
                 names.push(name.to_string());
                 elems.push(Elem::Var(name.to_string()));
             } else {
                 if e.contains(['{', '}']) {
-                    return Err((
-                        "module",
-                        format!("placeholders must be whole path elements: {e:?}"),
-                    ));
+                    return Err(TemplateError::PartialElement(e.to_string()));
                 }
                 elems.push(Elem::Lit(e.to_string()));
             }
         }
         let literal: String = module.replace(['{', '}'], "");
-        crate::gomod::path::check_path(&literal.replace("//", "/x/"))
-            .map_err(|e| ("module", format!("{module:?}: {e}")))?;
+        crate::gomod::path::check_path(&literal.replace("//", "/x/")).map_err(|source| {
+            TemplateError::Path {
+                template: module.to_string(),
+                source,
+            }
+        })?;
         if !(git.starts_with("https://") || git.starts_with("http://")) {
-            return Err(("git", format!("{git:?} must be an https:// or http:// URL")));
+            return Err(TemplateError::GitScheme(git.to_string()));
         }
         let mut rest = git;
         while let Some(open) = rest.find('{') {
             let close = rest[open..]
                 .find('}')
-                .ok_or(("git", format!("unclosed placeholder in {git:?}")))?;
+                .ok_or_else(|| TemplateError::Unclosed(git.to_string()))?;
             let name = &rest[open + 1..open + close];
             if !names.iter().any(|n| n == name) {
-                return Err((
-                    "git",
-                    format!("placeholder {{{name}}} is not in the module template"),
-                ));
+                return Err(TemplateError::Unknown(name.to_string()));
             }
             rest = &rest[open + close + 1..];
         }
@@ -211,7 +243,11 @@ mod tests {
             ("corp.example/{x}", "https://g/{y}", "git"),
             ("Corp.example/{x}", "https://g/{x}", "module"),
         ] {
-            assert_eq!(RouteTemplate::parse(m, g).unwrap_err().0, field, "{m} {g}");
+            assert_eq!(
+                RouteTemplate::parse(m, g).unwrap_err().field(),
+                field,
+                "{m} {g}"
+            );
         }
     }
 }

@@ -4,6 +4,7 @@
 //! [`SumDbFetch`], the only routes that reach public upstreams, can be constructed only here, and
 //! only for module paths that match no private pattern. Pure.
 
+use crate::cache_key::CacheKey;
 use crate::gomod::path::ModulePath;
 use crate::policy::classify::{ProxyOp, SumDbOp, Target};
 use crate::policy::patterns::Patterns;
@@ -70,7 +71,7 @@ fn op_content(op: &ProxyOp) -> Content {
 pub struct PublicFetch {
     module: ModulePath,
     op: ProxyOp,
-    key: String,
+    key: CacheKey,
     upstream_path: String,
 }
 
@@ -81,8 +82,7 @@ impl PublicFetch {
     pub fn op(&self) -> &ProxyOp {
         &self.op
     }
-    /// Cache key (a relative, validated path).
-    pub fn key(&self) -> &str {
+    pub fn key(&self) -> &CacheKey {
         &self.key
     }
     /// Path to append to each upstream GOPROXY base URL.
@@ -102,7 +102,7 @@ impl PublicFetch {
 pub struct SumDbFetch {
     db: String,
     op: SumDbOp,
-    key: String,
+    key: CacheKey,
     upstream_path: String,
 }
 
@@ -113,7 +113,7 @@ impl SumDbFetch {
     pub fn op(&self) -> &SumDbOp {
         &self.op
     }
-    pub fn key(&self) -> &str {
+    pub fn key(&self) -> &CacheKey {
         &self.key
     }
     /// Path to append to the database's base URL.
@@ -142,7 +142,7 @@ pub struct PrivateFetch {
     module: ModulePath,
     op: ProxyOp,
     repo: RepoMatch,
-    key: String,
+    key: CacheKey,
 }
 
 impl PrivateFetch {
@@ -156,7 +156,7 @@ impl PrivateFetch {
         &self.repo
     }
     /// Cache key for canonical results (same scheme as public entries).
-    pub fn key(&self) -> &str {
+    pub fn key(&self) -> &CacheKey {
         &self.key
     }
     pub fn class(&self) -> CacheClass {
@@ -335,7 +335,7 @@ pub fn route(target: &Target, rules: &Rules) -> Route {
             Route::Public(PublicFetch {
                 module: module.clone(),
                 op: op.clone(),
-                key: format!("mod/{esc}/{tail}"),
+                key: CacheKey::proxy(module, op),
                 upstream_path: go_path_escape(&format!("/{esc}/{tail}")),
             })
         }
@@ -355,7 +355,7 @@ pub fn route(target: &Target, rules: &Rules) -> Route {
             Route::SumDb(SumDbFetch {
                 db: db.clone(),
                 op: op.clone(),
-                key: format!("sumdb/{db}/{tail}"),
+                key: CacheKey::sumdb(db, op).expect("supported is handled above"),
                 upstream_path: go_path_escape(&format!("/{tail}")),
             })
         }
@@ -484,7 +484,10 @@ mod tests {
         let Route::Public(f) = route(&t, &rules(&[])) else {
             panic!()
         };
-        assert_eq!(f.key(), "mod/github.com/!azure/x/@v/v1.0.0-!r!c1.zip");
+        assert_eq!(
+            f.key().as_str(),
+            "mod/github.com/!azure/x/@v/v1.0.0-!r!c1.zip"
+        );
         assert_eq!(
             f.upstream_path(),
             "/github.com/%21azure/x/@v/v1.0.0-%21r%21c1.zip"
@@ -514,7 +517,7 @@ mod tests {
         let Route::SumDb(f) = route(&t, &rules(&[])) else {
             panic!()
         };
-        assert_eq!(f.key(), "sumdb/sum.golang.org/tile/8/0/x004/822");
+        assert_eq!(f.key().as_str(), "sumdb/sum.golang.org/tile/8/0/x004/822");
         assert_eq!(f.class(), CacheClass::Immutable);
         assert_eq!(f.content(), Content::Binary);
         let t = classify("sum.golang.org", "/tile/8/0/x004/822.p/7", None);
@@ -652,7 +655,10 @@ mod tests {
             panic!()
         };
         assert_eq!(f.repo().root, "git.corp.example/team/lib");
-        assert_eq!(f.key(), "mod/git.corp.example/team/lib/sub/@v/v1.0.0.zip");
+        assert_eq!(
+            f.key().as_str(),
+            "mod/git.corp.example/team/lib/sub/@v/v1.0.0.zip"
+        );
         let t = classify("git.corp.example", "/team/lib/sub", Some("go-get=1"));
         assert_eq!(
             route(&t, &r),
