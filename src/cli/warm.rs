@@ -42,18 +42,18 @@ pub struct Want {
 }
 
 /// Reads a go.sum, a go.mod or a list of `module@version` lines (by file name, then content).
-pub fn parse_input(name: &str, text: &str) -> Result<Vec<Want>, String> {
+pub fn parse_input(name: &str, text: &str) -> anyhow::Result<Vec<Want>> {
     let mut wants: BTreeMap<(String, String), Want> = BTreeMap::new();
     fn add<'m>(
         wants: &'m mut BTreeMap<(String, String), Want>,
         module: &str,
         version: &str,
         line: usize,
-    ) -> Result<&'m mut Want, String> {
+    ) -> anyhow::Result<&'m mut Want> {
         modpath::check_path(module)
-            .map_err(|e| format!("line {line}: invalid module path {module:?}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("line {line}: invalid module path {module:?}: {e}"))?;
         if !modgate_core::gomod::version::is_valid(version) {
-            return Err(format!(
+            return Err(anyhow::anyhow!(
                 "line {line}: invalid version {version:?} for {module}"
             ));
         }
@@ -83,7 +83,7 @@ pub fn parse_input(name: &str, text: &str) -> Result<Vec<Want>, String> {
                     continue;
                 }
                 let [module, version, hash] = fields[..] else {
-                    return Err(format!(
+                    return Err(anyhow::anyhow!(
                         "line {}: expected \"module version h1:hash\"",
                         i + 1
                     ));
@@ -132,7 +132,7 @@ pub fn parse_input(name: &str, text: &str) -> Result<Vec<Want>, String> {
                     continue;
                 }
                 let Some((module, version)) = line.split_once('@') else {
-                    return Err(format!(
+                    return Err(anyhow::anyhow!(
                         "line {}: expected module@version, got {line:?}",
                         i + 1
                     ));
@@ -142,9 +142,22 @@ pub fn parse_input(name: &str, text: &str) -> Result<Vec<Want>, String> {
         }
     }
     if wants.is_empty() {
-        return Err(format!("{name}: no module versions found"));
+        return Err(anyhow::anyhow!("{name}: no module versions found"));
     }
     Ok(wants.into_values().collect())
+}
+
+/// A checksum-database key or signed note that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoteError {
+    #[error("invalid checksum-database key {0:?}")]
+    BadKey(String),
+    #[error("checksum database answer has no signed note")]
+    Unsigned,
+    #[error("checksum database signature by {0} does not verify")]
+    BadSignature(String),
+    #[error("checksum database note is not signed by {0}")]
+    NotSignedBy(String),
 }
 
 /// A checksum-database verifier key: name, key hash and Ed25519 public key.
@@ -157,8 +170,8 @@ pub struct VerifierKey {
 
 impl VerifierKey {
     /// Parses `name+hash+base64key` (the GOSUMDB form).
-    pub fn parse(vkey: &str) -> Result<VerifierKey, String> {
-        let bad = || format!("invalid checksum-database key {vkey:?}");
+    pub fn parse(vkey: &str) -> Result<VerifierKey, NoteError> {
+        let bad = || NoteError::BadKey(vkey.to_string());
         let mut parts = vkey.splitn(3, '+');
         let (Some(name), Some(hash), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad());
@@ -178,9 +191,9 @@ impl VerifierKey {
     }
 
     /// Verifies a signed note; returns its text.
-    pub fn verify_note<'a>(&self, note: &'a str) -> Result<&'a str, String> {
+    pub fn verify_note<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
         let Some(split) = note.find("\n\n") else {
-            return Err("checksum database answer has no signed note".into());
+            return Err(NoteError::Unsigned);
         };
         let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
         for line in sigs.lines() {
@@ -203,12 +216,9 @@ impl VerifierKey {
             return key
                 .verify(text.as_bytes(), &sig[4..])
                 .map(|_| text)
-                .map_err(|_| format!("checksum database signature by {name} does not verify"));
+                .map_err(|_| NoteError::BadSignature(name.to_string()));
         }
-        Err(format!(
-            "checksum database note is not signed by {}",
-            self.name
-        ))
+        Err(NoteError::NotSignedBy(self.name.clone()))
     }
 }
 
@@ -242,25 +252,24 @@ struct Conn {
     host: String,
 }
 
-async fn open(opts: &Options, host: &str) -> Result<Conn, String> {
+async fn open(opts: &Options, host: &str) -> anyhow::Result<Conn> {
     let mut tcp = TcpStream::connect(opts.proxy)
         .await
-        .map_err(|e| format!("cannot reach the gateway at {}: {e}", opts.proxy))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach the gateway at {}: {e}", opts.proxy))?;
     let _ = tcp.set_nodelay(true);
     tcp.write_all(format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        if head.len() > 16 * 1024 || tcp.read(&mut byte).await.map_err(|e| e.to_string())? == 0 {
-            return Err("the gateway closed the CONNECT".into());
+        if head.len() > 16 * 1024 || tcp.read(&mut byte).await? == 0 {
+            return Err(anyhow::anyhow!("the gateway closed the CONNECT"));
         }
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head);
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(format!(
+        return Err(anyhow::anyhow!(
             "the gateway refused CONNECT {host}: {}",
             head.lines().next().unwrap_or("")
         ));
@@ -268,20 +277,17 @@ async fn open(opts: &Options, host: &str) -> Result<Conn, String> {
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
+    .with_safe_default_protocol_versions()?
     .with_root_certificates(opts.roots.clone())
     .with_no_client_auth();
-    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
         .map_err(|e| {
-            format!("TLS to {host} through the gateway: {e} (is --ca the gateway's CA?)")
+            anyhow::anyhow!("TLS to {host} through the gateway: {e} (is --ca the gateway's CA?)")
         })?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     tokio::spawn(conn);
     Ok(Conn {
         send,
@@ -290,31 +296,26 @@ async fn open(opts: &Options, host: &str) -> Result<Conn, String> {
 }
 
 impl Conn {
-    async fn get(&mut self, path: &str) -> Result<Bytes, String> {
+    async fn get(&mut self, path: &str) -> anyhow::Result<Bytes> {
         let req = Request::get(path)
             .header(http::header::HOST, &self.host)
             .header(
                 http::header::USER_AGENT,
                 concat!("modgate-warm/", env!("CARGO_PKG_VERSION")),
             )
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        self.send.ready().await.map_err(|e| e.to_string())?;
-        let resp = self
-            .send
-            .send_request(req)
-            .await
-            .map_err(|e| e.to_string())?;
+            .body(Empty::new())?;
+        self.send.ready().await?;
+        let resp = self.send.send_request(req).await?;
         let status = resp.status();
         let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| format!("https://{}{path}: {e}", self.host))?
+            .map_err(|e| anyhow::anyhow!("https://{}{path}: {e}", self.host))?
             .to_bytes();
         if status != StatusCode::OK {
             let text = String::from_utf8_lossy(&body);
-            return Err(format!(
+            return Err(anyhow::anyhow!(
                 "https://{}{path}: {status}: {}",
                 self.host,
                 text.lines().next().unwrap_or("").trim()
@@ -333,14 +334,14 @@ async fn warm_one(opts: &Options, want: &Want) -> Outcome {
         error: None,
     };
     if let Err(e) = warm_inner(opts, want, &mut out).await {
-        out.error = Some(e);
+        out.error = Some(format!("{e:#}"));
     }
     out
 }
 
-async fn warm_inner(opts: &Options, want: &Want, out: &mut Outcome) -> Result<(), String> {
-    let esc_m = modpath::escape_path(&want.module).map_err(|e| e.to_string())?;
-    let esc_v = modpath::escape_version(&want.version).map_err(|e| e.to_string())?;
+async fn warm_inner(opts: &Options, want: &Want, out: &mut Outcome) -> anyhow::Result<()> {
+    let esc_m = modpath::escape_path(&want.module)?;
+    let esc_v = modpath::escape_version(&want.version)?;
     let mut conn = open(opts, &opts.goproxy_host).await?;
     let base = format!("/{esc_m}/@v/{esc_v}");
     let gomod = conn.get(&format!("{base}.mod")).await?;
@@ -353,13 +354,14 @@ async fn warm_inner(opts: &Options, want: &Want, out: &mut Outcome) -> Result<()
         out.bytes += zip.len() as u64;
         zip_h1 = Some(
             dirhash::hash_zip(std::io::Cursor::new(&zip[..]))
-                .map_err(|e| format!("{}@{}: bad zip: {e}", want.module, want.version))?,
+                .map_err(|e| anyhow::anyhow!("{}@{}: bad zip: {e}", want.module, want.version))?,
         );
     }
     let mismatch = |what: &str, got: &str, expected: &str, source: &str| {
-        format!(
+        anyhow::anyhow!(
             "{}@{}: {what} hash mismatch: downloaded {got}, {source} has {expected}",
-            want.module, want.version
+            want.module,
+            want.version
         )
     };
     if let Some(expected) = &want.mod_h1
@@ -382,10 +384,10 @@ async fn warm_inner(opts: &Options, want: &Want, out: &mut Outcome) -> Result<()
     let answer = db
         .get(&format!("/lookup/{esc_m}@{esc_v}"))
         .await
-        .map_err(|e| format!("checksum database: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("checksum database: {e}"))?;
     let answer = String::from_utf8_lossy(&answer).into_owned();
     let Some(split) = answer.find("\n\n") else {
-        return Err("checksum database answer is malformed".into());
+        return Err(anyhow::anyhow!("checksum database answer is malformed"));
     };
     key.verify_note(&answer[split + 2..])?;
     let record = &answer[..split];
@@ -396,12 +398,14 @@ async fn warm_inner(opts: &Options, want: &Want, out: &mut Outcome) -> Result<()
                 .then(|| f[2].to_string())
         })
     };
-    let db_mod = find("/go.mod").ok_or("checksum database record has no go.mod hash")?;
+    let db_mod = find("/go.mod")
+        .ok_or_else(|| anyhow::anyhow!("checksum database record has no go.mod hash"))?;
     if db_mod != mod_h1 {
         return Err(mismatch("go.mod", &mod_h1, &db_mod, &key.name));
     }
     if let Some(got) = &zip_h1 {
-        let db_zip = find("").ok_or("checksum database record has no zip hash")?;
+        let db_zip =
+            find("").ok_or_else(|| anyhow::anyhow!("checksum database record has no zip hash"))?;
         if &db_zip != got {
             return Err(mismatch("zip", got, &db_zip, &key.name));
         }
@@ -514,17 +518,20 @@ mod tests {
         assert!(
             parse_input("modules.txt", "example.com/a v1\n")
                 .unwrap_err()
+                .to_string()
                 .contains("line 1")
         );
         assert!(parse_input("go.sum", "Bad..Path v1.0.0 h1:x\n").is_err());
         assert!(
             parse_input("modules.txt", "example.com/a@latest\n")
                 .unwrap_err()
+                .to_string()
                 .contains("invalid version")
         );
         assert!(
             parse_input("go.mod", "module x\n")
                 .unwrap_err()
+                .to_string()
                 .contains("no module versions")
         );
     }

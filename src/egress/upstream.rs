@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -77,6 +77,17 @@ pub enum Wire {
     Http1,
 }
 
+/// A trust-anchor file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: {reason}")]
+    Certificate { path: PathBuf, reason: String },
+    #[error("{0}: no CERTIFICATE blocks")]
+    Empty(PathBuf),
+}
+
 /// The pooled upstream client shared by all connections.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
@@ -88,7 +99,7 @@ pub struct UpstreamClient {
 
 impl UpstreamClient {
     /// Builds the client from validated configuration.
-    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<UpstreamClient, String> {
+    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<UpstreamClient, RootsError> {
         Self::with_roots(cfg, &[], metrics)
     }
 
@@ -97,7 +108,7 @@ impl UpstreamClient {
         cfg: &UpstreamConfig,
         extra_ca_files: &[&Path],
         metrics: Arc<Metrics>,
-    ) -> Result<UpstreamClient, String> {
+    ) -> Result<UpstreamClient, RootsError> {
         let mut files: Vec<&Path> = cfg.extra_ca_file.as_deref().into_iter().collect();
         files.extend_from_slice(extra_ca_files);
         let tls = client_tls_config(&files)?;
@@ -203,21 +214,26 @@ fn classify_client_error(host: String, e: hyper_util::client::legacy::Error) -> 
 }
 
 /// rustls client configuration: Mozilla roots plus the given PEM files, ALPN h2 and http/1.1.
-pub fn client_tls_config(extra_ca_files: &[&Path]) -> Result<rustls::ClientConfig, String> {
+pub fn client_tls_config(extra_ca_files: &[&Path]) -> Result<rustls::ClientConfig, RootsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for path in extra_ca_files {
-        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bad_cert = |reason: String| RootsError::Certificate {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|source| RootsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut n = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let cert = cert.map_err(|e| bad_cert(e.to_string()))?;
+            roots.add(cert).map_err(|e| bad_cert(e.to_string()))?;
             n += 1;
         }
         if n == 0 {
-            return Err(format!("{}: no CERTIFICATE blocks", path.display()));
+            return Err(RootsError::Empty(path.to_path_buf()));
         }
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(crate::tls::tls_provider())

@@ -113,27 +113,37 @@ async fn handle(
     ))
 }
 
-/// Parses a CONNECT authority into a host and a port; the text is the client's error.
-pub fn parse_connect_target(req: &Request<Incoming>) -> Result<(String, u16), String> {
+/// A CONNECT target that cannot be used; the text is the client's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectTargetError {
+    #[error("modgate: CONNECT needs a host:port target")]
+    NoAuthority,
+    #[error("modgate: CONNECT target must not contain user information")]
+    UserInfo,
+    #[error("modgate: CONNECT target needs a port (host:port)")]
+    NoPort,
+    #[error("modgate: CONNECT to port 0 is not allowed")]
+    PortZero,
+    #[error("modgate: invalid CONNECT host {0:?}")]
+    Host(String),
+}
+
+/// Parses a CONNECT authority into a host and a port.
+pub fn parse_connect_target(req: &Request<Incoming>) -> Result<(String, u16), ConnectTargetError> {
     let authority = req
         .uri()
         .authority()
-        .ok_or("modgate: CONNECT needs a host:port target")?;
+        .ok_or(ConnectTargetError::NoAuthority)?;
     if authority.as_str().contains('@') {
-        return Err("modgate: CONNECT target must not contain user information".into());
+        return Err(ConnectTargetError::UserInfo);
     }
-    let port = authority
-        .port_u16()
-        .ok_or("modgate: CONNECT target needs a port (host:port)")?;
+    let port = authority.port_u16().ok_or(ConnectTargetError::NoPort)?;
     if port == 0 {
-        return Err("modgate: CONNECT to port 0 is not allowed".into());
+        return Err(ConnectTargetError::PortZero);
     }
     let host = normalize_host(authority.host());
     if !valid_host(&host) {
-        return Err(format!(
-            "modgate: invalid CONNECT host {:?}",
-            authority.host()
-        ));
+        return Err(ConnectTargetError::Host(authority.host().to_string()));
     }
     Ok((host, port))
 }
@@ -147,7 +157,7 @@ async fn connect(
 ) -> Response<Body> {
     let (host, port) = match parse_connect_target(&req) {
         Ok(t) => t,
-        Err(reason) => return text(StatusCode::BAD_REQUEST, &reason),
+        Err(reason) => return text(StatusCode::BAD_REQUEST, &reason.to_string()),
     };
     let decision = state
         .serve

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::body::{Body, BoxError};
 use crate::serve::State;
 use crate::serve::respond::ServeError;
+use crate::store::content::check_zip_file;
 use crate::store::disk::{DiskCache, Found, PendingEntry, StoreError};
 use crate::store::flight::Join;
 use crate::store::shared::{Claim, Validator};
@@ -464,12 +465,40 @@ async fn get_following_redirects(
             .to_str()
             .map_err(|_| redirect_error("Location is not text".into()))?
             .to_string();
-        let next = redirect_target(&uri, &location, &state.live()).map_err(redirect_error)?;
+        let next = redirect_target(&uri, &location, &state.live())
+            .map_err(|e| redirect_error(e.to_string()))?;
         // Let the connection go back to the pool: the redirect's body is small or empty.
         let _ = read_text(resp.into_body(), state).await;
         tracing::debug!(from = %uri, to = %next, "upstream redirect");
         uri = next;
     }
+}
+
+/// Why modgate does not follow an upstream's redirect.
+#[derive(Debug, thiserror::Error)]
+enum RedirectError {
+    #[error("bad URL {url}: {source}")]
+    From {
+        url: String,
+        source: url::ParseError,
+    },
+    #[error("bad redirect Location {location:?}: {source}")]
+    Location {
+        location: String,
+        source: url::ParseError,
+    },
+    #[error("redirected from https to insecure URL {0}")]
+    Insecure(url::Url),
+    #[error("redirect to unsupported scheme {0:?}")]
+    Scheme(String),
+    #[error("redirect Location carries credentials")]
+    Credentials,
+    #[error("redirect to {next} refused: {reason}")]
+    Denied { next: url::Url, reason: String },
+    #[error("bad redirect target: {0}")]
+    Origin(#[from] modgate_core::base_url::UrlError),
+    #[error("bad redirect target {next}: {source}")]
+    Target { next: url::Url, source: http::Error },
 }
 
 /// Where `location`, from a response to `from`, leads: resolved as a URL reference, https to
@@ -478,29 +507,35 @@ fn redirect_target(
     from: &http::Uri,
     location: &str,
     dynamic: &crate::serve::Live,
-) -> Result<http::Uri, String> {
-    let base = url::Url::parse(&from.to_string()).map_err(|e| format!("bad URL {from}: {e}"))?;
+) -> Result<http::Uri, RedirectError> {
+    let base = url::Url::parse(&from.to_string()).map_err(|source| RedirectError::From {
+        url: from.to_string(),
+        source,
+    })?;
     let next = base
         .join(location)
-        .map_err(|e| format!("bad redirect Location {location:?}: {e}"))?;
+        .map_err(|source| RedirectError::Location {
+            location: location.to_string(),
+            source,
+        })?;
     match next.scheme() {
         "https" => {}
         "http" if base.scheme() == "http" => {}
-        "http" => return Err(format!("redirected from https to insecure URL {next}")),
-        other => return Err(format!("redirect to unsupported scheme {other:?}")),
+        "http" => return Err(RedirectError::Insecure(next)),
+        other => return Err(RedirectError::Scheme(other.to_string())),
     }
     if !next.username().is_empty() || next.password().is_some() {
-        return Err("redirect Location carries credentials".into());
+        return Err(RedirectError::Credentials);
     }
     // The gateway's own egress rules hold for where an upstream sends it.
     let host = next.host_str().unwrap_or_default();
     if let Decision::Deny(reason) = dynamic.policy.egress.decide_forward(&normalize_host(
         host.trim_start_matches('[').trim_end_matches(']'),
     )) {
-        return Err(format!("redirect to {next} refused: {reason}"));
+        return Err(RedirectError::Denied { next, reason });
     }
     let origin = next.origin().ascii_serialization();
-    let target = BaseUrl::parse(&origin).map_err(|e| format!("bad redirect target: {e}"))?;
+    let target = BaseUrl::parse(&origin)?;
     let path = match next.query() {
         Some(q) => format!("{}?{q}", next.path()),
         None => next.path().to_string(),
@@ -508,7 +543,7 @@ fn redirect_target(
     dynamic
         .resolve(&target)
         .join(&path)
-        .map_err(|e| format!("bad redirect target {next}: {e}"))
+        .map_err(|source| RedirectError::Target { next, source })
 }
 
 /// Reads at most a few KB of an error body, with the response timeout.
@@ -693,7 +728,7 @@ async fn fill(spec: &Spec, state: &Arc<State>, mut body: Incoming, answer: Answe
             let key = spec.key.as_str();
             match res {
                 Ok(Ok(sync)) => Ok(sync),
-                Ok(Err(StoreError::Rejected(msg))) => Err(Some(msg)),
+                Ok(Err(StoreError::Rejected(why))) => Err(Some(why.to_string())),
                 Ok(Err(e)) => {
                     tracing::warn!(key, error = %e, "cache commit failed");
                     state.cache.count_error();
@@ -738,11 +773,7 @@ async fn fill(spec: &Spec, state: &Arc<State>, mut body: Incoming, answer: Answe
 fn validator(spec: &Spec) -> Validator {
     let zip = spec.zip.clone();
     Arc::new(move |file: &std::fs::File| match &zip {
-        Some((module, version)) => {
-            let len = file.metadata().map_err(|e| e.to_string())?.len();
-            modgate_core::gomod::zip::check_zip(module, version, file, len)
-                .map_err(|e| format!("invalid module zip for {module}@{version}: {e}"))
-        }
+        Some((module, version)) => check_zip_file(file, module, version),
         None => Ok(()),
     })
 }

@@ -16,14 +16,15 @@ use crate::egress::upstream::UpstreamClient;
 use crate::serve::State;
 use crate::serve::cached::{self, FillOutcome};
 use crate::serve::respond::ServeError;
+use crate::store::content::check_zip_file;
 use crate::store::disk::PendingEntry;
 use crate::store::flight::Join;
 use crate::store::mirror::{GitAccess, Mirror, MirrorError};
 use crate::telemetry::ctx::ReqCtx;
 use modgate_core::gomod::coderepo::{CodeHost, CodeRepo, RepoError};
+use modgate_core::gomod::modfile;
 use modgate_core::gomod::modzip::{self, SourceFile};
 use modgate_core::gomod::path::ModulePath;
-use modgate_core::gomod::{modfile, zip::check_zip};
 use modgate_core::policy::classify::ProxyOp;
 use modgate_core::policy::route::{CacheClass, PrivateFetch};
 
@@ -95,7 +96,7 @@ impl PrivateBackend {
         }
         let extra: Vec<&std::path::Path> = cfg.extra_ca_file.as_deref().into_iter().collect();
         let client = UpstreamClient::with_roots(&state_cfg.upstream, &extra, metrics)
-            .map_err(|e| invalid("extra_ca_file", e))?;
+            .map_err(|e| invalid("extra_ca_file", e.to_string()))?;
         // git uses its own TLS stack: give it one bundle with every root modgate trusts.
         let mut roots: Vec<&std::path::Path> = extra.clone();
         if let Some(p) = state_cfg.upstream.extra_ca_file.as_deref() {
@@ -316,10 +317,7 @@ async fn fill(f: &PrivateFetch, access: &GitAccess, state: &Arc<State>) -> Resul
             res?;
             let (module, version) = (f2.module().clone(), v.clone());
             pending
-                .commit(|file| {
-                    let len = file.metadata().map_err(|e| e.to_string())?.len();
-                    check_zip(&module, &version, file, len).map_err(|e| e.to_string())
-                })
+                .commit(|file| check_zip_file(file, &module, &version))
                 .map_err(|e| ServeError::Internal(format!("storing the module zip: {e}")))
         }
         _ => {
@@ -356,7 +354,7 @@ fn build_zip(
     let _cleanup = RemoveOnDrop(archive_path.clone());
     mirror
         .archive(&src.commit, &src.dir, &archive_path)
-        .map_err(ServeError::Internal)?;
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
     let file =
         std::fs::File::open(&archive_path).map_err(|e| ServeError::Internal(e.to_string()))?;
     let mut archive = zip::ZipArchive::new(file)
@@ -392,7 +390,7 @@ fn build_zip(
         && !files.iter().any(|f| f.path == "LICENSE")
         && let Some(data) = mirror
             .read_file(&src.commit, "LICENSE")
-            .map_err(ServeError::Internal)?
+            .map_err(|e| ServeError::Internal(e.to_string()))?
     {
         files.push(SourceFile {
             path: "LICENSE".into(),

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntGauge;
 
+use super::content::ContentError;
 use super::durable::{self, Queued, Tracker};
 use crate::telemetry::metrics::StoreMetrics;
 
@@ -37,7 +38,7 @@ pub enum StoreError {
     #[error("cache I/O on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("entry rejected: {0}")]
-    Rejected(String),
+    Rejected(#[from] ContentError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -689,7 +690,7 @@ impl PendingEntry {
     /// themselves, which the background path cannot vouch for.
     pub fn commit(
         self,
-        validate: impl FnOnce(&File) -> Result<(), String>,
+        validate: impl FnOnce(&File) -> Result<(), ContentError>,
     ) -> Result<(), StoreError> {
         self.finish(validate, false)?.run();
         Ok(())
@@ -704,14 +705,14 @@ impl PendingEntry {
     /// miss), never leave a partial one that is served. `validate` must not set the file's times.
     pub fn commit_then(
         self,
-        validate: impl FnOnce(&File) -> Result<(), String>,
+        validate: impl FnOnce(&File) -> Result<(), ContentError>,
     ) -> Result<DirSync, StoreError> {
         self.finish(validate, true)
     }
 
     fn finish(
         mut self,
-        validate: impl FnOnce(&File) -> Result<(), String>,
+        validate: impl FnOnce(&File) -> Result<(), ContentError>,
         defer: bool,
     ) -> Result<DirSync, StoreError> {
         let file = self.file.take().expect("file present until commit");
@@ -737,7 +738,7 @@ impl PendingEntry {
         if background.is_none() {
             file.sync_all().map_err(io_err(&self.tmp_path))?;
         }
-        validate(&file).map_err(StoreError::Rejected)?;
+        validate(&file)?;
         if let Some(parent) = self.dest.parent() {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
@@ -822,7 +823,10 @@ mod tests {
         }
         let mut p = c.begin("mod/x.com/m/@v/v1.0.0.zip").unwrap();
         p.write(b"bad").unwrap();
-        assert!(p.commit(|_| Err("corrupt".into())).is_err());
+        assert!(
+            p.commit(|_| Err(io::Error::other("corrupt").into()))
+                .is_err()
+        );
         assert!(c.get("mod/x.com/m/@v/v1.0.0.zip").is_none());
         assert_eq!(
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),

@@ -30,6 +30,22 @@ pub enum MirrorError {
     Git(String),
 }
 
+/// Reading a local mirror failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot run git: {0}")]
+    Spawn(std::io::Error),
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("git archive failed: {0}")]
+    Archive(String),
+    #[error("bad commit time {0:?}")]
+    CommitTime(String),
+}
+
 /// How to reach one repository.
 #[derive(Clone)]
 pub struct GitAccess {
@@ -274,22 +290,22 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    fn run(&self, args: &[&str]) -> Result<Output, String> {
-        git(&self.dir)
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run git: {e}"))
+    fn run(&self, args: &[&str]) -> Result<Output, ReadError> {
+        git(&self.dir).args(args).output().map_err(ReadError::Spawn)
     }
 
-    fn ok(&self, args: &[&str]) -> Result<Option<Vec<u8>>, String> {
+    fn ok(&self, args: &[&str]) -> Result<Option<Vec<u8>>, ReadError> {
         let out = self.run(args)?;
         Ok(out.status.success().then_some(out.stdout))
     }
 
     /// `git archive --format=zip` of `commit`, restricted to `dir`, into `out`, as the go
     /// command makes it (LF line endings, no export-subst/export-ignore).
-    pub fn archive(&self, commit: &str, dir: &str, out: &Path) -> Result<(), String> {
-        let file = std::fs::File::create(out).map_err(|e| e.to_string())?;
+    pub fn archive(&self, commit: &str, dir: &str, out: &Path) -> Result<(), ReadError> {
+        let file = std::fs::File::create(out).map_err(|source| ReadError::Create {
+            path: out.to_path_buf(),
+            source,
+        })?;
         let mut cmd = git(&self.dir);
         cmd.args([
             "-c",
@@ -308,11 +324,10 @@ impl Mirror {
             .stdout(file)
             .stderr(Stdio::piped())
             .output()
-            .map_err(|e| format!("cannot run git: {e}"))?;
+            .map_err(ReadError::Spawn)?;
         if !st.status.success() {
-            return Err(format!(
-                "git archive failed: {}",
-                String::from_utf8_lossy(&st.stderr).trim()
+            return Err(ReadError::Archive(
+                String::from_utf8_lossy(&st.stderr).trim().to_string(),
             ));
         }
         Ok(())
@@ -324,9 +339,9 @@ fn is_hex(s: &str) -> bool {
 }
 
 impl CodeHost for Mirror {
-    type Error = String;
+    type Error = ReadError;
 
-    fn tags(&self) -> Result<Vec<(String, String)>, String> {
+    fn tags(&self) -> Result<Vec<(String, String)>, ReadError> {
         let out = self
             .ok(&[
                 "for-each-ref",
@@ -346,7 +361,7 @@ impl CodeHost for Mirror {
             .collect())
     }
 
-    fn resolve(&self, rev: &str) -> Result<Option<Commit>, String> {
+    fn resolve(&self, rev: &str) -> Result<Option<Commit>, ReadError> {
         if rev.starts_with('-') || rev.is_empty() {
             return Ok(None);
         }
@@ -387,13 +402,15 @@ impl CodeHost for Mirror {
             };
             return Ok(Some(Commit {
                 hash: h.to_string(),
-                time: t.parse().map_err(|_| format!("bad commit time {t:?}"))?,
+                time: t
+                    .parse()
+                    .map_err(|_| ReadError::CommitTime(t.to_string()))?,
             }));
         }
         Ok(None)
     }
 
-    fn read_file(&self, commit: &str, path: &str) -> Result<Option<Vec<u8>>, String> {
+    fn read_file(&self, commit: &str, path: &str) -> Result<Option<Vec<u8>>, ReadError> {
         let spec = format!("{commit}:{path}");
         let kind = self.ok(&["cat-file", "-t", &spec])?;
         if kind
@@ -406,7 +423,7 @@ impl CodeHost for Mirror {
         self.ok(&["cat-file", "blob", &spec])
     }
 
-    fn merged_tags(&self, commit: &str) -> Result<Vec<String>, String> {
+    fn merged_tags(&self, commit: &str) -> Result<Vec<String>, ReadError> {
         let out = self
             .ok(&[
                 "for-each-ref",

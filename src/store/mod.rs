@@ -1,7 +1,8 @@
-//! Persistence: the on-disk cache with atomic commits and an LRU size bound (`disk`), and
+//! Persistence: the content checks every writer runs before commit (`content`), the on-disk cache with atomic commits and an LRU size bound (`disk`), and
 //! single-flight coordination of cache fills (`flight`), the S3-compatible tier shared by
 //! replicas (`shared`), and private repository mirrors (`mirror`). Nothing here knows about HTTP.
 
+pub mod content;
 pub mod disk;
 pub mod durable;
 pub mod flight;

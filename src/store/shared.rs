@@ -326,7 +326,7 @@ impl SharedStore {
         let committed = tokio::task::spawn_blocking(move || {
             pending.commit(|file| {
                 validate(file)?;
-                file.set_modified(fetched).map_err(|e| e.to_string())
+                Ok(file.set_modified(fetched)?)
             })
         })
         .await;
@@ -532,4 +532,5 @@ fn credential(file: &Option<std::path::PathBuf>, env: &str, key: &str) -> anyhow
 }
 
 /// Validation applied to an entry taken from the bucket (the same as for upstream bodies).
-pub type Validator = Arc<dyn Fn(&std::fs::File) -> Result<(), String> + Send + Sync>;
+pub type Validator =
+    Arc<dyn Fn(&std::fs::File) -> Result<(), super::content::ContentError> + Send + Sync>;
