@@ -10,9 +10,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::body::Answer;
 use crate::body::{Body, full};
 use crate::gateway::Runtime as State;
-use crate::serve::respond::text;
 
 /// Serves admin requests until shutdown.
 pub async fn run(listener: TcpListener, state: Arc<State>) {
@@ -44,7 +44,9 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
     if req.uri().path() == "/-/reload" {
         if req.method() != Method::POST {
-            return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "use POST to reload"));
+            return Ok(
+                Answer::new(StatusCode::METHOD_NOT_ALLOWED, "use POST to reload").into_response(),
+            );
         }
         let st = state.clone();
         let res = tokio::task::spawn_blocking(move || st.reload())
@@ -52,41 +54,46 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             .map_err(|e| anyhow::anyhow!("reload task failed: {e}"))
             .and_then(|r| r);
         return Ok(match res {
-            Ok(r) if r.restart_keys.is_empty() => text(StatusCode::OK, "reloaded"),
-            Ok(r) => text(
+            Ok(r) if r.restart_keys.is_empty() => {
+                Answer::new(StatusCode::OK, "reloaded").into_response()
+            }
+            Ok(r) => Answer::new(
                 StatusCode::OK,
-                &format!(
+                format!(
                     "reloaded; these keys changed but take effect only after a restart: {}",
                     r.restart_keys.join(", ")
                 ),
-            ),
-            Err(e) => text(
+            )
+            .into_response(),
+            Err(e) => Answer::new(
                 StatusCode::BAD_REQUEST,
-                &format!("reload refused, previous configuration kept: {e:#}"),
-            ),
+                format!("reload refused, previous configuration kept: {e:#}"),
+            )
+            .into_response(),
         });
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "use GET"));
+        return Ok(Answer::new(StatusCode::METHOD_NOT_ALLOWED, "use GET").into_response());
     }
     let resp = match req.uri().path() {
         "/metrics" => with_type(
             full(state.ingress.serve.metrics.render()),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
-        "/healthz" => text(StatusCode::OK, "ok"),
+        "/healthz" => Answer::new(StatusCode::OK, "ok").into_response(),
         "/readyz" if state.ingress.shutdown.is_cancelled() => {
-            text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+            Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
         }
-        "/readyz" => text(StatusCode::OK, "ready"),
+        "/readyz" => Answer::new(StatusCode::OK, "ready").into_response(),
         "/ca.pem" => with_type(
             full(state.ca.cert_pem().to_string()),
             "application/x-pem-file",
         ),
-        _ => text(
+        _ => Answer::new(
             StatusCode::NOT_FOUND,
             "not found; try /metrics, /healthz, /readyz or /ca.pem",
-        ),
+        )
+        .into_response(),
     };
     Ok(resp)
 }

@@ -9,9 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config};
@@ -180,14 +178,7 @@ impl Gateway {
             mirrors,
             live,
         ));
-        let ingress = Arc::new(Ingress {
-            serve,
-            auth: ArcSwapOption::new(auth),
-            leaves,
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            conn_limit,
-        });
+        let ingress = Arc::new(Ingress::new(serve, auth, leaves, conn_limit));
         let runtime = Arc::new(Runtime {
             ingress: ingress.clone(),
             ca,
@@ -255,7 +246,7 @@ impl Gateway {
     pub async fn shutdown(self) -> bool {
         let ingress = &self.runtime.ingress;
         let deadline = ingress.serve.config.proxy.drain_timeout;
-        ingress.shutdown.cancel();
+        ingress.begin_drain();
         self.accept_loops.wait().await;
         ingress.tasks.close();
         let drained = tokio::time::timeout(deadline, ingress.tasks.wait())

@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use tracing::Instrument as _;
 
+use crate::body::Answer;
 use crate::ingress::Ingress as State;
 
 /// Accepts connections until shutdown, each holding one `proxy.max_connections` permit while
@@ -65,13 +66,14 @@ pub async fn accept_loop<F, Fut>(
 /// Answers 503 to a connection over `proxy.max_connections` and closes it.
 async fn refuse_busy(mut stream: TcpStream) {
     use tokio::io::AsyncWriteExt;
-    let msg = "modgate: too many connections; try again shortly\n";
-    let resp = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}",
-        msg.len()
-    );
+    let answer = Answer::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "modgate: too many connections; try again shortly",
+    )
+    .closing()
+    .to_http1();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-        let _ = stream.write_all(resp.as_bytes()).await;
+        let _ = stream.write_all(&answer).await;
         let _ = stream.shutdown().await;
     })
     .await;

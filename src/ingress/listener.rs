@@ -13,11 +13,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 use tracing::Instrument as _;
 
+use crate::body::Answer;
 use crate::body::Body;
 use crate::egress::upstream;
 use crate::ingress::Ingress as State;
 use crate::ingress::{conn, mitm, tunnel};
-use crate::serve::respond::text;
 use crate::telemetry::ctx::ConnCtx;
 use modgate_core::policy::egress::Decision;
 use modgate_core::policy::host::{normalize_host, valid_host};
@@ -48,18 +48,21 @@ async fn serve_client(
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
+    // hyper-util's graceful shutdown cannot watch this connection: `GracefulConnection` is
+    // sealed and not implemented for hyper's `http1::UpgradeableConnection` (hyper-util 0.1.21),
+    // and its `auto` builder, which has one, lacks the `max_header_size` limit. So this one
+    // connection kind is drained by hand.
     tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                conn::count_conn_error(&state, &e);
-                tracing::debug!(%peer, error = %e, "client connection ended with error");
-            }
-        }
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
         _ = state.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            conn.await
         }
+    };
+    if let Err(e) = res {
+        conn::count_conn_error(&state, &e);
+        tracing::debug!(%peer, error = %e, "client connection ended with error");
     }
 }
 
@@ -82,22 +85,23 @@ async fn handle(
                 .limit_hits
                 .with_label_values(&["auth_rate"])
                 .inc();
-            return Ok(text(
+            return Ok(Answer::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "modgate: too many failed proxy authentications from this address; wait a minute",
-            ));
+            )
+            .into_response());
         }
-        let mut resp = text(
+        return Ok(Answer::new(
             StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             "modgate: proxy authentication required (set credentials in HTTPS_PROXY as http://user:password@host:port)",
-        );
-        resp.headers_mut().insert(
+        )
+        .with_header(
             http::header::PROXY_AUTHENTICATE,
             auth.challenge()
                 .parse()
                 .expect("challenge is a valid header value"),
-        );
-        return Ok(resp);
+        )
+        .into_response());
     }
     if req.method() == Method::CONNECT {
         return Ok(connect(req, peer, state, &dynamic, permit).await);
@@ -107,10 +111,10 @@ async fn handle(
             crate::serve::forward::plain_http(req, peer, state.serve.clone(), "connect").await,
         );
     }
-    Ok(text(
+    Ok(Answer::new(
         StatusCode::BAD_REQUEST,
         "modgate: this is a forward proxy; use it as HTTPS_PROXY (CONNECT) or send absolute-form http:// requests",
-    ))
+    ).into_response())
 }
 
 /// A CONNECT target that cannot be used; the text is the client's error.
@@ -157,7 +161,9 @@ async fn connect(
 ) -> Response<Body> {
     let (host, port) = match parse_connect_target(&req) {
         Ok(t) => t,
-        Err(reason) => return text(StatusCode::BAD_REQUEST, &reason.to_string()),
+        Err(reason) => {
+            return Answer::new(StatusCode::BAD_REQUEST, reason.to_string()).into_response();
+        }
     };
     let decision = state
         .serve
@@ -165,28 +171,29 @@ async fn connect(
     match decision {
         Decision::Deny(reason) => {
             tracing::info!(%peer, %host, port, "CONNECT denied");
-            text(StatusCode::FORBIDDEN, &reason)
+            Answer::new(StatusCode::FORBIDDEN, &reason).into_response()
         }
         Decision::Tunnel => {
             let timeout = state.serve.config.upstream.connect_timeout;
-            let target =
-                match tokio::time::timeout(timeout, upstream::connect_tcp(&host, port)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        return text(
-                            StatusCode::BAD_GATEWAY,
-                            &format!("modgate: cannot connect to {host}:{port}: {e}"),
-                        );
-                    }
-                    Err(_) => {
-                        return text(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            &format!(
-                                "modgate: connecting to {host}:{port} timed out after {timeout:?}"
-                            ),
-                        );
-                    }
-                };
+            let target = match tokio::time::timeout(timeout, upstream::connect_tcp(&host, port))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return Answer::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("modgate: cannot connect to {host}:{port}: {e}"),
+                    )
+                    .into_response();
+                }
+                Err(_) => {
+                    return Answer::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("modgate: connecting to {host}:{port} timed out after {timeout:?}"),
+                    )
+                    .into_response();
+                }
+            };
             let metrics = state.serve.metrics.clone();
             state.tasks.spawn(
                 async move {

@@ -17,9 +17,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::body::Answer;
 use crate::ingress::Ingress as State;
 use crate::ingress::io::Prefixed;
 use crate::telemetry::ctx::{ConnCtx, ReqCtx};
+use hyper_util::server::graceful::GracefulShutdown;
 use modgate_core::policy::host::normalize_host;
 
 /// Serves one intercepted tunnel until it closes or the gateway shuts down.
@@ -123,9 +125,12 @@ where
             (state.serve.config.proxy.max_head_size.as_u64() as u32).max(16 * 1024),
         );
     let http = builder.serve_connection(TokioIo::new(tls), svc);
+    // Closed gracefully by hyper-util when the gateway drains, or by this connection's own
+    // closer when no request has been in flight for `proxy.idle_timeout` (HTTP/1.1 idle
+    // connections are also closed by the header-read timeout).
+    let closer = GracefulShutdown::new();
+    let http = closer.watch(http);
     tokio::pin!(http);
-    // An intercepted connection with no request in flight for `proxy.idle_timeout` is closed
-    // gracefully (HTTP/1.1 idle connections are also closed by the header-read timeout).
     let idle = state.serve.config.proxy.idle_timeout;
     let idle_watch = async {
         use std::sync::atomic::Ordering;
@@ -138,27 +143,34 @@ where
             }
         }
     };
-    tokio::select! {
-        _ = idle_watch => {
-            state.serve.metrics.limit_hits.with_label_values(&["idle_timeout"]).inc();
-            http.as_mut().graceful_shutdown();
-            let _ = http.await;
-        }
-        res = http.as_mut() => {
-            if let Err(e) = res {
-                if let Some(he) = e.downcast_ref::<hyper::Error>() {
-                    crate::ingress::conn::count_conn_error(&state, he);
-                }
-                if is_reset_flood(e.as_ref()) {
-                    state.serve.metrics.limit_hits.with_label_values(&["h2_reset_flood"]).inc();
-                }
-                tracing::debug!(client = %conn.client, host = %conn.host, error = %e, "intercepted connection ended with error");
+    let res = tokio::select! {
+        res = http.as_mut() => res,
+        close = async {
+            tokio::select! {
+                _ = idle_watch => true,
+                _ = state.shutdown.cancelled() => false,
             }
+        } => {
+            if close {
+                state.serve.metrics.limit_hits.with_label_values(&["idle_timeout"]).inc();
+            }
+            drop(closer);
+            http.await
         }
-        _ = state.shutdown.cancelled() => {
-            http.as_mut().graceful_shutdown();
-            let _ = http.await;
+    };
+    if let Err(e) = res {
+        if let Some(he) = e.downcast_ref::<hyper::Error>() {
+            crate::ingress::conn::count_conn_error(&state, he);
         }
+        if is_reset_flood(e.as_ref()) {
+            state
+                .serve
+                .metrics
+                .limit_hits
+                .with_label_values(&["h2_reset_flood"])
+                .inc();
+        }
+        tracing::debug!(client = %conn.client, host = %conn.host, error = %e, "intercepted connection ended with error");
     }
 }
 
@@ -194,15 +206,16 @@ where
     first.truncate(n);
     if first.first() != Some(&0x16) {
         if n > 0 {
-            let msg = format!(
-                "modgate: expected a TLS ClientHello for {} after CONNECT\n",
-                conn.host
-            );
-            let resp = format!(
-                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}",
-                msg.len()
-            );
-            let _ = io.write_all(resp.as_bytes()).await;
+            let answer = Answer::new(
+                http::StatusCode::BAD_REQUEST,
+                format!(
+                    "modgate: expected a TLS ClientHello for {} after CONNECT",
+                    conn.host
+                ),
+            )
+            .closing()
+            .to_http1();
+            let _ = io.write_all(&answer).await;
             let _ = io.shutdown().await;
             // Discard what the client already sent, briefly: closing with unread input would
             // reset the connection and could destroy the answer before the client reads it.

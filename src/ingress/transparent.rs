@@ -22,12 +22,12 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use tracing::Instrument as _;
 
+use crate::body::Answer;
 use crate::body::Body;
 use crate::config::{NoSni, TransparentConfig};
 use crate::ingress::Ingress as State;
 use crate::ingress::io::Prefixed;
 use crate::ingress::{mitm, tunnel};
-use crate::serve::respond::text;
 use crate::telemetry::ctx::ConnCtx;
 use modgate_core::policy::egress::Decision;
 use modgate_core::policy::host::normalize_host;
@@ -302,17 +302,8 @@ async fn serve_plain(
     let svc_state = state.clone();
     let svc = service_fn(move |req| plain_request(req, peer, orig, svc_state.clone()));
     let conn = crate::ingress::conn::http1_builder(&state).serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                crate::ingress::conn::count_conn_error(&state, &e);
-            }
-        }
-        _ = state.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+    if let Err(e) = state.watch(conn).await {
+        crate::ingress::conn::count_conn_error(&state, &e);
     }
 }
 
@@ -328,10 +319,11 @@ async fn plain_request(
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse::<http::uri::Authority>().ok())
     else {
-        return Ok(text(
+        return Ok(Answer::new(
             StatusCode::BAD_REQUEST,
             "modgate: a request redirected to the gateway needs a valid Host header",
-        ));
+        )
+        .into_response());
     };
     let authority = match authority.port_u16() {
         Some(_) => authority.to_string(),
@@ -346,10 +338,10 @@ async fn plain_request(
     match format!("http://{authority}{path}").parse() {
         Ok(uri) => *req.uri_mut() = uri,
         Err(_) => {
-            return Ok(text(
-                StatusCode::BAD_REQUEST,
-                "modgate: invalid request target",
-            ));
+            return Ok(
+                Answer::new(StatusCode::BAD_REQUEST, "modgate: invalid request target")
+                    .into_response(),
+            );
         }
     }
     Ok(crate::serve::forward::plain_http(req, peer, state.serve.clone(), "transparent").await)

@@ -1,9 +1,9 @@
 //! The one place errors become HTTP responses: status and a short plain-text body the go command
 //! shows its user.
 
-use http::{HeaderValue, Response, StatusCode};
+use http::{Response, StatusCode};
 
-use crate::body::{Body, full};
+use crate::body::{Answer, Body};
 use crate::egress::upstream::UpstreamError;
 use modgate_core::policy::classify::ClassifyError;
 
@@ -83,27 +83,23 @@ impl From<ClassifyError> for ServeError {
     }
 }
 
-/// The response for `err`.
-pub fn error_response(err: &ServeError) -> Response<Body> {
-    let msg = match err {
-        ServeError::ClientBadRequest(m)
-        | ServeError::ClientForbidden(m)
-        | ServeError::ClientNotFound(m)
-        | ServeError::ClientMethod(m) => m.clone(),
-        other => format!("modgate: {other}"),
-    };
-    text(err.status(), &msg)
+/// The answer for `err`: a client's fault in its own words, anything else prefixed `modgate:`.
+impl From<&ServeError> for Answer {
+    fn from(err: &ServeError) -> Answer {
+        let msg = match err {
+            ServeError::ClientBadRequest(m)
+            | ServeError::ClientForbidden(m)
+            | ServeError::ClientNotFound(m)
+            | ServeError::ClientMethod(m) => m.clone(),
+            other => format!("modgate: {other}"),
+        };
+        Answer::new(err.status(), msg)
+    }
 }
 
-/// A `text/plain; charset=utf-8` response whose body is `msg` plus a newline.
-pub fn text(status: StatusCode, msg: &str) -> Response<Body> {
-    let mut resp = Response::new(full(format!("{}\n", msg.trim_end())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+/// The response for `err`.
+pub fn error_response(err: &ServeError) -> Response<Body> {
+    Answer::from(err).into_response()
 }
 
 #[cfg(test)]
