@@ -19,6 +19,7 @@ use crate::egress::upstream;
 use crate::ingress::Ingress as State;
 use crate::ingress::{conn, mitm, tunnel};
 use crate::telemetry::ctx::ConnCtx;
+use crate::telemetry::labels::Mode;
 use modgate_core::policy::egress::Decision;
 use modgate_core::policy::host::{normalize_host, valid_host};
 
@@ -107,9 +108,13 @@ async fn handle(
         return Ok(connect(req, peer, state, &dynamic, permit).await);
     }
     if req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-        return Ok(
-            crate::serve::forward::plain_http(req, peer, state.serve.clone(), "connect").await,
-        );
+        return Ok(crate::serve::forward::plain_http(
+            req,
+            peer,
+            state.serve.clone(),
+            Mode::Connect,
+        )
+        .await);
     }
     Ok(Answer::new(
         StatusCode::BAD_REQUEST,
@@ -208,7 +213,7 @@ async fn connect(
             Response::new(crate::body::empty())
         }
         Decision::Intercept => {
-            let conn = ConnCtx::new(peer, "connect", host, port);
+            let conn = ConnCtx::new(peer, Mode::Connect, host, port);
             let task_state = state.clone();
             state.tasks.spawn(
                 async move {

@@ -91,16 +91,7 @@ where
         }
         let inflight = inflight.clone();
         let last_active = svc_last_active.clone();
-        let ctx = ReqCtx::new(
-            svc_conn.clone(),
-            req.method().clone(),
-            svc_conn.host.clone(),
-            req.uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
-            svc_state.serve.metrics.clone(),
-        );
+        let ctx = ReqCtx::for_request(svc_conn.clone(), &req, svc_state.serve.metrics.clone());
         let fut = crate::serve::dispatch(req, ctx, svc_state.serve.clone());
         async move {
             let res = fut.await;

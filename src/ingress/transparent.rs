@@ -29,6 +29,7 @@ use crate::ingress::Ingress as State;
 use crate::ingress::io::Prefixed;
 use crate::ingress::{mitm, tunnel};
 use crate::telemetry::ctx::ConnCtx;
+use crate::telemetry::labels::Mode;
 use modgate_core::policy::egress::Decision;
 use modgate_core::policy::host::normalize_host;
 
@@ -197,7 +198,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
         Decision::Intercept => {
             outcome("intercept");
             let host = sni.expect("only a named host is intercepted");
-            let conn = ConnCtx::new(peer, "transparent", host, orig.port());
+            let conn = ConnCtx::new(peer, Mode::Transparent, host, orig.port());
             let span = conn.span.clone();
             mitm::serve(Prefixed::new(prefix, stream), conn, state)
                 .instrument(span)
@@ -344,7 +345,7 @@ async fn plain_request(
             );
         }
     }
-    Ok(crate::serve::forward::plain_http(req, peer, state.serve.clone(), "transparent").await)
+    Ok(crate::serve::forward::plain_http(req, peer, state.serve.clone(), Mode::Transparent).await)
 }
 
 #[cfg(test)]

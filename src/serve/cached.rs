@@ -26,6 +26,7 @@ use crate::store::disk::{DiskCache, Found, PendingEntry, StoreError};
 use crate::store::flight::Join;
 use crate::store::shared::{Claim, Validator};
 use crate::telemetry::ctx::ReqCtx;
+use crate::telemetry::labels::CacheOutcome;
 use modgate_core::base_url::BaseUrl;
 use modgate_core::cache_key::CacheKey;
 use modgate_core::gomod::path::ModulePath;
@@ -126,8 +127,8 @@ pub async fn serve(
         if let Some(f) = &found
             && (spec.class == CacheClass::Immutable || f.age() < ttl)
         {
-            ctx.cache = "hit";
-            return serve_found(&state.cache, f, spec.content, "hit", method).await;
+            ctx.cache = CacheOutcome::Hit;
+            return serve_found(&state.cache, f, spec.content, CacheOutcome::Hit, method).await;
         }
         let neg_key = spec.key.not_found();
         if let Some(n) = state.cache.get(&neg_key)
@@ -135,9 +136,9 @@ pub async fn serve(
             && found.as_ref().is_none_or(|f| f.modified < n.modified)
             && let Ok(data) = tokio::fs::read(&n.path).await
         {
-            ctx.cache = "hit";
+            ctx.cache = CacheOutcome::Hit;
             let (status, text) = decode_not_found(&data);
-            return Ok(not_found(status, text, "hit"));
+            return Ok(not_found(status, text, CacheOutcome::Hit));
         }
         match state.flights.join(spec.key.as_str()) {
             Join::Leader(leader) => {
@@ -147,14 +148,21 @@ pub async fn serve(
                     ServeError::Internal("cache fill task ended unexpectedly".into())
                 })?;
                 ctx.upstream_time = led.waited;
-                ctx.cache = "miss";
+                ctx.cache = CacheOutcome::Miss;
                 return match led.result {
                     Ok(resp) => Ok(resp),
                     Err(e) => match &found {
                         Some(stale) => {
-                            ctx.cache = "stale";
+                            ctx.cache = CacheOutcome::Stale;
                             tracing::warn!(key = %spec.key, error = %e, "serving stale entry: upstream failed");
-                            serve_found(&state.cache, stale, spec.content, "stale", method).await
+                            serve_found(
+                                &state.cache,
+                                stale,
+                                spec.content,
+                                CacheOutcome::Stale,
+                                method,
+                            )
+                            .await
                         }
                         None => Err(e),
                     },
@@ -163,22 +171,34 @@ pub async fn serve(
             Join::Follower(follower) => match follower.wait().await {
                 Some(FillOutcome::Committed) => {
                     if let Some(f) = state.cache.get(spec.key.as_str()) {
-                        ctx.cache = "coalesced";
-                        return serve_found(&state.cache, &f, spec.content, "coalesced", method)
-                            .await;
+                        ctx.cache = CacheOutcome::Coalesced;
+                        return serve_found(
+                            &state.cache,
+                            &f,
+                            spec.content,
+                            CacheOutcome::Coalesced,
+                            method,
+                        )
+                        .await;
                     }
                 }
                 Some(FillOutcome::NotFound { status, text }) => {
-                    ctx.cache = "coalesced";
-                    return Ok(not_found(status, text, "coalesced"));
+                    ctx.cache = CacheOutcome::Coalesced;
+                    return Ok(not_found(status, text, CacheOutcome::Coalesced));
                 }
                 Some(FillOutcome::Failed(msg)) => {
                     if let Some(stale) = &found {
-                        ctx.cache = "stale";
-                        return serve_found(&state.cache, stale, spec.content, "stale", method)
-                            .await;
+                        ctx.cache = CacheOutcome::Stale;
+                        return serve_found(
+                            &state.cache,
+                            stale,
+                            spec.content,
+                            CacheOutcome::Stale,
+                            method,
+                        )
+                        .await;
                     }
-                    ctx.cache = "coalesced";
+                    ctx.cache = CacheOutcome::Coalesced;
                     return Err(ServeError::UpstreamFailed(msg));
                 }
                 // The leader could not store it, or gave up: compete again.
@@ -225,8 +245,14 @@ async fn lead(
             Claim::Local => {
                 if let Some(found) = state.cache.get(spec.key.as_str()) {
                     state.cache.remove(&spec.key.not_found());
-                    let result =
-                        serve_found(&state.cache, &found, spec.content, "miss", &Method::GET).await;
+                    let result = serve_found(
+                        &state.cache,
+                        &found,
+                        spec.content,
+                        CacheOutcome::Miss,
+                        &Method::GET,
+                    )
+                    .await;
                     let _ = reply.send(Led {
                         result,
                         waited: None,
@@ -260,7 +286,7 @@ async fn lead(
             };
             fills(&outcome);
             let _ = reply.send(Led {
-                result: Ok(not_found(status, text, "miss")),
+                result: Ok(not_found(status, text, CacheOutcome::Miss)),
                 waited: None,
             });
             leader.finish(outcome);
@@ -609,7 +635,7 @@ impl Client {
                 };
                 let mut resp =
                     Response::new(Full::new(body).map_err(|never| match never {}).boxed());
-                set_headers(&mut resp, content, "miss", Some(len as u64));
+                set_headers(&mut resp, content, CacheOutcome::Miss, Some(len as u64));
                 let _ = answer.reply.send(Led {
                     result: Ok(resp),
                     waited: Some(answer.waited),
@@ -677,7 +703,7 @@ async fn fill(spec: &Spec, state: &Arc<State>, mut body: Incoming, answer: Answe
                 // Long enough to stream: answer now, holding the newest chunk back.
                 let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
                 let mut resp = Response::new(StreamBody::new(tokio_stream_from(rx)).boxed());
-                set_headers(&mut resp, spec.content, "miss", declared_len);
+                set_headers(&mut resp, spec.content, CacheOutcome::Miss, declared_len);
                 let _ = answer.reply.send(Led {
                     result: Ok(resp),
                     waited: Some(answer.waited),
@@ -838,17 +864,17 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn set_headers(resp: &mut Response<Body>, content: Content, cache: &'static str, len: Option<u64>) {
+fn set_headers(resp: &mut Response<Body>, content: Content, cache: CacheOutcome, len: Option<u64>) {
     let h = resp.headers_mut();
     h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static(content.content_type()),
     );
-    h.insert(CACHE_HEADER, HeaderValue::from_static(cache));
+    h.insert(CACHE_HEADER, HeaderValue::from_static(cache.as_str()));
     if let Some(n) = len {
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
-    if cache == "stale" {
+    if cache == CacheOutcome::Stale {
         h.insert(
             http::header::WARNING,
             HeaderValue::from_static("110 modgate \"Response is Stale\""),
@@ -861,7 +887,7 @@ pub(crate) async fn serve_found(
     disk: &DiskCache,
     found: &Found,
     content: Content,
-    cache: &'static str,
+    cache: CacheOutcome,
     method: &Method,
 ) -> Result<Response<Body>, ServeError> {
     let body: Body = if method == Method::HEAD {
@@ -900,7 +926,7 @@ fn decode_not_found(data: &[u8]) -> (u16, Bytes) {
     }
 }
 
-fn not_found(status: u16, text: Bytes, cache: &'static str) -> Response<Body> {
+fn not_found(status: u16, text: Bytes, cache: CacheOutcome) -> Response<Body> {
     let mut text = text.to_vec();
     if text.is_empty() {
         text.extend_from_slice(b"not found");
@@ -915,6 +941,6 @@ fn not_found(status: u16, text: Bytes, cache: &'static str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp.headers_mut()
-        .insert(CACHE_HEADER, HeaderValue::from_static(cache));
+        .insert(CACHE_HEADER, HeaderValue::from_static(cache.as_str()));
     resp
 }

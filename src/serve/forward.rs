@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 use crate::serve::State;
 use crate::serve::respond::{ServeError, error_response};
 use crate::telemetry::ctx::{ConnCtx, ReqCtx};
+use crate::telemetry::labels::Mode;
 use modgate_core::policy::Entry;
 use modgate_core::policy::egress::Decision;
 use modgate_core::policy::host::normalize_host;
@@ -88,23 +89,12 @@ pub async fn plain_http(
     req: Request<Incoming>,
     peer: SocketAddr,
     state: Arc<State>,
-    mode: &'static str,
+    mode: Mode,
 ) -> Response<Body> {
     let host = req.uri().host().map(normalize_host).unwrap_or_default();
     let port = req.uri().port_u16().unwrap_or(80);
     let conn = ConnCtx::new(peer, mode, host.clone(), port);
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let mut ctx = ReqCtx::new(
-        conn,
-        req.method().clone(),
-        host.clone(),
-        path,
-        state.metrics.clone(),
-    );
+    let mut ctx = ReqCtx::for_request(conn, &req, state.metrics.clone());
     ctx.set_route("http_forward", ctx.kind);
     let span = ctx.span.clone();
     let resp = match forward_plain(req, &host, &mut ctx, &state)

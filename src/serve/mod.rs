@@ -25,6 +25,7 @@ use crate::telemetry::access_log;
 use tracing::Instrument as _;
 
 use crate::telemetry::ctx::ReqCtx;
+use crate::telemetry::labels::CacheOutcome;
 use modgate_core::cache_key::CacheKey;
 use modgate_core::policy::Entry;
 use modgate_core::policy::classify::{ProxyOp, SumDbOp, Target};
@@ -209,14 +210,16 @@ async fn tile_from_wider(
         if data.len() < want {
             continue;
         }
-        ctx.cache = "hit";
+        ctx.cache = CacheOutcome::Hit;
         let mut resp = Response::new(crate::body::full(bytes::Bytes::from(data).slice(..want)));
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/octet-stream"),
         );
-        resp.headers_mut()
-            .insert(cached::CACHE_HEADER, http::HeaderValue::from_static("hit"));
+        resp.headers_mut().insert(
+            cached::CACHE_HEADER,
+            http::HeaderValue::from_static(CacheOutcome::Hit.as_str()),
+        );
         return Some(resp);
     }
     None

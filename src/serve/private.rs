@@ -21,6 +21,7 @@ use crate::store::disk::PendingEntry;
 use crate::store::flight::Join;
 use crate::store::mirror::{GitAccess, Mirror, MirrorError};
 use crate::telemetry::ctx::ReqCtx;
+use crate::telemetry::labels::CacheOutcome;
 use modgate_core::gomod::coderepo::{CodeHost, CodeRepo, RepoError};
 use modgate_core::gomod::modfile;
 use modgate_core::gomod::modzip::{self, SourceFile};
@@ -158,7 +159,7 @@ pub async fn serve(
 ) -> Result<Response<Body>, ServeError> {
     let access = access(&f, dynamic)?;
     if f.class() == CacheClass::Mutable {
-        ctx.cache = "bypass";
+        ctx.cache = CacheOutcome::Bypass;
         let mirror = mirror(&f, &access, state).await?;
         let (data, _) = compute(mirror, f.clone(), state.clone()).await?;
         let mut resp = Response::new(crate::body::full(data));
@@ -170,12 +171,19 @@ pub async fn serve(
     }
     for _ in 0..3 {
         if let Some(found) = state.cache.get(f.key().as_str()) {
-            ctx.cache = "hit";
-            return cached::serve_found(&state.cache, &found, f.content(), "hit", method).await;
+            ctx.cache = CacheOutcome::Hit;
+            return cached::serve_found(
+                &state.cache,
+                &found,
+                f.content(),
+                CacheOutcome::Hit,
+                method,
+            )
+            .await;
         }
         match state.flights.join(f.key().as_str()) {
             Join::Leader(leader) => {
-                ctx.cache = "miss";
+                ctx.cache = CacheOutcome::Miss;
                 let result = fill(&f, &access, state).await;
                 match result {
                     Ok(()) => leader.finish(FillOutcome::Committed),
@@ -194,8 +202,14 @@ pub async fn serve(
                 let found = state.cache.get(f.key().as_str()).ok_or_else(|| {
                     ServeError::Internal("cache entry vanished after commit".into())
                 })?;
-                return cached::serve_found(&state.cache, &found, f.content(), "miss", method)
-                    .await;
+                return cached::serve_found(
+                    &state.cache,
+                    &found,
+                    f.content(),
+                    CacheOutcome::Miss,
+                    method,
+                )
+                .await;
             }
             Join::Follower(w) => match w.wait().await {
                 Some(FillOutcome::Committed) => continue,

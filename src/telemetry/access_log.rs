@@ -11,6 +11,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::{Body, BoxError};
 use crate::telemetry::ctx::ReqCtx;
+use crate::telemetry::labels::Outcome;
 
 /// Wraps `body` so that the request is recorded exactly once, when the body ends, fails or is
 /// dropped (client went away).
@@ -35,7 +36,7 @@ struct ObservedBody {
 }
 
 impl ObservedBody {
-    fn finish(&mut self, outcome: &'static str) {
+    fn finish(&mut self, outcome: Outcome) {
         if let Some(mut p) = self.pending.take() {
             p.ctx.finish(p.status, self.bytes, outcome);
         }
@@ -58,11 +59,11 @@ impl HttpBody for ObservedBody {
                     this.bytes += data.len() as u64;
                 }
                 if this.inner.is_end_stream() {
-                    this.finish("complete");
+                    this.finish(Outcome::Complete);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.finish("upstream_error"),
-            Poll::Ready(None) => this.finish("complete"),
+            Poll::Ready(Some(Err(_))) => this.finish(Outcome::UpstreamError),
+            Poll::Ready(None) => this.finish(Outcome::Complete),
             Poll::Pending => {}
         }
         res
@@ -80,9 +81,9 @@ impl HttpBody for ObservedBody {
 impl Drop for ObservedBody {
     fn drop(&mut self) {
         if self.inner.is_end_stream() {
-            self.finish("complete");
+            self.finish(Outcome::Complete);
         } else {
-            self.finish("client_gone");
+            self.finish(Outcome::ClientGone);
         }
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use tracing::field::Empty;
 
+use crate::telemetry::labels::{CacheOutcome, Mode, Outcome};
 use crate::telemetry::metrics::{Metrics, status_class};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -30,8 +31,8 @@ fn next_id() -> u64 {
 pub struct ConnCtx {
     pub id: u64,
     pub client: SocketAddr,
-    /// How the client reached modgate ("connect" for HTTPS_PROXY clients).
-    pub mode: &'static str,
+    /// How the client reached modgate.
+    pub mode: Mode,
     /// The CONNECT target host (empty on the plain proxy listener).
     pub host: String,
     pub port: u16,
@@ -40,9 +41,9 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
-    pub fn new(client: SocketAddr, mode: &'static str, host: String, port: u16) -> Arc<ConnCtx> {
+    pub fn new(client: SocketAddr, mode: Mode, host: String, port: u16) -> Arc<ConnCtx> {
         let id = next_id();
-        let span = tracing::info_span!("conn", id, %client, mode, host = %host);
+        let span = tracing::info_span!("conn", id, %client, mode = mode.as_str(), host = %host);
         Arc::new(ConnCtx {
             id,
             client,
@@ -66,7 +67,7 @@ pub struct ReqCtx {
     /// Bounded labels: route taken, request kind, cache outcome.
     pub route: &'static str,
     pub kind: &'static str,
-    pub cache: &'static str,
+    pub cache: CacheOutcome,
     pub start: Instant,
     /// Time spent waiting for the upstream's response head, if one was asked.
     pub upstream_time: Option<Duration>,
@@ -81,13 +82,19 @@ pub struct ReqCtx {
 }
 
 impl ReqCtx {
-    pub fn new(
+    /// The context of `req`, received on `conn`: the one place a request context is made.
+    pub fn for_request<B>(
         conn: Arc<ConnCtx>,
-        method: Method,
-        host: String,
-        path: String,
+        req: &http::Request<B>,
         metrics: Arc<Metrics>,
     ) -> ReqCtx {
+        let host = conn.host.clone();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let method = req.method().clone();
         let request_id = format!("{:08x}-{:06x}", conn.id, next_id() & 0xff_ffff);
         let span = tracing::info_span!(
             parent: &conn.span,
@@ -105,7 +112,7 @@ impl ReqCtx {
             path,
             route: "forward",
             kind: "other",
-            cache: "bypass",
+            cache: CacheOutcome::Bypass,
             start: Instant::now(),
             upstream_time: None,
             module: None,
@@ -132,7 +139,7 @@ impl ReqCtx {
     }
 
     /// Writes the access-log line and the request metrics, once: later calls do nothing.
-    pub fn finish(&mut self, status: u16, bytes: u64, outcome: &'static str) {
+    pub fn finish(&mut self, status: u16, bytes: u64, outcome: Outcome) {
         if std::mem::replace(&mut self.recorded, true) {
             return;
         }
@@ -144,7 +151,7 @@ impl ReqCtx {
 impl Drop for ReqCtx {
     fn drop(&mut self) {
         // Dropped unrecorded: the handler was cancelled before a response head existed.
-        self.finish(499, 0, "client_closed");
+        self.finish(499, 0, Outcome::ClientClosed);
     }
 }
 
@@ -153,7 +160,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Writes the access-log line and request metrics for one finished request.
-fn record(ctx: &ReqCtx, status: u16, bytes: u64, outcome: &'static str) {
+fn record(ctx: &ReqCtx, status: u16, bytes: u64, outcome: Outcome) {
     let metrics: &Metrics = &ctx.metrics;
     let elapsed = ctx.start.elapsed();
     metrics
@@ -161,9 +168,9 @@ fn record(ctx: &ReqCtx, status: u16, bytes: u64, outcome: &'static str) {
         .with_label_values(&[
             ctx.route,
             ctx.kind,
-            ctx.cache,
+            ctx.cache.as_str(),
             status_class(status),
-            ctx.conn.mode,
+            ctx.conn.mode.as_str(),
         ])
         .observe(elapsed.as_secs_f64());
     metrics
@@ -173,7 +180,7 @@ fn record(ctx: &ReqCtx, status: u16, bytes: u64, outcome: &'static str) {
     tracing::info!(
         target: "modgate::access",
         request_id = %ctx.request_id,
-        mode = ctx.conn.mode,
+        mode = ctx.conn.mode.as_str(),
         client = %ctx.conn.client,
         host = %ctx.host,
         method = %ctx.method,
@@ -187,8 +194,8 @@ fn record(ctx: &ReqCtx, status: u16, bytes: u64, outcome: &'static str) {
         op = ctx.op,
         route = ctx.route,
         kind = ctx.kind,
-        cache = ctx.cache,
-        outcome,
+        cache = ctx.cache.as_str(),
+        outcome = outcome.as_str(),
         "request"
     );
 }

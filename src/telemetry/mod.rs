@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod ctx;
+pub mod labels;
 pub mod metrics;
 
 use crate::config::{LogConfig, LogFormat};
