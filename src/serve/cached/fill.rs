@@ -1,0 +1,301 @@
+//! A fill: the upstream body into a cache file and to the leader's client, checked before
+//! it is committed or its last byte released.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::Response;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::sync::{mpsc, oneshot};
+
+use super::found::set_headers;
+use super::{FillOutcome, Led, Spec, WRITE_BATCH};
+use crate::body::BoxError;
+use crate::serve::State;
+use crate::serve::respond::ServeError;
+use crate::store::content::check_zip_file;
+use crate::store::disk::{DiskCache, PendingEntry, StoreError};
+use crate::store::shared::Validator;
+use crate::telemetry::labels::CacheOutcome;
+use modgate_core::policy::route::Content;
+
+/// How the leader's client is answered: once the body is decided when it ends within the first
+/// write batch, else streamed from then on.
+pub(super) struct Reply {
+    pub(super) reply: oneshot::Sender<Led>,
+    pub(super) waited: Duration,
+    pub(super) declared_len: Option<u64>,
+}
+
+/// Where the leader's client stands during a fill.
+pub(super) enum Client {
+    /// Not answered yet: the chunks so far (at most about one write batch).
+    Waiting(Reply, Vec<Bytes>, usize),
+    /// Answered with a streaming body; `None` once it went away.
+    Streaming(Option<mpsc::Sender<Result<Frame<Bytes>, BoxError>>>),
+}
+
+impl Client {
+    /// Answers with an error status (plain text) if not answered yet, else breaks the stream.
+    async fn fail(self, msg: String) {
+        match self {
+            Client::Waiting(answer, _, _) => {
+                let _ = answer.reply.send(Led {
+                    result: Err(ServeError::UpstreamFailed(msg)),
+                    waited: Some(answer.waited),
+                });
+            }
+            Client::Streaming(mut tx) => send(&mut tx, Err(msg.into())).await,
+        }
+    }
+
+    /// Gives the client the rest of a body that passed: all of it, or the held-back last chunk.
+    async fn finish(self, content: Content, held: Option<Bytes>) {
+        match self {
+            Client::Waiting(answer, chunks, len) => {
+                let body = if chunks.len() == 1 {
+                    chunks.into_iter().next().unwrap_or_default()
+                } else {
+                    let mut all = BytesMut::with_capacity(len);
+                    for c in &chunks {
+                        all.extend_from_slice(c);
+                    }
+                    all.freeze()
+                };
+                let mut resp =
+                    Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+                set_headers(&mut resp, content, CacheOutcome::Miss, Some(len as u64));
+                let _ = answer.reply.send(Led {
+                    result: Ok(resp),
+                    waited: Some(answer.waited),
+                });
+            }
+            Client::Streaming(mut tx) => {
+                if let Some(last) = held {
+                    send(&mut tx, Ok(Frame::data(last))).await;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the upstream body into the cache and to the leader's client; returns the outcome for
+/// followers. A body that ends within the first write batch is stored and checked before the
+/// client is answered, so a rejected one is a 502 with the reason; a longer one is streamed as
+/// it arrives, its last chunk held back until the whole body has passed.
+pub(super) async fn fill(
+    spec: &Spec,
+    state: &Arc<State>,
+    mut body: Incoming,
+    answer: Reply,
+) -> FillOutcome {
+    // The cache file is opened with the first full write batch, or at the end: a small body
+    // (.info, .mod, most zips) costs one trip to the blocking pool, create to rename.
+    let mut file = Fill::NotOpened;
+    let declared_len = answer.declared_len;
+    let mut client = Client::Waiting(answer, Vec::new(), 0);
+    let mut batch = BytesMut::new();
+    let mut held: Option<Bytes> = None;
+    let mut total: u64 = 0;
+    let idle = state.config.upstream.response_timeout;
+
+    let failure: Option<String> = loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => break Some(format!("upstream stalled for {idle:?} mid-body")),
+            Ok(None) => break None,
+            Ok(Some(Err(e))) => break Some(format!("upstream body failed: {e}")),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > spec.max_len {
+            state
+                .metrics
+                .limit_hits
+                .with_label_values(&["body_size"])
+                .inc();
+            break Some(format!(
+                "upstream body exceeds the limit of {} bytes",
+                spec.max_len
+            ));
+        }
+        if !matches!(file, Fill::Failed) {
+            batch.extend_from_slice(&data);
+            if batch.len() >= WRITE_BATCH {
+                file = write_batch(file, spec.key.as_str(), batch.split().freeze(), state).await;
+            }
+        }
+        client = match client {
+            Client::Waiting(answer, mut chunks, len) if len + data.len() < WRITE_BATCH => {
+                let len = len + data.len();
+                chunks.push(data);
+                Client::Waiting(answer, chunks, len)
+            }
+            Client::Waiting(answer, chunks, _) => {
+                // Long enough to stream: answer now, holding the newest chunk back.
+                let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
+                let mut resp = Response::new(StreamBody::new(tokio_stream_from(rx)).boxed());
+                set_headers(&mut resp, spec.content, CacheOutcome::Miss, declared_len);
+                let _ = answer.reply.send(Led {
+                    result: Ok(resp),
+                    waited: Some(answer.waited),
+                });
+                let mut tx = Some(tx);
+                for chunk in chunks {
+                    send(&mut tx, Ok(Frame::data(chunk))).await;
+                }
+                held = Some(data);
+                Client::Streaming(tx)
+            }
+            Client::Streaming(mut tx) => {
+                if let Some(prev) = held.replace(data) {
+                    send(&mut tx, Ok(Frame::data(prev))).await;
+                }
+                Client::Streaming(tx)
+            }
+        };
+    };
+
+    let failure = failure.or_else(|| match declared_len {
+        Some(n) if n != total => Some(format!(
+            "upstream sent {total} bytes but declared Content-Length {n}"
+        )),
+        _ => None,
+    });
+    if let Some(msg) = failure {
+        tracing::warn!(key = %spec.key, error = %msg, "cache fill failed; nothing stored");
+        client.fail(msg.clone()).await;
+        return FillOutcome::Failed(msg);
+    }
+
+    // The last batch, the check and the rename: one trip to the blocking pool (the fsyncs run
+    // later, in the background; see store::durable).
+    let committed = match file {
+        Fill::Failed => Err(None),
+        file => {
+            let validate = validator(spec);
+            let key = spec.key.as_str().to_string();
+            let cache = state.cache.clone();
+            let last = batch.freeze();
+            let res = tokio::task::spawn_blocking(move || {
+                let mut p = file.open(&cache, &key)?;
+                p.write(&last)?;
+                p.commit_then(|file| validate(file))
+            })
+            .await;
+            let key = spec.key.as_str();
+            match res {
+                Ok(Ok(sync)) => Ok(sync),
+                Ok(Err(StoreError::Rejected(why))) => Err(Some(why.to_string())),
+                Ok(Err(e)) => {
+                    tracing::warn!(key, error = %e, "cache commit failed");
+                    state.cache.count_error();
+                    Err(None)
+                }
+                Err(e) => Err(Some(format!("validation task failed: {e}"))),
+            }
+        }
+    };
+    match committed {
+        Ok(sync) => {
+            client.finish(spec.content, held).await;
+            // After the client has its answer: any directory fsync still owed, and drop any
+            // remembered not-found (a newer positive entry already wins over it in `serve`).
+            let cache = state.cache.clone();
+            let neg_key = spec.key.not_found();
+            tokio::task::spawn_blocking(move || {
+                sync.run();
+                cache.remove(&neg_key);
+            });
+            FillOutcome::Committed
+        }
+        Err(Some(rejected)) => {
+            tracing::warn!(key = %spec.key, error = %rejected, "upstream body rejected; nothing stored");
+            state
+                .metrics
+                .cache_fills
+                .with_label_values(&["rejected"])
+                .inc();
+            client.fail(rejected.clone()).await;
+            FillOutcome::Failed(rejected)
+        }
+        Err(None) => {
+            // Not stored (disk trouble), but the bytes were fine: the client gets them.
+            client.finish(spec.content, held).await;
+            FillOutcome::Uncached
+        }
+    }
+}
+
+/// The check a complete body must pass before it is committed: module-zip rules for zips.
+pub(super) fn validator(spec: &Spec) -> Validator {
+    let zip = spec.zip.clone();
+    Arc::new(move |file: &std::fs::File| match &zip {
+        Some((module, version)) => check_zip_file(file, module, version),
+        None => Ok(()),
+    })
+}
+
+/// The cache file of a fill.
+pub(super) enum Fill {
+    NotOpened,
+    Opened(PendingEntry),
+    /// It could not be written: the body still goes to the client, uncached.
+    Failed,
+}
+
+impl Fill {
+    /// The entry to write to, made now if not yet (blocking). Not for a failed fill.
+    fn open(self, cache: &Arc<DiskCache>, key: &str) -> Result<PendingEntry, StoreError> {
+        match self {
+            Fill::Opened(p) => Ok(p),
+            Fill::NotOpened => cache.begin(key),
+            Fill::Failed => unreachable!("a failed fill writes nothing"),
+        }
+    }
+}
+
+/// Writes `data` to the fill's file, opening it first if need be (blocking pool).
+pub(super) async fn write_batch(file: Fill, key: &str, data: Bytes, state: &Arc<State>) -> Fill {
+    let cache = state.cache.clone();
+    let owned_key = key.to_string();
+    let res = tokio::task::spawn_blocking(move || {
+        let mut p = file.open(&cache, &owned_key)?;
+        p.write(&data).map(|_| Fill::Opened(p))
+    })
+    .await;
+    match res {
+        Ok(Ok(file)) => file,
+        Ok(Err(e)) => {
+            tracing::warn!(key, error = %e, "cache write failed; continuing without caching");
+            state.cache.count_error();
+            Fill::Failed
+        }
+        Err(e) => {
+            tracing::warn!(key, error = %e, "cache write task failed; continuing without caching");
+            Fill::Failed
+        }
+    }
+}
+
+pub(super) async fn send(
+    client: &mut Option<mpsc::Sender<Result<Frame<Bytes>, BoxError>>>,
+    item: Result<Frame<Bytes>, BoxError>,
+) {
+    if let Some(tx) = client
+        && tx.send(item).await.is_err()
+    {
+        // The client went away; the fill goes on for the cache and the followers.
+        *client = None;
+    }
+}
+
+pub(super) fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + Sync + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
