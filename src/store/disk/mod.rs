@@ -241,7 +241,7 @@ impl DiskCache {
     }
 
     /// The entry for `key`, marking it used. Entries that vanished from disk are dropped. The
-    /// file is looked at (one stat) at most once per [`STAT_FRESH`], so a stream of hits on a
+    /// file is looked at (one stat) at most once per [`STAT_FRESH`](index::STAT_FRESH), so a stream of hits on a
     /// small entry served from memory makes no system call.
     pub fn get(&self, key: &str) -> Option<Found> {
         let path = self.path_of(key).ok()?;
