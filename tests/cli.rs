@@ -337,8 +337,11 @@ fn cache_stats_verify_and_gc() {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, data).unwrap();
     };
-    // Oldest first: a 1.5 MB go.mod that gc must evict.
-    put("mod/example.com/big/@v/v1.0.0.mod", &vec![b'x'; 1_500_000]);
+    // Oldest first: a valid 1.5 MB go.mod that gc must evict.
+    put(
+        "mod/example.com/big/@v/v1.0.0.mod",
+        format!("module example.com/big\n// {}\n", "x".repeat(1_500_000)).as_bytes(),
+    );
     std::thread::sleep(Duration::from_millis(20));
     let good = module_zip("example.com/good", "v1.0.0", &[("a.go", "package a\n")]);
     put("mod/example.com/good/@v/v1.0.0.zip", &good);
@@ -354,6 +357,23 @@ fn cache_stats_verify_and_gc() {
         "mod/example.com/good/@v/v1.0.0.mod",
         b"module example.com/tampered\n",
     );
+    // What an upstream that closed early, or flipped bits, would have left before fills were
+    // checked: a truncated .info, a truncated go.mod, a list cut mid-line, a zip whose file
+    // data fails its CRC-32.
+    put(
+        "mod/example.com/cut/@v/v1.0.0.info",
+        br#"{"Version": "v1.0.0""#,
+    );
+    put("mod/example.com/cut/@v/v1.0.0.mod", b"module exa");
+    put("mod/example.com/cut/@v/list", b"v1.0.0\nv1.1");
+    put(
+        "mod/example.com/flip/@v/v1.0.0.zip",
+        &crate::util::flip_file_data(&module_zip(
+            "example.com/flip",
+            "v1.0.0",
+            &[("a.go", &crate::util::noise(4096))],
+        )),
+    );
     // A cached checksum-database record for example.com/good@v1.0.0.
     let zip_hash = modgate_core::gomod::dirhash::hash_zip(std::io::Cursor::new(&good)).unwrap();
     let mod_hash = modgate_core::gomod::dirhash::hash_go_mod(b"module example.com/good\n");
@@ -364,7 +384,7 @@ fn cache_stats_verify_and_gc() {
 
     let (ok, out, err) = run(&["cache", "stats", "--config", "c.toml"], dir.path());
     assert!(ok, "{err}");
-    assert!(out.contains("entries:     6"), "{out}");
+    assert!(out.contains("entries:     10"), "{out}");
     assert!(
         out.contains("oldest:      mod/example.com/big/@v/v1.0.0.mod"),
         "{out}"
@@ -380,6 +400,10 @@ fn cache_stats_verify_and_gc() {
         "example.com/evil/@v/v1.0.0.zip",
         "example.com/good/@v/v1.0.0.info",
         "example.com/good/@v/v1.0.0.mod",
+        "example.com/cut/@v/v1.0.0.info",
+        "example.com/cut/@v/v1.0.0.mod",
+        "example.com/cut/@v/list",
+        "example.com/flip/@v/v1.0.0.zip",
     ] {
         assert!(
             out.contains(&format!("removed mod/{removed}")),

@@ -572,10 +572,16 @@ async fn still_serves_files(gw: &TestGateway) {
 #[tokio::test(flavor = "multi_thread")]
 async fn h2_stream_limit_is_enforced_and_counted() {
     let ca = TestCa::new();
-    let slow: Handler = Arc::new(|_, _| {
-        Box::pin(async {
+    let slow: Handler = Arc::new(|req, _| {
+        // Version lists are valid ones: the gateway checks what it caches.
+        let body = if req.uri.path().ends_with("/@v/list") {
+            "v1.0.0\n"
+        } else {
+            "slow"
+        };
+        Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            http::Response::new(modgate::body::full("slow"))
+            http::Response::new(modgate::body::full(body))
         })
     });
     let up = Upstream::tls(&ca, slow).await;
@@ -637,7 +643,7 @@ async fn h2_stream_limit_is_enforced_and_counted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_intercepted_h2_connections_are_closed() {
     let ca = TestCa::new();
-    let up = Upstream::tls(&ca, fixed("ok")).await;
+    let up = Upstream::tls(&ca, fixed("v1.0.0\n")).await;
     let base = up.base_url();
     let gw = TestGateway::start(&ca, move |c| {
         c.upstream.overrides.insert("proxy.golang.org".into(), base);

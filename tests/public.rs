@@ -436,6 +436,71 @@ async fn aborted_or_invalid_bodies_are_never_committed() {
     assert_eq!(count(&up, "/example.com/m/@v/v1.0.0.zip"), 2);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn truncated_tampered_or_wrong_answers_are_refused_before_they_are_cached() {
+    let ca = TestCa::new();
+    let good_zip = module_zip("example.com/z", "v1.0.0", &[("a.go", &noise(4096))]);
+    let info = br#"{"Version":"v1.0.0","Time":"2024-01-02T03:04:05Z"}"#.to_vec();
+    let bodies: std::collections::HashMap<String, Vec<u8>> = [
+        // Cut part-way, then a clean close: the framing cannot tell, the content checks can.
+        ("/example.com/t/@v/v1.0.0.info", info[..20].to_vec()),
+        ("/example.com/t/@v/v1.0.0.mod", b"module exa".to_vec()),
+        ("/example.com/t/@v/list", b"v1.0.0\nv1.1".to_vec()),
+        // The same length and a valid structure, 16 bytes flipped in a file's data.
+        ("/example.com/z/@v/v1.0.0.zip", flip_file_data(&good_zip)),
+        // Complete, but for another version than the one asked for.
+        (
+            "/example.com/w/@v/v1.0.0.info",
+            br#"{"Version":"v1.0.1","Time":"2024-01-02T03:04:05Z"}"#.to_vec(),
+        ),
+        // Complete and right, close-delimited all the same: accepted.
+        ("/example.com/ok/@v/v1.0.0.info", info.clone()),
+    ]
+    .into_iter()
+    .map(|(p, b)| (p.to_string(), b))
+    .collect();
+    let (base, _up) = close_delimited_upstream(&ca, bodies).await;
+    let gw = TestGateway::start(&ca, move |c| {
+        c.upstream.overrides.insert("proxy.golang.org".into(), base);
+    })
+    .await;
+    for (path, reason) in [
+        (
+            "/example.com/t/@v/v1.0.0.info",
+            ".info is not a JSON object",
+        ),
+        (
+            "/example.com/t/@v/v1.0.0.mod",
+            "go.mod declares module \"exa\"",
+        ),
+        ("/example.com/t/@v/list", "list line 2"),
+        ("/example.com/z/@v/v1.0.0.zip", "file data is corrupt"),
+        (
+            "/example.com/w/@v/v1.0.0.info",
+            "for version v1.0.1, not the v1.0.0",
+        ),
+    ] {
+        // Twice: a refused answer is not cached, so the second is refused afresh (not a hit).
+        for _ in 0..2 {
+            let (status, cache, body) = get(&gw, path).await;
+            assert_eq!((status, cache.as_str()), (502, ""), "{path}: {body}");
+            assert!(body.contains(reason), "{path}: {body}");
+        }
+    }
+    assert_eq!(
+        get(&gw, "/example.com/ok/@v/v1.0.0.info").await,
+        (200, "miss".into(), String::from_utf8(info.clone()).unwrap())
+    );
+    assert_eq!(get(&gw, "/example.com/ok/@v/v1.0.0.info").await.1, "hit");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "modgate_cache_fills_total", &[("outcome", "rejected")]),
+        10.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "modgate_cache_entries", &[]), 1.0, "{m}");
+}
+
 fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
@@ -491,7 +556,10 @@ async fn the_cache_survives_a_restart_with_upstreams_down() {
     let script = Arc::new(Script::default());
     let zip = module_zip("example.com/m", "v1.0.0", &[("m.go", "package m\n")]);
     script.ok("/example.com/m/@v/v1.0.0.zip", zip.clone());
-    script.ok("/example.com/m/@v/v1.0.0.info", r#"{"Version":"v1.0.0"}"#);
+    script.ok(
+        "/example.com/m/@v/v1.0.0.info",
+        r#"{"Version":"v1.0.0","Time":"2024-01-02T03:04:05Z"}"#,
+    );
     let (up, mut gw) = gateway(&script, &ca, |_| {}).await;
     assert_eq!(get(&gw, "/example.com/m/@v/v1.0.0.zip").await.1, "miss");
     assert_eq!(get(&gw, "/example.com/m/@v/v1.0.0.info").await.1, "miss");

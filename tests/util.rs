@@ -699,6 +699,55 @@ pub enum Reply {
     },
 }
 
+/// A TLS upstream on 127.0.0.1 (HTTP/1.1 only) that answers each request with `200` and the
+/// body mapped to its path, with no Content-Length and no chunking: the body ends when it
+/// closes the connection, cleanly (TLS close_notify). What a misbehaving upstream sends when it
+/// stops part-way but says nothing. Returns its base URL; unknown paths get an empty body.
+pub async fn close_delimited_upstream(
+    ca: &TestCa,
+    bodies: HashMap<String, Vec<u8>>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncWriteExt as _;
+    let (certs, key) = ca.leaf(&["127.0.0.1", "localhost"]);
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let bodies = Arc::new(bodies);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, bodies) = (acceptor.clone(), bodies.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let head = read_head(&mut tls).await;
+                let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                let body = bodies.get(&path).cloned().unwrap_or_default();
+                let mut out = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_vec();
+                out.extend_from_slice(&body);
+                let _ = tls.write_all(&out).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (base, task)
+}
+
 /// Replies by path that a test can change while the upstream runs.
 #[derive(Debug, Default)]
 pub struct Script {
@@ -817,6 +866,36 @@ pub fn module_zip(module: &str, version: &str, files: &[(&str, &str)]) -> Vec<u8
         zip.finish().unwrap();
     }
     buf.into_inner()
+}
+
+/// Text that does not compress away: `n` bytes of a Go comment with pseudo-random digits.
+pub fn noise(n: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut s = String::from("package a\n// ");
+    while s.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push(char::from(b'0' + (x % 10) as u8));
+    }
+    s.push('\n');
+    s
+}
+
+/// `zip` with 16 bytes flipped in the middle of its first entry's file data: the same length
+/// and a valid structure, but data that fails its CRC-32 (or does not inflate).
+pub fn flip_file_data(zip: &[u8]) -> Vec<u8> {
+    let le16 = |i: usize| u16::from_le_bytes([zip[i], zip[i + 1]]) as usize;
+    let le32 = |i: usize| u32::from_le_bytes([zip[i], zip[i + 1], zip[i + 2], zip[i + 3]]) as usize;
+    assert_eq!(&zip[..4], b"PK\x03\x04", "starts with a local file header");
+    let compressed = le32(18);
+    let data = 30 + le16(26) + le16(28);
+    assert!(compressed >= 64, "room to flip: {compressed}");
+    let mut out = zip.to_vec();
+    for b in &mut out[data + compressed / 2..data + compressed / 2 + 16] {
+        *b ^= 0xff;
+    }
+    out
 }
 
 /// Writes `module@version` into a GOPROXY file tree (escaped paths): .info, .mod, .zip, list.

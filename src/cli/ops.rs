@@ -9,11 +9,12 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::config::Config;
+use crate::store::content::check_entry;
 use crate::store::disk::DiskCache;
 use crate::telemetry::metrics::Metrics;
 use modgate_core::cache_key::{CacheKey, Entry, ModuleFile, SumDbItem};
+use modgate_core::gomod::dirhash;
 use modgate_core::gomod::path::ModulePath;
-use modgate_core::gomod::{dirhash, version, zip::check_zip};
 
 fn open(config: &Config) -> anyhow::Result<DiskCache> {
     Ok(DiskCache::open_shared(
@@ -152,8 +153,9 @@ pub struct VerifyReport {
     pub corrupt: Vec<(String, String)>,
 }
 
-/// `modgate cache verify`: re-checks every module zip (x/mod rules), every `.info`, and every
-/// zip and go.mod against a cached checksum-database record when one exists; removes corrupt
+/// `modgate cache verify`: re-runs the checks every fill runs on every module entry (zips:
+/// x/mod rules, CRC-32 and sizes; `.info`, `.mod`, lists: [`check_entry`]), compares zips and
+/// go.mod files against a cached checksum-database record when one exists, and removes corrupt
 /// entries.
 pub fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
     let cache = open(config)?;
@@ -197,9 +199,9 @@ pub fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
         }
     }
     for (key, parsed) in &entries {
-        let (module, file) = match parsed {
+        let (k, module, file) = match parsed {
             Ok((k, false)) => match k.entry() {
-                Entry::Module { module, file } => (module, file),
+                Entry::Module { module, file } => (k, module, file),
                 Entry::SumDb { .. } => continue,
             },
             Ok((_, true)) => continue,
@@ -213,21 +215,16 @@ pub fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
         let Some(path) = cache.file_of(key) else {
             continue;
         };
-        let problem = match file {
-            ModuleFile::Zip(v) => {
-                report.checked += 1;
-                check_zip_entry(module, v, &path, &records)
-            }
-            ModuleFile::Mod(v) => {
-                report.checked += 1;
-                check_mod_entry(module, v, &path, &records)
-            }
-            ModuleFile::Info(v) => {
-                report.checked += 1;
-                check_info_entry(v, &path)
-            }
-            ModuleFile::List | ModuleFile::Latest => None,
-        };
+        report.checked += 1;
+        let problem = match std::fs::File::open(&path) {
+            Ok(f) => check_entry(k, &f).err().map(|e| e.to_string()),
+            Err(_) => None, // removed meanwhile
+        }
+        .or_else(|| match file {
+            ModuleFile::Zip(v) => zip_against_records(module, v, &path, &records),
+            ModuleFile::Mod(v) => mod_against_records(module, v, &path, &records),
+            _ => None,
+        });
         if let Some(reason) = problem {
             cache.remove(key);
             report.corrupt.push((key.clone(), reason));
@@ -236,19 +233,14 @@ pub fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
     Ok(report)
 }
 
-fn check_zip_entry(
+/// A zip's h1: hash against a cached checksum-database record, when one is cached.
+fn zip_against_records(
     module: &ModulePath,
     v: &str,
     path: &Path,
     records: &BTreeMap<(String, String), Vec<String>>,
 ) -> Option<String> {
-    let v = v.to_string();
-    let file = std::fs::File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    if let Err(e) = check_zip(module, &v, &file, len) {
-        return Some(format!("invalid module zip: {e}"));
-    }
-    let want = records.get(&(module.to_string(), v.clone()))?;
+    let want = records.get(&(module.to_string(), v.to_string()))?;
     let got = match dirhash::hash_zip(std::fs::File::open(path).ok()?) {
         Ok(h) => h,
         Err(e) => return Some(format!("cannot hash: {e}")),
@@ -259,28 +251,16 @@ fn check_zip_entry(
         .then(|| format!("hash {got} does not match the checksum database ({expected})"))
 }
 
-fn check_mod_entry(
+/// A go.mod's h1: hash against a cached checksum-database record, when one is cached.
+fn mod_against_records(
     module: &ModulePath,
     v: &str,
     path: &Path,
     records: &BTreeMap<(String, String), Vec<String>>,
 ) -> Option<String> {
-    let v = v.to_string();
-    let want = records.get(&(module.to_string(), v.clone()))?;
+    let want = records.get(&(module.to_string(), v.to_string()))?;
     let data = std::fs::read(path).ok()?;
     let line = format!("{module} {v}/go.mod {}", dirhash::hash_go_mod(&data));
     let expected = want.iter().find(|l| l.contains("/go.mod "))?;
     (expected != &line).then(|| "go.mod hash does not match the checksum database".to_string())
-}
-
-fn check_info_entry(v: &str, path: &Path) -> Option<String> {
-    if !version::is_canonical(v) {
-        return None; // query answers are checked when refreshed
-    }
-    let data = std::fs::read(path).ok()?;
-    let json: serde_json::Value = match serde_json::from_slice(&data) {
-        Ok(j) => j,
-        Err(e) => return Some(format!("not JSON: {e}")),
-    };
-    (json["Version"].as_str() != Some(v)).then(|| format!("Version is not {v}"))
 }

@@ -131,20 +131,15 @@ fn describe(target: &Target, ctx: &mut ReqCtx) {
 }
 
 fn public_spec(f: &PublicFetch, dynamic: &Live) -> Spec {
-    let zip = match f.op() {
-        ProxyOp::Zip(v) => Some((f.module().clone(), v.clone())),
-        _ => None,
-    };
     Spec {
         key: f.key().clone(),
         class: f.class(),
         content: f.content(),
-        max_len: if zip.is_some() {
+        max_len: if matches!(f.op(), ProxyOp::Zip(_)) {
             dynamic.config.modules.max_zip_size.as_u64()
         } else {
             dynamic.config.modules.max_file_size.as_u64()
         },
-        zip,
         sources: cached::sources_from(dynamic.public_upstreams.entries(), dynamic),
         path: f.upstream_path().to_string(),
     }
@@ -161,7 +156,6 @@ fn sumdb_spec(f: &SumDbFetch, dynamic: &Live) -> Result<Spec, ServeError> {
         key: f.key().clone(),
         class: f.class(),
         content: f.content(),
-        zip: None,
         max_len: dynamic.config.modules.max_file_size.as_u64(),
         sources: vec![Source::Url {
             label: base.host().to_string(),

@@ -16,7 +16,7 @@ use crate::egress::upstream::UpstreamClient;
 use crate::serve::State;
 use crate::serve::cached::{self, FillOutcome};
 use crate::serve::respond::ServeError;
-use crate::store::content::check_zip_file;
+use crate::store::content::check_entry;
 use crate::store::disk::PendingEntry;
 use crate::store::flight::Join;
 use crate::store::mirror::{GitAccess, Mirror, MirrorError};
@@ -329,9 +329,8 @@ async fn fill(f: &PrivateFetch, access: &GitAccess, state: &Arc<State>) -> Resul
                 .with_label_values(&[if res.is_ok() { "ok" } else { "error" }])
                 .observe(start.elapsed().as_secs_f64());
             res?;
-            let (module, version) = (f2.module().clone(), v.clone());
             pending
-                .commit(|file| check_zip_file(file, &module, &version))
+                .commit(|file| check_entry(f2.key(), file))
                 .map_err(|e| ServeError::Internal(format!("storing the module zip: {e}")))
         }
         _ => {
@@ -344,7 +343,7 @@ async fn fill(f: &PrivateFetch, access: &GitAccess, state: &Arc<State>) -> Resul
             };
             pending
                 .write(&data)
-                .and_then(|_| pending.commit(|_| Ok(())))
+                .and_then(|_| pending.commit(|file| check_entry(f2.key(), file)))
                 .map_err(|e| ServeError::Internal(format!("storing {}: {e}", f2.key())))
         }
     })

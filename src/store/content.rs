@@ -1,10 +1,16 @@
-//! What a writer checks in a complete entry before it is committed, and why it refuses one.
+//! What a writer checks in a complete entry before it is committed, and why it refuses one:
+//! the go command's own checks on what a GOPROXY sends, chosen by the entry's key
+//! ([`modgate_core::gomod::content`]). Every fill runs them (public upstreams, the shared bucket,
+//! private modules built from git), and so does `modgate cache verify`.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Seek};
 
-use modgate_core::gomod::path::ModulePath;
-use modgate_core::gomod::zip::{ZipError, check_zip};
+use modgate_core::cache_key::{CacheKey, Entry, ModuleFile};
+use modgate_core::gomod::content::{self, BadContent};
+use modgate_core::gomod::path::{ModulePath, check_path_major};
+use modgate_core::gomod::version;
+use modgate_core::gomod::zip::{ZipError, check_zip, check_zip_data};
 
 /// Why an entry's content was refused before commit: nothing is stored.
 #[derive(Debug, thiserror::Error)]
@@ -17,14 +23,60 @@ pub enum ContentError {
         version: String,
         source: ZipError,
     },
+    #[error("invalid answer for {module}: {source}")]
+    Bad {
+        module: ModulePath,
+        source: BadContent,
+    },
 }
 
-/// The x/mod zip rules, on a complete file.
-pub fn check_zip_file(file: &File, module: &ModulePath, version: &str) -> Result<(), ContentError> {
+/// The checks for the entry `key`, on its complete file. Checksum-database entries have none
+/// here (their proofs are the database's own).
+pub fn check_entry(key: &CacheKey, file: &File) -> Result<(), ContentError> {
+    let Entry::Module { module, file: what } = key.entry() else {
+        return Ok(());
+    };
+    let bad = |source| ContentError::Bad {
+        module: module.clone(),
+        source,
+    };
+    match what {
+        ModuleFile::Zip(v) => check_zip_file(file, module, v),
+        ModuleFile::Info(v) => {
+            // A canonical version that fits the path must be answered as itself; anything else
+            // (a query, or `v3.2.0` for a path without `/v3`, which proxies answer with
+            // `v3.2.0+incompatible`) may resolve to any canonical version (modfetch's rule).
+            let fits = version::is_canonical(v) && check_path_major(v, module.path_major()).is_ok();
+            let asked = fits.then_some(v.as_str());
+            content::check_info(&read_all(file)?, asked).map_err(bad)
+        }
+        ModuleFile::Latest => content::check_info(&read_all(file)?, None).map_err(bad),
+        ModuleFile::Mod(_) => content::check_mod(&read_all(file)?, module).map_err(bad),
+        ModuleFile::List => content::check_list(&read_all(file)?).map_err(bad),
+    }
+}
+
+fn read_all(mut file: &File) -> io::Result<Vec<u8>> {
+    file.rewind()?;
+    let mut data = vec![];
+    file.read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// The x/mod zip rules, then every entry's data against its CRC-32 and size, on a complete file.
+pub fn check_zip_file(
+    mut file: &File,
+    module: &ModulePath,
+    version: &str,
+) -> Result<(), ContentError> {
     let len = file.metadata()?.len();
-    check_zip(module, version, file, len).map_err(|source| ContentError::Zip {
+    let zip_err = |source| ContentError::Zip {
         module: module.clone(),
         version: version.to_string(),
         source,
-    })
+    };
+    file.rewind()?;
+    check_zip(module, version, file, len).map_err(zip_err)?;
+    file.rewind()?;
+    check_zip_data(file).map_err(zip_err)
 }

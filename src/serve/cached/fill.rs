@@ -15,7 +15,7 @@ use super::{FillOutcome, Led, Spec, WRITE_BATCH};
 use crate::body::BoxError;
 use crate::serve::State;
 use crate::serve::respond::ServeError;
-use crate::store::content::check_zip_file;
+use crate::store::content::check_entry;
 use crate::store::disk::{DiskCache, PendingEntry, StoreError};
 use crate::store::shared::Validator;
 use crate::telemetry::labels::CacheOutcome;
@@ -231,13 +231,10 @@ pub(super) async fn fill(
     }
 }
 
-/// The check a complete body must pass before it is committed: module-zip rules for zips.
+/// The checks a complete body must pass before it is committed ([`check_entry`], by key).
 pub(super) fn validator(spec: &Spec) -> Validator {
-    let zip = spec.zip.clone();
-    Arc::new(move |file: &std::fs::File| match &zip {
-        Some((module, version)) => check_zip_file(file, module, version),
-        None => Ok(()),
-    })
+    let key = spec.key.clone();
+    Arc::new(move |file: &std::fs::File| check_entry(&key, file))
 }
 
 /// The cache file of a fill.

@@ -34,7 +34,6 @@ use fill::{Reply, validator};
 use found::{decode_not_found, not_found};
 use modgate_core::base_url::BaseUrl;
 use modgate_core::cache_key::CacheKey;
-use modgate_core::gomod::path::ModulePath;
 use modgate_core::policy::goproxy::Entry;
 use modgate_core::policy::route::{CacheClass, Content};
 
@@ -92,8 +91,6 @@ pub struct Spec {
     pub key: CacheKey,
     pub class: CacheClass,
     pub content: Content,
-    /// Validate the body as the module zip for this module@version before committing.
-    pub zip: Option<(ModulePath, String)>,
     /// Longest acceptable body.
     pub max_len: u64,
     pub sources: Vec<Source>,

@@ -2,6 +2,7 @@
 //! (`version`) and module zips (`zip`). No I/O beyond reading a zip the caller opened.
 
 pub mod coderepo;
+pub mod content;
 pub mod dirhash;
 pub mod modfile;
 pub mod modzip;

@@ -111,6 +111,42 @@ pub fn check_zip<R: Read + Seek>(
     Ok(())
 }
 
+/// Reads every entry of a zip to its end, so that each file's data is proven against its
+/// CRC-32 and declared size (what extraction by the go command would find). Run after
+/// [`check_zip`], which bounds the sizes.
+pub fn check_zip_data<R: Read + Seek>(reader: R) -> Result<(), ZipError> {
+    let mut archive =
+        ::zip::ZipArchive::new(reader).map_err(|e| ZipError::Malformed(e.to_string()))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    for i in 0..archive.len() {
+        let mut entry = archive
+            .by_index(i)
+            .map_err(|e| ZipError::Malformed(e.to_string()))?;
+        let name = entry.name().to_string();
+        let declared = entry.size();
+        let mut read: u64 = 0;
+        loop {
+            match entry.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => read += n as u64,
+                Err(e) => {
+                    return Err(ZipError::Entry {
+                        name,
+                        reason: format!("file data is corrupt ({e})"),
+                    });
+                }
+            }
+        }
+        if read != declared {
+            return Err(ZipError::Entry {
+                name,
+                reason: format!("holds {read} bytes, not the {declared} its header declares"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `path.Clean(name) == name` for a relative slash path.
 fn is_clean(name: &str) -> bool {
     !name.is_empty()
