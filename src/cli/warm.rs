@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -25,9 +24,7 @@ use tokio::net::TcpStream;
 
 use modgate_core::gomod::{dirhash, path as modpath};
 
-/// The public checksum database's verifier key (as in GOSUMDB).
-pub const SUM_GOLANG_ORG_KEY: &str =
-    "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ls0EDn3Q4k8TrTcM";
+pub use modgate_core::gomod::note::{NoteError, SUM_GOLANG_ORG_KEY, VerifierKey};
 
 /// One module version to fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,81 +142,6 @@ pub fn parse_input(name: &str, text: &str) -> anyhow::Result<Vec<Want>> {
         return Err(anyhow::anyhow!("{name}: no module versions found"));
     }
     Ok(wants.into_values().collect())
-}
-
-/// A checksum-database key or signed note that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NoteError {
-    #[error("invalid checksum-database key {0:?}")]
-    BadKey(String),
-    #[error("checksum database answer has no signed note")]
-    Unsigned,
-    #[error("checksum database signature by {0} does not verify")]
-    BadSignature(String),
-    #[error("checksum database note is not signed by {0}")]
-    NotSignedBy(String),
-}
-
-/// A checksum-database verifier key: name, key hash and Ed25519 public key.
-#[derive(Debug, Clone)]
-pub struct VerifierKey {
-    pub name: String,
-    hash: [u8; 4],
-    key: Vec<u8>,
-}
-
-impl VerifierKey {
-    /// Parses `name+hash+base64key` (the GOSUMDB form).
-    pub fn parse(vkey: &str) -> Result<VerifierKey, NoteError> {
-        let bad = || NoteError::BadKey(vkey.to_string());
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(hash), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad());
-        };
-        let hash = u32::from_str_radix(hash, 16).map_err(|_| bad())?;
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(key)
-            .map_err(|_| bad())?;
-        if key.len() != 33 || key[0] != 1 {
-            return Err(bad());
-        }
-        Ok(VerifierKey {
-            name: name.to_string(),
-            hash: hash.to_be_bytes(),
-            key: key[1..].to_vec(),
-        })
-    }
-
-    /// Verifies a signed note; returns its text.
-    pub fn verify_note<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
-        let Some(split) = note.find("\n\n") else {
-            return Err(NoteError::Unsigned);
-        };
-        let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
-        for line in sigs.lines() {
-            let Some(rest) = line.strip_prefix("\u{2014} ") else {
-                continue;
-            };
-            let Some((name, sig)) = rest.split_once(' ') else {
-                continue;
-            };
-            if name != self.name {
-                continue;
-            }
-            let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig) else {
-                continue;
-            };
-            if sig.len() != 68 || sig[..4] != self.hash {
-                continue;
-            }
-            let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.key);
-            return key
-                .verify(text.as_bytes(), &sig[4..])
-                .map(|_| text)
-                .map_err(|_| NoteError::BadSignature(name.to_string()));
-        }
-        Err(NoteError::NotSignedBy(self.name.clone()))
-    }
 }
 
 /// Where and how to fetch.
