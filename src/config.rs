@@ -310,6 +310,17 @@ impl PatternList {
 pub struct SumDbConfig {
     /// Database name (as in GOSUMDB) = base URL. Each name's host is intercepted.
     pub dbs: BTreeMap<String, String>,
+    /// The database every public `.mod` and `.zip` is verified against before it is cached
+    /// (`"off"`: no verification).
+    pub verify: String,
+    /// Verifier keys (`name+hash+key`, as in GOSUMDB) for databases other than sum.golang.org,
+    /// whose key is built in.
+    pub keys: Vec<String>,
+    /// Module path patterns (GONOSUMDB syntax) not verified; private modules never are.
+    pub nosumdb: PatternList,
+    /// When the database cannot be reached or has no record, serve the module anyway (logged
+    /// and counted) instead of refusing it.
+    pub fail_open: bool,
 }
 
 impl Default for SumDbConfig {
@@ -319,6 +330,10 @@ impl Default for SumDbConfig {
                 "sum.golang.org".to_string(),
                 "https://sum.golang.org".to_string(),
             )]),
+            verify: "sum.golang.org".to_string(),
+            keys: vec![],
+            nosumdb: PatternList::default(),
+            fail_open: false,
         }
     }
 }

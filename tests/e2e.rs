@@ -319,6 +319,7 @@ async fn go_build_verified_by_checksum_db_then_offline_from_cache() {
     let proxy = Upstream::tls(&ca, files_dir(tree.path().to_path_buf())).await;
     let sumdb = SumDb::start(&ca, tree.path());
     let (proxy_base, sumdb_base) = (proxy.base_url(), sumdb.base_url());
+    let vkey = sumdb.vkey.clone();
     let gw = TestGateway::start(&ca, move |c| {
         c.upstream
             .overrides
@@ -327,11 +328,15 @@ async fn go_build_verified_by_checksum_db_then_offline_from_cache() {
             .overrides
             .insert("sum.golang.org".into(), sumdb_base);
         c.modules.private = modgate::config::PatternList(vec!["corp.example".into()]);
+        // modgate proves every .mod and .zip itself, against the Go implementation's tree.
+        c.sumdb.verify = "sum.golang.org".into();
+        c.sumdb.keys = vec![vkey];
     })
     .await;
     let work = tempfile::tempdir().unwrap();
 
-    // 1. A cold build: modules through the gateway, every hash verified by the checksum DB.
+    // 1. A cold build: modules through the gateway, every hash verified by the checksum DB
+    // (the go command's check and, before anything was cached, modgate's).
     let home1 = work.path().join("home1");
     let app1 = work.path().join("app1");
     write_app(&app1);
@@ -377,6 +382,25 @@ async fn go_build_verified_by_checksum_db_then_offline_from_cache() {
             &[("route", "sumdb"), ("status", "2xx")]
         ) >= 3.0
     );
+    assert!(
+        metric(
+            &m,
+            "modgate_sumdb_verifications_total",
+            &[("outcome", "verified")]
+        ) >= 4.0,
+        "{m}"
+    );
+    for outcome in ["mismatch", "unavailable", "forked", "unverified"] {
+        assert_eq!(
+            metric(
+                &m,
+                "modgate_sumdb_verifications_total",
+                &[("outcome", outcome)]
+            ),
+            0.0,
+            "{outcome}: {m}"
+        );
+    }
 
     // 2. The canary: an agent without GOPRIVATE asks for a private module. It must fail, and
     // neither public upstream may ever see the path.
@@ -561,5 +585,176 @@ async fn warm_from_a_real_go_sum_then_build_offline() {
     assert_eq!(
         String::from_utf8_lossy(&run.stdout).trim(),
         "hello, verified world!"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_that_differs_from_the_checksum_database_is_refused_and_never_cached() {
+    let ca = TestCa::new();
+    // The checksum database knows m@v1.0.0 and m@v1.1.0 as published.
+    let published = tempfile::tempdir().unwrap();
+    let gomod = "module example.com/m\n\ngo 1.19\n";
+    for v in ["v1.0.0", "v1.1.0"] {
+        write_module(
+            published.path(),
+            "example.com/m",
+            v,
+            gomod,
+            &[("m.go", "package m\n")],
+        );
+    }
+    let sumdb = SumDb::start(&ca, published.path());
+    // The upstream proxy serves v1.0.0 with other file data (same go.mod), v1.1.0 with another
+    // go.mod, and v1.2.0, which the database has never seen.
+    let served = tempfile::tempdir().unwrap();
+    write_module(
+        served.path(),
+        "example.com/m",
+        "v1.0.0",
+        gomod,
+        &[("m.go", "package m // tampered\n")],
+    );
+    write_module(
+        served.path(),
+        "example.com/m",
+        "v1.1.0",
+        "module example.com/m\n\ngo 1.19\n\nrequire example.com/evil v1.0.0\n",
+        &[("m.go", "package m\n")],
+    );
+    write_module(
+        served.path(),
+        "example.com/m",
+        "v1.2.0",
+        gomod,
+        &[("m.go", "package m\n")],
+    );
+    let proxy = Upstream::tls(&ca, files_dir(served.path().to_path_buf())).await;
+    let (proxy_base, sumdb_base, vkey) = (proxy.base_url(), sumdb.base_url(), sumdb.vkey.clone());
+    let gw = TestGateway::start(&ca, move |c| {
+        c.upstream
+            .overrides
+            .insert("proxy.golang.org".into(), proxy_base);
+        c.upstream
+            .overrides
+            .insert("sum.golang.org".into(), sumdb_base);
+        c.sumdb.verify = "sum.golang.org".into();
+        c.sumdb.keys = vec![vkey];
+    })
+    .await;
+    let get = |path: &'static str| {
+        let gw = &gw;
+        async move {
+            let (status, _, body) = gw.get("proxy.golang.org:443", path, Alpn::H1).await;
+            (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    for (path, want) in [
+        (
+            "/example.com/m/@v/v1.0.0.zip",
+            "checksum mismatch for example.com/m@v1.0.0: the checksum database sum.golang.org has h1:",
+        ),
+        (
+            "/example.com/m/@v/v1.1.0.mod",
+            "checksum mismatch for example.com/m@v1.1.0/go.mod",
+        ),
+        (
+            "/example.com/m/@v/v1.2.0.zip",
+            "cannot verify example.com/m@v1.2.0 against the checksum database sum.golang.org",
+        ),
+    ] {
+        // Refused as a 502 (a 404 would let the go command fall through to another proxy),
+        // and not cached: the second request is refused afresh.
+        for _ in 0..2 {
+            let (status, body) = get(path).await;
+            assert_eq!(status, 502, "{path}: {body}");
+            assert!(body.contains(want), "{path}: {body}");
+        }
+    }
+    // What matches the database is served, and cached (v1.0.0's go.mod was not changed; a
+    // zip holds its go.mod, so v1.1.0's zip differs too).
+    let (status, body) = get("/example.com/m/@v/v1.0.0.mod").await;
+    assert_eq!((status, body.as_str()), (200, gomod));
+    let m = gw.metrics().await;
+    let outcome = |o| metric(&m, "modgate_sumdb_verifications_total", &[("outcome", o)]);
+    assert_eq!(
+        (
+            outcome("mismatch"),
+            outcome("unavailable"),
+            outcome("verified")
+        ),
+        (4.0, 2.0, 1.0),
+        "{m}"
+    );
+    let cached = |name: &str| {
+        gw.dir
+            .path()
+            .join("data/cache/mod/example.com/m/@v")
+            .join(name)
+            .exists()
+    };
+    assert!(!cached("v1.0.0.zip") && !cached("v1.1.0.mod") && !cached("v1.2.0.zip"));
+    assert!(cached("v1.0.0.mod"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checksum_database_that_forks_its_tree_is_caught() {
+    let ca = TestCa::new();
+    let tree = tempfile::tempdir().unwrap();
+    let gomod = "module example.com/m\n\ngo 1.19\n";
+    write_module(
+        tree.path(),
+        "example.com/m",
+        "v1.0.0",
+        gomod,
+        &[("m.go", "package m\n")],
+    );
+    let sumdb = SumDb::start(&ca, tree.path());
+    let proxy = Upstream::tls(&ca, files_dir(tree.path().to_path_buf())).await;
+    let (proxy_base, sumdb_base, vkey) = (proxy.base_url(), sumdb.base_url(), sumdb.vkey.clone());
+    // The newest head modgate verified before: a tree of 1 record whose hash the database's
+    // tree does not extend (as after the database rewrote its log).
+    let data = tempfile::tempdir().unwrap();
+    let head = data.path().join("sumdb/sum.golang.org");
+    std::fs::create_dir_all(&head).unwrap();
+    std::fs::write(
+        head.join("verified-tree"),
+        "go.sum database tree\n1\nnND/nri/U0xuHUrYSy0HtMeal2vzD9V4k/BO79C+QeI=\n",
+    )
+    .unwrap();
+    let data_dir = data.path().to_path_buf();
+    let gw = TestGateway::start(&ca, move |c| {
+        c.storage.data_dir = data_dir;
+        c.upstream
+            .overrides
+            .insert("proxy.golang.org".into(), proxy_base);
+        c.upstream
+            .overrides
+            .insert("sum.golang.org".into(), sumdb_base);
+        c.sumdb.verify = "sum.golang.org".into();
+        c.sumdb.keys = vec![vkey];
+    })
+    .await;
+    let (status, _, body) = gw
+        .get(
+            "proxy.golang.org:443",
+            "/example.com/m/@v/v1.0.0.mod",
+            Alpn::H1,
+        )
+        .await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("the checksum database sum.golang.org is inconsistent"),
+        "{body}"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "modgate_sumdb_verifications_total",
+            &[("outcome", "forked")]
+        ),
+        1.0,
+        "{m}"
     );
 }

@@ -64,7 +64,7 @@ fn spawn_modgate(
     std::fs::write(
         dir.join("c.toml"),
         format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nextra_ca_file = \"{}\"\n[upstream.overrides]\n\"proxy.golang.org\" = \"{upstream}\"\n",
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[sumdb]\n# the scripted upstream's modules are in no checksum database\nverify = \"off\"\n[upstream]\nextra_ca_file = \"{}\"\n[upstream.overrides]\n\"proxy.golang.org\" = \"{upstream}\"\n",
             ca.display()
         ),
     )

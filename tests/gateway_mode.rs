@@ -270,7 +270,19 @@ impl Drop for GatewayProcess {
     }
 }
 
-fn start_gateway(net: &Net, dir: &Path, upstream_ca: &Path, tproxy: bool) -> GatewayProcess {
+/// `sumdb_key`: the fixture database's key (as sum.golang.org), which modgate proves every
+/// public `.mod` and `.zip` with; `None`: no verification (no database in the test).
+fn start_gateway(
+    net: &Net,
+    dir: &Path,
+    upstream_ca: &Path,
+    tproxy: bool,
+    sumdb_key: Option<&str>,
+) -> GatewayProcess {
+    let sumdb = match sumdb_key {
+        Some(k) => format!("keys = [\"{k}\"]"),
+        None => "verify = \"off\"".to_string(),
+    };
     let password = dir.join("git-password");
     std::fs::write(&password, format!("{}\n", crate::private::PASSWORD)).unwrap();
     let config = format!(
@@ -288,6 +300,8 @@ allow = ["*"]
 deny = ["blocked.example"]
 [upstream]
 extra_ca_file = "{ca}"
+[sumdb]
+{sumdb}
 [transparent]
 listen = "0.0.0.0:3129"
 tproxy = {tproxy}
@@ -523,7 +537,7 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
     )
     .await;
 
-    let gw = start_gateway(&net, work.path(), &ca.path, false);
+    let gw = start_gateway(&net, work.path(), &ca.path, false, Some(&sumdb.vkey));
 
     // 1. The go command in the client namespace: no HTTPS_PROXY, no GOPROXY, no GOPRIVATE;
     // only modgate's CA trusted. GOSUMDB names the fixture database's key (as sum.golang.org);
@@ -696,7 +710,7 @@ async fn tproxy_rules_give_the_same_policy() {
     let tree = work.path().join("goproxy");
     crate::e2e::module_tree(&tree);
     let hosts = PublicHosts::start(&net, &ca, &tree).await;
-    let gw = start_gateway(&net, work.path(), &ca.path, true);
+    let gw = start_gateway(&net, work.path(), &ca.path, true, None);
 
     let gw_roots = roots_from_pem(&std::fs::read_to_string(&gw.ca_pem).unwrap());
     assert_intercepted(&net, &gw, client_config(gw_roots)).await;

@@ -275,6 +275,8 @@ impl TestGateway {
         cfg.storage.data_dir = dir.path().join("data");
         cfg.upstream.extra_ca_file = Some(upstream_ca.path.clone());
         cfg.upstream.connect_timeout = std::time::Duration::from_secs(5);
+        // Test upstreams are in no checksum database; tests of verification turn it on.
+        cfg.sumdb.verify = "off".into();
         edit(&mut cfg);
         let gateway = Gateway::start(cfg).await.expect("gateway starts");
         let ca_path = gateway.ca().cert_path();

@@ -17,7 +17,10 @@ use crate::config::{Config, ConfigError};
 use crate::ingress::auth::ProxyAuth;
 use crate::serve::Live;
 use crate::serve::private::PrivateBackend;
+use crate::serve::prove::Verifier;
 use crate::telemetry::metrics::Metrics;
+use modgate_core::gomod::note::{SUM_GOLANG_ORG_KEY, VerifierKey};
+use modgate_core::policy::patterns::Patterns;
 
 /// The configuration keys a reload applies (a table, or one key of a table). Everything else
 /// needs a restart.
@@ -50,7 +53,52 @@ pub fn live(config: &Config, metrics: &Arc<Metrics>) -> Result<Live, ConfigError
         public_upstreams,
         sumdbs,
         private,
+        verifier: verifier(config)?,
     })
+}
+
+/// `sumdb.verify` and its key, `sumdb.keys`, `sumdb.nosumdb` and `sumdb.fail_open`, compiled.
+pub fn verifier(config: &Config) -> Result<Option<Verifier>, ConfigError> {
+    let s = &config.sumdb;
+    let mut keys = vec![];
+    for (i, k) in s.keys.iter().enumerate() {
+        keys.push(
+            VerifierKey::parse(k)
+                .map_err(|e| ConfigError::invalid(&format!("sumdb.keys[{i}]"), e))?,
+        );
+    }
+    let nosumdb = Patterns::parse(s.nosumdb.entries())
+        .map_err(|e| ConfigError::invalid("sumdb.nosumdb", e))?;
+    if s.verify == "off" {
+        return Ok(None);
+    }
+    if !s.dbs.contains_key(&s.verify) {
+        return Err(ConfigError::invalid(
+            "sumdb.verify",
+            format!("{:?} is not in sumdb.dbs (or write \"off\")", s.verify),
+        ));
+    }
+    let key = match keys.iter().find(|k| k.name == s.verify) {
+        Some(k) => k.clone(),
+        None if s.verify == "sum.golang.org" => {
+            VerifierKey::parse(SUM_GOLANG_ORG_KEY).expect("the built-in key parses")
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                "sumdb.verify",
+                format!(
+                    "no key for {:?}: add its name+hash+key to sumdb.keys",
+                    s.verify
+                ),
+            ));
+        }
+    };
+    Ok(Some(Verifier {
+        db: s.verify.clone(),
+        key,
+        nosumdb,
+        fail_open: s.fail_open,
+    }))
 }
 
 /// The upstream URLs of the configuration, parsed.
@@ -126,6 +174,7 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
             .map_err(|e| ConfigError::invalid("ca.name_constraints", e))?;
     }
     upstreams(config)?;
+    verifier(config)?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod cached;
 pub mod forward;
 pub mod git;
 pub mod private;
+pub mod prove;
 pub mod respond;
 pub mod state;
 
@@ -142,6 +143,12 @@ fn public_spec(f: &PublicFetch, dynamic: &Live) -> Spec {
         },
         sources: cached::sources_from(dynamic.public_upstreams.entries(), dynamic),
         path: f.upstream_path().to_string(),
+        prove: match (&dynamic.verifier, f.op()) {
+            (Some(v), ProxyOp::Mod(_) | ProxyOp::Zip(_)) if prove::applies(v, f.module()) => {
+                Some(v.clone())
+            }
+            _ => None,
+        },
     }
 }
 
@@ -163,6 +170,7 @@ fn sumdb_spec(f: &SumDbFetch, dynamic: &Live) -> Result<Spec, ServeError> {
             on_any_error: false,
         }],
         path: f.upstream_path().to_string(),
+        prove: None,
     })
 }
 

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::egress::upstream::UpstreamClient;
 use crate::serve::cached::FillOutcome;
 use crate::serve::private::PrivateBackend;
+use crate::serve::prove::{Heads, Verifier};
 use crate::store::disk::DiskCache;
 use crate::store::flight::Flights;
 use crate::store::mirror::Mirrors;
@@ -35,6 +36,8 @@ pub struct State {
     pub shared: Option<Arc<SharedStore>>,
     pub flights: Arc<Flights<FillOutcome>>,
     pub mirrors: Mirrors,
+    /// The newest checksum-database tree heads verified.
+    pub heads: Heads,
     /// Rules, routes and credentials; replaced as a whole on reload.
     live: ArcSwap<Live>,
 }
@@ -51,6 +54,7 @@ impl State {
         mirrors: Mirrors,
         live: Live,
     ) -> State {
+        let heads = Heads::new(&config.storage.data_dir);
         State {
             config,
             metrics,
@@ -58,6 +62,7 @@ impl State {
             cache,
             shared,
             flights: Arc::default(),
+            heads,
             mirrors,
             live: ArcSwap::from_pointee(live),
         }
@@ -98,6 +103,8 @@ pub struct Live {
     pub sumdbs: HashMap<String, BaseUrl>,
     /// One backend per `[[private.routes]]` entry, in order.
     pub private: Vec<PrivateBackend>,
+    /// How public modules are proven at fill; `None` when `sumdb.verify = "off"`.
+    pub verifier: Option<Verifier>,
 }
 
 impl Live {

@@ -23,6 +23,8 @@ pub enum ContentError {
         version: String,
         source: ZipError,
     },
+    #[error("{0}")]
+    Unproven(String),
     #[error("invalid answer for {module}: {source}")]
     Bad {
         module: ModulePath,

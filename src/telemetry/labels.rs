@@ -9,6 +9,8 @@ pub enum Mode {
     Connect,
     /// A connection redirected to the gateway-mode listener.
     Transparent,
+    /// modgate's own request, e.g. a checksum-database lookup to verify a fill.
+    Internal,
 }
 
 /// What the cache did for a request.
@@ -58,7 +60,11 @@ macro_rules! label {
     };
 }
 
-label!(Mode { Connect => "connect", Transparent => "transparent" });
+label!(Mode {
+    Connect => "connect",
+    Transparent => "transparent",
+    Internal => "internal",
+});
 label!(CacheOutcome {
     Hit => "hit",
     Miss => "miss",

@@ -26,6 +26,15 @@ pub const SHARED_CACHE_EVENTS: [&str; 8] = [
     "lock_expired",
 ];
 
+/// Every outcome of `modgate_sumdb_verifications_total`.
+pub const SUMDB_OUTCOMES: [&str; 5] = [
+    "verified",
+    "mismatch",
+    "unavailable",
+    "forked",
+    "unverified",
+];
+
 /// Every outcome label of `modgate_transparent_connections_total`.
 pub const TRANSPARENT_OUTCOMES: [&str; 8] = [
     "intercept",
@@ -92,6 +101,8 @@ pub struct Metrics {
     pub cache_unsynced: IntGauge,
     /// Cache fills from upstream, by outcome.
     pub cache_fills: IntCounterVec,
+    /// Checksum-database verifications of public fills, by outcome.
+    pub sumdb_verifications: IntCounterVec,
     /// Requests for private module paths answered locally, by kind.
     pub private_refused: IntCounterVec,
     /// Configuration reloads, by outcome.
@@ -223,6 +234,14 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("metric"),
+            sumdb_verifications: IntCounterVec::new(
+                Opts::new(
+                    "modgate_sumdb_verifications_total",
+                    "Public .mod and .zip fills checked against the checksum database, by outcome.",
+                ),
+                &["outcome"],
+            )
+            .expect("metric"),
             private_refused: IntCounterVec::new(
                 Opts::new(
                     "modgate_private_refused_total",
@@ -298,6 +317,7 @@ impl Metrics {
             Box::new(m.cache_unsynced.clone()),
             Box::new(m.cache_store_errors.clone()),
             Box::new(m.cache_fills.clone()),
+            Box::new(m.sumdb_verifications.clone()),
             Box::new(m.private_refused.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.limit_hits.clone()),
@@ -331,6 +351,9 @@ impl Metrics {
         }
         for direction in ["upstream", "client"] {
             m.tunnel_bytes.with_label_values(&[direction]);
+        }
+        for outcome in SUMDB_OUTCOMES {
+            m.sumdb_verifications.with_label_values(&[outcome]);
         }
         for outcome in ["committed", "not_found", "failed", "rejected", "uncached"] {
             m.cache_fills.with_label_values(&[outcome]);

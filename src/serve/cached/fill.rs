@@ -14,12 +14,17 @@ use super::found::set_headers;
 use super::{FillOutcome, Led, Spec, WRITE_BATCH};
 use crate::body::BoxError;
 use crate::serve::State;
+use crate::serve::prove::{self, ProofError, Proven, Verifier};
 use crate::serve::respond::ServeError;
-use crate::store::content::check_entry;
+use crate::store::content::{ContentError, check_entry};
+use crate::store::disk::DirSync;
 use crate::store::disk::{DiskCache, PendingEntry, StoreError};
 use crate::store::shared::Validator;
 use crate::telemetry::labels::CacheOutcome;
+use modgate_core::cache_key::{Entry, ModuleFile};
+use modgate_core::gomod::dirhash;
 use modgate_core::policy::route::Content;
+use std::io::{Read as _, Seek as _};
 
 /// How the leader's client is answered: once the body is decided when it ends within the first
 /// write batch, else streamed from then on.
@@ -181,12 +186,22 @@ pub(super) async fn fill(
             let key = spec.key.as_str().to_string();
             let cache = state.cache.clone();
             let last = batch.freeze();
-            let res = tokio::task::spawn_blocking(move || {
-                let mut p = file.open(&cache, &key)?;
-                p.write(&last)?;
-                p.commit_then(|file| validate(file))
-            })
-            .await;
+            let res = match &spec.prove {
+                None => {
+                    tokio::task::spawn_blocking(move || {
+                        let mut p = file.open(&cache, &key)?;
+                        p.write(&last)?;
+                        p.commit_then(|file| validate(file))
+                    })
+                    .await
+                }
+                Some(verifier) => {
+                    match proven_commit(spec, verifier, state, file, last, validate).await {
+                        Err(rejected) => Ok(Err(StoreError::Rejected(rejected))),
+                        Ok(res) => res,
+                    }
+                }
+            };
             let key = spec.key.as_str();
             match res {
                 Ok(Ok(sync)) => Ok(sync),
@@ -229,6 +244,74 @@ pub(super) async fn fill(
             FillOutcome::Uncached
         }
     }
+}
+
+/// The content checks, then the proof against the checksum database, then the commit: for a
+/// public `.mod` or `.zip` under `sumdb.verify`. The hash is computed on the blocking pool; the
+/// lookup and tiles are fetched meanwhile nothing is committed or released.
+async fn proven_commit(
+    spec: &Spec,
+    verifier: &Verifier,
+    state: &Arc<State>,
+    file: Fill,
+    last: Bytes,
+    validate: Validator,
+) -> Result<Result<Result<DirSync, StoreError>, tokio::task::JoinError>, ContentError> {
+    let Entry::Module { module, file: what } = spec.key.entry() else {
+        unreachable!("only module files are proven");
+    };
+    let (version, proven) = match what {
+        ModuleFile::Mod(v) => (v.clone(), Proven::GoMod),
+        ModuleFile::Zip(v) => (v.clone(), Proven::Zip),
+        _ => unreachable!("only .mod and .zip are proven"),
+    };
+    let key = spec.key.as_str().to_string();
+    let cache = state.cache.clone();
+    let hashed = tokio::task::spawn_blocking(move || {
+        let mut p = file.open(&cache, &key)?;
+        p.write(&last)?;
+        let h1 = p.check(|file| {
+            validate(file)?;
+            let mut file = file;
+            file.rewind()?;
+            Ok(match proven {
+                Proven::GoMod => {
+                    let mut data = vec![];
+                    file.read_to_end(&mut data)?;
+                    dirhash::hash_go_mod(&data)
+                }
+                Proven::Zip => dirhash::hash_zip(file)
+                    .map_err(|e| ContentError::Read(std::io::Error::other(e.to_string())))?,
+            })
+        })?;
+        Ok::<_, StoreError>((p, h1))
+    })
+    .await;
+    let (pending, h1) = match hashed {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return Ok(Ok(Err(e))),
+        Err(e) => return Ok(Err(e)),
+    };
+    let count = |outcome: &str| {
+        state
+            .metrics
+            .sumdb_verifications
+            .with_label_values(&[outcome])
+            .inc();
+    };
+    match prove::prove(state, verifier, module, &version, proven, &h1).await {
+        Ok(()) => count("verified"),
+        Err(e @ ProofError::Unavailable { .. }) if verifier.fail_open => {
+            count("unverified");
+            tracing::warn!(key = %spec.key, error = %e, "serving unverified (sumdb.fail_open)");
+        }
+        Err(e) => {
+            count(e.outcome());
+            tracing::warn!(key = %spec.key, error = %e, "checksum-database verification failed");
+            return Err(ContentError::Unproven(e.to_string()));
+        }
+    }
+    Ok(tokio::task::spawn_blocking(move || pending.commit_then(|_| Ok(()))).await)
 }
 
 /// The checks a complete body must pass before it is committed ([`check_entry`], by key).

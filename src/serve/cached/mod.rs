@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::body::Body;
 use crate::serve::State;
+use crate::serve::prove::Verifier;
 use crate::serve::respond::ServeError;
 use crate::store::flight::Join;
 use crate::store::shared::Claim;
@@ -96,6 +97,8 @@ pub struct Spec {
     pub sources: Vec<Source>,
     /// Path appended to each source's base URL.
     pub path: String,
+    /// Prove the complete body against the checksum database before committing it.
+    pub prove: Option<Verifier>,
 }
 
 /// Turns a configured GOPROXY list into sources, applying upstream overrides.

@@ -56,6 +56,16 @@ impl PendingEntry {
         Ok(())
     }
 
+    /// Runs `check` on the file as written (all of it: writes are not buffered), without
+    /// committing; for a check that must finish before the caller decides to commit.
+    pub fn check<T>(
+        &mut self,
+        check: impl FnOnce(&File) -> Result<T, ContentError>,
+    ) -> Result<T, StoreError> {
+        let file = self.file.as_ref().expect("file present until commit");
+        Ok(check(file)?)
+    }
+
     /// Runs `validate` on the complete file and renames it into place: the entry is complete
     /// and in the index (and survives the gateway being killed). In the gateway's cache the
     /// fsyncs that make it survive an OS crash run in the background (see

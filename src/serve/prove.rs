@@ -1,0 +1,345 @@
+//! Checksum-database verification at fill: before a public `.mod` or `.zip` is committed (or its
+//! last byte released), its `h1:` hash is compared with the `module@version` record of the
+//! database named by `sumdb.verify`, and that record is proven, as the go command proves it:
+//! the lookup's signed tree head verified with the database's key, the record's inclusion in
+//! that tree shown from tiles authenticated against it, and the tree shown to extend the newest
+//! head modgate verified before (kept under `storage.data_dir/sumdb/`), so a database that forks
+//! its log is caught. Lookups and tiles come through modgate's own sumdb cache.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::BodyExt;
+
+use crate::serve::State;
+use crate::telemetry::ctx::{ConnCtx, ReqCtx};
+use crate::telemetry::labels::Mode;
+use modgate_core::gomod::note::{VerifierKey, parse_record, parse_tree};
+use modgate_core::gomod::path::ModulePath;
+use modgate_core::gomod::tlog::{self, Hash, TilePlan, Tree};
+use modgate_core::policy::classify::{SumDbOp, Target};
+use modgate_core::policy::patterns::Patterns;
+use modgate_core::policy::route::{Route, Rules, route};
+
+/// Tile height of the go.sum databases (the go command's and sum.golang.org's).
+const TILE_HEIGHT: u32 = 8;
+
+/// How public modules are proven (`sumdb.verify`), compiled.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    pub db: String,
+    pub key: VerifierKey,
+    /// `sumdb.nosumdb`: exempt module paths.
+    pub nosumdb: Patterns,
+    pub fail_open: bool,
+}
+
+/// Which file of a version is proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proven {
+    GoMod,
+    Zip,
+}
+
+/// Why a version is not proven.
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    #[error(
+        "checksum mismatch for {module}@{version}{suffix}: the checksum database {db} has {expected}, the upstream sent {got}; not stored"
+    )]
+    Mismatch {
+        module: String,
+        version: String,
+        suffix: &'static str,
+        db: String,
+        expected: String,
+        got: String,
+    },
+    #[error("cannot verify {module}@{version} against the checksum database {db}: {reason}")]
+    Unavailable {
+        module: String,
+        version: String,
+        db: String,
+        reason: String,
+    },
+    #[error("the checksum database {db} is inconsistent: {reason}")]
+    Forked { db: String, reason: String },
+}
+
+impl ProofError {
+    /// Bounded label for `modgate_sumdb_verifications_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ProofError::Mismatch { .. } => "mismatch",
+            ProofError::Unavailable { .. } => "unavailable",
+            ProofError::Forked { .. } => "forked",
+        }
+    }
+}
+
+/// The newest tree head verified for each database, in memory and on disk.
+#[derive(Debug)]
+pub struct Heads {
+    dir: PathBuf,
+    trees: Mutex<std::collections::HashMap<String, Tree>>,
+}
+
+impl Heads {
+    pub fn new(data_dir: &std::path::Path) -> Heads {
+        Heads {
+            dir: data_dir.join("sumdb"),
+            trees: Mutex::default(),
+        }
+    }
+
+    fn file(&self, db: &str) -> PathBuf {
+        self.dir.join(db.replace('/', "!")).join("verified-tree")
+    }
+
+    /// The newest verified head of `db`, if any (read from disk the first time).
+    fn get(&self, db: &str) -> Option<Tree> {
+        if let Some(t) = self.trees.lock().expect("not poisoned").get(db) {
+            return Some(*t);
+        }
+        let text = std::fs::read_to_string(self.file(db)).ok()?;
+        let tree = parse_tree(&text).ok()?;
+        self.trees
+            .lock()
+            .expect("not poisoned")
+            .insert(db.to_string(), tree);
+        Some(tree)
+    }
+
+    /// Records `tree` (its note text `text`) as the newest verified head, if it is newer.
+    fn advance(&self, db: &str, tree: Tree, text: &str) {
+        let mut trees = self.trees.lock().expect("not poisoned");
+        if trees.get(db).is_some_and(|t| t.n >= tree.n) {
+            return;
+        }
+        trees.insert(db.to_string(), tree);
+        let path = self.file(db);
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::create_dir_all(path.parent().expect("has a parent"))
+            .and_then(|_| std::fs::write(&tmp, text))
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(db, error = %e, "cannot record the verified tree head");
+        }
+    }
+}
+
+/// Whether `module` is verified at fill under `verifier`.
+pub fn applies(verifier: &Verifier, module: &ModulePath) -> bool {
+    verifier.nosumdb.matching(module.as_str()).is_none()
+}
+
+/// Proves that `h1` is the checksum database's hash for `module@version` (its go.mod or zip).
+pub async fn prove(
+    state: &Arc<State>,
+    verifier: &Verifier,
+    module: &ModulePath,
+    version: &str,
+    what: Proven,
+    h1: &str,
+) -> Result<(), ProofError> {
+    let db = &verifier.db;
+    let unavailable = |reason: String| ProofError::Unavailable {
+        module: module.to_string(),
+        version: version.to_string(),
+        db: db.clone(),
+        reason,
+    };
+    let lookup = fetch(
+        state,
+        db,
+        SumDbOp::Lookup {
+            module: module.clone(),
+            version: version.to_string(),
+        },
+    )
+    .await
+    .map_err(&unavailable)?;
+    let lookup =
+        std::str::from_utf8(&lookup).map_err(|_| unavailable("lookup is not text".into()))?;
+    let (id, text, note) = parse_record(lookup).map_err(|e| unavailable(e.to_string()))?;
+    let tree_text = verifier
+        .key
+        .verify_note(note)
+        .map_err(|e| unavailable(e.to_string()))?;
+    let tree = parse_tree(tree_text).map_err(|e| unavailable(e.to_string()))?;
+    if id >= tree.n {
+        return Err(unavailable(format!(
+            "record {id} is not in the signed tree of size {}",
+            tree.n
+        )));
+    }
+    // The record is in the signed tree.
+    let indexes = tlog::record_proof_indexes(tree.n, id);
+    let hashes = read_hashes(state, db, tree, &indexes)
+        .await
+        .map_err(&unavailable)?;
+    let proof = tlog::record_proof(tree.n, id, &hashes);
+    tlog::check_record(
+        &proof,
+        tree.n,
+        &tree.hash,
+        id,
+        &tlog::record_hash(text.as_bytes()),
+    )
+    .map_err(|e| ProofError::Forked {
+        db: db.clone(),
+        reason: format!("the record for {module}@{version} is not in its signed tree: {e}"),
+    })?;
+    // The tree extends (or is extended by) the newest head verified before.
+    consistent(state, db, tree, tree_text).await?;
+    // The record names this hash.
+    let (suffix, want_prefix) = match what {
+        Proven::GoMod => ("/go.mod", format!("{module} {version}/go.mod ")),
+        Proven::Zip => ("", format!("{module} {version} ")),
+    };
+    let expected = text
+        .lines()
+        .find_map(|l| l.strip_prefix(want_prefix.as_str()))
+        .ok_or_else(|| unavailable(format!("its record has no {want_prefix}line")))?;
+    if expected != h1 {
+        return Err(ProofError::Mismatch {
+            module: module.to_string(),
+            version: version.to_string(),
+            suffix,
+            db: db.clone(),
+            expected: expected.to_string(),
+            got: h1.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks `tree` against the newest verified head of `db` and advances that head.
+async fn consistent(
+    state: &Arc<State>,
+    db: &str,
+    tree: Tree,
+    text: &str,
+) -> Result<(), ProofError> {
+    let forked = |reason: String| ProofError::Forked {
+        db: db.to_string(),
+        reason,
+    };
+    let Some(old) = state.heads.get(db) else {
+        state.heads.advance(db, tree, text);
+        return Ok(());
+    };
+    let (big, small) = if tree.n >= old.n {
+        (tree, old)
+    } else {
+        (old, tree)
+    };
+    if big.n == small.n {
+        return if big.hash == small.hash {
+            Ok(())
+        } else {
+            Err(forked(format!(
+                "two different trees of size {} were signed",
+                big.n
+            )))
+        };
+    }
+    let indexes = tlog::tree_proof_indexes(big.n, small.n);
+    let hashes = read_hashes(state, db, big, &indexes)
+        .await
+        .map_err(|e| forked(format!("cannot read its tiles: {e}")))?;
+    let proof = tlog::tree_proof(big.n, small.n, &hashes);
+    tlog::check_tree(&proof, big.n, &big.hash, small.n, &small.hash).map_err(|e| {
+        forked(format!(
+            "the tree of size {} does not extend the tree of size {}: {e}",
+            big.n, small.n
+        ))
+    })?;
+    state.heads.advance(db, tree, text);
+    Ok(())
+}
+
+/// The hashes at `indexes` of `tree`, from tiles authenticated against it.
+async fn read_hashes(
+    state: &Arc<State>,
+    db: &str,
+    tree: Tree,
+    indexes: &[u64],
+) -> Result<Vec<Hash>, String> {
+    if indexes.is_empty() {
+        return Ok(vec![]);
+    }
+    let plan = TilePlan::new(tree, TILE_HEIGHT, indexes).map_err(|e| e.to_string())?;
+    let mut data = Vec::with_capacity(plan.tiles().len());
+    for t in plan.tiles() {
+        let bytes = fetch(state, db, SumDbOp::Tile(*t)).await?;
+        data.push(bytes.to_vec());
+    }
+    plan.read(&data).map_err(|e| e.to_string())
+}
+
+/// A checksum-database answer through modgate's own cache (and its partial-tile rule), as an
+/// internal request: observed with `entry="internal"`.
+///
+/// Boxed, with its type written out: a fill proves itself through the cache, so the cache's
+/// future and this one contain each other, and the compiler needs a named type between them.
+fn fetch<'a>(
+    state: &'a Arc<State>,
+    db: &'a str,
+    op: SumDbOp,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, String>> + Send + 'a>> {
+    Box::pin(fetch_inner(state, db, op))
+}
+
+async fn fetch_inner(state: &Arc<State>, db: &str, op: SumDbOp) -> Result<Bytes, String> {
+    let dynamic = state.live();
+    let target = Target::SumDb {
+        db: db.to_string(),
+        op,
+    };
+    let Route::SumDb(f) = route(&target, &Rules::default()) else {
+        return Err("not a checksum-database request".into());
+    };
+    let host = db.split('/').next().unwrap_or(db).to_string();
+    let conn = ConnCtx::new(internal_peer(), Mode::Internal, host, 443);
+    let req = http::Request::get(f.upstream_path())
+        .body(())
+        .expect("a path is a valid URI");
+    let mut ctx = ReqCtx::for_request(conn, &req, state.metrics.clone());
+    ctx.set_route("sumdb", target.kind());
+    let resp = match super::tile_from_wider(&f, &mut ctx, state).await {
+        Some(resp) => resp,
+        None => {
+            let served = match super::sumdb_spec(&f, &dynamic) {
+                Ok(spec) => super::cached::serve(spec, &mut ctx, state, &Method::GET).await,
+                Err(e) => Err(e),
+            };
+            // A failure is answered and observed like a client's request would be.
+            served.unwrap_or_else(|e| super::respond::error_response(&e))
+        }
+    };
+    let status = resp.status();
+    let resp = super::finish(resp, ctx);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading {}: {e}", f.upstream_path()))?
+        .to_bytes();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        return Err(format!(
+            "{} answered {status}: {}",
+            f.upstream_path(),
+            text.trim()
+        ));
+    }
+    Ok(body)
+}
+
+fn internal_peer() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+}
