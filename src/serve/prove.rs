@@ -18,6 +18,7 @@ use crate::telemetry::ctx::{ConnCtx, ReqCtx};
 use crate::telemetry::labels::Mode;
 use modgate_core::gomod::note::{VerifierKey, parse_record, parse_tree};
 use modgate_core::gomod::path::ModulePath;
+use modgate_core::gomod::sumdb::Tile;
 use modgate_core::gomod::tlog::{self, Hash, TilePlan, Tree};
 use modgate_core::policy::classify::{SumDbOp, Target};
 use modgate_core::policy::patterns::Patterns;
@@ -275,7 +276,21 @@ async fn read_hashes(
     let plan = TilePlan::new(tree, TILE_HEIGHT, indexes).map_err(|e| e.to_string())?;
     let mut data = Vec::with_capacity(plan.tiles().len());
     for t in plan.tiles() {
-        let bytes = fetch(state, db, SumDbOp::Tile(*t)).await?;
+        let bytes = match fetch(state, db, SumDbOp::Tile(*t)).await {
+            Ok(b) => b,
+            // A partial tile of an older tree may be gone once its tile is complete; its
+            // hashes are a prefix of the full tile's (the go command's fallback).
+            Err(e) if !t.is_full() => {
+                let full = Tile { w: 1 << t.h, ..*t };
+                let b = fetch(state, db, SumDbOp::Tile(full)).await.map_err(|_| e)?;
+                let want = t.w as usize * tlog::HASH_SIZE;
+                if b.len() < want {
+                    return Err(format!("tile {} is shorter than {want} bytes", full.path()));
+                }
+                b.slice(..want)
+            }
+            Err(e) => return Err(e),
+        };
         data.push(bytes.to_vec());
     }
     plan.read(&data).map_err(|e| e.to_string())

@@ -23,6 +23,7 @@ use crate::store::shared::Validator;
 use crate::telemetry::labels::CacheOutcome;
 use modgate_core::cache_key::{Entry, ModuleFile};
 use modgate_core::gomod::dirhash;
+use modgate_core::gomod::path::ModulePath;
 use modgate_core::policy::route::Content;
 use std::io::{Read as _, Seek as _};
 
@@ -272,17 +273,7 @@ async fn proven_commit(
         p.write(&last)?;
         let h1 = p.check(|file| {
             validate(file)?;
-            let mut file = file;
-            file.rewind()?;
-            Ok(match proven {
-                Proven::GoMod => {
-                    let mut data = vec![];
-                    file.read_to_end(&mut data)?;
-                    dirhash::hash_go_mod(&data)
-                }
-                Proven::Zip => dirhash::hash_zip(file)
-                    .map_err(|e| ContentError::Read(std::io::Error::other(e.to_string())))?,
-            })
+            h1_of(file, proven)
         })?;
         Ok::<_, StoreError>((p, h1))
     })
@@ -292,6 +283,34 @@ async fn proven_commit(
         Ok(Err(e)) => return Ok(Ok(Err(e))),
         Err(e) => return Ok(Err(e)),
     };
+    proved(spec, verifier, state, module, &version, proven, &h1).await?;
+    Ok(tokio::task::spawn_blocking(move || pending.commit_then(|_| Ok(()))).await)
+}
+
+/// The go.sum hash of a complete `.mod` or `.zip` file.
+fn h1_of(mut file: &std::fs::File, proven: Proven) -> Result<String, ContentError> {
+    file.rewind()?;
+    Ok(match proven {
+        Proven::GoMod => {
+            let mut data = vec![];
+            file.read_to_end(&mut data)?;
+            dirhash::hash_go_mod(&data)
+        }
+        Proven::Zip => dirhash::hash_zip(file)
+            .map_err(|e| ContentError::Read(std::io::Error::other(e.to_string())))?,
+    })
+}
+
+/// Runs the proof, counts its outcome, and decides: `Err` refuses the content.
+async fn proved(
+    spec: &Spec,
+    verifier: &Verifier,
+    state: &Arc<State>,
+    module: &ModulePath,
+    version: &str,
+    proven: Proven,
+    h1: &str,
+) -> Result<(), ContentError> {
     let count = |outcome: &str| {
         state
             .metrics
@@ -299,7 +318,7 @@ async fn proven_commit(
             .with_label_values(&[outcome])
             .inc();
     };
-    match prove::prove(state, verifier, module, &version, proven, &h1).await {
+    match prove::prove(state, verifier, module, version, proven, h1).await {
         Ok(()) => count("verified"),
         Err(e @ ProofError::Unavailable { .. }) if verifier.fail_open => {
             count("unverified");
@@ -311,7 +330,46 @@ async fn proven_commit(
             return Err(ContentError::Unproven(e.to_string()));
         }
     }
-    Ok(tokio::task::spawn_blocking(move || pending.commit_then(|_| Ok(()))).await)
+    Ok(())
+}
+
+/// Proves an entry that arrived complete from the shared bucket, before any client sees it;
+/// `Err` means it was removed from the local cache and must be fetched again.
+pub(super) async fn prove_found(
+    spec: &Spec,
+    state: &Arc<State>,
+    path: std::path::PathBuf,
+) -> Result<(), String> {
+    let Some(verifier) = &spec.prove else {
+        return Ok(());
+    };
+    let (module, version, proven) = match spec.key.entry() {
+        Entry::Module {
+            module,
+            file: ModuleFile::Mod(v),
+        } => (module, v, Proven::GoMod),
+        Entry::Module {
+            module,
+            file: ModuleFile::Zip(v),
+        } => (module, v, Proven::Zip),
+        _ => return Ok(()),
+    };
+    let hashed = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(path)?;
+        h1_of(&file, proven)
+    })
+    .await;
+    let result = match hashed {
+        Ok(Ok(h1)) => proved(spec, verifier, state, module, version, proven, &h1)
+            .await
+            .map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("hashing task failed: {e}")),
+    };
+    if result.is_err() {
+        state.cache.remove(spec.key.as_str());
+    }
+    result
 }
 
 /// The checks a complete body must pass before it is committed ([`check_entry`], by key).

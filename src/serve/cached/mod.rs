@@ -246,7 +246,15 @@ async fn lead(
             .await
         {
             Claim::Local => {
-                if let Some(found) = state.cache.get(spec.key.as_str()) {
+                // Proven like an upstream answer before any client sees it; a bucket object
+                // that fails is dropped here and fetched from upstream below.
+                let proven = match state.cache.get(spec.key.as_str()) {
+                    Some(found) => fill::prove_found(&spec, &state, found.path.clone())
+                        .await
+                        .map(|_| found),
+                    None => Err("gone".into()),
+                };
+                if let Ok(found) = proven {
                     state.cache.remove(&spec.key.not_found());
                     let result = serve_found(
                         &state.cache,
