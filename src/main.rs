@@ -84,6 +84,31 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// The pins of private versions (safe beside a running gateway).
+    Integrity {
+        #[command(subcommand)]
+        command: IntegrityCommand,
+        #[arg(long, short, env = "MODGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IntegrityCommand {
+    /// Accept new content for a private version whose tag moved: its pins are dropped (logged
+    /// with who and why) and its cached files removed, so the next fetch pins what git has now.
+    Repin {
+        /// module@version
+        target: String,
+        /// Why the change is intended (kept in the pin log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Print the pins of a private version.
+    Show {
+        /// module@version
+        target: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -325,6 +350,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Integrity { command, config } => {
+            let cfg = load_config(config.as_ref())?;
+            match command {
+                IntegrityCommand::Repin { target, reason } => {
+                    print!("{}", modgate::cli::ops::repin(&cfg, &target, &reason)?)
+                }
+                IntegrityCommand::Show { target } => {
+                    print!("{}", modgate::cli::ops::show_pins(&cfg, &target)?)
+                }
+            }
+            Ok(())
+        }
         Command::Cache { command, config } => {
             let cfg = load_config(config.as_ref())?;
             match command {

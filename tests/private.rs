@@ -773,3 +773,103 @@ async fn git_protocol_v0_and_v2_are_forwarded_with_injected_credentials() {
         .count();
     assert!(v2 >= 1, "no request carried Git-Protocol: version=2");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_force_pushed_private_tag_is_refused_until_repinned() {
+    let ca = TestCa::new();
+    let base = tempfile::tempdir().unwrap();
+    let repos = build_repos(base.path());
+    let git_host = Upstream::tls(&ca, internal_git_host(repos.clone(), Arc::default())).await;
+    let gb = git_host.base_url();
+    let data = tempfile::tempdir().unwrap();
+    let route = route(base.path(), PASSWORD);
+    let start = || {
+        let (gb, data, route) = (gb.clone(), data.path().to_path_buf(), route.clone());
+        TestGateway::start(&ca, move |c| {
+            c.private.routes = vec![route];
+            c.upstream.overrides.insert("git.internal".into(), gb);
+            c.storage.data_dir = data;
+            c.private.mirror_ttl = std::time::Duration::from_millis(1);
+        })
+    };
+    const ZIP: &str = "/git.corp.example/team/alpha/@v/v1.0.0.zip";
+    const MOD: &str = "/git.corp.example/team/alpha/@v/v1.0.0.mod";
+    async fn get(gw: &TestGateway, path: &str) -> (u16, bytes::Bytes) {
+        let (status, _, body) = gw.get("proxy.golang.org:443", path, Alpn::H1).await;
+        (status.as_u16(), body)
+    }
+
+    // 1. First served: pinned.
+    let gw = start().await;
+    let (status, first_zip) = get(&gw, ZIP).await;
+    assert_eq!(status, 200);
+    assert_eq!(get(&gw, MOD).await.0, 200);
+    drop(gw);
+
+    // 2. The tag is moved to another commit, the cache is lost and the gateway restarts.
+    let bare = repos.join("team/alpha");
+    let v11 = git(&bare, &["rev-parse", "v1.1.0^{commit}"]);
+    git(&bare, &["tag", "-f", "v1.0.0", v11.trim()]);
+    std::fs::remove_dir_all(data.path().join("cache")).unwrap();
+    let gw = start().await;
+    let (status, body) = get(&gw, ZIP).await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{text}");
+    assert!(
+        text.contains("git.corp.example/team/alpha@v1.0.0 changed since modgate first served it")
+            && text.contains("now gives h1:")
+            && text.contains(v11.trim())
+            && text.contains("modgate integrity repin git.corp.example/team/alpha@v1.0.0"),
+        "{text}"
+    );
+    // The go.mod did not change, so it still matches its pin.
+    assert_eq!(get(&gw, MOD).await.0, 200);
+    let m = gw.metrics().await;
+    assert!(
+        metric(&m, "modgate_integrity_pins_total", &[("event", "changed")]) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "modgate_integrity_pins_total", &[("event", "matched")]) >= 1.0,
+        "{m}"
+    );
+
+    // 3. An operator accepts the new content deliberately.
+    let cfg = base.path().join("ops.toml");
+    std::fs::write(
+        &cfg,
+        format!("[storage]\ndata_dir = \"{}\"\n", data.path().display()),
+    )
+    .unwrap();
+    let out = modgate_command()
+        .args(["integrity", "repin", "git.corp.example/team/alpha@v1.0.0"])
+        .args(["--reason", "v1.0.0 re-tagged on purpose", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, new_zip) = get(&gw, ZIP).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&new_zip));
+    assert_ne!(first_zip, new_zip);
+    let out = modgate_command()
+        .args([
+            "integrity",
+            "show",
+            "git.corp.example/team/alpha@v1.0.0",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("zip: h1:") && shown.contains(v11.trim()),
+        "{shown}"
+    );
+    let log = std::fs::read_to_string(data.path().join("integrity/pins.log")).unwrap();
+    assert!(log.contains("v1.0.0 re-tagged on purpose"), "{log}");
+}

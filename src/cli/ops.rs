@@ -11,10 +11,12 @@ use std::time::SystemTime;
 use crate::config::Config;
 use crate::store::content::check_entry;
 use crate::store::disk::DiskCache;
+use crate::store::pins::{PinFile, Pins};
 use crate::telemetry::metrics::Metrics;
 use modgate_core::cache_key::{CacheKey, Entry, ModuleFile, SumDbItem};
 use modgate_core::gomod::dirhash;
 use modgate_core::gomod::path::ModulePath;
+use modgate_core::policy::classify::ProxyOp;
 
 fn open(config: &Config) -> anyhow::Result<DiskCache> {
     Ok(DiskCache::open_shared(
@@ -263,4 +265,66 @@ fn mod_against_records(
     let line = format!("{module} {v}/go.mod {}", dirhash::hash_go_mod(&data));
     let expected = want.iter().find(|l| l.contains("/go.mod "))?;
     (expected != &line).then(|| "go.mod hash does not match the checksum database".to_string())
+}
+
+/// `module@version`, checked.
+fn module_version(target: &str) -> anyhow::Result<(ModulePath, String)> {
+    let (m, v) = target
+        .split_once('@')
+        .ok_or_else(|| anyhow::anyhow!("{target:?}: expected module@version"))?;
+    let module = ModulePath::new(m)?;
+    anyhow::ensure!(
+        modgate_core::gomod::version::is_canonical(v),
+        "{v:?} is not a canonical version (vX.Y.Z)"
+    );
+    Ok((module, v.to_string()))
+}
+
+/// `modgate integrity repin MODULE@VERSION --reason TEXT`.
+pub fn repin(config: &Config, target: &str, reason: &str) -> anyhow::Result<String> {
+    let (module, version) = module_version(target)?;
+    anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+    let pins = Pins::new(&config.storage.data_dir);
+    let held = pins.get(module.as_str(), &version)?;
+    let by = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    pins.repin(module.as_str(), &version, reason, &by)?;
+    let cache = open(config)?;
+    for op in [
+        ProxyOp::Info(version.clone()),
+        ProxyOp::Mod(version.clone()),
+        ProxyOp::Zip(version.clone()),
+    ] {
+        cache.remove(CacheKey::proxy(&module, &op).as_str());
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "repinned {module}@{version} (by {by}: {reason}); {} pin(s) dropped, its cached files removed; the next fetch pins what the repository has now",
+        held.len()
+    );
+    Ok(out)
+}
+
+/// `modgate integrity show MODULE@VERSION`.
+pub fn show_pins(config: &Config, target: &str) -> anyhow::Result<String> {
+    let (module, version) = module_version(target)?;
+    let pins = Pins::new(&config.storage.data_dir).get(module.as_str(), &version)?;
+    let mut out = String::new();
+    if pins.is_empty() {
+        let _ = writeln!(out, "{module}@{version}: not pinned");
+    }
+    for (file, pin) in pins {
+        let what = match file {
+            PinFile::Mod => "go.mod",
+            PinFile::Zip => "zip",
+        };
+        let _ = writeln!(
+            out,
+            "{module}@{version} {what}: {} (commit {}, pinned {})",
+            pin.h1, pin.commit, pin.at
+        );
+    }
+    Ok(out)
 }

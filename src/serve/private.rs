@@ -16,13 +16,15 @@ use crate::egress::upstream::UpstreamClient;
 use crate::serve::State;
 use crate::serve::cached::{self, FillOutcome};
 use crate::serve::respond::ServeError;
-use crate::store::content::check_entry;
+use crate::store::content::{ContentError, check_entry};
 use crate::store::disk::PendingEntry;
 use crate::store::flight::Join;
 use crate::store::mirror::{GitAccess, Mirror, MirrorError};
+use crate::store::pins::{Checked, PinError, PinFile};
 use crate::telemetry::ctx::ReqCtx;
 use crate::telemetry::labels::CacheOutcome;
 use modgate_core::gomod::coderepo::{CodeHost, CodeRepo, RepoError};
+use modgate_core::gomod::dirhash;
 use modgate_core::gomod::modfile;
 use modgate_core::gomod::modzip::{self, SourceFile};
 use modgate_core::gomod::path::ModulePath;
@@ -320,6 +322,7 @@ async fn fill(f: &PrivateFetch, access: &GitAccess, state: &Arc<State>) -> Resul
     let f2 = f.clone();
     let tmp = state.config.storage.data_dir.join("tmp");
     let metrics = state.metrics.clone();
+    let st = state.clone();
     tokio::task::spawn_blocking(move || match f2.op() {
         ProxyOp::Zip(v) => {
             let start = Instant::now();
@@ -328,9 +331,19 @@ async fn fill(f: &PrivateFetch, access: &GitAccess, state: &Arc<State>) -> Resul
                 .zip_build_duration
                 .with_label_values(&[if res.is_ok() { "ok" } else { "error" }])
                 .observe(start.elapsed().as_secs_f64());
-            res?;
+            let commit = res?;
+            let h1 = pending
+                .check(|file| {
+                    check_entry(f2.key(), file)?;
+                    let mut file = file;
+                    std::io::Seek::rewind(&mut file)?;
+                    dirhash::hash_zip(file)
+                        .map_err(|e| ContentError::Read(std::io::Error::other(e.to_string())))
+                })
+                .map_err(|e| ServeError::Internal(format!("storing the module zip: {e}")))?;
+            pin(&st, f2.module(), v, PinFile::Zip, &h1, &commit)?;
             pending
-                .commit(|file| check_entry(f2.key(), file))
+                .commit(|_| Ok(()))
                 .map_err(|e| ServeError::Internal(format!("storing the module zip: {e}")))
         }
         _ => {
@@ -338,7 +351,19 @@ async fn fill(f: &PrivateFetch, access: &GitAccess, state: &Arc<State>) -> Resul
                 .map_err(|e| ServeError::Internal(e.to_string()))?;
             let data = match f2.op() {
                 ProxyOp::Info(v) => repo.stat(v).map_err(repo_err)?.json().into_bytes(),
-                ProxyOp::Mod(v) => repo.go_mod(v).map_err(repo_err)?,
+                ProxyOp::Mod(v) => {
+                    let data = repo.go_mod(v).map_err(repo_err)?;
+                    let commit = repo.stat(v).map_err(repo_err)?.commit;
+                    pin(
+                        &st,
+                        f2.module(),
+                        v,
+                        PinFile::Mod,
+                        &dirhash::hash_go_mod(&data),
+                        &commit,
+                    )?;
+                    data
+                }
                 _ => unreachable!("only canonical answers are cached"),
             };
             pending
@@ -351,14 +376,50 @@ async fn fill(f: &PrivateFetch, access: &GitAccess, state: &Arc<State>) -> Resul
     .map_err(|e| ServeError::Internal(format!("private task failed: {e}")))?
 }
 
-/// Builds the module zip for `module@v` into `pending`, with x/mod's rules.
+/// Pins (or checks against its pin) what a private version's go.mod or zip hashes to. Blocking.
+fn pin(
+    state: &State,
+    module: &ModulePath,
+    version: &str,
+    file: PinFile,
+    h1: &str,
+    commit: &str,
+) -> Result<(), ServeError> {
+    let count = |event: &str| {
+        state
+            .metrics
+            .integrity_pins
+            .with_label_values(&[event])
+            .inc();
+    };
+    match state.pins.check(module.as_str(), version, file, h1, commit) {
+        Ok(Checked::Pinned) => {
+            count("pinned");
+            tracing::info!(%module, version, ?file, h1, commit, "private version pinned");
+            Ok(())
+        }
+        Ok(Checked::Matched) => {
+            count("matched");
+            Ok(())
+        }
+        Err(e @ PinError::Changed(_)) => {
+            count("changed");
+            tracing::error!(%module, version, error = %e, "private version changed since it was pinned; refused");
+            Err(ServeError::UpstreamFailed(e.to_string()))
+        }
+        Err(e) => Err(ServeError::Internal(e.to_string())),
+    }
+}
+
+/// Builds the module zip for `module@v` into `pending`, with x/mod's rules; returns the commit
+/// it was built from.
 fn build_zip(
     mirror: &Mirror,
     f: &PrivateFetch,
     v: &str,
     pending: &mut PendingEntry,
     tmp: &std::path::Path,
-) -> Result<(), ServeError> {
+) -> Result<String, ServeError> {
     let module: &ModulePath = f.module();
     let repo = CodeRepo::new(mirror, module, &f.repo().root)
         .map_err(|e| ServeError::Internal(e.to_string()))?;
@@ -436,7 +497,7 @@ fn build_zip(
         }
     }
     out.finish().map_err(zerr)?;
-    Ok(())
+    Ok(src.commit)
 }
 
 struct RemoveOnDrop(PathBuf);

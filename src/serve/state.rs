@@ -20,6 +20,7 @@ use crate::serve::prove::{Heads, Verifier};
 use crate::store::disk::DiskCache;
 use crate::store::flight::Flights;
 use crate::store::mirror::Mirrors;
+use crate::store::pins::Pins;
 use crate::store::shared::SharedStore;
 use crate::telemetry::metrics::Metrics;
 
@@ -38,6 +39,8 @@ pub struct State {
     pub mirrors: Mirrors,
     /// The newest checksum-database tree heads verified.
     pub heads: Heads,
+    /// The pins of private versions.
+    pub pins: Pins,
     /// Rules, routes and credentials; replaced as a whole on reload.
     live: ArcSwap<Live>,
 }
@@ -55,6 +58,7 @@ impl State {
         live: Live,
     ) -> State {
         let heads = Heads::new(&config.storage.data_dir);
+        let pins = Pins::new(&config.storage.data_dir);
         State {
             config,
             metrics,
@@ -63,6 +67,7 @@ impl State {
             shared,
             flights: Arc::default(),
             heads,
+            pins,
             mirrors,
             live: ArcSwap::from_pointee(live),
         }

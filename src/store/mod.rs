@@ -1,5 +1,6 @@
-//! Persistence: the content checks every writer runs before commit (`content`), the on-disk cache with atomic commits and an LRU size bound (`disk`), and
-//! single-flight coordination of cache fills (`flight`), the S3-compatible tier shared by
+//! Persistence: the content checks every writer runs before commit (`content`), the on-disk
+//! cache with atomic commits and an LRU size bound (`disk`), single-flight coordination of cache
+//! fills (`flight`), the pins of private versions (`pins`), the S3-compatible tier shared by
 //! replicas (`shared`), and private repository mirrors (`mirror`). Nothing here knows about HTTP.
 
 pub mod content;
@@ -7,4 +8,5 @@ pub mod disk;
 pub mod durable;
 pub mod flight;
 pub mod mirror;
+pub mod pins;
 pub mod shared;

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub cache_fills: IntCounterVec,
     /// Checksum-database verifications of public fills, by outcome.
     pub sumdb_verifications: IntCounterVec,
+    /// Private versions pinned, matched against their pin, or refused as changed.
+    pub integrity_pins: IntCounterVec,
     /// Requests for private module paths answered locally, by kind.
     pub private_refused: IntCounterVec,
     /// Configuration reloads, by outcome.
@@ -234,6 +236,14 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("metric"),
+            integrity_pins: IntCounterVec::new(
+                Opts::new(
+                    "modgate_integrity_pins_total",
+                    "Private versions built from git: pinned the first time, matched against the pin, or changed (refused).",
+                ),
+                &["event"],
+            )
+            .expect("metric"),
             sumdb_verifications: IntCounterVec::new(
                 Opts::new(
                     "modgate_sumdb_verifications_total",
@@ -318,6 +328,7 @@ impl Metrics {
             Box::new(m.cache_store_errors.clone()),
             Box::new(m.cache_fills.clone()),
             Box::new(m.sumdb_verifications.clone()),
+            Box::new(m.integrity_pins.clone()),
             Box::new(m.private_refused.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.limit_hits.clone()),
@@ -351,6 +362,9 @@ impl Metrics {
         }
         for direction in ["upstream", "client"] {
             m.tunnel_bytes.with_label_values(&[direction]);
+        }
+        for event in ["pinned", "matched", "changed"] {
+            m.integrity_pins.with_label_values(&[event]);
         }
         for outcome in SUMDB_OUTCOMES {
             m.sumdb_verifications.with_label_values(&[outcome]);
