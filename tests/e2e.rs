@@ -691,6 +691,42 @@ async fn content_that_differs_from_the_checksum_database_is_refused_and_never_ca
     };
     assert!(!cached("v1.0.0.zip") && !cached("v1.1.0.mod") && !cached("v1.2.0.zip"));
     assert!(cached("v1.0.0.mod"));
+    // How each file was proven, as explain and cache stats tell it.
+    let cfg = gw.dir.path().join("ops.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\ndata_dir = \"{}\"\n",
+            gw.dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = modgate_command()
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let explained = run(&["explain", "example.com/m@v1.0.0"]);
+    assert!(
+        explained.contains("proof go.mod verified h1:")
+            && explained.contains("against sum.golang.org")
+            && explained.contains("proof zip    not yet proven"),
+        "{explained}"
+    );
+    let stats = run(&["cache", "stats"]);
+    assert!(
+        stats.contains("proofs:      1 go.mod/zip entries verified against a checksum database, 0 pinned (private), 0 unverified"),
+        "{stats}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -872,4 +872,14 @@ async fn a_force_pushed_private_tag_is_refused_until_repinned() {
     );
     let log = std::fs::read_to_string(data.path().join("integrity/pins.log")).unwrap();
     assert!(log.contains("v1.0.0 re-tagged on purpose"), "{log}");
+    let out = modgate_command()
+        .args(["explain", "git.corp.example/team/alpha@v1.0.0", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        explained.contains("proof zip    pinned h1:") && explained.contains(v11.trim()),
+        "{explained}"
+    );
 }

@@ -1,10 +1,13 @@
-//! `modgate explain`: what the gateway would do with a module path or a URL, computed by the same
-//! pure `policy` code that serves requests. No network, no disk.
+//! `modgate explain`: what the gateway would do with a module path, `module@version` or a URL,
+//! computed by the same pure `policy` code that serves requests; for `module@version`, also how
+//! its files were proven (read from the integrity log). No network.
 
 use std::fmt::Write as _;
 
 use crate::config::Config;
-use modgate_core::gomod::path::escape_path;
+use modgate_core::gomod::path::{escape_path, escape_version};
+
+use crate::store::pins::{PinFile, Pins};
 use modgate_core::policy::classify::Target;
 use modgate_core::policy::egress::Decision;
 use modgate_core::policy::goproxy::{Entry, GoProxyList};
@@ -14,17 +17,30 @@ use modgate_core::policy::route::Route;
 /// Explains `input` (a module path, or an `https://` / `http://` URL) under `config`.
 pub fn explain(config: &Config, input: &str) -> anyhow::Result<String> {
     let policy = crate::gateway::compile::policy(config)?;
-    let url = if input.starts_with("https://") || input.starts_with("http://") {
+    let is_url = input.starts_with("https://") || input.starts_with("http://");
+    // module@version: the version's .info, and how its files were proven.
+    let (path, version) = match input.split_once('@') {
+        Some((m, v)) if !is_url => (m, Some(v)),
+        _ => (input, None),
+    };
+    let url = if is_url {
         input.to_string()
     } else {
-        let esc = escape_path(input)?;
+        let esc = escape_path(path)?;
         let host = config
             .modules
             .proxy_hosts
             .first()
             .cloned()
             .unwrap_or_else(|| "proxy.golang.org".into());
-        format!("https://{host}/{esc}/@v/list")
+        match version {
+            Some(v) => format!("https://{host}/{esc}/@v/{}.info", escape_version(v)?),
+            None => format!("https://{host}/{esc}/@v/list"),
+        }
+    };
+    let proof = match version {
+        Some(v) => proof_lines(config, path, v)?,
+        None => String::new(),
     };
     let uri: http::Uri = url
         .parse()
@@ -169,6 +185,7 @@ pub fn explain(config: &Config, input: &str) -> anyhow::Result<String> {
             );
         }
     }
+    out.push_str(&proof);
     Ok(out)
 }
 
@@ -183,6 +200,31 @@ fn describe_target(t: &Target) -> String {
         Target::Git { repo, service } => format!("git {service} for {repo}"),
         Target::Other => "other (not a module protocol request)".to_string(),
     }
+}
+
+/// How `module@version`'s go.mod and zip were proven, from the integrity log.
+fn proof_lines(config: &Config, module: &str, version: &str) -> anyhow::Result<String> {
+    let log = Pins::new(&config.storage.data_dir);
+    let pins = log.get(module, version)?;
+    let proofs = log.proofs(module, version)?;
+    let mut out = String::new();
+    for (file, name) in [(PinFile::Mod, "go.mod"), (PinFile::Zip, "zip")] {
+        let line = if let Some((_, p)) = pins.iter().find(|(f, _)| *f == file) {
+            format!(
+                "pinned {} (private, from commit {}, first served {})",
+                p.h1, p.commit, p.at
+            )
+        } else if let Some((_, v)) = proofs.iter().find(|(f, _)| *f == file) {
+            format!(
+                "verified {} against {} (tree size {}, {})",
+                v.h1, v.db, v.tree, v.at
+            )
+        } else {
+            "not yet proven (not served since verification and pinning began)".to_string()
+        };
+        let _ = writeln!(out, "proof {name:<7}{line}");
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use http::Method;
 use http_body_util::BodyExt;
 
 use crate::serve::State;
+use crate::store::pins::PinFile;
 use crate::telemetry::ctx::{ConnCtx, ReqCtx};
 use crate::telemetry::labels::Mode;
 use modgate_core::gomod::note::{VerifierKey, parse_record, parse_tree};
@@ -214,6 +215,24 @@ pub async fn prove(
             expected: expected.to_string(),
             got: h1.to_string(),
         });
+    }
+    // Recorded in the integrity log, for `modgate explain` and `cache stats`.
+    let (st, m, v, d, h) = (
+        state.clone(),
+        module.to_string(),
+        version.to_string(),
+        db.clone(),
+        h1.to_string(),
+    );
+    let file = match what {
+        Proven::GoMod => PinFile::Mod,
+        Proven::Zip => PinFile::Zip,
+    };
+    let tree_n = tree.n;
+    let logged =
+        tokio::task::spawn_blocking(move || st.pins.verified(&m, &v, file, &h, &d, tree_n)).await;
+    if !matches!(logged, Ok(Ok(()))) {
+        tracing::warn!(%module, version, "cannot record the proof in the integrity log");
     }
     Ok(())
 }

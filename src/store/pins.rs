@@ -1,3 +1,6 @@
+//! The integrity log: what modgate proved about each version it served. Public versions verified
+//! against a checksum database are recorded (`verified`), and private ones are pinned.
+//!
 //! Private version pinning: the first time modgate serves a private version's go.mod or zip
 //! (built from git), it records the `h1:` hash and the commit in an append-only, fsynced log,
 //! `storage.data_dir/integrity/pins.log` (one JSON object a line). Different content later for
@@ -42,6 +45,16 @@ enum Record {
         file: PinFile,
         h1: String,
         commit: String,
+        at: String,
+    },
+    /// A public file proven against a checksum database's signed tree.
+    Verified {
+        module: String,
+        version: String,
+        file: PinFile,
+        h1: String,
+        db: String,
+        tree: u64,
         at: String,
     },
     /// The next content served for module@version is accepted (and pinned) whatever it is.
@@ -98,9 +111,19 @@ pub enum Checked {
 
 type Key = (String, String, PinFile);
 
+/// A public file proven against a checksum database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub h1: String,
+    pub db: String,
+    pub tree: u64,
+    pub at: String,
+}
+
 #[derive(Debug, Default)]
 struct Loaded {
     pins: HashMap<Key, Pin>,
+    verified: HashMap<Key, Verified>,
     /// Bytes of the log read so far.
     len: u64,
 }
@@ -141,6 +164,7 @@ impl Pins {
         let from = if (data.len() as u64) < loaded.len {
             // Shorter than read before: not append-only any more; read it all again.
             loaded.pins.clear();
+            loaded.verified.clear();
             0
         } else {
             loaded.len as usize
@@ -167,6 +191,19 @@ impl Pins {
                     loaded
                         .pins
                         .insert((module, version, file), Pin { h1, commit, at });
+                }
+                Ok(Record::Verified {
+                    module,
+                    version,
+                    file,
+                    h1,
+                    db,
+                    tree,
+                    at,
+                }) => {
+                    loaded
+                        .verified
+                        .insert((module, version, file), Verified { h1, db, tree, at });
                 }
                 Ok(Record::Repin {
                     module, version, ..
@@ -279,6 +316,71 @@ impl Pins {
             by: by.to_string(),
             at: now(),
         })
+    }
+
+    /// Records that `module@version`'s `file` hashing to `h1` was proven against `db`'s tree
+    /// of size `tree` (once per content: a repeat proof is not logged again). Blocking.
+    pub fn verified(
+        &self,
+        module: &str,
+        version: &str,
+        file: PinFile,
+        h1: &str,
+        db: &str,
+        tree: u64,
+    ) -> Result<(), PinError> {
+        let mut loaded = self.loaded.lock().expect("not poisoned");
+        self.refresh(&mut loaded)?;
+        let key = (module.to_string(), version.to_string(), file);
+        if loaded
+            .verified
+            .get(&key)
+            .is_some_and(|v| v.h1 == h1 && v.db == db)
+        {
+            return Ok(());
+        }
+        self.append(&Record::Verified {
+            module: module.to_string(),
+            version: version.to_string(),
+            file,
+            h1: h1.to_string(),
+            db: db.to_string(),
+            tree,
+            at: now(),
+        })?;
+        self.refresh(&mut loaded)
+    }
+
+    /// The proofs recorded for `module@version`.
+    pub fn proofs(
+        &self,
+        module: &str,
+        version: &str,
+    ) -> Result<Vec<(PinFile, Verified)>, PinError> {
+        let mut loaded = self.loaded.lock().expect("not poisoned");
+        self.refresh(&mut loaded)?;
+        let mut out: Vec<(PinFile, Verified)> = loaded
+            .verified
+            .iter()
+            .filter(|((m, v, _), _)| m == module && v == version)
+            .map(|((_, _, f), p)| (*f, p.clone()))
+            .collect();
+        out.sort_by_key(|(f, _)| *f as u8);
+        Ok(out)
+    }
+
+    /// Whether `module@version`'s `file` was proven against a checksum database.
+    pub fn is_verified(
+        &self,
+        module: &str,
+        version: &str,
+        file: PinFile,
+    ) -> Result<bool, PinError> {
+        let mut loaded = self.loaded.lock().expect("not poisoned");
+        self.refresh(&mut loaded)?;
+        Ok(loaded
+            .verified
+            .contains_key(&(module.to_string(), version.to_string(), file)))
     }
 
     /// Number of pins held.
