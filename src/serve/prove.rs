@@ -138,6 +138,44 @@ pub fn applies(verifier: &Verifier, module: &ModulePath) -> bool {
     verifier.nosumdb.matching(module.as_str()).is_none()
 }
 
+/// A `module@version` record, proven: its text is in a signed tree of the database that
+/// extends every head verified before.
+#[derive(Debug, Clone)]
+pub struct ProvenRecord {
+    text: String,
+    tree: u64,
+}
+
+/// A proof started ahead of need (when a fill starts), so that its lookups and tiles travel
+/// while the body does; only the hash comparison waits for the body. Dropped unused (the fill
+/// failed), it stops.
+#[derive(Debug)]
+pub struct PendingProof(tokio::task::JoinHandle<Result<ProvenRecord, ProofError>>);
+
+impl Drop for PendingProof {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts proving the record of `module@version` on its own task.
+pub fn start(
+    state: &Arc<State>,
+    verifier: &Verifier,
+    module: &ModulePath,
+    version: &str,
+) -> PendingProof {
+    let (state, verifier, module, version) = (
+        state.clone(),
+        verifier.clone(),
+        module.clone(),
+        version.to_string(),
+    );
+    PendingProof(tokio::spawn(async move {
+        prove_record(&state, &verifier, &module, &version).await
+    }))
+}
+
 /// Proves that `h1` is the checksum database's hash for `module@version` (its go.mod or zip).
 pub async fn prove(
     state: &Arc<State>,
@@ -147,6 +185,38 @@ pub async fn prove(
     what: Proven,
     h1: &str,
 ) -> Result<(), ProofError> {
+    let record = prove_record(state, verifier, module, version).await?;
+    compare(state, verifier, module, version, what, h1, &record).await
+}
+
+/// Waits for a proof started by [`start`] and compares `h1` with its record.
+pub async fn finish(
+    mut pending: PendingProof,
+    state: &Arc<State>,
+    verifier: &Verifier,
+    module: &ModulePath,
+    version: &str,
+    what: Proven,
+    h1: &str,
+) -> Result<(), ProofError> {
+    let record = (&mut pending.0)
+        .await
+        .map_err(|e| ProofError::Unavailable {
+            module: module.to_string(),
+            version: version.to_string(),
+            db: verifier.db.clone(),
+            reason: format!("proof task failed: {e}"),
+        })??;
+    compare(state, verifier, module, version, what, h1, &record).await
+}
+
+/// Fetches and proves the record of `module@version`.
+async fn prove_record(
+    state: &Arc<State>,
+    verifier: &Verifier,
+    module: &ModulePath,
+    version: &str,
+) -> Result<ProvenRecord, ProofError> {
     let db = &verifier.db;
     let unavailable = |reason: String| ProofError::Unavailable {
         module: module.to_string(),
@@ -197,6 +267,30 @@ pub async fn prove(
     })?;
     // The tree extends (or is extended by) the newest head verified before.
     consistent(state, db, tree, tree_text).await?;
+    Ok(ProvenRecord {
+        text: text.to_string(),
+        tree: tree.n,
+    })
+}
+
+/// Compares `h1` with the proven record's line for `what`, and logs the proof.
+async fn compare(
+    state: &Arc<State>,
+    verifier: &Verifier,
+    module: &ModulePath,
+    version: &str,
+    what: Proven,
+    h1: &str,
+    record: &ProvenRecord,
+) -> Result<(), ProofError> {
+    let db = &verifier.db;
+    let unavailable = |reason: String| ProofError::Unavailable {
+        module: module.to_string(),
+        version: version.to_string(),
+        db: db.clone(),
+        reason,
+    };
+    let text = record.text.as_str();
     // The record names this hash.
     let (suffix, want_prefix) = match what {
         Proven::GoMod => ("/go.mod", format!("{module} {version}/go.mod ")),
@@ -228,7 +322,7 @@ pub async fn prove(
         Proven::GoMod => PinFile::Mod,
         Proven::Zip => PinFile::Zip,
     };
-    let tree_n = tree.n;
+    let tree_n = record.tree;
     let logged =
         tokio::task::spawn_blocking(move || st.pins.verified(&m, &v, file, &h, &d, tree_n)).await;
     if !matches!(logged, Ok(Ok(()))) {
@@ -293,8 +387,18 @@ async fn read_hashes(
         return Ok(vec![]);
     }
     let plan = TilePlan::new(tree, TILE_HEIGHT, indexes).map_err(|e| e.to_string())?;
-    let mut data = Vec::with_capacity(plan.tiles().len());
-    for t in plan.tiles() {
+    // All tiles at once: on a cold cache each is a round trip to the database.
+    let fetched =
+        futures_util::future::join_all(plan.tiles().iter().map(|t| fetch_tile(state, db, *t)))
+            .await;
+    let data = fetched.into_iter().collect::<Result<Vec<_>, _>>()?;
+    plan.read(&data).map_err(|e| e.to_string())
+}
+
+/// One tile's bytes (the full tile's prefix when the partial one is gone).
+async fn fetch_tile(state: &Arc<State>, db: &str, t: Tile) -> Result<Vec<u8>, String> {
+    {
+        let t = &t;
         let bytes = match fetch(state, db, SumDbOp::Tile(*t)).await {
             Ok(b) => b,
             // A partial tile of an older tree may be gone once its tile is complete; its
@@ -310,9 +414,8 @@ async fn read_hashes(
             }
             Err(e) => return Err(e),
         };
-        data.push(bytes.to_vec());
+        Ok(bytes.to_vec())
     }
-    plan.read(&data).map_err(|e| e.to_string())
 }
 
 /// A checksum-database answer through modgate's own cache (and its partial-tile rule), as an

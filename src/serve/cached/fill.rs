@@ -97,6 +97,8 @@ pub(super) async fn fill(
     mut body: Incoming,
     answer: Reply,
 ) -> FillOutcome {
+    // The checksum-database proof of a public .mod or .zip starts now, beside the body.
+    let mut proof = start_proof(spec, state);
     // The cache file is opened with the first full write batch, or at the end: a small body
     // (.info, .mod, most zips) costs one trip to the blocking pool, create to rename.
     let mut file = Fill::NotOpened;
@@ -197,7 +199,9 @@ pub(super) async fn fill(
                     .await
                 }
                 Some(verifier) => {
-                    match proven_commit(spec, verifier, state, file, last, validate).await {
+                    let pending = proof.take();
+                    match proven_commit(spec, verifier, state, file, last, validate, pending).await
+                    {
                         Err(rejected) => Ok(Err(StoreError::Rejected(rejected))),
                         Ok(res) => res,
                     }
@@ -257,6 +261,7 @@ async fn proven_commit(
     file: Fill,
     last: Bytes,
     validate: Validator,
+    pending: Option<prove::PendingProof>,
 ) -> Result<Result<Result<DirSync, StoreError>, tokio::task::JoinError>, ContentError> {
     let Entry::Module { module, file: what } = spec.key.entry() else {
         unreachable!("only module files are proven");
@@ -278,13 +283,32 @@ async fn proven_commit(
         Ok::<_, StoreError>((p, h1))
     })
     .await;
+    let proof = pending;
     let (pending, h1) = match hashed {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return Ok(Ok(Err(e))),
         Err(e) => return Ok(Err(e)),
     };
-    proved(spec, verifier, state, module, &version, proven, &h1).await?;
+    let subject = Subject {
+        module,
+        version: &version,
+        proven,
+    };
+    proved(spec, verifier, state, subject, &h1, proof).await?;
     Ok(tokio::task::spawn_blocking(move || pending.commit_then(|_| Ok(()))).await)
+}
+
+/// Starts the proof of a public `.mod` or `.zip` under `sumdb.verify`, if this fill needs one.
+fn start_proof(spec: &Spec, state: &Arc<State>) -> Option<prove::PendingProof> {
+    let verifier = spec.prove.as_ref()?;
+    let Entry::Module {
+        module,
+        file: ModuleFile::Mod(v) | ModuleFile::Zip(v),
+    } = spec.key.entry()
+    else {
+        return None;
+    };
+    Some(prove::start(state, verifier, module, v))
 }
 
 /// The go.sum hash of a complete `.mod` or `.zip` file.
@@ -302,15 +326,26 @@ fn h1_of(mut file: &std::fs::File, proven: Proven) -> Result<String, ContentErro
 }
 
 /// Runs the proof, counts its outcome, and decides: `Err` refuses the content.
+/// What a proof is about: the module, version and file.
+struct Subject<'a> {
+    module: &'a ModulePath,
+    version: &'a str,
+    proven: Proven,
+}
+
 async fn proved(
     spec: &Spec,
     verifier: &Verifier,
     state: &Arc<State>,
-    module: &ModulePath,
-    version: &str,
-    proven: Proven,
+    subject: Subject<'_>,
     h1: &str,
+    started: Option<prove::PendingProof>,
 ) -> Result<(), ContentError> {
+    let Subject {
+        module,
+        version,
+        proven,
+    } = subject;
     let count = |outcome: &str| {
         state
             .metrics
@@ -318,7 +353,11 @@ async fn proved(
             .with_label_values(&[outcome])
             .inc();
     };
-    match prove::prove(state, verifier, module, version, proven, h1).await {
+    let result = match started {
+        Some(p) => prove::finish(p, state, verifier, module, version, proven, h1).await,
+        None => prove::prove(state, verifier, module, version, proven, h1).await,
+    };
+    match result {
         Ok(()) => count("verified"),
         Err(e @ ProofError::Unavailable { .. }) if verifier.fail_open => {
             count("unverified");
@@ -360,9 +399,20 @@ pub(super) async fn prove_found(
     })
     .await;
     let result = match hashed {
-        Ok(Ok(h1)) => proved(spec, verifier, state, module, version, proven, &h1)
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(Ok(h1)) => proved(
+            spec,
+            verifier,
+            state,
+            Subject {
+                module,
+                version,
+                proven,
+            },
+            &h1,
+            None,
+        )
+        .await
+        .map_err(|e| e.to_string()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(format!("hashing task failed: {e}")),
     };
