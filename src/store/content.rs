@@ -10,7 +10,7 @@ use modgate_core::cache_key::{CacheKey, Entry, ModuleFile};
 use modgate_core::gomod::content::{self, BadContent};
 use modgate_core::gomod::path::{ModulePath, check_path_major};
 use modgate_core::gomod::version;
-use modgate_core::gomod::zip::{ZipError, check_zip, check_zip_data};
+use modgate_core::gomod::zip::{ZipError, check_zip, check_zip_data, check_zip_data_hashed};
 
 /// Why an entry's content was refused before commit: nothing is stored.
 #[derive(Debug, thiserror::Error)]
@@ -81,4 +81,35 @@ pub fn check_zip_file(
     check_zip(module, version, file, len).map_err(zip_err)?;
     file.rewind()?;
     check_zip_data(file).map_err(zip_err)
+}
+
+/// [`check_entry`] for a `.mod` or `.zip`, returning its go.sum hash computed in the same pass
+/// (for checksum-database verification).
+pub fn check_entry_hashed(key: &CacheKey, mut file: &File) -> Result<String, ContentError> {
+    let Entry::Module { module, file: what } = key.entry() else {
+        return Err(ContentError::Read(io::Error::other("not a module file")));
+    };
+    match what {
+        ModuleFile::Zip(v) => {
+            let len = file.metadata()?.len();
+            let zip_err = |source| ContentError::Zip {
+                module: module.clone(),
+                version: v.to_string(),
+                source,
+            };
+            file.rewind()?;
+            check_zip(module, v, file, len).map_err(zip_err)?;
+            file.rewind()?;
+            check_zip_data_hashed(file).map_err(zip_err)
+        }
+        ModuleFile::Mod(_) => {
+            let data = read_all(file)?;
+            content::check_mod(&data, module).map_err(|source| ContentError::Bad {
+                module: module.clone(),
+                source,
+            })?;
+            Ok(modgate_core::gomod::dirhash::hash_go_mod(&data))
+        }
+        _ => Err(ContentError::Read(io::Error::other("not a .mod or .zip"))),
+    }
 }

@@ -16,7 +16,7 @@ use crate::body::BoxError;
 use crate::serve::State;
 use crate::serve::prove::{self, ProofError, Proven, Verifier};
 use crate::serve::respond::ServeError;
-use crate::store::content::{ContentError, check_entry};
+use crate::store::content::{ContentError, check_entry, check_entry_hashed};
 use crate::store::disk::DirSync;
 use crate::store::disk::{DiskCache, PendingEntry, StoreError};
 use crate::store::shared::Validator;
@@ -200,8 +200,7 @@ pub(super) async fn fill(
                 }
                 Some(verifier) => {
                     let pending = proof.take();
-                    match proven_commit(spec, verifier, state, file, last, validate, pending).await
-                    {
+                    match proven_commit(spec, verifier, state, file, last, pending).await {
                         Err(rejected) => Ok(Err(StoreError::Rejected(rejected))),
                         Ok(res) => res,
                     }
@@ -260,7 +259,6 @@ async fn proven_commit(
     state: &Arc<State>,
     file: Fill,
     last: Bytes,
-    validate: Validator,
     pending: Option<prove::PendingProof>,
 ) -> Result<Result<Result<DirSync, StoreError>, tokio::task::JoinError>, ContentError> {
     let Entry::Module { module, file: what } = spec.key.entry() else {
@@ -272,14 +270,13 @@ async fn proven_commit(
         _ => unreachable!("only .mod and .zip are proven"),
     };
     let key = spec.key.as_str().to_string();
+    let key_typed = spec.key.clone();
     let cache = state.cache.clone();
     let hashed = tokio::task::spawn_blocking(move || {
         let mut p = file.open(&cache, &key)?;
         p.write(&last)?;
-        let h1 = p.check(|file| {
-            validate(file)?;
-            h1_of(file, proven)
-        })?;
+        // The content checks and the hash in one pass over the data.
+        let h1 = p.check(|file| check_entry_hashed(&key_typed, file))?;
         Ok::<_, StoreError>((p, h1))
     })
     .await;

@@ -19,12 +19,23 @@ pub enum HashError {
 pub fn hash1<'a>(
     files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<String, HashError> {
+    hash1_from_digests(
+        files
+            .into_iter()
+            .map(|(name, data)| (name.to_string(), Sha256::digest(data).into())),
+    )
+}
+
+/// `Hash1` from each file's SHA-256, for callers that hashed the data as they read it.
+pub fn hash1_from_digests(
+    files: impl IntoIterator<Item = (String, [u8; 32])>,
+) -> Result<String, HashError> {
     let mut lines: Vec<(String, String)> = vec![];
-    for (name, data) in files {
+    for (name, digest) in files {
         if name.contains('\n') {
-            return Err(HashError::Newline(name.to_string()));
+            return Err(HashError::Newline(name));
         }
-        lines.push((name.to_string(), hex(&Sha256::digest(data))));
+        lines.push((name, hex(&digest)));
     }
     lines.sort();
     let mut h = Sha256::new();

@@ -115,9 +115,21 @@ pub fn check_zip<R: Read + Seek>(
 /// CRC-32 and declared size (what extraction by the go command would find). Run after
 /// [`check_zip`], which bounds the sizes.
 pub fn check_zip_data<R: Read + Seek>(reader: R) -> Result<(), ZipError> {
+    read_zip_data(reader, false).map(|_| ())
+}
+
+/// [`check_zip_data`], also computing the zip's go.sum hash (`dirhash.HashZip`) in the same
+/// pass over the file data.
+pub fn check_zip_data_hashed<R: Read + Seek>(reader: R) -> Result<String, ZipError> {
+    read_zip_data(reader, true).map(|h| h.expect("asked for the hash"))
+}
+
+fn read_zip_data<R: Read + Seek>(reader: R, hash: bool) -> Result<Option<String>, ZipError> {
+    use sha2::Digest;
     let mut archive =
         ::zip::ZipArchive::new(reader).map_err(|e| ZipError::Malformed(e.to_string()))?;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut digests: Vec<(String, [u8; 32])> = vec![];
     for i in 0..archive.len() {
         let mut entry = archive
             .by_index(i)
@@ -125,10 +137,16 @@ pub fn check_zip_data<R: Read + Seek>(reader: R) -> Result<(), ZipError> {
         let name = entry.name().to_string();
         let declared = entry.size();
         let mut read: u64 = 0;
+        let mut sha = hash.then(sha2::Sha256::new);
         loop {
             match entry.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => read += n as u64,
+                Ok(n) => {
+                    read += n as u64;
+                    if let Some(h) = &mut sha {
+                        h.update(&buf[..n]);
+                    }
+                }
                 Err(e) => {
                     return Err(ZipError::Entry {
                         name,
@@ -143,8 +161,16 @@ pub fn check_zip_data<R: Read + Seek>(reader: R) -> Result<(), ZipError> {
                 reason: format!("holds {read} bytes, not the {declared} its header declares"),
             });
         }
+        if let Some(h) = sha {
+            digests.push((name, h.finalize().into()));
+        }
     }
-    Ok(())
+    if !hash {
+        return Ok(None);
+    }
+    super::dirhash::hash1_from_digests(digests)
+        .map(Some)
+        .map_err(|e| ZipError::Malformed(e.to_string()))
 }
 
 /// `path.Clean(name) == name` for a relative slash path.
@@ -275,5 +301,27 @@ mod tests {
             check_zip(&m, "v2.0.0", Cursor::new(ok), 1),
             Err(ZipError::Version(_))
         ));
+    }
+
+    #[test]
+    fn the_hash_taken_while_checking_is_hash_zip() {
+        let mut buf = Cursor::new(Vec::new());
+        {
+            let mut z = ::zip::ZipWriter::new(&mut buf);
+            let opts = ::zip::write::SimpleFileOptions::default();
+            for (name, data) in [
+                ("example.com/m@v1.0.0/go.mod", "module example.com/m\n"),
+                ("example.com/m@v1.0.0/a.go", "package m\n"),
+            ] {
+                z.start_file(name, opts).unwrap();
+                z.write_all(data.as_bytes()).unwrap();
+            }
+            z.finish().unwrap();
+        }
+        let data = buf.into_inner();
+        assert_eq!(
+            check_zip_data_hashed(Cursor::new(&data)).unwrap(),
+            crate::gomod::dirhash::hash_zip(Cursor::new(&data)).unwrap()
+        );
     }
 }
