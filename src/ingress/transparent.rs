@@ -17,7 +17,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use tracing::Instrument as _;
@@ -119,6 +119,7 @@ pub fn is_loop(orig: SocketAddr, local: SocketAddr, own: &[SocketAddr], tproxy: 
 }
 
 /// How far the first bytes got.
+#[derive(Debug)]
 enum Hello {
     /// A complete ClientHello, with its SNI name if any.
     Tls(Option<String>),
@@ -259,7 +260,14 @@ async fn resolves_to(host: &str, orig: SocketAddr) -> bool {
 
 /// Reads until a whole ClientHello is in `buf` (or the first bytes show plain text). Every byte
 /// read stays in `buf`, to be replayed. The error is a bounded reason.
-async fn read_hello(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Hello, &'static str> {
+///
+/// However the bytes arrive (one 25 KB burst or many small segments), they are fed to rustls a
+/// record at a time: its `Acceptor` holds at most one record's worth, and each is processed
+/// (`accept`) before more is given to it.
+async fn read_hello<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Hello, &'static str> {
     let mut acceptor = rustls::server::Acceptor::default();
     loop {
         let start = buf.len();
@@ -276,18 +284,20 @@ async fn read_hello(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Hello,
         }
         let mut fresh = &buf[start..];
         while !fresh.is_empty() {
-            acceptor
+            let took = acceptor
                 .read_tls(&mut fresh)
                 .map_err(|_| "bad_client_hello")?;
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => {
-                return Ok(Hello::Tls(
-                    accepted.client_hello().server_name().map(normalize_host),
-                ));
+            match acceptor.accept() {
+                Ok(Some(accepted)) => {
+                    return Ok(Hello::Tls(
+                        accepted.client_hello().server_name().map(normalize_host),
+                    ));
+                }
+                Ok(None) if took > 0 => {}
+                // Nothing taken and nothing to process: not a TLS stream rustls can read.
+                Ok(None) => return Err("bad_client_hello"),
+                Err(_) => return Err("bad_client_hello"),
             }
-            Ok(None) => continue,
-            Err(_) => return Err("bad_client_hello"),
         }
     }
 }
@@ -387,5 +397,52 @@ mod tests {
             &own,
             true
         ));
+    }
+
+    /// A ClientHello of `alpn_bytes` of ALPN names (about that large), as a real client sends it.
+    fn large_client_hello(sni: &str, alpn_bytes: usize) -> Vec<u8> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(crate::tls::tls_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        cfg.alpn_protocols = (0..alpn_bytes / 200)
+            .map(|i| format!("{i:0200}").into_bytes())
+            .collect();
+        let mut conn = rustls::ClientConnection::new(
+            std::sync::Arc::new(cfg),
+            sni.to_string().try_into().unwrap(),
+        )
+        .unwrap();
+        let mut out = vec![];
+        while conn.wants_write() {
+            conn.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_large_client_hello_is_read_in_one_burst_or_in_pieces() {
+        use tokio::io::AsyncWriteExt as _;
+        let hello = large_client_hello("proxy.golang.org", 25_000);
+        assert!(hello.len() > 20_000, "{}", hello.len());
+        for piece in [hello.len(), 1000, 1] {
+            let (mut client, mut server) = tokio::io::duplex(128 * 1024);
+            let bytes = hello.clone();
+            let writer = tokio::spawn(async move {
+                for chunk in bytes.chunks(piece) {
+                    client.write_all(chunk).await.unwrap();
+                }
+                client
+            });
+            let mut buf = BytesMut::new();
+            let got = read_hello(&mut server, &mut buf).await;
+            assert!(
+                matches!(&got, Ok(Hello::Tls(Some(sni))) if sni == "proxy.golang.org"),
+                "pieces of {piece}: {got:?}"
+            );
+            assert_eq!(&buf[..], &hello[..], "every byte kept for the replay");
+            drop(writer.await.unwrap());
+        }
     }
 }
