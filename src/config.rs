@@ -174,6 +174,11 @@ impl Default for InterceptConfig {
 pub struct EgressConfig {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
+    /// Address blocks agent-chosen traffic may reach although they are loopback or link-local
+    /// (refused by default), e.g. `["127.0.0.1/32"]`.
+    pub allow_addresses: Vec<String>,
+    /// Ports (or ranges) CONNECT may target besides 443.
+    pub connect_ports: Vec<String>,
 }
 
 impl Default for EgressConfig {
@@ -181,6 +186,8 @@ impl Default for EgressConfig {
         EgressConfig {
             allow: vec!["*".into()],
             deny: vec![],
+            allow_addresses: vec![],
+            connect_ports: vec![],
         }
     }
 }

@@ -140,7 +140,7 @@ async fn reload_applies_new_rules_to_new_requests_and_refuses_bad_files() {
         std::fs::write(
             &path,
             format!(
-                "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{d}/data\"\n[ca]\ndir = \"{d}/certs\"\n[intercept]\nhosts = [\"files.test\"]\n[egress]\ndeny = [{deny}]\n[upstream]\nextra_ca_file = \"{ca}\"\n[upstream.overrides]\n\"files.test\" = \"{base}\"\n",
+                "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{d}/data\"\n[ca]\ndir = \"{d}/certs\"\n[intercept]\nhosts = [\"files.test\"]\n[egress]\ndeny = [{deny}]\nallow_addresses = [\"127.0.0.0/8\"]\nconnect_ports = [\"1-65535\"]\n[upstream]\nextra_ca_file = \"{ca}\"\n[upstream.overrides]\n\"files.test\" = \"{base}\"\n",
                 d = dir.path().display(),
                 ca = ca.path.display(),
                 base = up.base_url(),

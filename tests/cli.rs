@@ -64,6 +64,26 @@ fn serve(dir: &std::path::Path, config: &str, stderr: Stdio) -> Served {
 }
 
 /// Ephemeral loopback ports, everything else from `extra` or the defaults.
+/// A plain-HTTP server on loopback answering every request `200 ok`, on its own thread.
+fn plain_ok_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut head = vec![];
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+            );
+        }
+    });
+    addr
+}
+
 fn ports(extra: &str) -> String {
     format!("[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}")
 }
@@ -187,14 +207,16 @@ fn json_access_log_has_one_line_per_request_with_its_fields() {
         ..
     } = serve(
         dir.path(),
-        &ports("[log]\nformat = \"json\"\n"),
+        &ports("[log]\nformat = \"json\"\n[egress]\nallow_addresses = [\"127.0.0.0/8\"]\n"),
         Stdio::piped(),
     );
-    // One plain-HTTP request through the proxy to the admin listener.
+    // One plain-HTTP request through the proxy to a server on loopback (allowed above).
+    let target = plain_ok_server();
+    let _ = admin;
     let mut s = std::net::TcpStream::connect(&proxy).unwrap();
     write!(
         s,
-        "GET http://{admin}/healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        "GET http://{target}/healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut resp = String::new();
@@ -278,18 +300,24 @@ fn explain_prints_target_rule_route_upstream_and_cache_key() {
 fn sighup_reloads_the_configuration_file() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let cfg = |deny: &str| ports(&format!("[egress]\ndeny = [{deny}]\n"));
+    let cfg = |deny: &str| {
+        ports(&format!(
+            "[egress]\ndeny = [{deny}]\nallow_addresses = [\"127.0.0.0/8\"]\n"
+        ))
+    };
+    let target = plain_ok_server();
     let Served {
         mut child,
         proxy,
         admin,
         ..
     } = serve(dir.path(), &cfg(""), Stdio::null());
+    let _ = admin;
     let through = || {
         let mut s = std::net::TcpStream::connect(&proxy).unwrap();
         write!(
             s,
-            "GET http://{admin}/healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+            "GET http://{target}/healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut resp = String::new();

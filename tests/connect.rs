@@ -294,3 +294,104 @@ async fn bytes_sent_with_the_connect_head_reach_the_target() {
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"early bytes");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_tunnels_and_forwards_never_reach_loopback_other_ports_or_the_gateway_itself() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new();
+    let up = Upstream::plain(fixed("upstream")).await;
+    let port = up.addr.port();
+    // The defaults: no address exception, CONNECT to 443 only.
+    let gw = TestGateway::start(&ca, |c| {
+        c.egress.allow_addresses = vec![];
+        c.egress.connect_ports = vec![];
+    })
+    .await;
+    let admin = gw.admin;
+    let refused = |head: &str, rule: &str| {
+        assert_eq!(status(head), 403, "{head}");
+        assert!(head.contains(rule), "{rule}: {head}");
+    };
+    // A refusal's head and its one-line body.
+    async fn refusal(proxy: std::net::SocketAddr, target: &str) -> String {
+        let (mut stream, head) = connect(proxy, target, "").await;
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).await.unwrap();
+        format!("{head}{}", String::from_utf8_lossy(&body))
+    }
+    for (target, rule) in [
+        (format!("127.0.0.1:{port}"), "CONNECT to port"),
+        ("127.0.0.1:443".to_string(), "is a loopback address"),
+        ("localhost:443".to_string(), "is a loopback address"),
+        ("[::1]:443".to_string(), "is a loopback address"),
+        ("0.0.0.0:443".to_string(), "is an unspecified address"),
+    ] {
+        refused(&refusal(gw.proxy, &target).await, rule);
+    }
+    // Plain HTTP to loopback, by address or by a name that resolves there, and to the admin
+    // listener (an agent must not read its metrics or reload it).
+    for (url, rule) in [
+        (format!("http://127.0.0.1:{port}/"), "is a loopback address"),
+        (format!("http://localhost:{port}/"), "is a loopback address"),
+        (
+            format!("http://{admin}/metrics"),
+            "is one of modgate's own listeners",
+        ),
+    ] {
+        let mut s = TcpStream::connect(gw.proxy).await.unwrap();
+        s.write_all(
+            format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        refused(&resp, rule);
+    }
+    assert!(up.paths().is_empty(), "nothing reached the loopback server");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "modgate_egress_refusals_total", &[("rule", "port")]),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "modgate_egress_refusals_total", &[("rule", "loopback")]) >= 5.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "modgate_egress_refusals_total",
+            &[("rule", "own_listener")]
+        ) >= 1.0,
+        "{m}"
+    );
+    drop(gw);
+
+    // An explicit exception opens loopback, never the gateway's own listeners.
+    let gw = TestGateway::start(&ca, |c| {
+        c.egress.allow_addresses = vec!["127.0.0.0/8".into()];
+        c.egress.connect_ports = vec![format!("{port}")];
+    })
+    .await;
+    let (_, head) = connect(gw.proxy, &format!("127.0.0.1:{port}"), "").await;
+    assert_eq!(status(&head), 200, "{head}");
+    let mut s = TcpStream::connect(gw.proxy).await.unwrap();
+    let admin = gw.admin;
+    s.write_all(
+        format!("POST http://{admin}/-/reload HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    refused(&resp, "is one of modgate's own listeners");
+    refused(&refusal(gw.proxy, &gw.proxy.to_string()).await, "port");
+}

@@ -277,6 +277,10 @@ impl TestGateway {
         cfg.upstream.connect_timeout = std::time::Duration::from_secs(5);
         // Test upstreams are in no checksum database; tests of verification turn it on.
         cfg.sumdb.verify = "off".into();
+        // Test upstreams listen on loopback, at random ports: the explicit exception a gateway
+        // needs to reach them (tests of the default clear it).
+        cfg.egress.allow_addresses = vec!["127.0.0.0/8".into(), "::1/128".into()];
+        cfg.egress.connect_ports = vec!["1-65535".into()];
         edit(&mut cfg);
         let gateway = Gateway::start(cfg).await.expect("gateway starts");
         let ca_path = gateway.ca().cert_path();

@@ -328,8 +328,13 @@ pub async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, ConnectErro
         .await
         .map_err(|e| ConnectError::Tcp(format!("cannot resolve {host}: {e}")))?
         .collect();
+    connect_addrs(host, &addrs).await
+}
+
+/// Connects to the first of `addrs` (resolved and checked by the caller) that answers.
+pub async fn connect_addrs(host: &str, addrs: &[SocketAddr]) -> Result<TcpStream, ConnectError> {
     let mut last = None;
-    for addr in addrs {
+    for &addr in addrs {
         match TcpStream::connect(addr).await {
             Ok(s) => {
                 let _ = s.set_nodelay(true);

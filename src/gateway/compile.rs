@@ -20,6 +20,7 @@ use crate::serve::private::PrivateBackend;
 use crate::serve::prove::Verifier;
 use crate::telemetry::metrics::Metrics;
 use modgate_core::gomod::note::{SUM_GOLANG_ORG_KEY, VerifierKey};
+use modgate_core::policy::address::AddressPolicy;
 use modgate_core::policy::patterns::Patterns;
 
 /// The configuration keys a reload applies (a table, or one key of a table). Everything else
@@ -54,7 +55,16 @@ pub fn live(config: &Config, metrics: &Arc<Metrics>) -> Result<Live, ConfigError
         sumdbs,
         private,
         verifier: verifier(config)?,
+        addresses: addresses(config)?,
     })
+}
+
+/// `egress.allow_addresses` and `egress.connect_ports`, compiled.
+pub fn addresses(config: &Config) -> Result<AddressPolicy, ConfigError> {
+    AddressPolicy::new(&config.egress.allow_addresses, &[])
+        .map_err(|e| ConfigError::invalid("egress.allow_addresses", e))?;
+    AddressPolicy::new(&config.egress.allow_addresses, &config.egress.connect_ports)
+        .map_err(|e| ConfigError::invalid("egress.connect_ports", e))
 }
 
 /// `sumdb.verify` and its key, `sumdb.keys`, `sumdb.nosumdb` and `sumdb.fail_open`, compiled.
@@ -175,6 +185,7 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
     }
     upstreams(config)?;
     verifier(config)?;
+    addresses(config)?;
     Ok(())
 }
 

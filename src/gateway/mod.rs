@@ -179,6 +179,9 @@ impl Gateway {
             live,
         ));
         let ingress = Arc::new(Ingress::new(serve, auth, leaves, conn_limit));
+        let mut listening = vec![proxy_addr, admin_addr];
+        listening.extend(transparent_addr);
+        let _ = ingress.serve.own.set(own_addresses(&listening));
         let runtime = Arc::new(Runtime {
             ingress: ingress.clone(),
             ca,
@@ -309,4 +312,32 @@ pub fn agent_env_lines(proxy_url: &str, ca_path: &std::path::Path) -> String {
         "export HTTPS_PROXY={proxy_url}\nexport SSL_CERT_FILE={ca}\nexport GIT_SSL_CAINFO={ca}\n",
         ca = ca_path.display()
     )
+}
+
+/// `listening` with every unspecified address (`0.0.0.0`, `::`) expanded to this machine's
+/// interface addresses and loopback: the addresses at which a client reaches modgate itself.
+fn own_addresses(listening: &[SocketAddr]) -> Vec<SocketAddr> {
+    let local: Vec<std::net::IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| a.address)
+                .filter_map(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = vec![];
+    for l in listening {
+        if l.ip().is_unspecified() {
+            out.extend(local.iter().map(|ip| SocketAddr::new(*ip, l.port())));
+            out.push(SocketAddr::from(([127, 0, 0, 1], l.port())));
+            out.push(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, l.port())));
+        } else {
+            out.push(*l);
+        }
+    }
+    out
 }

@@ -18,6 +18,7 @@ use crate::body::Body;
 use crate::egress::upstream;
 use crate::ingress::Ingress as State;
 use crate::ingress::{conn, mitm, tunnel};
+use crate::serve::state::AddrRefused;
 use crate::telemetry::ctx::ConnCtx;
 use crate::telemetry::labels::Mode;
 use modgate_core::policy::egress::Decision;
@@ -179,8 +180,32 @@ async fn connect(
             Answer::new(StatusCode::FORBIDDEN, &reason).into_response()
         }
         Decision::Tunnel => {
+            // Agent-chosen: the port, then every resolved address, by the address rules.
+            if let Err(r) = dynamic.addresses.check_port(port) {
+                state
+                    .serve
+                    .metrics
+                    .egress_refusals
+                    .with_label_values(&[r.rule()])
+                    .inc();
+                return Answer::new(StatusCode::FORBIDDEN, r.to_string()).into_response();
+            }
             let timeout = state.serve.config.upstream.connect_timeout;
-            let target = match tokio::time::timeout(timeout, upstream::connect_tcp(&host, port))
+            let addrs = match state.serve.allowed_addrs(dynamic, &host, port).await {
+                Ok(a) => a,
+                Err(AddrRefused::Refused(r)) => {
+                    tracing::info!(%peer, %host, port, rule = r.rule(), "CONNECT refused by address");
+                    return Answer::new(StatusCode::FORBIDDEN, r.to_string()).into_response();
+                }
+                Err(AddrRefused::Resolve(e)) => {
+                    return Answer::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("modgate: cannot connect to {host}:{port}: {e}"),
+                    )
+                    .into_response();
+                }
+            };
+            let target = match tokio::time::timeout(timeout, upstream::connect_addrs(&host, &addrs))
                 .await
             {
                 Ok(Ok(s)) => s,

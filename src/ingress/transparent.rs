@@ -206,6 +206,12 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
                 .await;
         }
         Decision::Tunnel => {
+            if let Err(r) = state.serve.check_addr(&dynamic, orig) {
+                outcome("deny");
+                tracing::info!(%peer, %orig, sni = sni.as_deref(), rule = r.rule(), "transparent splice refused by address");
+                let _ = stream.write_all(&ALERT_ACCESS_DENIED).await;
+                return;
+            }
             if let Some(host) = &sni
                 && state.serve.config.transparent.verify_destination
                 && !resolves_to(host, orig).await
@@ -426,7 +432,7 @@ mod tests {
         use tokio::io::AsyncWriteExt as _;
         let hello = large_client_hello("proxy.golang.org", 25_000);
         assert!(hello.len() > 20_000, "{}", hello.len());
-        for piece in [hello.len(), 1000, 1] {
+        for piece in [hello.len(), 1000, 7, 1] {
             let (mut client, mut server) = tokio::io::duplex(128 * 1024);
             let bytes = hello.clone();
             let writer = tokio::spawn(async move {

@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 
 use crate::serve::State;
 use crate::serve::respond::{ServeError, error_response};
+use crate::serve::state::AddrRefused;
 use crate::telemetry::ctx::{ConnCtx, ReqCtx};
 use crate::telemetry::labels::Mode;
 use modgate_core::policy::Entry;
@@ -143,6 +144,37 @@ async fn forward_plain(
     let (mut parts, body) = req.into_parts();
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
+    // Agent-chosen: the request goes to an address the address rules allow, resolved once here
+    // (so a name cannot resolve elsewhere in between), with the Host header it named.
+    let port = parts.uri.port_u16().unwrap_or(80);
+    let addrs = state
+        .allowed_addrs(&dynamic, host, port)
+        .await
+        .map_err(|e| match e {
+            AddrRefused::Refused(r) => ServeError::ClientForbidden(r.to_string()),
+            AddrRefused::Resolve(e) => {
+                ServeError::UpstreamFailed(format!("cannot connect to {host}:{port}: {e}"))
+            }
+        })?;
+    if !parts.headers.contains_key(http::header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(http::header::HOST, v);
+    }
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    parts.uri = http::Uri::builder()
+        .scheme("http")
+        .authority(addrs[0].to_string())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| {
+            ServeError::ClientBadRequest(format!("modgate: invalid request target: {e}"))
+        })?;
     let out = Request::from_parts(parts, body::boxed(body));
     let (resp, waited) = state.upstream.send_on(Wire::Http1, out, "direct").await?;
     ctx.upstream_time = Some(waited);

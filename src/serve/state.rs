@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use modgate_core::base_url::{BaseUrl, UrlError};
 use modgate_core::policy::Policy;
+use modgate_core::policy::address::{AddressPolicy, Refusal};
 use modgate_core::policy::egress::Decision;
 use modgate_core::policy::goproxy::GoProxyList;
 use modgate_core::policy::host::normalize_host;
@@ -41,6 +42,9 @@ pub struct State {
     pub heads: Heads,
     /// The pins of private versions.
     pub pins: Pins,
+    /// modgate's own listening addresses (unspecified ones expanded to this machine's
+    /// addresses), set once the listeners are bound: agent-chosen traffic never goes there.
+    pub own: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
     /// Rules, routes and credentials; replaced as a whole on reload.
     live: ArcSwap<Live>,
 }
@@ -69,6 +73,7 @@ impl State {
             heads,
             pins,
             mirrors,
+            own: std::sync::OnceLock::new(),
             live: ArcSwap::from_pointee(live),
         }
     }
@@ -82,6 +87,47 @@ impl State {
         decision
     }
 
+    /// Refuses agent-chosen traffic (tunnels, plain-HTTP forwards, gateway-mode splices) to
+    /// `addr` by the address rules; refusals are counted.
+    pub fn check_addr(&self, live: &Live, addr: std::net::SocketAddr) -> Result<(), Refusal> {
+        let own = self.own.get().map(Vec::as_slice).unwrap_or_default();
+        live.addresses.check_addr(addr, own).inspect_err(|r| {
+            self.metrics
+                .egress_refusals
+                .with_label_values(&[r.rule()])
+                .inc();
+        })
+    }
+
+    /// Resolves `host:port` and keeps the addresses the address rules allow; `Err` when none is
+    /// (the first refusal, or the resolver's error).
+    pub async fn allowed_addrs(
+        &self,
+        live: &Live,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<std::net::SocketAddr>, AddrRefused> {
+        let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| AddrRefused::Resolve(format!("cannot resolve {host}: {e}")))?
+            .collect();
+        let mut first = None;
+        let mut ok = vec![];
+        for a in resolved {
+            match self.check_addr(live, a) {
+                Ok(()) => ok.push(a),
+                Err(r) => {
+                    first.get_or_insert(r);
+                }
+            }
+        }
+        match (ok.is_empty(), first) {
+            (false, _) => Ok(ok),
+            (true, Some(r)) => Err(AddrRefused::Refused(r)),
+            (true, None) => Err(AddrRefused::Resolve(format!("{host} has no addresses"))),
+        }
+    }
+
     /// The current rules. Take one snapshot per request and use it throughout.
     pub fn live(&self) -> Arc<Live> {
         self.live.load_full()
@@ -91,6 +137,15 @@ impl State {
     pub fn swap_live(&self, live: Live) {
         self.live.store(Arc::new(live));
     }
+}
+
+/// Why no address of a host may be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AddrRefused {
+    #[error(transparent)]
+    Refused(Refusal),
+    #[error("{0}")]
+    Resolve(String),
 }
 
 /// The reloadable part of the configuration, compiled: policy (intercept set, egress, private
@@ -110,6 +165,8 @@ pub struct Live {
     pub private: Vec<PrivateBackend>,
     /// How public modules are proven at fill; `None` when `sumdb.verify = "off"`.
     pub verifier: Option<Verifier>,
+    /// Where agent-chosen traffic may go (`egress.allow_addresses`, `egress.connect_ports`).
+    pub addresses: AddressPolicy,
 }
 
 impl Live {

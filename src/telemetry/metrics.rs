@@ -105,6 +105,8 @@ pub struct Metrics {
     pub sumdb_verifications: IntCounterVec,
     /// Private versions pinned, matched against their pin, or refused as changed.
     pub integrity_pins: IntCounterVec,
+    /// Agent-chosen traffic refused by the address rules, by rule.
+    pub egress_refusals: IntCounterVec,
     /// Requests for private module paths answered locally, by kind.
     pub private_refused: IntCounterVec,
     /// Configuration reloads, by outcome.
@@ -236,6 +238,14 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("metric"),
+            egress_refusals: IntCounterVec::new(
+                Opts::new(
+                    "modgate_egress_refusals_total",
+                    "Tunnels, forwards and splices refused by address: loopback, link-local, unspecified, own listener, or a CONNECT port not allowed.",
+                ),
+                &["rule"],
+            )
+            .expect("metric"),
             integrity_pins: IntCounterVec::new(
                 Opts::new(
                     "modgate_integrity_pins_total",
@@ -329,6 +339,7 @@ impl Metrics {
             Box::new(m.cache_fills.clone()),
             Box::new(m.sumdb_verifications.clone()),
             Box::new(m.integrity_pins.clone()),
+            Box::new(m.egress_refusals.clone()),
             Box::new(m.private_refused.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.limit_hits.clone()),
@@ -362,6 +373,15 @@ impl Metrics {
         }
         for direction in ["upstream", "client"] {
             m.tunnel_bytes.with_label_values(&[direction]);
+        }
+        for rule in [
+            "loopback",
+            "link_local",
+            "unspecified",
+            "own_listener",
+            "port",
+        ] {
+            m.egress_refusals.with_label_values(&[rule]);
         }
         for event in ["pinned", "matched", "changed"] {
             m.integrity_pins.with_label_values(&[event]);

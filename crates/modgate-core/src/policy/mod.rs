@@ -1,6 +1,7 @@
 //! Pure decisions, no I/O: what happens to a connection (`egress`), what a request is
 //! (`classify`), which rule applies (`patterns`) and so which route it takes (`route`).
 
+pub mod address;
 pub mod classify;
 pub mod egress;
 pub mod goproxy;
