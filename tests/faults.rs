@@ -108,6 +108,64 @@ fn curl(proxy: &str, ca: &std::path::Path, url: &str, out: &std::path::Path) -> 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn with_the_cache_unwritable_bodies_are_still_checked_and_every_waiter_is_served() {
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    // Larger than a write batch (256 KiB), so they stream to the client.
+    let big = module_zip("example.com/big", "v1.0.0", &[("a.go", &noise(1536 << 10))]);
+    assert!(big.len() > 300 << 10);
+    script.ok("/example.com/big/@v/v1.0.0.zip", big.clone());
+    script.ok(
+        "/example.com/flip/@v/v1.0.0.zip",
+        flip_file_data(&module_zip(
+            "example.com/flip",
+            "v1.0.0",
+            &[("a.go", &noise(1536 << 10))],
+        )),
+    );
+    script.ok(
+        "/example.com/evil/@v/v1.0.0.zip",
+        module_zip("example.com/other", "v1.0.0", &[("a.go", "package a\n")]),
+    );
+    let up = Upstream::tls(&ca, scripted(script.clone())).await;
+    let base = up.base_url();
+    let gw = TestGateway::start(&ca, move |c| {
+        c.upstream.overrides.insert("proxy.golang.org".into(), base);
+    })
+    .await;
+    let tmp = gw.dir.path().join("data/tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, "not a directory").unwrap();
+    const HOST: &str = "proxy.golang.org:443";
+
+    // A small invalid zip: refused with the reason, as when it could be stored.
+    let (status, _, body) = gw
+        .get(HOST, "/example.com/evil/@v/v1.0.0.zip", Alpn::H1)
+        .await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("invalid module zip"), "{text}");
+    // A large corrupt zip: never delivered whole.
+    assert!(
+        !gw.complete_200(HOST, "/example.com/flip/@v/v1.0.0.zip")
+            .await
+    );
+    // Ten agents at once for one large valid zip: every one gets all of it.
+    let mut tasks = vec![];
+    for _ in 0..10 {
+        let gw = &gw;
+        tasks.push(async move {
+            gw.get(HOST, "/example.com/big/@v/v1.0.0.zip", Alpn::H1)
+                .await
+        });
+    }
+    for (status, _, body) in futures_util::future::join_all(tasks).await {
+        assert_eq!(status, 200);
+        assert_eq!(&body[..], &big[..]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_downloads_leaves_no_partial_entry() {
     let ca = TestCa::new();
     let script = Arc::new(Script::default());

@@ -35,81 +35,92 @@ pub enum ContentError {
 /// The checks for the entry `key`, on its complete file. Checksum-database entries have none
 /// here (their proofs are the database's own).
 pub fn check_entry(key: &CacheKey, file: &File) -> Result<(), ContentError> {
+    check_reader(key, file, false).map(|_| ())
+}
+
+/// [`check_entry`] for a `.mod` or `.zip`, returning its go.sum hash computed in the same pass
+/// (for checksum-database verification).
+pub fn check_entry_hashed(key: &CacheKey, file: &File) -> Result<String, ContentError> {
+    check_reader(key, file, true)?
+        .ok_or_else(|| ContentError::Read(io::Error::other("not a .mod or .zip")))
+}
+
+/// [`check_entry`] (and, with `hash`, [`check_entry_hashed`]) on a body held in memory: for a
+/// fill whose cache file could not be written.
+pub fn check_bytes(
+    key: &CacheKey,
+    data: &[u8],
+    hash: bool,
+) -> Result<Option<String>, ContentError> {
+    check_reader(key, std::io::Cursor::new(data), hash)
+}
+
+fn check_reader<R: Read + Seek>(
+    key: &CacheKey,
+    mut r: R,
+    hash: bool,
+) -> Result<Option<String>, ContentError> {
     let Entry::Module { module, file: what } = key.entry() else {
-        return Ok(());
+        return Ok(None);
     };
     let bad = |source| ContentError::Bad {
         module: module.clone(),
         source,
     };
     match what {
-        ModuleFile::Zip(v) => check_zip_file(file, module, v),
+        ModuleFile::Zip(v) => {
+            let zip_err = |source| ContentError::Zip {
+                module: module.clone(),
+                version: v.to_string(),
+                source,
+            };
+            let len = r.seek(std::io::SeekFrom::End(0))?;
+            r.rewind()?;
+            check_zip(module, v, &mut r, len).map_err(zip_err)?;
+            r.rewind()?;
+            if hash {
+                check_zip_data_hashed(&mut r).map(Some).map_err(zip_err)
+            } else {
+                check_zip_data(&mut r).map(|_| None).map_err(zip_err)
+            }
+        }
         ModuleFile::Info(v) => {
             // A canonical version that fits the path must be answered as itself; anything else
             // (a query, or `v3.2.0` for a path without `/v3`, which proxies answer with
             // `v3.2.0+incompatible`) may resolve to any canonical version (modfetch's rule).
             let fits = version::is_canonical(v) && check_path_major(v, module.path_major()).is_ok();
             let asked = fits.then_some(v.as_str());
-            content::check_info(&read_all(file)?, asked).map_err(bad)
+            content::check_info(&read_all(&mut r)?, asked).map_err(bad)?;
+            Ok(None)
         }
-        ModuleFile::Latest => content::check_info(&read_all(file)?, None).map_err(bad),
-        ModuleFile::Mod(_) => content::check_mod(&read_all(file)?, module).map_err(bad),
-        ModuleFile::List => content::check_list(&read_all(file)?).map_err(bad),
+        ModuleFile::Latest => {
+            content::check_info(&read_all(&mut r)?, None).map_err(bad)?;
+            Ok(None)
+        }
+        ModuleFile::Mod(_) => {
+            let data = read_all(&mut r)?;
+            content::check_mod(&data, module).map_err(bad)?;
+            Ok(hash.then(|| modgate_core::gomod::dirhash::hash_go_mod(&data)))
+        }
+        ModuleFile::List => {
+            content::check_list(&read_all(&mut r)?).map_err(bad)?;
+            Ok(None)
+        }
     }
 }
 
-fn read_all(mut file: &File) -> io::Result<Vec<u8>> {
-    file.rewind()?;
+fn read_all<R: Read + Seek>(r: &mut R) -> io::Result<Vec<u8>> {
+    r.rewind()?;
     let mut data = vec![];
-    file.read_to_end(&mut data)?;
+    r.read_to_end(&mut data)?;
     Ok(data)
 }
 
 /// The x/mod zip rules, then every entry's data against its CRC-32 and size, on a complete file.
-pub fn check_zip_file(
-    mut file: &File,
-    module: &ModulePath,
-    version: &str,
-) -> Result<(), ContentError> {
-    let len = file.metadata()?.len();
-    let zip_err = |source| ContentError::Zip {
+pub fn check_zip_file(file: &File, module: &ModulePath, version: &str) -> Result<(), ContentError> {
+    let key = CacheKey::new(Entry::Module {
         module: module.clone(),
-        version: version.to_string(),
-        source,
-    };
-    file.rewind()?;
-    check_zip(module, version, file, len).map_err(zip_err)?;
-    file.rewind()?;
-    check_zip_data(file).map_err(zip_err)
-}
-
-/// [`check_entry`] for a `.mod` or `.zip`, returning its go.sum hash computed in the same pass
-/// (for checksum-database verification).
-pub fn check_entry_hashed(key: &CacheKey, mut file: &File) -> Result<String, ContentError> {
-    let Entry::Module { module, file: what } = key.entry() else {
-        return Err(ContentError::Read(io::Error::other("not a module file")));
-    };
-    match what {
-        ModuleFile::Zip(v) => {
-            let len = file.metadata()?.len();
-            let zip_err = |source| ContentError::Zip {
-                module: module.clone(),
-                version: v.to_string(),
-                source,
-            };
-            file.rewind()?;
-            check_zip(module, v, file, len).map_err(zip_err)?;
-            file.rewind()?;
-            check_zip_data_hashed(file).map_err(zip_err)
-        }
-        ModuleFile::Mod(_) => {
-            let data = read_all(file)?;
-            content::check_mod(&data, module).map_err(|source| ContentError::Bad {
-                module: module.clone(),
-                source,
-            })?;
-            Ok(modgate_core::gomod::dirhash::hash_go_mod(&data))
-        }
-        _ => Err(ContentError::Read(io::Error::other("not a .mod or .zip"))),
-    }
+        file: ModuleFile::Zip(version.to_string()),
+    });
+    check_reader(&key, file, false).map(|_| ())
 }

@@ -16,7 +16,7 @@ use crate::body::BoxError;
 use crate::serve::State;
 use crate::serve::prove::{self, ProofError, Proven, Verifier};
 use crate::serve::respond::ServeError;
-use crate::store::content::{ContentError, check_entry, check_entry_hashed};
+use crate::store::content::{ContentError, check_bytes, check_entry, check_entry_hashed};
 use crate::store::disk::DirSync;
 use crate::store::disk::{DiskCache, PendingEntry, StoreError};
 use crate::store::shared::Validator;
@@ -102,6 +102,10 @@ pub(super) async fn fill(
     // The cache file is opened with the first full write batch, or at the end: a small body
     // (.info, .mod, most zips) costs one trip to the blocking pool, create to rename.
     let mut file = Fill::NotOpened;
+    // Bytes that reached the cache file; and, when the file could not be written from the
+    // start, the body kept in memory so that it is checked all the same.
+    let mut written: u64 = 0;
+    let mut memory: Option<BytesMut> = None;
     let declared_len = answer.declared_len;
     let mut client = Client::Waiting(answer, Vec::new(), 0);
     let mut batch = BytesMut::new();
@@ -134,7 +138,19 @@ pub(super) async fn fill(
         if !matches!(file, Fill::Failed) {
             batch.extend_from_slice(&data);
             if batch.len() >= WRITE_BATCH {
-                file = write_batch(file, spec.key.as_str(), batch.split().freeze(), state).await;
+                let chunk = batch.split().freeze();
+                file = write_batch(file, spec.key.as_str(), chunk.clone(), state).await;
+                if matches!(file, Fill::Failed) {
+                    // Checked in memory instead, if nothing reached the file yet and it fits.
+                    memory = (written == 0).then(|| BytesMut::from(&chunk[..]));
+                } else {
+                    written += chunk.len() as u64;
+                }
+            }
+        } else if let Some(m) = &mut memory {
+            m.extend_from_slice(&data);
+            if m.len() > MEMORY_CHECK_MAX {
+                memory = None;
             }
         }
         client = match client {
@@ -183,12 +199,18 @@ pub(super) async fn fill(
     // The last batch, the check and the rename: one trip to the blocking pool (the fsyncs run
     // later, in the background; see store::durable).
     let committed = match file {
-        Fill::Failed => Err(None),
+        // The cache could not be written: the body is delivered uncached, but only once it has
+        // passed the same checks (and proof) from memory; one too large to hold is refused.
+        Fill::Failed => match memory.take() {
+            Some(m) => check_unstored(spec, state, m.freeze(), proof.take()).await,
+            None => Err(Some(unstorable(spec))),
+        },
         file => {
             let validate = validator(spec);
             let key = spec.key.as_str().to_string();
             let cache = state.cache.clone();
             let last = batch.freeze();
+            let last_copy = last.clone();
             let res = match &spec.prove {
                 None => {
                     tokio::task::spawn_blocking(move || {
@@ -213,7 +235,12 @@ pub(super) async fn fill(
                 Ok(Err(e)) => {
                     tracing::warn!(key, error = %e, "cache commit failed");
                     state.cache.count_error();
-                    Err(None)
+                    if written == 0 {
+                        // All of it is in hand: checked from memory.
+                        check_unstored(spec, state, last_copy, proof.take()).await
+                    } else {
+                        Err(Some(unstorable(spec)))
+                    }
                 }
                 Err(e) => Err(Some(format!("validation task failed: {e}"))),
             }
@@ -293,6 +320,57 @@ async fn proven_commit(
     };
     proved(spec, verifier, state, subject, &h1, proof).await?;
     Ok(tokio::task::spawn_blocking(move || pending.commit_then(|_| Ok(()))).await)
+}
+
+/// The largest body held in memory to be checked when the cache file cannot be written.
+const MEMORY_CHECK_MAX: usize = 64 << 20;
+
+/// Why a body that could be neither stored nor held is refused.
+fn unstorable(spec: &Spec) -> String {
+    format!(
+        "the module cache cannot be written (disk full or read-only?) and {} is too large to check in memory; not delivered unchecked",
+        spec.key
+    )
+}
+
+/// Checks (and proves) a complete body held in memory, for a fill that could not be stored:
+/// `Err(None)` delivers it uncached, `Err(Some(why))` refuses it.
+async fn check_unstored(
+    spec: &Spec,
+    state: &Arc<State>,
+    data: Bytes,
+    started: Option<prove::PendingProof>,
+) -> Result<DirSync, Option<String>> {
+    let key = spec.key.clone();
+    let hash = spec.prove.is_some();
+    let checked = tokio::task::spawn_blocking(move || check_bytes(&key, &data, hash)).await;
+    let h1 = match checked {
+        Ok(Ok(h1)) => h1,
+        Ok(Err(e)) => return Err(Some(e.to_string())),
+        Err(e) => return Err(Some(format!("validation task failed: {e}"))),
+    };
+    if let (Some(verifier), Some(h1)) = (&spec.prove, h1) {
+        let (module, version, proven) = match spec.key.entry() {
+            Entry::Module {
+                module,
+                file: ModuleFile::Mod(v),
+            } => (module, v.as_str(), Proven::GoMod),
+            Entry::Module {
+                module,
+                file: ModuleFile::Zip(v),
+            } => (module, v.as_str(), Proven::Zip),
+            _ => return Err(None),
+        };
+        let subject = Subject {
+            module,
+            version,
+            proven,
+        };
+        proved(spec, verifier, state, subject, &h1, started)
+            .await
+            .map_err(|e| Some(e.to_string()))?;
+    }
+    Err(None)
 }
 
 /// Starts the proof of a public `.mod` or `.zip` under `sumdb.verify`, if this fill needs one.

@@ -26,7 +26,8 @@ use crate::body::Body;
 use crate::serve::State;
 use crate::serve::prove::Verifier;
 use crate::serve::respond::ServeError;
-use crate::store::flight::Join;
+use crate::store::disk::Found;
+use crate::store::flight::{Join, Leader};
 use crate::store::shared::Claim;
 use crate::telemetry::ctx::ReqCtx;
 use crate::telemetry::labels::CacheOutcome;
@@ -145,31 +146,7 @@ pub async fn serve(
         }
         match state.flights.join(spec.key.as_str()) {
             Join::Leader(leader) => {
-                let (tx, rx) = oneshot::channel();
-                tokio::spawn(lead(spec.clone(), state.clone(), leader, tx));
-                let led = rx.await.map_err(|_| {
-                    ServeError::Internal("cache fill task ended unexpectedly".into())
-                })?;
-                ctx.upstream_time = led.waited;
-                ctx.cache = CacheOutcome::Miss;
-                return match led.result {
-                    Ok(resp) => Ok(resp),
-                    Err(e) => match &found {
-                        Some(stale) => {
-                            ctx.cache = CacheOutcome::Stale;
-                            tracing::warn!(key = %spec.key, error = %e, "serving stale entry: upstream failed");
-                            serve_found(
-                                &state.cache,
-                                stale,
-                                spec.content,
-                                CacheOutcome::Stale,
-                                method,
-                            )
-                            .await
-                        }
-                        None => Err(e),
-                    },
-                };
+                return lead_and_answer(&spec, ctx, state, leader, found.as_ref(), method).await;
             }
             Join::Follower(follower) => match follower.wait().await {
                 Some(FillOutcome::Committed) => {
@@ -204,14 +181,74 @@ pub async fn serve(
                     ctx.cache = CacheOutcome::Coalesced;
                     return Err(ServeError::UpstreamFailed(msg));
                 }
-                // The leader could not store it, or gave up: compete again.
-                Some(FillOutcome::Uncached) | None => {}
+                // The leader could not store it (disk full, read-only): this request fetches
+                // for itself, as a leader of its own, so it is answered and checked the same.
+                Some(FillOutcome::Uncached) => {
+                    return bypass(&spec, ctx, state, found, method).await;
+                }
+                // The leader gave up: compete again.
+                None => {}
             },
         }
     }
-    Err(ServeError::Internal(
-        "could not fill the cache entry after several attempts".into(),
-    ))
+    let found = state.cache.get(spec.key.as_str());
+    bypass(&spec, ctx, state, found, method).await
+}
+
+/// Fetches for this request alone (its own flight), after the shared fill could not help.
+async fn bypass(
+    spec: &Arc<Spec>,
+    ctx: &mut ReqCtx,
+    state: &Arc<State>,
+    found: Option<Found>,
+    method: &Method,
+) -> Result<Response<Body>, ServeError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let own = format!("{}#alone-{n}", spec.key);
+    match state.flights.join(&own) {
+        Join::Leader(leader) => {
+            lead_and_answer(spec, ctx, state, leader, found.as_ref(), method).await
+        }
+        Join::Follower(_) => Err(ServeError::Internal("a private flight had a leader".into())),
+    }
+}
+
+/// Leads the fill of `spec` on its own task and answers this request from it (or from the stale
+/// entry `found` when the upstream fails).
+async fn lead_and_answer(
+    spec: &Arc<Spec>,
+    ctx: &mut ReqCtx,
+    state: &Arc<State>,
+    leader: Leader<FillOutcome>,
+    found: Option<&Found>,
+    method: &Method,
+) -> Result<Response<Body>, ServeError> {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(lead(spec.clone(), state.clone(), leader, tx));
+    let led = rx
+        .await
+        .map_err(|_| ServeError::Internal("cache fill task ended unexpectedly".into()))?;
+    ctx.upstream_time = led.waited;
+    ctx.cache = CacheOutcome::Miss;
+    match led.result {
+        Ok(resp) => Ok(resp),
+        Err(e) => match found {
+            Some(stale) => {
+                ctx.cache = CacheOutcome::Stale;
+                tracing::warn!(key = %spec.key, error = %e, "serving stale entry: upstream failed");
+                serve_found(
+                    &state.cache,
+                    stale,
+                    spec.content,
+                    CacheOutcome::Stale,
+                    method,
+                )
+                .await
+            }
+            None => Err(e),
+        },
+    }
 }
 
 /// The leader's answer for its own client.
