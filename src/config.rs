@@ -553,6 +553,14 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             }
             None => message,
         };
+        // A listen address is IP:port: say so for the forms people write first.
+        let message = if key.ends_with("listen") && message.contains("socket address") {
+            format!(
+                "{message}; write an IP address and a port, e.g. \"127.0.0.1:3128\" (this machine only) or \"0.0.0.0:3128\" (every interface), not \":3128\" or a host name"
+            )
+        } else {
+            message
+        };
         ConfigError::Invalid {
             key: if key == "." { "config".into() } else { key },
             message,

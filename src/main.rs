@@ -159,7 +159,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("modgate: {e:#}");
+            eprintln!("modgate: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
@@ -258,6 +258,20 @@ fn warm(
     let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
     anyhow::ensure!(failed == 0, "{failed} module versions could not be warmed");
     Ok(())
+}
+
+/// The error and its causes, each once: a cause whose text the message already carries (an
+/// error that prints its source) is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {

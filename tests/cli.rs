@@ -141,6 +141,18 @@ fn ca_init_and_show() {
 }
 
 #[test]
+fn a_missing_config_file_is_named_once_with_its_os_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = run(&["serve", "--config", "missing.toml"], dir.path());
+    assert!(!ok);
+    assert!(
+        err.contains("cannot read config file missing.toml"),
+        "{err}"
+    );
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+}
+
+#[test]
 fn serve_refuses_a_world_readable_ca_key() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();

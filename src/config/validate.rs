@@ -41,11 +41,7 @@ impl Config {
         modules(self)?;
         private(self)?;
         storage(self)?;
-        ensure(
-            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
-            "log.level",
-            format!("invalid level or filter {:?}", self.log.level),
-        )
+        log_level(&self.log.level)
     }
 }
 
@@ -210,5 +206,25 @@ fn storage(c: &Config) -> Result<(), ConfigError> {
         s.bucket.as_deref() != Some(""),
         "shared_cache.bucket",
         "must not be empty (leave it out to turn the shared cache off)",
+    )
+}
+
+/// `log.level`: a level, or comma-separated `target=level` directives (a bare word that is no
+/// level would be read by the filter as a target name and silence every log line).
+fn log_level(level: &str) -> Result<(), ConfigError> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    let ok = !level.trim().is_empty()
+        && level.split(',').all(|d| match d.rsplit_once('=') {
+            Some((target, l)) => !target.trim().is_empty() && is_level(l),
+            None => is_level(d),
+        })
+        && tracing_subscriber::EnvFilter::try_new(level).is_ok();
+    ensure(
+        ok,
+        "log.level",
+        format!(
+            "{level:?} is not a level (trace, debug, info, warn, error, off) or a list of target=level filters"
+        ),
     )
 }

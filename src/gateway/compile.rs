@@ -186,6 +186,28 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
     upstreams(config)?;
     verifier(config)?;
     addresses(config)?;
+    secrets_present(config)
+}
+
+/// Every credential named by an environment variable is set (as `serve` will need it).
+fn secrets_present(config: &Config) -> Result<(), ConfigError> {
+    for (i, r) in config.private.routes.iter().enumerate() {
+        for (field, var) in [
+            ("password_env", &r.password_env),
+            ("token_env", &r.token_env),
+        ] {
+            if let Some(v) = var
+                && std::env::var_os(v).is_none()
+            {
+                return Err(ConfigError::invalid(
+                    &format!("private.routes[{i}].{field}"),
+                    format!(
+                        "environment variable {v} is not set (here; it must be where modgate serves)"
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -364,10 +386,39 @@ mod tests {
                 "[sumdb.dbs]\n\"sum.x.org\" = \"nope\"\n",
                 "sumdb.dbs.\"sum.x.org\":",
             ),
+            // A bare word that is no level would silence every log line.
+            ("[log]\nlevel = \"verbose\"\n", "log.level:"),
+            (
+                "[[private.routes]]\nmodule = \"corp.example/{x}\"\ngit = \"https://g/{x}\"\ntoken_env = \"MODGATE_TEST_SURELY_UNSET_TOKEN\"\n",
+                "private.routes[0].token_env: environment variable MODGATE_TEST_SURELY_UNSET_TOKEN is not set",
+            ),
+            ("[sumdb]\nverify = \"sum.x.org\"\n", "sumdb.verify:"),
+            ("[sumdb]\nkeys = [\"nope\"]\n", "sumdb.keys[0]:"),
+            (
+                "[egress]\nallow_addresses = [\"localhost\"]\n",
+                "egress.allow_addresses:",
+            ),
+            (
+                "[egress]\nconnect_ports = [\"0\"]\n",
+                "egress.connect_ports:",
+            ),
+            (
+                "[proxy]\nlisten = \":3128\"\n",
+                "proxy.listen: invalid socket address syntax",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(text).and_then(|c| check(&c)).unwrap_err().to_string();
             assert!(err.starts_with(want), "{text:?}: {err}");
+        }
+        // The listen hint names the forms that work.
+        let err = parse("[admin]\nlisten = \"localhost:9090\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"0.0.0.0:3128\" (every interface)"), "{err}");
+        // Levels and target=level filters are fine.
+        for ok in ["debug", "info,modgate=debug", "modgate::access=off,warn"] {
+            parse(&format!("[log]\nlevel = \"{ok}\"\n")).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
     }
 }

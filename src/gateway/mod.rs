@@ -241,7 +241,7 @@ impl Gateway {
     pub fn agent_env(&self) -> String {
         let ca_path = std::path::absolute(self.runtime.ca.cert_path())
             .unwrap_or_else(|_| self.runtime.ca.cert_path());
-        agent_env_lines(&format!("http://{}", self.proxy_addr), &ca_path)
+        agent_env_lines(&format!("http://{}", reachable(self.proxy_addr)), &ca_path)
     }
 
     /// Stops accepting, lets in-flight requests and tunnels finish for at most the configured
@@ -340,4 +340,41 @@ fn own_addresses(listening: &[SocketAddr]) -> Vec<SocketAddr> {
         }
     }
     out
+}
+
+/// An address agents can use for a listener: an unspecified one (`0.0.0.0`, `::`) is no
+/// destination, so this machine's first non-loopback address stands in (loopback if none).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if !addr.ip().is_unspecified() {
+        return addr;
+    }
+    let ip = own_addresses(&[addr])
+        .into_iter()
+        .map(|a| a.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback() && !ip.is_unspecified())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    SocketAddr::new(ip, addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_are_told_an_address_they_can_reach() {
+        let any = reachable("0.0.0.0:3128".parse().unwrap());
+        assert!(!any.ip().is_unspecified(), "{any}");
+        assert_eq!(any.port(), 3128);
+        let fixed: SocketAddr = "10.1.2.3:3128".parse().unwrap();
+        assert_eq!(reachable(fixed), fixed);
+        assert!(
+            agent_env_lines(
+                &format!("http://{}", reachable("0.0.0.0:3128".parse().unwrap())),
+                std::path::Path::new("/ca.pem")
+            )
+            .lines()
+            .next()
+            .is_some_and(|l| !l.contains("0.0.0.0"))
+        );
+    }
 }
