@@ -354,6 +354,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let ca = CertAuthority::load(&dir)?;
                 let path = std::path::absolute(ca.cert_path())?;
                 println!("path: {}", path.display());
+                println!("subject: {}", ca.subject());
+                let expires = ca.not_after();
+                let left = expires - time::OffsetDateTime::now_utc();
+                println!(
+                    "expires: {} ({} days from now)",
+                    expires
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    left.whole_days()
+                );
                 println!("SHA-256 fingerprint: {}", ca.fingerprint());
                 println!("{}", ca.cert_pem().trim_end());
                 println!("Agent set-up:");

@@ -131,6 +131,9 @@ fn ca_init_and_show() {
     assert!(ok, "{err}");
     assert!(out.contains("-----BEGIN CERTIFICATE-----"));
     assert!(!out.contains("PRIVATE KEY"));
+    assert!(out.contains("subject: CN="), "{out}");
+    let expires = out.lines().find(|l| l.starts_with("expires: ")).unwrap();
+    assert!(expires.contains("days from now)"), "{expires}");
     assert!(out.contains("export HTTPS_PROXY=http://127.0.0.1:3128"));
     assert!(out.contains("export SSL_CERT_FILE=") && out.contains("export GIT_SSL_CAINFO="));
     let fp = out

@@ -26,7 +26,12 @@ pub fn explain(config: &Config, input: &str) -> anyhow::Result<String> {
     let url = if is_url {
         input.to_string()
     } else {
-        let esc = escape_path(path)?;
+        // Bang-escaped (as in GOPROXY URLs and the module cache) or plain.
+        let esc = if path.contains('!') {
+            modgate_core::gomod::path::ModulePath::from_escaped(path)?.escaped()
+        } else {
+            escape_path(path)?
+        };
         let host = config
             .modules
             .proxy_hosts
@@ -39,6 +44,11 @@ pub fn explain(config: &Config, input: &str) -> anyhow::Result<String> {
         }
     };
     let proof = match version {
+        Some(v) if path.contains('!') => proof_lines(
+            config,
+            modgate_core::gomod::path::ModulePath::from_escaped(path)?.as_str(),
+            v,
+        )?,
         Some(v) => proof_lines(config, path, v)?,
         None => String::new(),
     };
@@ -54,27 +64,35 @@ pub fn explain(config: &Config, input: &str) -> anyhow::Result<String> {
     if url != input {
         let _ = writeln!(out, "request:     GET {url}");
     }
-    let decision = policy.egress.decide_connect(&host);
+    // An http:// URL reaches the gateway as a plain-HTTP proxy request: forwarded, never
+    // intercepted, under the same never-leak rule.
+    let plain = uri.scheme() == Some(&http::uri::Scheme::HTTP);
+    let decision = if plain {
+        policy.egress.decide_forward(&host)
+    } else {
+        policy.egress.decide_connect(&host)
+    };
     let _ = writeln!(
         out,
         "connection:  {}",
         match &decision {
             Decision::Intercept => format!("intercept ({host} is in the intercept set)"),
+            Decision::Tunnel if plain =>
+                format!("forward (plain HTTP to {host}; allowed by egress policy)"),
             Decision::Tunnel =>
                 format!("tunnel ({host} is not intercepted; allowed by egress policy)"),
             Decision::Deny(reason) => format!("deny ({reason})"),
         }
     );
-    if decision != Decision::Intercept {
+    if decision != Decision::Intercept && !(plain && decision == Decision::Tunnel) {
         return Ok(out);
     }
-    let (target, route) = match policy.decide(
-        modgate_core::policy::Entry::Intercepted,
-        &host,
-        "GET",
-        uri.path(),
-        uri.query(),
-    ) {
+    let entry = if plain {
+        modgate_core::policy::Entry::PlainHttp
+    } else {
+        modgate_core::policy::Entry::Intercepted
+    };
+    let (target, route) = match policy.decide(entry, &host, "GET", uri.path(), uri.query()) {
         Ok(v) => v,
         Err(e) => {
             let _ = writeln!(out, "target:      invalid");
@@ -98,6 +116,14 @@ pub fn explain(config: &Config, input: &str) -> anyhow::Result<String> {
         })
         .unwrap_or_else(|| "none (public)".to_string());
     let _ = writeln!(out, "rule:        {rule}");
+    if plain && !matches!(route, Route::PrivateRefused { .. }) {
+        let _ = writeln!(
+            out,
+            "route:       http_forward (forwarded unchanged to {host}; not cached)"
+        );
+        out.push_str(&proof);
+        return Ok(out);
+    }
     match &route {
         Route::Public(f) => {
             let _ = writeln!(
@@ -280,5 +306,18 @@ mod tests {
         let out = explain(&cfg, "https://github.com/").unwrap();
         assert!(out.contains("connection:  tunnel"), "{out}");
         assert!(explain(&cfg, "Not A Path").is_err());
+        // Bang-escaped paths, as warm and GOPROXY URLs write them, name the same module.
+        let out = explain(&cfg, "github.com/!azure/go-autorest@v1.0.0").unwrap();
+        assert!(
+            out.contains("target:      goproxy info github.com/Azure/go-autorest@v1.0.0"),
+            "{out}"
+        );
+        // An http:// URL is forwarded as plain HTTP, as the gateway does, not intercepted.
+        let out = explain(&cfg, "http://proxy.golang.org/github.com/x/y/@v/list").unwrap();
+        assert!(
+            out.contains("connection:  forward (plain HTTP")
+                && out.contains("route:       http_forward"),
+            "{out}"
+        );
     }
 }

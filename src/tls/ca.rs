@@ -245,6 +245,18 @@ impl CertAuthority {
         &self.cert_der
     }
 
+    /// The certificate's subject, as RFC 4514 text.
+    pub fn subject(&self) -> String {
+        x509_parser::parse_x509_certificate(self.cert_der.as_ref())
+            .map(|(_, c)| c.subject().to_string())
+            .unwrap_or_default()
+    }
+
+    /// When the CA certificate expires.
+    pub fn not_after(&self) -> time::OffsetDateTime {
+        self.not_after
+    }
+
     /// SHA-256 fingerprint of the CA certificate, as colon-separated upper-case hex.
     pub fn fingerprint(&self) -> String {
         let digest = Sha256::digest(self.cert_der.as_ref());
