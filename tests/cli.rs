@@ -144,6 +144,25 @@ fn ca_init_and_show() {
 }
 
 #[test]
+fn cache_commands_never_create_a_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[storage]\ndata_dir = \"nowhere\"\n",
+    )
+    .unwrap();
+    for cmd in ["stats", "verify", "gc"] {
+        let (ok, _, err) = run(&["cache", cmd, "--config", "c.toml"], dir.path());
+        assert!(!ok, "{cmd}");
+        assert!(
+            err.contains("no module cache at nowhere/cache"),
+            "{cmd}: {err}"
+        );
+    }
+    assert!(!dir.path().join("nowhere").exists());
+}
+
+#[test]
 fn a_missing_config_file_is_named_once_with_its_os_error() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, _, err) = run(&["serve", "--config", "missing.toml"], dir.path());
@@ -227,7 +246,6 @@ fn json_access_log_has_one_line_per_request_with_its_fields() {
     );
     // One plain-HTTP request through the proxy to a server on loopback (allowed above).
     let target = plain_ok_server();
-    let _ = admin;
     let mut s = std::net::TcpStream::connect(&proxy).unwrap();
     write!(
         s,
@@ -237,6 +255,16 @@ fn json_access_log_has_one_line_per_request_with_its_fields() {
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // And one refused: to the admin listener, which agents never reach through the proxy.
+    let mut s = std::net::TcpStream::connect(&proxy).unwrap();
+    write!(
+        s,
+        "GET http://{admin}/metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -258,7 +286,16 @@ fn json_access_log_has_one_line_per_request_with_its_fields() {
         })
         .filter(|v| v["target"] == "modgate::access")
         .collect();
-    assert_eq!(access.len(), 1, "{stderr}");
+    assert_eq!(access.len(), 2, "{stderr}");
+    // The refusal's reason is in its line; a success has none.
+    assert_eq!(access[1]["status"], 403, "{stderr}");
+    assert!(
+        access[1]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("is one of modgate's own listeners")),
+        "{stderr}"
+    );
+    assert!(access[0]["reason"].is_null(), "{stderr}");
     let line = &access[0];
     for field in [
         "request_id",

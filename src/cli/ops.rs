@@ -18,7 +18,15 @@ use modgate_core::gomod::dirhash;
 use modgate_core::gomod::path::ModulePath;
 use modgate_core::policy::classify::ProxyOp;
 
+/// The gateway's cache, which must exist: the operator commands never create one (a typo in
+/// `--config` would otherwise leave an empty cache behind and report on it).
 fn open(config: &Config) -> anyhow::Result<DiskCache> {
+    let dir = config.storage.data_dir.join("cache");
+    anyhow::ensure!(
+        dir.is_dir(),
+        "no module cache at {} (storage.data_dir of this configuration; has the gateway run with it?)",
+        dir.display()
+    );
     Ok(DiskCache::open_shared(
         &config.storage.data_dir,
         u64::MAX,
@@ -317,13 +325,15 @@ pub fn repin(config: &Config, target: &str, reason: &str) -> anyhow::Result<Stri
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
     pins.repin(module.as_str(), &version, reason, &by)?;
-    let cache = open(config)?;
+    // Its cached files go too (when there is a cache), so the next fetch builds it again.
     for op in [
         ProxyOp::Info(version.clone()),
         ProxyOp::Mod(version.clone()),
         ProxyOp::Zip(version.clone()),
     ] {
-        cache.remove(CacheKey::proxy(&module, &op).as_str());
+        if let Ok(cache) = open(config) {
+            cache.remove(CacheKey::proxy(&module, &op).as_str());
+        }
     }
     let mut out = String::new();
     let _ = writeln!(

@@ -103,7 +103,10 @@ pub async fn plain_http(
         .await
     {
         Ok(resp) => resp,
-        Err(e) => error_response(&e),
+        Err(e) => {
+            ctx.reason = Some(e.to_string());
+            error_response(&e)
+        }
     };
     super::finish(resp, ctx)
 }

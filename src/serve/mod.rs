@@ -41,7 +41,10 @@ pub async fn dispatch(
     let span = ctx.span.clone();
     let resp = match handle(req, &mut ctx, &state).instrument(span).await {
         Ok(resp) => resp,
-        Err(e) => respond::error_response(&e),
+        Err(e) => {
+            ctx.reason = Some(e.to_string());
+            respond::error_response(&e)
+        }
     };
     Ok(finish(resp, ctx))
 }

@@ -75,6 +75,9 @@ pub struct ReqCtx {
     pub module: Option<String>,
     pub version: Option<String>,
     pub op: &'static str,
+    /// Why the request failed, when modgate answered it with an error (its own refusal or an
+    /// upstream's failure): the text the client got.
+    pub reason: Option<String>,
     /// `request{request_id, route, kind, module}`, a child of the connection's span.
     pub span: tracing::Span,
     metrics: Arc<Metrics>,
@@ -118,6 +121,7 @@ impl ReqCtx {
             module: None,
             version: None,
             op: "",
+            reason: None,
             span,
             metrics,
             recorded: false,
@@ -192,6 +196,7 @@ fn record(ctx: &ReqCtx, status: u16, bytes: u64, outcome: Outcome) {
         module = ctx.module.as_deref(),
         version = ctx.version.as_deref(),
         op = ctx.op,
+        reason = ctx.reason.as_deref(),
         route = ctx.route,
         kind = ctx.kind,
         cache = ctx.cache.as_str(),
