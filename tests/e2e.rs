@@ -629,18 +629,7 @@ async fn content_that_differs_from_the_checksum_database_is_refused_and_never_ca
         &[("m.go", "package m\n")],
     );
     let proxy = Upstream::tls(&ca, files_dir(served.path().to_path_buf())).await;
-    let (proxy_base, sumdb_base, vkey) = (proxy.base_url(), sumdb.base_url(), sumdb.vkey.clone());
-    let gw = TestGateway::start(&ca, move |c| {
-        c.upstream
-            .overrides
-            .insert("proxy.golang.org".into(), proxy_base);
-        c.upstream
-            .overrides
-            .insert("sum.golang.org".into(), sumdb_base);
-        c.sumdb.verify = "sum.golang.org".into();
-        c.sumdb.keys = vec![vkey];
-    })
-    .await;
+    let gw = verifying_gateway(&ca, &proxy, &sumdb, |_| {}).await;
     let get = |path: &'static str| {
         let gw = &gw;
         async move {
@@ -743,7 +732,6 @@ async fn a_checksum_database_that_forks_its_tree_is_caught() {
     );
     let sumdb = SumDb::start(&ca, tree.path());
     let proxy = Upstream::tls(&ca, files_dir(tree.path().to_path_buf())).await;
-    let (proxy_base, sumdb_base, vkey) = (proxy.base_url(), sumdb.base_url(), sumdb.vkey.clone());
     // The newest head modgate verified before: a tree of 1 record whose hash the database's
     // tree does not extend (as after the database rewrote its log).
     let data = tempfile::tempdir().unwrap();
@@ -755,18 +743,7 @@ async fn a_checksum_database_that_forks_its_tree_is_caught() {
     )
     .unwrap();
     let data_dir = data.path().to_path_buf();
-    let gw = TestGateway::start(&ca, move |c| {
-        c.storage.data_dir = data_dir;
-        c.upstream
-            .overrides
-            .insert("proxy.golang.org".into(), proxy_base);
-        c.upstream
-            .overrides
-            .insert("sum.golang.org".into(), sumdb_base);
-        c.sumdb.verify = "sum.golang.org".into();
-        c.sumdb.keys = vec![vkey];
-    })
-    .await;
+    let gw = verifying_gateway(&ca, &proxy, &sumdb, move |c| c.storage.data_dir = data_dir).await;
     let (status, _, body) = gw
         .get(
             "proxy.golang.org:443",
@@ -790,4 +767,27 @@ async fn a_checksum_database_that_forks_its_tree_is_caught() {
         1.0,
         "{m}"
     );
+}
+
+/// A gateway serving proxy.golang.org from `proxy` that proves every public .mod and .zip
+/// against the fixture database `sumdb` (as sum.golang.org).
+async fn verifying_gateway(
+    ca: &TestCa,
+    proxy: &Upstream,
+    sumdb: &SumDb,
+    edit: impl FnOnce(&mut modgate::config::Config),
+) -> TestGateway {
+    let (proxy_base, sumdb_base, vkey) = (proxy.base_url(), sumdb.base_url(), sumdb.vkey.clone());
+    TestGateway::start(ca, move |c| {
+        c.upstream
+            .overrides
+            .insert("proxy.golang.org".into(), proxy_base);
+        c.upstream
+            .overrides
+            .insert("sum.golang.org".into(), sumdb_base);
+        c.sumdb.verify = "sum.golang.org".into();
+        c.sumdb.keys = vec![vkey];
+        edit(c);
+    })
+    .await
 }

@@ -71,6 +71,15 @@ pub enum ProofError {
 }
 
 impl ProofError {
+    fn unavailable(module: &ModulePath, version: &str, db: &str, reason: String) -> ProofError {
+        ProofError::Unavailable {
+            module: module.to_string(),
+            version: version.to_string(),
+            db: db.to_string(),
+            reason,
+        }
+    }
+
     /// Bounded label for `modgate_sumdb_verifications_total`.
     pub fn outcome(&self) -> &'static str {
         match self {
@@ -199,14 +208,14 @@ pub async fn finish(
     what: Proven,
     h1: &str,
 ) -> Result<(), ProofError> {
-    let record = (&mut pending.0)
-        .await
-        .map_err(|e| ProofError::Unavailable {
-            module: module.to_string(),
-            version: version.to_string(),
-            db: verifier.db.clone(),
-            reason: format!("proof task failed: {e}"),
-        })??;
+    let record = (&mut pending.0).await.map_err(|e| {
+        ProofError::unavailable(
+            module,
+            version,
+            &verifier.db,
+            format!("proof task failed: {e}"),
+        )
+    })??;
     compare(state, verifier, module, version, what, h1, &record).await
 }
 
@@ -218,12 +227,7 @@ async fn prove_record(
     version: &str,
 ) -> Result<ProvenRecord, ProofError> {
     let db = &verifier.db;
-    let unavailable = |reason: String| ProofError::Unavailable {
-        module: module.to_string(),
-        version: version.to_string(),
-        db: db.clone(),
-        reason,
-    };
+    let unavailable = |reason: String| ProofError::unavailable(module, version, db, reason);
     let lookup = fetch(
         state,
         db,
@@ -284,12 +288,7 @@ async fn compare(
     record: &ProvenRecord,
 ) -> Result<(), ProofError> {
     let db = &verifier.db;
-    let unavailable = |reason: String| ProofError::Unavailable {
-        module: module.to_string(),
-        version: version.to_string(),
-        db: db.clone(),
-        reason,
-    };
+    let unavailable = |reason: String| ProofError::unavailable(module, version, db, reason);
     let text = record.text.as_str();
     // The record names this hash.
     let (suffix, want_prefix) = match what {

@@ -291,14 +291,7 @@ impl Pins {
     pub fn get(&self, module: &str, version: &str) -> Result<Vec<(PinFile, Pin)>, PinError> {
         let mut loaded = self.loaded.lock().expect("not poisoned");
         self.refresh(&mut loaded)?;
-        let mut out: Vec<(PinFile, Pin)> = loaded
-            .pins
-            .iter()
-            .filter(|((m, v, _), _)| m == module && v == version)
-            .map(|((_, _, f), p)| (*f, p.clone()))
-            .collect();
-        out.sort_by_key(|(f, _)| *f as u8);
-        Ok(out)
+        Ok(of_version(&loaded.pins, module, version))
     }
 
     /// Accepts the next content of `module@version`: its pins are dropped, with who and why.
@@ -359,14 +352,7 @@ impl Pins {
     ) -> Result<Vec<(PinFile, Verified)>, PinError> {
         let mut loaded = self.loaded.lock().expect("not poisoned");
         self.refresh(&mut loaded)?;
-        let mut out: Vec<(PinFile, Verified)> = loaded
-            .verified
-            .iter()
-            .filter(|((m, v, _), _)| m == module && v == version)
-            .map(|((_, _, f), p)| (*f, p.clone()))
-            .collect();
-        out.sort_by_key(|(f, _)| *f as u8);
-        Ok(out)
+        Ok(of_version(&loaded.verified, module, version))
     }
 
     /// Whether `module@version`'s `file` was proven against a checksum database.
@@ -389,6 +375,17 @@ impl Pins {
         self.refresh(&mut loaded)?;
         Ok(loaded.pins.len())
     }
+}
+
+/// The entries of `map` for `module@version`, go.mod before zip.
+fn of_version<T: Clone>(map: &HashMap<Key, T>, module: &str, version: &str) -> Vec<(PinFile, T)> {
+    let mut out: Vec<(PinFile, T)> = map
+        .iter()
+        .filter(|((m, v, _), _)| m == module && v == version)
+        .map(|((_, _, f), t)| (*f, t.clone()))
+        .collect();
+    out.sort_by_key(|(f, _)| *f as u8);
+    out
 }
 
 fn now() -> String {
