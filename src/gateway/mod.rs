@@ -177,6 +177,7 @@ impl Gateway {
             shared,
             mirrors,
             live,
+            serve::sumdb_via_cache,
         ));
         let ingress = Arc::new(Ingress::new(serve, auth, leaves, conn_limit));
         let mut listening = vec![proxy_addr, admin_addr];

@@ -242,3 +242,73 @@ pub fn finish(resp: Response<Body>, ctx: ReqCtx) -> Response<Body> {
     };
     resp.map(|body| access_log::observe(body, ctx, status))
 }
+
+/// A checksum-database answer through modgate's own cache (and its partial-tile rule), as an
+/// internal request: observed with `entry="internal"`.
+///
+/// Boxed, with its type written out: a fill proves itself through the cache, so the cache's
+/// future and this one contain each other, and the compiler needs a named type between them.
+/// The gateway hands this function to [`State`] as its `sumdb_fetch`.
+pub fn sumdb_via_cache<'a>(
+    state: &'a Arc<State>,
+    db: &'a str,
+    op: SumDbOp,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bytes::Bytes, String>> + Send + 'a>>
+{
+    Box::pin(fetch_inner(state, db, op))
+}
+
+async fn fetch_inner(state: &Arc<State>, db: &str, op: SumDbOp) -> Result<bytes::Bytes, String> {
+    let dynamic = state.live();
+    let target = Target::SumDb {
+        db: db.to_string(),
+        op,
+    };
+    let Route::SumDb(f) =
+        modgate_core::policy::route::route(&target, &modgate_core::policy::route::Rules::default())
+    else {
+        return Err("not a checksum-database request".into());
+    };
+    let host = db.split('/').next().unwrap_or(db).to_string();
+    let conn = crate::telemetry::ctx::ConnCtx::new(
+        internal_peer(),
+        crate::telemetry::labels::Mode::Internal,
+        host,
+        443,
+    );
+    let req = http::Request::get(f.upstream_path())
+        .body(())
+        .expect("a path is a valid URI");
+    let mut ctx = ReqCtx::for_request(conn, &req, state.metrics.clone());
+    ctx.set_route("sumdb", target.kind());
+    let resp = match tile_from_wider(&f, &mut ctx, state).await {
+        Some(resp) => resp,
+        None => {
+            let served = match sumdb_spec(&f, &dynamic) {
+                Ok(spec) => cached::serve(spec, &mut ctx, state, &http::Method::GET).await,
+                Err(e) => Err(e),
+            };
+            // A failure is answered and observed like a client's request would be.
+            served.unwrap_or_else(|e| respond::error_response(&e))
+        }
+    };
+    let status = resp.status();
+    let resp = finish(resp, ctx);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| format!("reading {}: {e}", f.upstream_path()))?
+        .to_bytes();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        return Err(format!(
+            "{} answered {status}: {}",
+            f.upstream_path(),
+            text.trim()
+        ));
+    }
+    Ok(body)
+}
+
+fn internal_peer() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+}

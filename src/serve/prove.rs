@@ -4,26 +4,20 @@
 //! the lookup's signed tree head verified with the database's key, the record's inclusion in
 //! that tree shown from tiles authenticated against it, and the tree shown to extend the newest
 //! head modgate verified before (kept under `storage.data_dir/sumdb/`), so a database that forks
-//! its log is caught. Lookups and tiles come through modgate's own sumdb cache.
+//! its log is caught. Lookups and tiles come through modgate's own sumdb cache, by way of
+//! [`State::sumdb_fetch`] (the cache proves its fills here, so this module does not name it).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http::Method;
-use http_body_util::BodyExt;
-
 use crate::serve::State;
 use crate::store::pins::PinFile;
-use crate::telemetry::ctx::{ConnCtx, ReqCtx};
-use crate::telemetry::labels::Mode;
 use modgate_core::gomod::note::{VerifierKey, parse_record, parse_tree};
 use modgate_core::gomod::path::ModulePath;
 use modgate_core::gomod::sumdb::Tile;
 use modgate_core::gomod::tlog::{self, Hash, TilePlan, Tree};
-use modgate_core::policy::classify::{SumDbOp, Target};
+use modgate_core::policy::classify::SumDbOp;
 use modgate_core::policy::patterns::Patterns;
-use modgate_core::policy::route::{Route, Rules, route};
 
 /// Tile height of the go.sum databases (the go command's and sum.golang.org's).
 const TILE_HEIGHT: u32 = 8;
@@ -228,7 +222,7 @@ async fn prove_record(
 ) -> Result<ProvenRecord, ProofError> {
     let db = &verifier.db;
     let unavailable = |reason: String| ProofError::unavailable(module, version, db, reason);
-    let lookup = fetch(
+    let lookup = (state.sumdb_fetch)(
         state,
         db,
         SumDbOp::Lookup {
@@ -398,13 +392,15 @@ async fn read_hashes(
 async fn fetch_tile(state: &Arc<State>, db: &str, t: Tile) -> Result<Vec<u8>, String> {
     {
         let t = &t;
-        let bytes = match fetch(state, db, SumDbOp::Tile(*t)).await {
+        let bytes = match (state.sumdb_fetch)(state, db, SumDbOp::Tile(*t)).await {
             Ok(b) => b,
             // A partial tile of an older tree may be gone once its tile is complete; its
             // hashes are a prefix of the full tile's (the go command's fallback).
             Err(e) if !t.is_full() => {
                 let full = Tile { w: 1 << t.h, ..*t };
-                let b = fetch(state, db, SumDbOp::Tile(full)).await.map_err(|_| e)?;
+                let b = (state.sumdb_fetch)(state, db, SumDbOp::Tile(full))
+                    .await
+                    .map_err(|_| e)?;
                 let want = t.w as usize * tlog::HASH_SIZE;
                 if b.len() < want {
                     return Err(format!("tile {} is shorter than {want} bytes", full.path()));
@@ -415,67 +411,4 @@ async fn fetch_tile(state: &Arc<State>, db: &str, t: Tile) -> Result<Vec<u8>, St
         };
         Ok(bytes.to_vec())
     }
-}
-
-/// A checksum-database answer through modgate's own cache (and its partial-tile rule), as an
-/// internal request: observed with `entry="internal"`.
-///
-/// Boxed, with its type written out: a fill proves itself through the cache, so the cache's
-/// future and this one contain each other, and the compiler needs a named type between them.
-fn fetch<'a>(
-    state: &'a Arc<State>,
-    db: &'a str,
-    op: SumDbOp,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, String>> + Send + 'a>> {
-    Box::pin(fetch_inner(state, db, op))
-}
-
-async fn fetch_inner(state: &Arc<State>, db: &str, op: SumDbOp) -> Result<Bytes, String> {
-    let dynamic = state.live();
-    let target = Target::SumDb {
-        db: db.to_string(),
-        op,
-    };
-    let Route::SumDb(f) = route(&target, &Rules::default()) else {
-        return Err("not a checksum-database request".into());
-    };
-    let host = db.split('/').next().unwrap_or(db).to_string();
-    let conn = ConnCtx::new(internal_peer(), Mode::Internal, host, 443);
-    let req = http::Request::get(f.upstream_path())
-        .body(())
-        .expect("a path is a valid URI");
-    let mut ctx = ReqCtx::for_request(conn, &req, state.metrics.clone());
-    ctx.set_route("sumdb", target.kind());
-    let resp = match super::tile_from_wider(&f, &mut ctx, state).await {
-        Some(resp) => resp,
-        None => {
-            let served = match super::sumdb_spec(&f, &dynamic) {
-                Ok(spec) => super::cached::serve(spec, &mut ctx, state, &Method::GET).await,
-                Err(e) => Err(e),
-            };
-            // A failure is answered and observed like a client's request would be.
-            served.unwrap_or_else(|e| super::respond::error_response(&e))
-        }
-    };
-    let status = resp.status();
-    let resp = super::finish(resp, ctx);
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading {}: {e}", f.upstream_path()))?
-        .to_bytes();
-    if !status.is_success() {
-        let text = String::from_utf8_lossy(&body);
-        return Err(format!(
-            "{} answered {status}: {}",
-            f.upstream_path(),
-            text.trim()
-        ));
-    }
-    Ok(body)
-}
-
-fn internal_peer() -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }

@@ -42,6 +42,9 @@ pub struct State {
     pub heads: Heads,
     /// The pins of private versions.
     pub pins: Pins,
+    /// Fetches a checksum-database answer through the cache, for the proofs of fills
+    /// (`serve::sumdb_via_cache`; a function here so the proof code need not name the cache).
+    pub sumdb_fetch: SumDbFetch,
     /// modgate's own listening addresses (unspecified ones expanded to this machine's
     /// addresses), set once the listeners are bound: agent-chosen traffic never goes there.
     pub own: std::sync::OnceLock<Vec<std::net::SocketAddr>>,
@@ -60,6 +63,7 @@ impl State {
         shared: Option<Arc<SharedStore>>,
         mirrors: Mirrors,
         live: Live,
+        sumdb_fetch: SumDbFetch,
     ) -> State {
         let heads = Heads::new(&config.storage.data_dir);
         let pins = Pins::new(&config.storage.data_dir);
@@ -73,6 +77,7 @@ impl State {
             heads,
             pins,
             mirrors,
+            sumdb_fetch,
             own: std::sync::OnceLock::new(),
             live: ArcSwap::from_pointee(live),
         }
@@ -138,6 +143,15 @@ impl State {
         self.live.store(Arc::new(live));
     }
 }
+
+/// How a proof fetches a checksum-database answer (a lookup or a tile).
+pub type SumDbFetch = for<'a> fn(
+    &'a Arc<State>,
+    &'a str,
+    modgate_core::policy::classify::SumDbOp,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<bytes::Bytes, String>> + Send + 'a>,
+>;
 
 /// Why no address of a host may be used.
 #[derive(Debug, thiserror::Error)]
