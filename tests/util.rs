@@ -85,6 +85,24 @@ pub type Handler = Arc<
         + Sync,
 >;
 
+/// A TLS server configuration for a test upstream, offering `alpn`.
+fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> rustls::ServerConfig {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg
+}
+
 /// A TLS (or plain) HTTP server on 127.0.0.1 that records every request.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -121,15 +139,7 @@ impl Upstream {
         key: PrivateKeyDer<'static>,
         handler: Handler,
     ) -> Upstream {
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let cfg = server_config(certs, key, &[b"h2", b"http/1.1"]);
         Self::start(
             listener,
             Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
@@ -715,15 +725,7 @@ pub async fn close_delimited_upstream(
 ) -> (String, tokio::task::JoinHandle<()>) {
     use tokio::io::AsyncWriteExt as _;
     let (certs, key) = ca.leaf(&["127.0.0.1", "localhost"]);
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = server_config(certs, key, &[b"http/1.1"]);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!(

@@ -179,19 +179,6 @@ pub fn start(
     }))
 }
 
-/// Proves that `h1` is the checksum database's hash for `module@version` (its go.mod or zip).
-pub async fn prove(
-    state: &Arc<State>,
-    verifier: &Verifier,
-    module: &ModulePath,
-    version: &str,
-    what: Proven,
-    h1: &str,
-) -> Result<(), ProofError> {
-    let record = prove_record(state, verifier, module, version).await?;
-    compare(state, verifier, module, version, what, h1, &record).await
-}
-
 /// Waits for a proof started by [`start`] and compares `h1` with its record.
 pub async fn finish(
     mut pending: PendingProof,

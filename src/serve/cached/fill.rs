@@ -428,10 +428,8 @@ async fn proved(
             .with_label_values(&[outcome])
             .inc();
     };
-    let result = match started {
-        Some(p) => prove::finish(p, state, verifier, module, version, proven, h1).await,
-        None => prove::prove(state, verifier, module, version, proven, h1).await,
-    };
+    let pending = started.unwrap_or_else(|| prove::start(state, verifier, module, version));
+    let result = prove::finish(pending, state, verifier, module, version, proven, h1).await;
     match result {
         Ok(()) => count("verified"),
         Err(e @ ProofError::Unavailable { .. }) if verifier.fail_open => {
