@@ -328,6 +328,9 @@ pub struct SumDbConfig {
     /// When the database cannot be reached or has no record, serve the module anyway (logged
     /// and counted) instead of refusing it.
     pub fail_open: bool,
+    /// The name (a host name) under which modgate serves its own checksum database of every
+    /// version it verified or pinned; `""`: none.
+    pub serve: String,
 }
 
 impl Default for SumDbConfig {
@@ -341,6 +344,7 @@ impl Default for SumDbConfig {
             keys: vec![],
             nosumdb: PatternList::default(),
             fail_open: false,
+            serve: String::new(),
         }
     }
 }

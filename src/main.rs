@@ -346,6 +346,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let ca = CertAuthority::init_constrained(&dir, constraints.as_deref())?;
                 println!("created CA {}", ca.cert_path().display());
                 println!("SHA-256 fingerprint: {}", ca.fingerprint());
+                if let Some(name) = modgate::gateway::compile::own_sumdb(&cfg)? {
+                    let (signer, _) = modgate::tls::sumdb_key::load_or_create(&dir, name)?;
+                    println!("checksum-database key: {}", signer.vkey());
+                }
                 Ok(())
             }
             CaCommand::Show { dir, config } => {
@@ -366,10 +370,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 println!("SHA-256 fingerprint: {}", ca.fingerprint());
                 println!("{}", ca.cert_pem().trim_end());
+                let gosumdb = match cfg.sumdb.serve.as_str() {
+                    "" => None,
+                    name if modgate::tls::sumdb_key::path(&dir).exists() => Some(
+                        modgate::tls::sumdb_key::load_or_create(&dir, name)?
+                            .0
+                            .vkey(),
+                    ),
+                    name => {
+                        println!(
+                            "checksum database {name}: no signing key yet in {} (`modgate ca init` or the first `modgate serve` creates it)",
+                            dir.display()
+                        );
+                        None
+                    }
+                };
+                if let Some(vkey) = &gosumdb {
+                    println!("checksum database: {vkey}");
+                }
                 println!("Agent set-up:");
                 print!(
                     "{}",
-                    agent_env_lines(&format!("http://{}", cfg.proxy.listen), &path)
+                    agent_env_lines(
+                        &format!("http://{}", cfg.proxy.listen),
+                        &path,
+                        gosumdb.as_deref()
+                    )
                 );
                 Ok(())
             }

@@ -250,7 +250,7 @@ pub fn internal_git_host(
 
 /// A route whose password comes from a file in `dir`, the test's own temporary directory (tests
 /// never touch the process environment).
-fn route(dir: &std::path::Path, password: &str) -> PrivateRouteConfig {
+pub fn route(dir: &std::path::Path, password: &str) -> PrivateRouteConfig {
     let file = dir.join(format!("password-{}", rand_suffix()));
     std::fs::write(&file, format!("{password}\n")).unwrap();
     PrivateRouteConfig {

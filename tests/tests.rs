@@ -23,6 +23,8 @@ mod gateway_mode;
 mod hostile;
 /// TLS interception: h1/h2, SNI rules, leaf certificates, upstream verification.
 mod mitm;
+/// modgate's own checksum database against the real go command.
+mod own_sumdb;
 /// Private modules from internal git: proxy mode and direct mode against the go command.
 mod private;
 /// The public route: cache rules, single-flight, fall-through, never-leak.

@@ -171,6 +171,12 @@ pub fn explain(config: &Config, input: &str) -> anyhow::Result<String> {
         Route::SumDbSupported => {
             let _ = writeln!(out, "route:       sumdb supported (answered locally: 200)");
         }
+        Route::OwnSumDb(_) => {
+            let _ = writeln!(
+                out,
+                "route:       modgate's own checksum database (answered locally from its log; a version not yet recorded is proven first)"
+            );
+        }
         Route::PrivateRefused { message, .. } => {
             let _ = writeln!(
                 out,
@@ -249,6 +255,19 @@ fn proof_lines(config: &Config, module: &str, version: &str) -> anyhow::Result<S
             "not yet proven (not served since verification and pinning began)".to_string()
         };
         let _ = writeln!(out, "proof {name:<7}{line}");
+    }
+    if !config.sumdb.serve.is_empty() {
+        let name = &config.sumdb.serve;
+        let line = match crate::store::sumlog::SumLog::read_record(
+            &config.storage.data_dir,
+            name,
+            module,
+            version,
+        )? {
+            Some((id, source)) => format!("record {id} in {name} ({source})"),
+            None => format!("no record in {name} yet (recorded at its first proof or lookup)"),
+        };
+        let _ = writeln!(out, "own sumdb    {line}");
     }
     Ok(out)
 }

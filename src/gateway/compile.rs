@@ -31,7 +31,11 @@ pub const LIVE_KEYS: &[&str] = &[
     "auth",
     "upstream.overrides",
     "modules",
-    "sumdb",
+    "sumdb.dbs",
+    "sumdb.verify",
+    "sumdb.keys",
+    "sumdb.nosumdb",
+    "sumdb.fail_open",
     "private.routes",
 ];
 
@@ -163,6 +167,7 @@ pub fn policy_spec(config: &Config) -> PolicySpec {
             .map(str::to_string)
             .collect(),
         sumdb_names: config.sumdb.dbs.keys().cloned().collect(),
+        own_sumdb: (!config.sumdb.serve.is_empty()).then(|| config.sumdb.serve.clone()),
         routes: config
             .private
             .routes
@@ -186,7 +191,31 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
     upstreams(config)?;
     verifier(config)?;
     addresses(config)?;
+    own_sumdb(config)?;
     secrets_present(config)
+}
+
+/// `sumdb.serve`: a host name, not one of the databases modgate proxies.
+pub fn own_sumdb(config: &Config) -> Result<Option<&str>, ConfigError> {
+    let name = config.sumdb.serve.as_str();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let bad = |why: &str| ConfigError::invalid("sumdb.serve", format!("{name:?}: {why}"));
+    if normalize_host(name) != name
+        || !modgate_core::policy::host::valid_host(name)
+        || name.parse::<std::net::IpAddr>().is_ok()
+    {
+        return Err(bad(
+            "must be a lower-case host name such as \"sum.corp.example\" (agents reach it as https://<name>/)",
+        ));
+    }
+    if config.sumdb.dbs.contains_key(name) {
+        return Err(bad(
+            "is a database modgate proxies (sumdb.dbs); modgate's own database needs a name of its own",
+        ));
+    }
+    Ok(Some(name))
 }
 
 /// Every credential named by an environment variable is set (as `serve` will need it).
@@ -299,6 +328,10 @@ mod tests {
             ),
             ("[cache]\nmutable_ttl = \"5m\"\n", vec!["cache.mutable_ttl"]),
             (
+                "[sumdb]\nserve = \"sum.corp.example\"\nfail_open = true\n",
+                vec!["sumdb.serve"],
+            ),
+            (
                 "[shared_cache]\nprefix = \"other\"\n",
                 vec!["shared_cache.prefix"],
             ),
@@ -394,6 +427,9 @@ mod tests {
             ),
             ("[sumdb]\nverify = \"sum.x.org\"\n", "sumdb.verify:"),
             ("[sumdb]\nkeys = [\"nope\"]\n", "sumdb.keys[0]:"),
+            ("[sumdb]\nserve = \"Sum.Corp.example\"\n", "sumdb.serve:"),
+            ("[sumdb]\nserve = \"127.0.0.1\"\n", "sumdb.serve:"),
+            ("[sumdb]\nserve = \"sum.golang.org\"\n", "sumdb.serve:"),
             (
                 "[egress]\nallow_addresses = [\"localhost\"]\n",
                 "egress.allow_addresses:",

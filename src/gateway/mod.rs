@@ -167,6 +167,23 @@ impl Gateway {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
+        let own_sumdb = match compile::own_sumdb(&config)? {
+            Some(name) => {
+                let (signer, created) =
+                    crate::tls::sumdb_key::load_or_create(&config.ca.dir, name)?;
+                if created {
+                    tracing::info!(key = %crate::tls::sumdb_key::path(&config.ca.dir).display(), "created the checksum-database signing key");
+                }
+                let data_dir = config.storage.data_dir.clone();
+                let log = tokio::task::spawn_blocking(move || {
+                    crate::store::sumlog::SumLog::open(&data_dir, signer)
+                })
+                .await??;
+                metrics.own_sumdb_records.set(log.size() as i64);
+                Some(Arc::new(log))
+            }
+            None => None,
+        };
         let conn_limit = Arc::new(tokio::sync::Semaphore::new(config.proxy.max_connections));
         let auth = compile::auth(&config);
         let serve = Arc::new(serve::State::new(
@@ -178,6 +195,7 @@ impl Gateway {
             mirrors,
             live,
             serve::sumdb_via_cache,
+            own_sumdb,
         ));
         let ingress = Arc::new(Ingress::new(serve, auth, leaves, conn_limit));
         let mut listening = vec![proxy_addr, admin_addr];
@@ -242,7 +260,18 @@ impl Gateway {
     pub fn agent_env(&self) -> String {
         let ca_path = std::path::absolute(self.runtime.ca.cert_path())
             .unwrap_or_else(|_| self.runtime.ca.cert_path());
-        agent_env_lines(&format!("http://{}", reachable(self.proxy_addr)), &ca_path)
+        let gosumdb = self
+            .runtime
+            .ingress
+            .serve
+            .own_sumdb
+            .as_ref()
+            .map(|l| l.vkey());
+        agent_env_lines(
+            &format!("http://{}", reachable(self.proxy_addr)),
+            &ca_path,
+            gosumdb.as_deref(),
+        )
     }
 
     /// Stops accepting, lets in-flight requests and tunnels finish for at most the configured
@@ -307,12 +336,21 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
     })
 }
 
-/// Shell lines that point an agent at a gateway.
-pub fn agent_env_lines(proxy_url: &str, ca_path: &std::path::Path) -> String {
-    format!(
+/// Shell lines that point an agent at a gateway; with `gosumdb`, also at modgate's own
+/// checksum database (the go command's verification for private modules too).
+pub fn agent_env_lines(
+    proxy_url: &str,
+    ca_path: &std::path::Path,
+    gosumdb: Option<&str>,
+) -> String {
+    let mut out = format!(
         "export HTTPS_PROXY={proxy_url}\nexport SSL_CERT_FILE={ca}\nexport GIT_SSL_CAINFO={ca}\n",
         ca = ca_path.display()
-    )
+    );
+    if let Some(vkey) = gosumdb {
+        out.push_str(&format!("export GOSUMDB={vkey}\n"));
+    }
+    out
 }
 
 /// `listening` with every unspecified address (`0.0.0.0`, `::`) expanded to this machine's
@@ -371,7 +409,8 @@ mod tests {
         assert!(
             agent_env_lines(
                 &format!("http://{}", reachable("0.0.0.0:3128".parse().unwrap())),
-                std::path::Path::new("/ca.pem")
+                std::path::Path::new("/ca.pem"),
+                None
             )
             .lines()
             .next()

@@ -6,6 +6,7 @@
 pub mod cached;
 pub mod forward;
 pub mod git;
+pub mod ownsum;
 pub mod private;
 pub mod prove;
 pub mod respond;
@@ -84,6 +85,7 @@ async fn handle(
             cached::serve(spec, ctx, state, req.method()).await
         }
         Route::SumDbSupported => Ok(Response::new(crate::body::empty())),
+        Route::OwnSumDb(op) => ownsum::serve(op, state, &dynamic).await,
         Route::PrivateRefused { kind, message, .. } => {
             tracing::info!(
                 module = ctx.module.as_deref(),
@@ -269,18 +271,8 @@ async fn fetch_inner(state: &Arc<State>, db: &str, op: SumDbOp) -> Result<bytes:
     else {
         return Err("not a checksum-database request".into());
     };
-    let host = db.split('/').next().unwrap_or(db).to_string();
-    let conn = crate::telemetry::ctx::ConnCtx::new(
-        internal_peer(),
-        crate::telemetry::labels::Mode::Internal,
-        host,
-        443,
-    );
-    let req = http::Request::get(f.upstream_path())
-        .body(())
-        .expect("a path is a valid URI");
-    let mut ctx = ReqCtx::for_request(conn, &req, state.metrics.clone());
-    ctx.set_route("sumdb", target.kind());
+    let host = db.split('/').next().unwrap_or(db);
+    let mut ctx = internal_ctx(state, host, f.upstream_path(), &target);
     let resp = match tile_from_wider(&f, &mut ctx, state).await {
         Some(resp) => resp,
         None => {
@@ -311,4 +303,26 @@ async fn fetch_inner(state: &Arc<State>, db: &str, op: SumDbOp) -> Result<bytes:
 
 fn internal_peer() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// The context of a request modgate makes to itself (`entry="internal"`) for `path` on `host`:
+/// observed like an agent's.
+fn internal_ctx(state: &State, host: &str, path: &str, target: &Target) -> ReqCtx {
+    let conn = crate::telemetry::ctx::ConnCtx::new(
+        internal_peer(),
+        crate::telemetry::labels::Mode::Internal,
+        host.to_string(),
+        443,
+    );
+    let req = http::Request::get(path)
+        .body(())
+        .unwrap_or_else(|_| http::Request::new(()));
+    let mut ctx = ReqCtx::for_request(conn, &req, state.metrics.clone());
+    let name = match target {
+        Target::SumDb { .. } => "sumdb",
+        _ => "private",
+    };
+    ctx.set_route(name, target.kind());
+    describe(target, &mut ctx);
+    ctx
 }

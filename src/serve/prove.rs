@@ -149,6 +149,37 @@ pub struct ProvenRecord {
     tree: u64,
 }
 
+impl ProvenRecord {
+    /// The zip and go.mod hashes the record holds for `module@version`.
+    pub fn hashes(&self, module: &ModulePath, version: &str) -> Option<(String, String)> {
+        let line = |prefix: String| {
+            self.text
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .map(str::to_string)
+        };
+        Some((
+            line(format!("{module} {version} "))?,
+            line(format!("{module} {version}/go.mod "))?,
+        ))
+    }
+
+    /// Where it was proven, for modgate's own checksum database.
+    pub fn source(&self, db: &str) -> String {
+        format!("verified {db} {}", self.tree)
+    }
+}
+
+/// Proves the record of `module@version` now.
+pub async fn record(
+    state: &Arc<State>,
+    verifier: &Verifier,
+    module: &ModulePath,
+    version: &str,
+) -> Result<ProvenRecord, ProofError> {
+    prove_record(state, verifier, module, version).await
+}
+
 /// A proof started ahead of need (when a fill starts), so that its lookups and tiles travel
 /// while the body does; only the hash comparison waits for the body. Dropped unused (the fill
 /// failed), it stops.
@@ -307,6 +338,16 @@ async fn compare(
         tokio::task::spawn_blocking(move || st.pins.verified(&m, &v, file, &h, &d, tree_n)).await;
     if !matches!(logged, Ok(Ok(()))) {
         tracing::warn!(%module, version, "cannot record the proof in the integrity log");
+    }
+    // And in modgate's own checksum database, as it is proven.
+    if let Some(log) = &state.own_sumdb
+        && log.find(module.as_str(), version).is_none()
+        && let Some((zip, go_mod)) = record.hashes(module, version)
+        && let Err(e) =
+            crate::serve::ownsum::add(state, log, module, version, zip, go_mod, record.source(db))
+                .await
+    {
+        tracing::warn!(%module, version, error = %e, "cannot record the proof in modgate's checksum database");
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ use crate::store::flight::Flights;
 use crate::store::mirror::Mirrors;
 use crate::store::pins::Pins;
 use crate::store::shared::SharedStore;
+use crate::store::sumlog::SumLog;
 use crate::telemetry::metrics::Metrics;
 
 /// The long-lived services a request may use, shared by all of them.
@@ -42,6 +43,8 @@ pub struct State {
     pub heads: Heads,
     /// The pins of private versions.
     pub pins: Pins,
+    /// modgate's own checksum database, when `sumdb.serve` names one.
+    pub own_sumdb: Option<Arc<SumLog>>,
     /// Fetches a checksum-database answer through the cache, for the proofs of fills
     /// (`serve::sumdb_via_cache`; a function here so the proof code need not name the cache).
     pub sumdb_fetch: SumDbFetch,
@@ -64,6 +67,7 @@ impl State {
         mirrors: Mirrors,
         live: Live,
         sumdb_fetch: SumDbFetch,
+        own_sumdb: Option<Arc<SumLog>>,
     ) -> State {
         let heads = Heads::new(&config.storage.data_dir);
         let pins = Pins::new(&config.storage.data_dir);
@@ -76,6 +80,7 @@ impl State {
             flights: Arc::default(),
             heads,
             pins,
+            own_sumdb,
             mirrors,
             sumdb_fetch,
             own: std::sync::OnceLock::new(),

@@ -10,3 +10,4 @@ pub mod flight;
 pub mod mirror;
 pub mod pins;
 pub mod shared;
+pub mod sumlog;

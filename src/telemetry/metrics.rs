@@ -35,6 +35,9 @@ pub const SUMDB_OUTCOMES: [&str; 5] = [
     "unverified",
 ];
 
+/// Every outcome of `modgate_own_sumdb_lookups_total`.
+pub const OWN_SUMDB_OUTCOMES: [&str; 5] = ["found", "added", "not_found", "refused", "error"];
+
 /// Every outcome label of `modgate_transparent_connections_total`.
 pub const TRANSPARENT_OUTCOMES: [&str; 8] = [
     "intercept",
@@ -105,6 +108,10 @@ pub struct Metrics {
     pub sumdb_verifications: IntCounterVec,
     /// Private versions pinned, matched against their pin, or refused as changed.
     pub integrity_pins: IntCounterVec,
+    /// Records in modgate's own checksum database (its tree size).
+    pub own_sumdb_records: IntGauge,
+    /// Lookups in modgate's own checksum database, by outcome.
+    pub own_sumdb_lookups: IntCounterVec,
     /// Agent-chosen traffic refused by the address rules, by rule.
     pub egress_refusals: IntCounterVec,
     /// Requests for private module paths answered locally, by kind.
@@ -254,6 +261,19 @@ impl Metrics {
                 &["event"],
             )
             .expect("metric"),
+            own_sumdb_records: IntGauge::new(
+                "modgate_own_sumdb_records",
+                "Records in modgate's own checksum database (sumdb.serve): the size of its signed tree.",
+            )
+            .expect("metric"),
+            own_sumdb_lookups: IntCounterVec::new(
+                Opts::new(
+                    "modgate_own_sumdb_lookups_total",
+                    "Lookups in modgate's own checksum database: found (already recorded), added (recorded now), not_found, refused (changed private content or a failed proof), error.",
+                ),
+                &["outcome"],
+            )
+            .expect("metric"),
             sumdb_verifications: IntCounterVec::new(
                 Opts::new(
                     "modgate_sumdb_verifications_total",
@@ -339,6 +359,8 @@ impl Metrics {
             Box::new(m.cache_fills.clone()),
             Box::new(m.sumdb_verifications.clone()),
             Box::new(m.integrity_pins.clone()),
+            Box::new(m.own_sumdb_records.clone()),
+            Box::new(m.own_sumdb_lookups.clone()),
             Box::new(m.egress_refusals.clone()),
             Box::new(m.private_refused.clone()),
             Box::new(m.config_reloads.clone()),
@@ -385,6 +407,9 @@ impl Metrics {
         }
         for event in ["pinned", "matched", "changed"] {
             m.integrity_pins.with_label_values(&[event]);
+        }
+        for outcome in OWN_SUMDB_OUTCOMES {
+            m.own_sumdb_lookups.with_label_values(&[outcome]);
         }
         for outcome in SUMDB_OUTCOMES {
             m.sumdb_verifications.with_label_values(&[outcome]);

@@ -2,6 +2,7 @@
 //! (and their cache), and the one crypto provider every TLS config uses.
 
 pub mod ca;
+pub mod sumdb_key;
 
 use std::sync::Arc;
 

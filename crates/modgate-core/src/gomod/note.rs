@@ -45,14 +45,10 @@ impl VerifierKey {
         let key = base64::engine::general_purpose::STANDARD
             .decode(key)
             .map_err(|_| bad())?;
-        if key.len() != 33 || key[0] != 1 || name.is_empty() || name.contains([' ', '\t', '\n']) {
+        if key.len() != 33 || key[0] != 1 || !valid_name(name) {
             return Err(bad());
         }
-        let mut h = Sha256::new();
-        h.update(name.as_bytes());
-        h.update(b"\n");
-        h.update(&key);
-        if h.finalize()[..4] != hash.to_be_bytes() {
+        if key_hash(name, &key) != hash.to_be_bytes() {
             return Err(bad());
         }
         Ok(VerifierKey {
@@ -92,6 +88,134 @@ impl VerifierKey {
         }
         Err(NoteError::NotSignedBy(self.name.clone()))
     }
+}
+
+/// `keyHash`: the first 4 bytes of SHA-256(name ‖ "\n" ‖ key), key with its algorithm byte.
+fn key_hash(name: &str, key: &[u8]) -> [u8; 4] {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update(b"\n");
+    h.update(key);
+    h.finalize()[..4].try_into().expect("4 bytes")
+}
+
+/// `isValidName`: non-empty, no whitespace, no `+`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(|c: char| c.is_whitespace() || c == '+')
+}
+
+/// A checksum-database signing key (`note.NewSigner`): Ed25519, kept in Go's signer-key form
+/// `PRIVATE+KEY+name+hash+base64(0x01 ‖ seed)`.
+pub struct Signer {
+    name: String,
+    hash: [u8; 4],
+    seed: [u8; 32],
+    pair: ring::signature::Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("name", &self.name).finish()
+    }
+}
+
+impl Signer {
+    /// A signer named `name` from a 32-byte Ed25519 seed (`note.GenerateKey` with the seed
+    /// drawn by the caller).
+    pub fn from_seed(name: &str, seed: [u8; 32]) -> Result<Signer, NoteError> {
+        if !valid_name(name) {
+            return Err(NoteError::BadKey(name.to_string()));
+        }
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+            .map_err(|_| NoteError::BadKey(name.to_string()))?;
+        let mut public = vec![1u8];
+        public.extend_from_slice(ring::signature::KeyPair::public_key(&pair).as_ref());
+        Ok(Signer {
+            name: name.to_string(),
+            hash: key_hash(name, &public),
+            seed,
+            pair,
+        })
+    }
+
+    /// Parses Go's signer-key form; the hash must be the public key's.
+    pub fn parse(skey: &str) -> Result<Signer, NoteError> {
+        let bad = || NoteError::BadKey("PRIVATE+KEY+...".to_string());
+        let rest = skey.trim().strip_prefix("PRIVATE+KEY+").ok_or_else(bad)?;
+        let mut parts = rest.splitn(3, '+');
+        let (Some(name), Some(hash), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        let hash = (hash.len() == 8)
+            .then(|| u32::from_str_radix(hash, 16).ok())
+            .flatten()
+            .ok_or_else(bad)?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .map_err(|_| bad())?;
+        if key.len() != 33 || key[0] != 1 {
+            return Err(bad());
+        }
+        let signer = Signer::from_seed(name, key[1..].try_into().expect("32 bytes"))?;
+        if signer.hash != hash.to_be_bytes() {
+            return Err(bad());
+        }
+        Ok(signer)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The signer-key form, for the key file.
+    pub fn to_skey(&self) -> String {
+        let mut key = vec![1u8];
+        key.extend_from_slice(&self.seed);
+        format!(
+            "PRIVATE+KEY+{}+{}+{}",
+            self.name,
+            hex4(&self.hash),
+            base64::engine::general_purpose::STANDARD.encode(key)
+        )
+    }
+
+    /// The verifier key, as an agent writes it in GOSUMDB.
+    pub fn vkey(&self) -> String {
+        let mut key = vec![1u8];
+        key.extend_from_slice(ring::signature::KeyPair::public_key(&self.pair).as_ref());
+        format!(
+            "{}+{}+{}",
+            self.name,
+            hex4(&self.hash),
+            base64::engine::general_purpose::STANDARD.encode(key)
+        )
+    }
+
+    /// `note.Sign` with this one signature: the text (ending in a newline), a blank line and
+    /// the signature line.
+    pub fn sign(&self, text: &str) -> String {
+        debug_assert!(text.ends_with('\n'));
+        let mut sig = self.hash.to_vec();
+        sig.extend_from_slice(self.pair.sign(text.as_bytes()).as_ref());
+        format!(
+            "{text}\n\u{2014} {} {}\n",
+            self.name,
+            base64::engine::general_purpose::STANDARD.encode(sig)
+        )
+    }
+}
+
+fn hex4(b: &[u8; 4]) -> String {
+    format!("{:08x}", u32::from_be_bytes(*b))
+}
+
+/// `tlog.FormatTree`: the text of a tree note.
+pub fn format_tree(tree: &Tree) -> String {
+    format!(
+        "go.sum database tree\n{}\n{}\n",
+        tree.n,
+        base64::engine::general_purpose::STANDARD.encode(tree.hash)
+    )
 }
 
 /// A tree note or lookup record that is not well formed.
@@ -159,6 +283,44 @@ mod tests {
         assert!(VerifierKey::parse(&other_hash).is_err());
         let other_name = SUM_GOLANG_ORG_KEY.replace("sum.golang.org", "sum.example.org");
         assert!(VerifierKey::parse(&other_name).is_err());
+    }
+
+    #[test]
+    fn signing_matches_the_go_implementation() {
+        // x/mod/sumdb/note's TestSign vector.
+        let skey = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+        let signer = Signer::parse(skey).unwrap();
+        assert_eq!(
+            signer.vkey(),
+            "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+        );
+        assert_eq!(signer.to_skey(), skey);
+        let text = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
+        let note = signer.sign(text);
+        assert_eq!(
+            note,
+            format!(
+                "{text}\n\u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+            )
+        );
+        let v = VerifierKey::parse(&signer.vkey()).unwrap();
+        assert_eq!(v.verify_note(&note).unwrap(), text);
+        // A wrong hash, another name with the same hash, or a foreign algorithm are refused.
+        assert!(Signer::parse(&skey.replace("c74f20a3", "c74f20a4")).is_err());
+        assert!(Signer::parse(&skey.replace("PeterNeumann", "PeterNeumanm")).is_err());
+        assert!(Signer::parse(&skey.replace("+AYEK", "+AZEK")).is_err());
+        assert!(Signer::from_seed("bad name", [7; 32]).is_err());
+        assert!(Signer::from_seed("a+b", [7; 32]).is_err());
+        let fresh = Signer::from_seed("sum.corp.example", [7; 32]).unwrap();
+        assert_eq!(
+            Signer::parse(&fresh.to_skey()).unwrap().vkey(),
+            fresh.vkey()
+        );
+        let tree = Tree {
+            n: 3,
+            hash: [9; 32],
+        };
+        assert_eq!(parse_tree(&format_tree(&tree)).unwrap(), tree);
     }
 
     #[test]

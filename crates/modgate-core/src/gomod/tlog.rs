@@ -485,61 +485,84 @@ impl TilePlan {
     }
 }
 
+/// The server side of a log: every stored hash of the records appended so far, in x/mod's
+/// dense layout ([`stored_hash_index`]), in memory (about 64 bytes per record).
+#[derive(Debug, Clone, Default)]
+pub struct HashLog {
+    stored: Vec<Hash>,
+    n: u64,
+}
+
+impl HashLog {
+    /// Records in the log.
+    pub fn len(&self) -> u64 {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Appends a record (`StoredHashes`); returns its id.
+    pub fn append(&mut self, data: &[u8]) -> u64 {
+        let n = self.n;
+        let mut h = record_hash(data);
+        self.stored.push(h);
+        for i in 0..(n + 1).trailing_zeros() {
+            let old = self.stored[stored_hash_index(i, (n >> i) - 1) as usize];
+            h = node_hash(&old, &h);
+            self.stored.push(h);
+        }
+        debug_assert_eq!(self.stored.len() as u64, stored_hash_index(0, n + 1));
+        self.n += 1;
+        n
+    }
+
+    /// The hashes at storage `indexes` (each below the log's size).
+    pub fn hashes(&self, indexes: &[u64]) -> Vec<Hash> {
+        indexes.iter().map(|&i| self.stored[i as usize]).collect()
+    }
+
+    /// The tree of the first `n` records (`TreeHash`); `None` beyond the log.
+    pub fn tree(&self, n: u64) -> Option<Tree> {
+        if n > self.n {
+            return None;
+        }
+        if n == 0 {
+            return Some(Tree {
+                n,
+                hash: [0; HASH_SIZE],
+            });
+        }
+        let mut idx = vec![];
+        sub_tree_index(0, n, &mut idx);
+        let (hash, _) = sub_tree_hash(0, n, &self.hashes(&idx));
+        Some(Tree { n, hash })
+    }
+
+    /// A hash tile as served for the tree of size `n` (`ReadTileData`): `None` for data
+    /// tiles and for tiles (or widths) that tree does not have.
+    pub fn tile(&self, t: &Tile, n: u64) -> Option<Vec<u8>> {
+        if t.l < 0 || n > self.n {
+            return None;
+        }
+        let level = t.h.checked_mul(u32::try_from(t.l).ok()?)?;
+        let have = n.checked_shr(level).unwrap_or(0);
+        let start = t.n.checked_shl(t.h)?;
+        if start.checked_add(t.w)? > have {
+            return None;
+        }
+        Some(
+            (0..t.w)
+                .flat_map(|i| self.stored[stored_hash_index(level, start + i) as usize])
+                .collect(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A log held in memory: every stored hash, as a server keeps them.
-    struct Log {
-        stored: Vec<Hash>,
-        n: u64,
-    }
-
-    impl Log {
-        fn new() -> Log {
-            Log {
-                stored: vec![],
-                n: 0,
-            }
-        }
-
-        /// `StoredHashes` for the next record.
-        fn add(&mut self, data: &[u8]) {
-            let n = self.n;
-            let mut h = record_hash(data);
-            let m = (n + 1).trailing_zeros();
-            let mut hashes = vec![h];
-            for i in 0..m {
-                let old = self.stored[stored_hash_index(i, (n >> i) - 1) as usize];
-                h = node_hash(&old, &h);
-                hashes.push(h);
-            }
-            assert_eq!(self.stored.len() as u64, stored_hash_index(0, n));
-            self.stored.extend(hashes);
-            self.n += 1;
-        }
-
-        fn hashes(&self, idx: &[u64]) -> Vec<Hash> {
-            idx.iter().map(|&i| self.stored[i as usize]).collect()
-        }
-
-        fn tree(&self) -> Tree {
-            let mut idx = vec![];
-            sub_tree_index(0, self.n, &mut idx);
-            let hashes = self.hashes(&idx);
-            let (hash, rest) = sub_tree_hash(0, self.n, &hashes);
-            assert!(rest.is_empty());
-            Tree { n: self.n, hash }
-        }
-
-        /// `ReadTileData`.
-        fn tile(&self, t: &Tile) -> Vec<u8> {
-            let start = t.n << t.h;
-            (0..t.w)
-                .flat_map(|i| self.stored[stored_hash_index(t.h * t.l as u32, start + i) as usize])
-                .collect()
-        }
-    }
 
     fn record(i: u64) -> Vec<u8> {
         format!("record {i}\n").into_bytes()
@@ -562,11 +585,11 @@ mod tests {
 
     #[test]
     fn record_and_tree_proofs_hold_and_tampering_fails() {
-        let mut log = Log::new();
+        let mut log = HashLog::default();
         let mut trees = vec![];
         for i in 0..70 {
-            log.add(&record(i));
-            trees.push(log.tree());
+            log.append(&record(i));
+            trees.push(log.tree(log.len()).unwrap());
         }
         for t in [1u64, 2, 3, 7, 8, 9, 33, 64, 70] {
             let tree = trees[t as usize - 1];
@@ -593,16 +616,20 @@ mod tests {
 
     #[test]
     fn hashes_read_from_tiles_are_authenticated() {
-        let mut log = Log::new();
+        let mut log = HashLog::default();
         for i in 0..600 {
-            log.add(&record(i));
+            log.append(&record(i));
         }
-        let tree = log.tree();
+        let tree = log.tree(log.len()).unwrap();
         // Height 2, so that 600 records span several levels of tiles.
         for n in [0u64, 5, 257, 599] {
             let idx = record_proof_indexes(tree.n, n);
             let plan = TilePlan::new(tree, 2, &idx).unwrap();
-            let data: Vec<Vec<u8>> = plan.tiles().iter().map(|t| log.tile(t)).collect();
+            let data: Vec<Vec<u8>> = plan
+                .tiles()
+                .iter()
+                .map(|t| log.tile(t, tree.n).unwrap())
+                .collect();
             let hashes = plan.read(&data).unwrap();
             assert_eq!(hashes, log.hashes(&idx));
             let p = record_proof(tree.n, n, &hashes);
@@ -614,5 +641,29 @@ mod tests {
                 assert!(plan.read(&bad).is_err(), "tile {i} for record {n}");
             }
         }
+    }
+
+    #[test]
+    fn the_log_serves_only_tiles_its_tree_has() {
+        let mut log = HashLog::default();
+        for i in 0..300 {
+            log.append(&record(i));
+        }
+        let t = |l: i64, n: u64, w: u64| Tile { h: 8, l, n, w };
+        assert_eq!(log.tile(&t(0, 0, 256), 300).unwrap().len(), 256 * HASH_SIZE);
+        assert_eq!(log.tile(&t(0, 1, 44), 300).unwrap().len(), 44 * HASH_SIZE);
+        assert!(log.tile(&t(0, 1, 45), 300).is_none());
+        assert!(log.tile(&t(0, 1, 44), 299).is_none());
+        assert_eq!(log.tile(&t(1, 0, 1), 300).unwrap().len(), HASH_SIZE);
+        assert!(log.tile(&t(1, 0, 2), 300).is_none());
+        assert!(log.tile(&t(-1, 0, 256), 300).is_none());
+        assert!(log.tree(301).is_none());
+        assert_eq!(log.tree(0).unwrap().hash, [0; HASH_SIZE]);
+        // The tree of a prefix is the tree the log had then.
+        let mut short = HashLog::default();
+        for i in 0..123 {
+            short.append(&record(i));
+        }
+        assert_eq!(log.tree(123), short.tree(123));
     }
 }

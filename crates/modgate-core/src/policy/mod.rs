@@ -27,6 +27,8 @@ pub struct PolicySpec {
     pub private: Vec<String>,
     /// `sumdb.dbs`' names.
     pub sumdb_names: Vec<String>,
+    /// `sumdb.serve`: the name of modgate's own checksum database, answered locally.
+    pub own_sumdb: Option<String>,
     /// `private.routes`: (module template, git URL template) pairs.
     pub routes: Vec<(String, String)>,
     /// `egress.allow` and `egress.deny`.
@@ -104,8 +106,15 @@ impl Policy {
         intercept.extend(
             spec.sumdb_names
                 .iter()
+                .chain(&spec.own_sumdb)
                 .map(|n| n.split('/').next().unwrap_or(n).to_string()),
         );
+        let classified_dbs: Vec<String> = spec
+            .sumdb_names
+            .iter()
+            .chain(&spec.own_sumdb)
+            .cloned()
+            .collect();
         let private = spec
             .private
             .iter()
@@ -120,13 +129,14 @@ impl Policy {
             )
             .map_err(|e| PolicyError::new("intercept.hosts", e))?,
             intercept_hosts: intercept.clone(),
-            classifier: Classifier::new(&spec.proxy_hosts, &spec.sumdb_names),
+            classifier: Classifier::new(&spec.proxy_hosts, &classified_dbs),
             rules: Rules {
                 private: Patterns::parse(private.iter().map(String::as_str)).map_err(|e| {
                     // Route templates are valid patterns, so the fault is in modules.private.
                     PolicyError::new("modules.private", e)
                 })?,
                 routes: private_routes,
+                own_sumdb: spec.own_sumdb.clone(),
             },
         })
     }
@@ -184,6 +194,7 @@ mod tests {
                 "https://git.internal.example/acme/{repo}.git".into(),
             )],
             egress_allow: vec!["*".into()],
+            own_sumdb: Some("sum.corp.example".into()),
             ..PolicySpec::default()
         })
         .unwrap()
@@ -277,6 +288,36 @@ mod tests {
                 "public",
             ),
             ("github.com", "/golang/go", None, "forward", "forward"),
+            // modgate's own checksum database answers private and public lookups itself, on
+            // its own host and under a proxy host; in plain HTTP it is refused, never forwarded.
+            (
+                "sum.corp.example",
+                "/lookup/git.corp.example/x@v1.0.0",
+                None,
+                "own_sumdb",
+                "private_refused",
+            ),
+            (
+                "proxy.golang.org",
+                "/sumdb/sum.corp.example/lookup/github.com/acme/tool@v1.0.0",
+                None,
+                "own_sumdb",
+                "private_refused",
+            ),
+            (
+                "proxy.golang.org",
+                "/sumdb/sum.corp.example/tile/8/0/000",
+                None,
+                "own_sumdb",
+                "private_refused",
+            ),
+            (
+                "sum.corp.example",
+                "/latest",
+                None,
+                "own_sumdb",
+                "private_refused",
+            ),
         ];
         for (name, entry) in entries {
             for (host, path, query, tls, plain) in table {

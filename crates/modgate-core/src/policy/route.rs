@@ -176,6 +176,9 @@ pub enum Route {
     SumDb(SumDbFetch),
     /// `/sumdb/<name>/supported` for a configured database: answered locally with 200.
     SumDbSupported,
+    /// modgate's own checksum database (`sumdb.serve`): answered locally, for public and
+    /// private modules alike (nothing leaves modgate).
+    OwnSumDb(SumDbOp),
     /// A private module path: answered locally, never forwarded.
     PrivateRefused {
         /// The matching private pattern.
@@ -209,6 +212,7 @@ impl Route {
             Route::Public(_) => "public",
             Route::SumDb(_) => "sumdb",
             Route::SumDbSupported => "sumdb",
+            Route::OwnSumDb(_) => "own_sumdb",
             Route::PrivateRefused { .. } => "private_refused",
             Route::Private(_) => "private",
             Route::GoGetAnswer { .. } => "goget_answer",
@@ -223,6 +227,8 @@ impl Route {
 pub struct Rules {
     pub private: Patterns,
     pub routes: PrivateRoutes,
+    /// The name of modgate's own checksum database, if it serves one.
+    pub own_sumdb: Option<String>,
 }
 
 /// Decides the route for `target`.
@@ -260,13 +266,23 @@ pub struct RequestFacts<'a> {
 ///   for (`github.com/acme/{repo}` served from an internal host). When the host is the route's
 ///   own git host, nothing leaks and the request goes on.
 /// - In plain HTTP, private modules are served by no route (modgate serves them over https://
-///   only), so a private route's answer becomes a local refusal.
+///   only), so a private route's answer becomes a local refusal; so does modgate's own
+///   checksum database (its lookups name private modules too).
+/// - modgate's own checksum database is answered locally for every module path.
 pub fn route_request(target: &Target, rules: &Rules, req: &RequestFacts<'_>) -> Route {
     let route = match target {
         Target::Other => private_other(rules, req).unwrap_or_else(|| route(target, rules)),
         _ => route(target, rules),
     };
     match (req.entry, route) {
+        (Entry::PlainHttp, Route::OwnSumDb(_)) => Route::PrivateRefused {
+            rule: "sumdb.serve".to_string(),
+            kind: target.kind(),
+            message: format!(
+                "not found: modgate's checksum database {} is served over https:// only",
+                rules.own_sumdb.as_deref().unwrap_or_default()
+            ),
+        },
         (
             Entry::PlainHttp,
             Route::Private(_) | Route::GoGetAnswer { .. } | Route::GitForward { .. },
@@ -316,6 +332,11 @@ fn private_other(rules: &Rules, req: &RequestFacts<'_>) -> Option<Route> {
 
 /// The route for a classified request, whatever way it came (see [`route_request`]).
 pub fn route(target: &Target, rules: &Rules) -> Route {
+    if let Target::SumDb { db, op } = target
+        && rules.own_sumdb.as_deref() == Some(db.as_str())
+    {
+        return Route::OwnSumDb(op.clone());
+    }
     if let Some(path) = target.module_path()
         && let Some(rule) = rules.private.matching(path)
     {

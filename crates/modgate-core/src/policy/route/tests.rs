@@ -5,6 +5,7 @@ fn rules(p: &[&str]) -> Rules {
     Rules {
         private: Patterns::parse(p.iter().copied()).unwrap(),
         routes: PrivateRoutes::default(),
+        own_sumdb: None,
     }
 }
 
@@ -182,6 +183,7 @@ fn private_routes_serve_what_they_cover() {
             )
             .unwrap(),
         ]),
+        own_sumdb: None,
     };
     let t = classify(
         "proxy.golang.org",

@@ -1,0 +1,392 @@
+//! The log behind modgate's own checksum database (`sumdb.serve`): one record per module
+//! version (its go.sum lines, as in any Go checksum database) in the order modgate added them,
+//! at `storage.data_dir/integrity/sumdb/<name>.log`, one JSON object a line, appended and
+//! fsynced before anyone sees the record. The log is the source of truth: the Merkle tree, its
+//! tiles and every signed head are computed from it at start (about 64 bytes of hashes and the
+//! record text per version in memory), so a restart serves the same tree and extends it.
+//!
+//! Records never change: a version whose content changes later (a force-pushed private tag
+//! that an operator repinned) keeps its first record here, and agents that verify against this
+//! database keep refusing the new content, as they would with sum.golang.org.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use modgate_core::gomod::note::{Signer, format_tree};
+use modgate_core::gomod::sumdb::Tile;
+use modgate_core::gomod::tlog::HashLog;
+use serde::{Deserialize, Serialize};
+
+/// Why the log cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SumLogError {
+    #[error("modgate's checksum-database log {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "modgate's checksum-database log {path}: line {line} is not a record ({reason}); the log is the source of truth for the tree, so modgate will not skip it: restore the file from a backup"
+    )]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Line {
+    module: String,
+    version: String,
+    /// `h1:` of the module zip.
+    zip: String,
+    /// `h1:` of the go.mod.
+    #[serde(rename = "mod")]
+    go_mod: String,
+    /// How modgate knew the hashes: `verified <db> <tree size>` or `pinned <commit>`.
+    source: String,
+    at: String,
+}
+
+impl Line {
+    fn text(&self) -> String {
+        format!(
+            "{m} {v} {z}\n{m} {v}/go.mod {g}\n",
+            m = self.module,
+            v = self.version,
+            z = self.zip,
+            g = self.go_mod
+        )
+    }
+}
+
+/// A record with the signed head of a tree that holds it.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub id: u64,
+    pub text: Arc<str>,
+    pub note: Arc<str>,
+}
+
+impl Found {
+    /// The `/lookup` answer: id, record text, a blank line, the signed tree note.
+    pub fn lookup_body(&self) -> String {
+        format!("{}\n{}\n{}", self.id, self.text, self.note)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    hashes: HashLog,
+    texts: Vec<Arc<str>>,
+    ids: HashMap<(String, String), u64>,
+    /// The signed head of the current size.
+    signed: Option<(u64, Arc<str>)>,
+}
+
+/// The log, its tree and its signer.
+#[derive(Debug)]
+pub struct SumLog {
+    path: PathBuf,
+    signer: Signer,
+    file: Mutex<File>,
+    inner: Mutex<Inner>,
+}
+
+impl SumLog {
+    /// The log's file for database `name` under `data_dir`.
+    pub fn path(data_dir: &Path, name: &str) -> PathBuf {
+        data_dir
+            .join("integrity")
+            .join("sumdb")
+            .join(format!("{}.log", name.replace('/', "!")))
+    }
+
+    /// Opens (or creates) the log of `signer`'s database and rebuilds its tree. A last line cut
+    /// short by a crash is dropped: it was never fsynced, so nobody saw it. Blocking.
+    pub fn open(data_dir: &Path, signer: Signer) -> Result<SumLog, SumLogError> {
+        let path = Self::path(data_dir, signer.name());
+        let io = |source| SumLogError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(io)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        let mut data = vec![];
+        file.read_to_end(&mut data).map_err(io)?;
+        let whole = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if whole < data.len() {
+            tracing::warn!(path = %path.display(), bytes = data.len() - whole, "dropping a record cut short by a crash");
+            file.set_len(whole as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            file.seek(io::SeekFrom::End(0)).map_err(io)?;
+        }
+        let mut inner = Inner::default();
+        let lines = data[..whole.saturating_sub(1)].split(|b| *b == b'\n');
+        for (i, raw) in lines.enumerate().take_while(|_| whole > 0) {
+            let line: Line = serde_json::from_slice(raw).map_err(|e| SumLogError::Corrupt {
+                path: path.clone(),
+                line: i + 1,
+                reason: e.to_string(),
+            })?;
+            inner.push(&line);
+        }
+        Ok(SumLog {
+            path,
+            signer,
+            file: Mutex::new(file),
+            inner: Mutex::new(inner),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.signer.name()
+    }
+
+    /// The id and source of `module@version`'s record in the log of database `name`, read
+    /// from the file (for the CLI, without the key). Blocking.
+    pub fn read_record(
+        data_dir: &Path,
+        name: &str,
+        module: &str,
+        version: &str,
+    ) -> Result<Option<(u64, String)>, SumLogError> {
+        let path = Self::path(data_dir, name);
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(SumLogError::Io { path, source }),
+        };
+        let whole = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for (i, raw) in data[..whole.saturating_sub(1)]
+            .split(|b| *b == b'\n')
+            .enumerate()
+        {
+            if let Ok(line) = serde_json::from_slice::<Line>(raw)
+                && line.module == module
+                && line.version == version
+            {
+                return Ok(Some((i as u64, line.source)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The verifier key agents put in GOSUMDB.
+    pub fn vkey(&self) -> String {
+        self.signer.vkey()
+    }
+
+    /// Records in the log.
+    pub fn size(&self) -> u64 {
+        self.lock().hashes.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("not poisoned")
+    }
+
+    /// The record of `module@version`, if the log has it.
+    pub fn find(&self, module: &str, version: &str) -> Option<Found> {
+        let mut inner = self.lock();
+        let id = *inner.ids.get(&(module.to_string(), version.to_string()))?;
+        let text = inner.texts[id as usize].clone();
+        let note = inner.note(&self.signer);
+        Some(Found { id, text, note })
+    }
+
+    /// The signed head of the current tree (`/latest`).
+    pub fn latest(&self) -> Arc<str> {
+        self.lock().note(&self.signer)
+    }
+
+    /// A tile of the current tree: hash tiles from the tree, data tiles from the record texts.
+    pub fn tile(&self, t: &Tile) -> Option<Vec<u8>> {
+        let inner = self.lock();
+        let n = inner.hashes.len();
+        if t.l >= 0 {
+            return inner.hashes.tile(t, n);
+        }
+        let start = t.n.checked_shl(t.h)?;
+        let end = start.checked_add(t.w)?;
+        if end > n {
+            return None;
+        }
+        let mut out = vec![];
+        for text in &inner.texts[start as usize..end as usize] {
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'\n');
+        }
+        Some(out)
+    }
+
+    /// Adds the record of `module@version` (zip and go.mod hashes) unless the log has one;
+    /// returns the record the log holds, and whether it is new. The record is on disk before
+    /// this returns. Blocking.
+    pub fn add(
+        &self,
+        module: &str,
+        version: &str,
+        zip: &str,
+        go_mod: &str,
+        source: &str,
+    ) -> Result<(Found, bool), SumLogError> {
+        // One writer at a time: the file lock is taken before the tree's, and held across the
+        // fsync, so records reach the file in id order.
+        let mut file = self.file.lock().expect("not poisoned");
+        if let Some(found) = self.find(module, version) {
+            return Ok((found, false));
+        }
+        let line = Line {
+            module: module.to_string(),
+            version: version.to_string(),
+            zip: zip.to_string(),
+            go_mod: go_mod.to_string(),
+            source: source.to_string(),
+            at: now(),
+        };
+        let mut bytes = serde_json::to_vec(&line).expect("serializable");
+        bytes.push(b'\n');
+        let io = |source| SumLogError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        file.write_all(&bytes).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        self.lock().push(&line);
+        let found = self.find(module, version).expect("just added");
+        Ok((found, true))
+    }
+}
+
+impl Inner {
+    fn push(&mut self, line: &Line) {
+        let text = line.text();
+        let id = self.hashes.append(text.as_bytes());
+        self.texts.push(text.into());
+        self.ids
+            .insert((line.module.clone(), line.version.clone()), id);
+    }
+
+    fn note(&mut self, signer: &Signer) -> Arc<str> {
+        let n = self.hashes.len();
+        if let Some((size, note)) = &self.signed
+            && *size == n
+        {
+            return note.clone();
+        }
+        let tree = self.hashes.tree(n).expect("the log's own size");
+        let note: Arc<str> = signer.sign(&format_tree(&tree)).into();
+        self.signed = Some((n, note.clone()));
+        note
+    }
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modgate_core::gomod::note::{VerifierKey, parse_record, parse_tree};
+    use modgate_core::gomod::tlog::{self, TilePlan};
+
+    fn signer() -> Signer {
+        Signer::from_seed("sum.corp.example", [3; 32]).unwrap()
+    }
+
+    #[test]
+    fn records_are_proven_by_their_own_tiles_and_survive_a_restart_and_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SumLog::open(dir.path(), signer()).unwrap();
+        for i in 0..300 {
+            let (f, new) = log
+                .add(
+                    &format!("example.com/m{i}"),
+                    "v1.0.0",
+                    "h1:zip=",
+                    "h1:mod=",
+                    "test",
+                )
+                .unwrap();
+            assert!(new);
+            assert_eq!(f.id, i);
+        }
+        // Adding again keeps the first record.
+        let (again, new) = log
+            .add("example.com/m7", "v1.0.0", "h1:other=", "h1:mod=", "test")
+            .unwrap();
+        assert!(!new);
+        assert_eq!(again.id, 7);
+        assert!(again.text.contains("h1:zip="));
+
+        // A lookup answer verifies with the database's key and its record is in the tree,
+        // read from the log's own tiles as the go command reads them.
+        let vkey = VerifierKey::parse(&log.vkey()).unwrap();
+        let found = log.find("example.com/m257", "v1.0.0").unwrap();
+        let body = found.lookup_body();
+        let (id, text, note) = parse_record(&body).unwrap();
+        let tree = parse_tree(vkey.verify_note(note).unwrap()).unwrap();
+        assert_eq!((id, tree.n), (257, 300));
+        let idx = tlog::record_proof_indexes(tree.n, id);
+        let plan = TilePlan::new(tree, 8, &idx).unwrap();
+        let data: Vec<Vec<u8>> = plan.tiles().iter().map(|t| log.tile(t).unwrap()).collect();
+        let proof = tlog::record_proof(tree.n, id, &plan.read(&data).unwrap());
+        tlog::check_record(
+            &proof,
+            tree.n,
+            &tree.hash,
+            id,
+            &tlog::record_hash(text.as_bytes()),
+        )
+        .unwrap();
+        // Data tiles hold the record texts, each followed by a blank line.
+        let data_tile = log
+            .tile(&Tile {
+                h: 8,
+                l: -1,
+                n: 1,
+                w: 44,
+            })
+            .unwrap();
+        assert!(String::from_utf8(data_tile).unwrap().starts_with(
+            "example.com/m256 v1.0.0 h1:zip=\nexample.com/m256 v1.0.0/go.mod h1:mod=\n\n"
+        ));
+        let latest = log.latest();
+        drop(log);
+
+        // A crash in the middle of an append leaves half a line: dropped at the next start,
+        // and the tree is the one served before.
+        let path = SumLog::path(dir.path(), "sum.corp.example");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"module\":\"example.com/torn\"").unwrap();
+        drop(f);
+        let log = SumLog::open(dir.path(), signer()).unwrap();
+        assert_eq!(log.size(), 300);
+        assert_eq!(log.latest(), latest);
+        assert!(log.find("example.com/torn", "v1.0.0").is_none());
+        let (f, _) = log
+            .add("example.com/next", "v1.0.0", "h1:z=", "h1:m=", "test")
+            .unwrap();
+        assert_eq!(f.id, 300);
+        drop(log);
+        let log = SumLog::open(dir.path(), signer()).unwrap();
+        assert_eq!(log.find("example.com/next", "v1.0.0").unwrap().id, 300);
+
+        // A damaged line in the middle is refused: ids after it would shift.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("{\"module\"", "{\"mod", 1)).unwrap();
+        let err = SumLog::open(dir.path(), signer()).unwrap_err();
+        assert!(err.to_string().contains("line 1 is not a record"), "{err}");
+    }
+}

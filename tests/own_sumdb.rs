@@ -1,0 +1,253 @@
+//! modgate's own checksum database (`sumdb.serve`) against the real go command: public
+//! versions proven against a checksum database and private versions pinned from git, served as
+//! one Go checksum database, kept across restarts, and a force-pushed private tag refused.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::private::{PASSWORD, build_repos, internal_git_host, route};
+use crate::util::*;
+
+const OWN: &str = "sum.corp.example";
+
+/// `go mod download -json` of `queries` as a fresh agent would run it with `home`, through
+/// `gw`, with `env` added.
+fn download(
+    gw: &TestGateway,
+    home: &Path,
+    queries: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    std::fs::create_dir_all(home).unwrap();
+    let mut cmd = Command::new(tool("go"));
+    cmd.args(["mod", "download", "-json"])
+        .args(queries)
+        .current_dir(home)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("GOPATH", home.join("gopath"))
+        .env("GOMODCACHE", home.join("modcache"))
+        .env("GOCACHE", home.join("gocache"))
+        .env("GOFLAGS", "-modcacherw")
+        .env("HTTPS_PROXY", format!("http://{}", gw.proxy))
+        .env("SSL_CERT_FILE", &gw.ca_path)
+        .envs(env.iter().copied());
+    tokio::task::block_in_place(|| cmd.output().unwrap())
+}
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The GOSUMDB line of the gateway's agent set-up.
+fn gosumdb(gw: &TestGateway) -> String {
+    gw.gw()
+        .agent_env()
+        .lines()
+        .find_map(|l| l.strip_prefix("export GOSUMDB="))
+        .expect("the agent set-up names modgate's checksum database")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_go_command_verifies_public_and_private_modules_against_modgates_own_database() {
+    let ca = TestCa::new();
+    let base = tempfile::tempdir().unwrap();
+    // Public: a module in a GOPROXY tree and in the fixture checksum database.
+    let tree = base.path().join("goproxy");
+    for v in ["v1.0.0", "v1.1.0"] {
+        write_module(
+            &tree,
+            "example.com/pub",
+            v,
+            "module example.com/pub\n\ngo 1.19\n",
+            &[("pub.go", "package pub\n")],
+        );
+    }
+    let sumdb = SumDb::start(&ca, &tree);
+    let proxy = Upstream::tls(&ca, files_dir(tree.clone())).await;
+    // Private: the internal git host.
+    let repos = build_repos(base.path());
+    let git_host = Upstream::tls(&ca, internal_git_host(repos.clone(), Arc::default())).await;
+    let (ca_dir, data) = (base.path().join("ca"), base.path().join("data"));
+    let route = route(base.path(), PASSWORD);
+    let start = || {
+        let (pb, sb, gb, vkey) = (
+            proxy.base_url(),
+            sumdb.base_url(),
+            git_host.base_url(),
+            sumdb.vkey.clone(),
+        );
+        let (ca_dir, data, route) = (ca_dir.clone(), data.clone(), route.clone());
+        TestGateway::start(&ca, move |c| {
+            c.upstream.overrides.insert("proxy.golang.org".into(), pb);
+            c.upstream.overrides.insert("sum.golang.org".into(), sb);
+            c.upstream.overrides.insert("git.internal".into(), gb);
+            c.sumdb.verify = "sum.golang.org".into();
+            c.sumdb.keys = vec![vkey];
+            c.sumdb.serve = OWN.into();
+            c.private.routes = vec![route];
+            c.private.mirror_ttl = std::time::Duration::from_millis(1);
+            c.ca.dir = ca_dir;
+            c.storage.data_dir = data;
+        })
+    };
+    let work = tempfile::tempdir().unwrap();
+
+    // 1. An agent with only HTTPS_PROXY, the CA and GOSUMDB set (no GOPRIVATE, no GONOSUMDB):
+    // the go command verifies the public and the private module against modgate's database,
+    // which it reaches through the proxy host (`/sumdb/<name>/`).
+    let gw = start().await;
+    let own = gosumdb(&gw);
+    assert!(own.starts_with(&format!("{OWN}+")), "{own}");
+    let agent = work.path().join("agent");
+    let first = [
+        "example.com/pub@v1.0.0",
+        "git.corp.example/team/alpha@v1.0.0",
+    ];
+    let out = download(&gw, &agent, &first, &[("GOSUMDB", &own)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let m = gw.metrics().await;
+    let lookups = |m: &str, outcome: &str| {
+        metric(
+            m,
+            "modgate_own_sumdb_lookups_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert!(
+        lookups(&m, "found") + lookups(&m, "added") >= 2.0,
+        "the go command looked both versions up in modgate's database: {m}"
+    );
+    assert_eq!(metric(&m, "modgate_own_sumdb_records", &[]), 2.0, "{m}");
+    // The private path went nowhere public.
+    assert!(!proxy.paths().iter().any(|p| p.contains("corp.example")));
+    assert!(!sumdb.requests().iter().any(|p| p.contains("corp.example")));
+
+    // The database is a real one on its own host too: the go command with the database's
+    // URL given (no proxy), a fresh agent, the same hashes.
+    let direct = format!("{own} https://{OWN}");
+    let out2 = download(
+        &gw,
+        &work.path().join("agent-direct"),
+        &first,
+        &[("GOSUMDB", &direct)],
+    );
+    assert!(out2.status.success(), "{}", text(&out2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("Sum"))
+            .collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out2.stdout)
+            .lines()
+            .filter(|l| l.contains("Sum"))
+            .collect::<Vec<_>>()
+    );
+    // Its signed head verifies with the key the agent set-up prints.
+    let (status, _, latest) = gw.get(&format!("{OWN}:443"), "/latest", Alpn::H1).await;
+    assert_eq!(status, 200);
+    let key = modgate_core::gomod::note::VerifierKey::parse(&own).unwrap();
+    let head = key
+        .verify_note(std::str::from_utf8(&latest).unwrap())
+        .unwrap();
+    assert!(head.starts_with("go.sum database tree\n2\n"), "{head}");
+    // A public path exempt from verification has no record, and says why.
+    let (status, _, body) = gw
+        .get(
+            "proxy.golang.org:443",
+            &format!("/sumdb/{OWN}/lookup/example.com/unknown@v1.0.0"),
+            Alpn::H1,
+        )
+        .await;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    drop(gw);
+
+    // 2. A restart serves the same tree and extends it: the first agent, which kept the tree
+    // head it verified, checks that the new tree is consistent with it.
+    let gw = start().await;
+    assert_eq!(gosumdb(&gw), own, "the same key after a restart");
+    let next = [
+        "example.com/pub@v1.1.0",
+        "git.corp.example/team/alpha@v1.1.0",
+    ];
+    let out = download(&gw, &agent, &next, &[("GOSUMDB", &own)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "modgate_own_sumdb_records", &[]), 4.0, "{m}");
+    drop(gw);
+
+    // 3. The private tag is force-pushed, the cache lost, the gateway restarted: modgate
+    // refuses the new content (its pin), so a fresh agent fails with both hashes named.
+    let bare = repos.join("team/alpha");
+    let v11 = git(&bare, &["rev-parse", "v1.1.0^{commit}"]);
+    git(&bare, &["tag", "-f", "v1.0.0", v11.trim()]);
+    std::fs::remove_dir_all(data.join("cache")).unwrap();
+    let gw = start().await;
+    let alpha = ["git.corp.example/team/alpha@v1.0.0"];
+    let out = download(
+        &gw,
+        &work.path().join("agent-3"),
+        &alpha,
+        &[("GOSUMDB", &own)],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("changed since modgate first served it"),
+        "{}",
+        text(&out)
+    );
+
+    // 4. Even after an operator repins the version, agents verifying against modgate's
+    // database keep refusing the new content: its record does not change.
+    let cfg = base.path().join("ops.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\ndata_dir = \"{}\"\n[sumdb]\nserve = \"{OWN}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let repin = modgate_command()
+        .args(["integrity", "repin", alpha[0], "--reason", "re-tagged"])
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(repin.status.success(), "{}", text(&repin));
+    let out = download(
+        &gw,
+        &work.path().join("agent-4"),
+        &alpha,
+        &[("GOSUMDB", &own)],
+    );
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains("SECURITY ERROR") && said.contains(&format!("{OWN}: h1:")),
+        "{said}"
+    );
+    // The same content without a checksum database is served (the operator's decision).
+    let out = download(
+        &gw,
+        &work.path().join("agent-5"),
+        &alpha,
+        &[("GOSUMDB", "off")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    // `explain` names the record.
+    let out = modgate_command()
+        .args(["explain", "example.com/pub@v1.0.0", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let explained = text(&out);
+    assert!(
+        explained.contains(&format!("in {OWN} (verified sum.golang.org ")),
+        "{explained}"
+    );
+}
