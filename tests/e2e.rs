@@ -791,3 +791,81 @@ async fn verifying_gateway(
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_checksum_database_fails_closed_unless_fail_open_which_warns() {
+    let ca = TestCa::new();
+    let tree = tempfile::tempdir().unwrap();
+    write_module(
+        tree.path(),
+        "example.com/m",
+        "v1.0.0",
+        "module example.com/m\n\ngo 1.19\n",
+        &[("m.go", "package m\n")],
+    );
+    let proxy = Upstream::tls(&ca, files_dir(tree.path().to_path_buf())).await;
+    // A database nobody answers at: a loopback port just closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("https://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let key = modgate_core::gomod::note::Signer::from_seed("sum.golang.org", [5; 32])
+        .unwrap()
+        .vkey();
+    let start = |fail_open: bool| {
+        let (proxy_base, gone, key) = (proxy.base_url(), gone.clone(), key.clone());
+        TestGateway::start(&ca, move |c| {
+            c.upstream
+                .overrides
+                .insert("proxy.golang.org".into(), proxy_base);
+            c.upstream.overrides.insert("sum.golang.org".into(), gone);
+            c.sumdb.verify = "sum.golang.org".into();
+            c.sumdb.keys = vec![key];
+            c.sumdb.fail_open = fail_open;
+        })
+    };
+    const MOD: &str = "/example.com/m/@v/v1.0.0.mod";
+
+    let closed_gw = start(false).await;
+    let (status, headers, body) = closed_gw.get("proxy.golang.org:443", MOD, Alpn::H1).await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{text}");
+    assert!(
+        text.contains("cannot verify example.com/m@v1.0.0 against the checksum database"),
+        "{text}"
+    );
+    assert!(headers.get("warning").is_none());
+    let m = closed_gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "modgate_sumdb_verifications_total",
+            &[("outcome", "unavailable")]
+        ),
+        1.0,
+        "{m}"
+    );
+
+    let open_gw = start(true).await;
+    let (status, headers, body) = open_gw.get("proxy.golang.org:443", MOD, Alpn::H1).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(&body[..], b"module example.com/m\n\ngo 1.19\n");
+    let warning = headers
+        .get("warning")
+        .expect("a Warning header")
+        .to_str()
+        .unwrap();
+    assert!(
+        warning.starts_with("199 modgate \"modgate: served unverified (sumdb.fail_open): cannot verify example.com/m@v1.0.0"),
+        "{warning}"
+    );
+    let m = open_gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "modgate_sumdb_verifications_total",
+            &[("outcome", "unverified")]
+        ),
+        1.0,
+        "{m}"
+    );
+}

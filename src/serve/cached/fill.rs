@@ -58,7 +58,8 @@ impl Client {
     }
 
     /// Gives the client the rest of a body that passed: all of it, or the held-back last chunk.
-    async fn finish(self, content: Content, held: Option<Bytes>) {
+    /// `warning` (a `Warning` header value) reaches a client not answered yet.
+    async fn finish(self, content: Content, held: Option<Bytes>, warning: Option<&String>) {
         match self {
             Client::Waiting(answer, chunks, len) => {
                 let body = if chunks.len() == 1 {
@@ -73,6 +74,9 @@ impl Client {
                 let mut resp =
                     Response::new(Full::new(body).map_err(|never| match never {}).boxed());
                 set_headers(&mut resp, content, CacheOutcome::Miss, Some(len as u64));
+                if let Some(w) = warning.and_then(|w| http::HeaderValue::from_str(w).ok()) {
+                    resp.headers_mut().insert(http::header::WARNING, w);
+                }
                 let _ = answer.reply.send(Led {
                     result: Ok(resp),
                     waited: Some(answer.waited),
@@ -112,6 +116,8 @@ pub(super) async fn fill(
     let mut held: Option<Bytes> = None;
     let mut total: u64 = 0;
     let idle = state.config.upstream.response_timeout;
+    // Set when the body is served unproven under `sumdb.fail_open`.
+    let unproven = std::sync::OnceLock::new();
 
     let failure: Option<String> = loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
@@ -202,7 +208,7 @@ pub(super) async fn fill(
         // The cache could not be written: the body is delivered uncached, but only once it has
         // passed the same checks (and proof) from memory; one too large to hold is refused.
         Fill::Failed => match memory.take() {
-            Some(m) => check_unstored(spec, state, m.freeze(), proof.take()).await,
+            Some(m) => check_unstored(spec, state, m.freeze(), proof.take(), &unproven).await,
             None => Err(Some(unstorable(spec))),
         },
         file => {
@@ -222,7 +228,9 @@ pub(super) async fn fill(
                 }
                 Some(verifier) => {
                     let pending = proof.take();
-                    match proven_commit(spec, verifier, state, file, last, pending).await {
+                    let commit =
+                        proven_commit(spec, verifier, state, file, last, pending, &unproven);
+                    match commit.await {
                         Err(rejected) => Ok(Err(StoreError::Rejected(rejected))),
                         Ok(res) => res,
                     }
@@ -237,7 +245,7 @@ pub(super) async fn fill(
                     state.cache.count_error();
                     if written == 0 {
                         // All of it is in hand: checked from memory.
-                        check_unstored(spec, state, last_copy, proof.take()).await
+                        check_unstored(spec, state, last_copy, proof.take(), &unproven).await
                     } else {
                         Err(Some(unstorable(spec)))
                     }
@@ -248,7 +256,7 @@ pub(super) async fn fill(
     };
     match committed {
         Ok(sync) => {
-            client.finish(spec.content, held).await;
+            client.finish(spec.content, held, unproven.get()).await;
             // After the client has its answer: any directory fsync still owed, and drop any
             // remembered not-found (a newer positive entry already wins over it in `serve`).
             let cache = state.cache.clone();
@@ -271,7 +279,7 @@ pub(super) async fn fill(
         }
         Err(None) => {
             // Not stored (disk trouble), but the bytes were fine: the client gets them.
-            client.finish(spec.content, held).await;
+            client.finish(spec.content, held, unproven.get()).await;
             FillOutcome::Uncached
         }
     }
@@ -287,6 +295,7 @@ async fn proven_commit(
     file: Fill,
     last: Bytes,
     pending: Option<prove::PendingProof>,
+    unproven: &std::sync::OnceLock<String>,
 ) -> Result<Result<Result<DirSync, StoreError>, tokio::task::JoinError>, ContentError> {
     let Entry::Module { module, file: what } = spec.key.entry() else {
         unreachable!("only module files are proven");
@@ -318,7 +327,7 @@ async fn proven_commit(
         version: &version,
         proven,
     };
-    proved(spec, verifier, state, subject, &h1, proof).await?;
+    proved(spec, verifier, state, subject, &h1, proof, unproven).await?;
     Ok(tokio::task::spawn_blocking(move || pending.commit_then(|_| Ok(()))).await)
 }
 
@@ -340,6 +349,7 @@ async fn check_unstored(
     state: &Arc<State>,
     data: Bytes,
     started: Option<prove::PendingProof>,
+    unproven: &std::sync::OnceLock<String>,
 ) -> Result<DirSync, Option<String>> {
     let key = spec.key.clone();
     let hash = spec.prove.is_some();
@@ -366,7 +376,7 @@ async fn check_unstored(
             version,
             proven,
         };
-        proved(spec, verifier, state, subject, &h1, started)
+        proved(spec, verifier, state, subject, &h1, started, unproven)
             .await
             .map_err(|e| Some(e.to_string()))?;
     }
@@ -415,6 +425,7 @@ async fn proved(
     subject: Subject<'_>,
     h1: &str,
     started: Option<prove::PendingProof>,
+    unproven: &std::sync::OnceLock<String>,
 ) -> Result<(), ContentError> {
     let Subject {
         module,
@@ -435,6 +446,17 @@ async fn proved(
         Err(e @ ProofError::Unavailable { .. }) if verifier.fail_open => {
             count("unverified");
             tracing::warn!(key = %spec.key, error = %e, "serving unverified (sumdb.fail_open)");
+            let text: String = format!("modgate: served unverified (sumdb.fail_open): {e}")
+                .chars()
+                .map(|c| {
+                    if c == '"' || c == '\\' || c.is_control() {
+                        '\''
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            let _ = unproven.set(format!("199 modgate \"{text}\""));
         }
         Err(e) => {
             count(e.outcome());
@@ -483,6 +505,8 @@ pub(super) async fn prove_found(
             },
             &h1,
             None,
+            // Served later from the cache, with no header.
+            &std::sync::OnceLock::new(),
         )
         .await
         .map_err(|e| e.to_string()),
