@@ -251,3 +251,120 @@ async fn the_go_command_verifies_public_and_private_modules_against_modgates_own
         "{explained}"
     );
 }
+
+/// Two replicas sharing one bucket (a real Garage): they pin each private version once for
+/// both, and serve one checksum-database tree that either extends.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_sharing_a_bucket_agree_on_pins_and_on_one_tree() {
+    let garage = crate::shared_cache::Garage::start();
+    let ca = TestCa::new();
+    let base = tempfile::tempdir().unwrap();
+    let tree = base.path().join("goproxy");
+    for v in ["v1.0.0", "v1.1.0"] {
+        write_module(
+            &tree,
+            "example.com/pub",
+            v,
+            "module example.com/pub\n\ngo 1.19\n",
+            &[("pub.go", "package pub\n")],
+        );
+    }
+    let sumdb = SumDb::start(&ca, &tree);
+    let proxy = Upstream::tls(&ca, files_dir(tree.clone())).await;
+    let repos = build_repos(base.path());
+    let git_host = Upstream::tls(&ca, internal_git_host(repos.clone(), Arc::default())).await;
+    // One CA directory (so one signing key, as replicas share the CA Secret), two data dirs.
+    let ca_dir = base.path().join("ca");
+    let route = route(base.path(), PASSWORD);
+    let replica = |data: &str| {
+        let (pb, sb, gb, vkey) = (
+            proxy.base_url(),
+            sumdb.base_url(),
+            git_host.base_url(),
+            sumdb.vkey.clone(),
+        );
+        let (ca_dir, data, route) = (ca_dir.clone(), base.path().join(data), route.clone());
+        let garage = &garage;
+        TestGateway::start(&ca, move |c| {
+            c.upstream.overrides.insert("proxy.golang.org".into(), pb);
+            c.upstream.overrides.insert("sum.golang.org".into(), sb);
+            c.upstream.overrides.insert("git.internal".into(), gb);
+            c.sumdb.verify = "sum.golang.org".into();
+            c.sumdb.keys = vec![vkey];
+            c.sumdb.serve = OWN.into();
+            c.private.routes = vec![route];
+            c.private.mirror_ttl = std::time::Duration::from_millis(1);
+            c.ca.dir = ca_dir;
+            c.storage.data_dir = data;
+            garage.configure(c);
+        })
+    };
+    let a = replica("data-a").await;
+    let b = replica("data-b").await;
+    let own = gosumdb(&a);
+    assert_eq!(gosumdb(&b), own);
+    let work = tempfile::tempdir().unwrap();
+    let agent = work.path().join("agent");
+
+    // 1. Through replica A, then (the same agent, which keeps the tree head it verified)
+    // through replica B: B's tree extends A's, or the go command would refuse it.
+    let first = [
+        "example.com/pub@v1.0.0",
+        "git.corp.example/team/alpha@v1.0.0",
+    ];
+    let out = download(&a, &agent, &first, &[("GOSUMDB", &own)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let next = [
+        "example.com/pub@v1.1.0",
+        "git.corp.example/team/alpha@v1.1.0",
+    ];
+    let out = download(&b, &agent, &next, &[("GOSUMDB", &own)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let m = b.metrics().await;
+    assert_eq!(metric(&m, "modgate_own_sumdb_records", &[]), 4.0, "{m}");
+    // A serves the tree B extended.
+    let key = modgate_core::gomod::note::VerifierKey::parse(&own).unwrap();
+    let (status, _, latest) = a.get(&format!("{OWN}:443"), "/latest", Alpn::H1).await;
+    assert_eq!(status, 200);
+    let head = key
+        .verify_note(std::str::from_utf8(&latest).unwrap())
+        .unwrap();
+    assert!(head.starts_with("go.sum database tree\n4\n"), "{head}");
+
+    // 2. The tag A pinned is force-pushed. B never built it, but the fleet's pin is in the
+    // bucket: B refuses the new content too.
+    let bare = repos.join("team/alpha");
+    let v11 = git(&bare, &["rev-parse", "v1.1.0^{commit}"]);
+    git(&bare, &["tag", "-f", "v1.0.0", v11.trim()]);
+    let alpha = ["git.corp.example/team/alpha@v1.0.0"];
+    let off = [("GOSUMDB", "off")];
+    let out = download(&b, &work.path().join("agent-2"), &alpha, &off);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("changed since modgate first served it"),
+        "{}",
+        text(&out)
+    );
+
+    // 3. A repin with the shared bucket in the configuration clears the fleet's pin: B serves
+    // (and pins) the new content.
+    let cfg = base.path().join("ops.toml");
+    let mut ops = modgate::config::Config::default();
+    ops.storage.data_dir = base.path().join("data-b");
+    garage.configure(&mut ops);
+    std::fs::write(&cfg, toml::to_string(&ops).unwrap()).unwrap();
+    let repin = modgate_command()
+        .args(["integrity", "repin", alpha[0], "--reason", "re-tagged"])
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(repin.status.success(), "{}", text(&repin));
+    assert!(
+        text(&repin).contains("pins in the shared bucket"),
+        "{}",
+        text(&repin)
+    );
+    let out = download(&b, &work.path().join("agent-3"), &alpha, &off);
+    assert!(out.status.success(), "{}", text(&out));
+}

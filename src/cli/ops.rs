@@ -325,6 +325,30 @@ pub fn repin(config: &Config, target: &str, reason: &str) -> anyhow::Result<Stri
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
     pins.repin(module.as_str(), &version, reason, &by)?;
+    // With a shared bucket, the fleet's pins there go too: the next replica to serve the
+    // version pins it again, and the others adopt that pin.
+    let mut shared_note = String::new();
+    if let Some(bucket) = &config.shared_cache.bucket {
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(async {
+            let events = prometheus::IntCounterVec::new(
+                prometheus::Opts::new("cli_shared_cache_events", "unused"),
+                &["event"],
+            )
+            .expect("metric");
+            let shared =
+                crate::store::shared::SharedStore::connect(&config.shared_cache, bucket, events)
+                    .await?;
+            for file in [PinFile::Mod, PinFile::Zip] {
+                shared
+                    .delete_small(&crate::store::pins::shared_key(&module, &version, file))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("shared_cache: removing the pins: {e}"))?;
+            }
+            anyhow::Ok(())
+        })?;
+        shared_note = format!(", and its pins in the shared bucket {bucket:?}");
+    }
     // Its cached files go too (when there is a cache), so the next fetch builds it again.
     for op in [
         ProxyOp::Info(version.clone()),
@@ -338,7 +362,7 @@ pub fn repin(config: &Config, target: &str, reason: &str) -> anyhow::Result<Stri
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "repinned {module}@{version} (by {by}: {reason}); {} pin(s) dropped, its cached files removed; the next fetch pins what the repository has now",
+        "repinned {module}@{version} (by {by}: {reason}); {} pin(s) dropped{shared_note}, its cached files removed; the next fetch pins what the repository has now",
         held.len()
     );
     Ok(out)

@@ -179,8 +179,12 @@ impl Gateway {
                     crate::store::sumlog::SumLog::open(&data_dir, signer)
                 })
                 .await??;
+                let log = Arc::new(log);
+                if let Some(shared) = &shared {
+                    serve::ownsum::join(shared, &log).await?;
+                }
                 metrics.own_sumdb_records.set(log.size() as i64);
-                Some(Arc::new(log))
+                Some(log)
             }
             None => None,
         };

@@ -22,6 +22,7 @@ use crate::body::Body;
 use crate::serve::respond::ServeError;
 use crate::serve::{Live, State, private, prove};
 use crate::store::pins::PinFile;
+use crate::store::shared::{Once, SharedStore};
 use crate::store::sumlog::{Found, SumLog};
 use modgate_core::gomod::path::ModulePath;
 use modgate_core::policy::classify::{ProxyOp, SumDbOp, Target};
@@ -38,6 +39,68 @@ pub async fn serve(
             "sumdb.serve was set by a reload; modgate's own checksum database starts with the next restart".into(),
         ));
     };
+    match op {
+        SumDbOp::Supported => Ok(Response::new(crate::body::empty())),
+        SumDbOp::Latest => {
+            if let Some(shared) = &state.shared
+                && let Err(e) = catch_up(shared, log).await
+            {
+                tracing::warn!(error = %e, "cannot catch up with the shared checksum-database log");
+            }
+            Ok(text(log.latest().to_string(), "no-cache"))
+        }
+        SumDbOp::Tile(t) => {
+            // A tile of a newer tree than this replica's (another replica added records).
+            if log.tile(&t).is_none()
+                && let Some(shared) = &state.shared
+                && let Err(e) = catch_up(shared, log).await
+            {
+                tracing::warn!(error = %e, "cannot catch up with the shared checksum-database log");
+            }
+            tile(log, t)
+        }
+        SumDbOp::Lookup { module, version } => lookup(state, dynamic, log, module, version).await,
+    }
+}
+
+fn tile(log: &SumLog, t: modgate_core::gomod::sumdb::Tile) -> Result<Response<Body>, ServeError> {
+    match log.tile(&t) {
+        Some(data) => {
+            let mut resp = Response::new(crate::body::full(data));
+            let content_type = if t.l < 0 {
+                "text/plain; charset=utf-8"
+            } else {
+                "application/octet-stream"
+            };
+            let h = resp.headers_mut();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type),
+            );
+            if t.is_full() {
+                h.insert(
+                    http::header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=86400, immutable"),
+                );
+            }
+            Ok(resp)
+        }
+        None => Err(ServeError::ClientNotFound(format!(
+            "not found: {} is not in the tree of {} (size {})",
+            t.path(),
+            log.name(),
+            log.size()
+        ))),
+    }
+}
+
+async fn lookup(
+    state: &Arc<State>,
+    dynamic: &Live,
+    log: &Arc<SumLog>,
+    module: ModulePath,
+    version: String,
+) -> Result<Response<Body>, ServeError> {
     let count = |outcome: &str| {
         state
             .metrics
@@ -45,58 +108,35 @@ pub async fn serve(
             .with_label_values(&[outcome])
             .inc();
     };
-    match op {
-        SumDbOp::Supported => Ok(Response::new(crate::body::empty())),
-        SumDbOp::Latest => Ok(text(log.latest().to_string(), "no-cache")),
-        SumDbOp::Tile(t) => match log.tile(&t) {
-            Some(data) => {
-                let mut resp = Response::new(crate::body::full(data));
-                let content_type = if t.l < 0 {
-                    "text/plain; charset=utf-8"
-                } else {
-                    "application/octet-stream"
-                };
-                let h = resp.headers_mut();
-                h.insert(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static(content_type),
-                );
-                if t.is_full() {
-                    h.insert(
-                        http::header::CACHE_CONTROL,
-                        HeaderValue::from_static("public, max-age=86400, immutable"),
-                    );
-                }
-                Ok(resp)
-            }
-            None => Err(ServeError::ClientNotFound(format!(
-                "not found: {} is not in the tree of {} (size {})",
-                t.path(),
-                log.name(),
-                log.size()
-            ))),
-        },
-        SumDbOp::Lookup { module, version } => {
-            if let Some(found) = log.find(module.as_str(), &version) {
-                count("found");
-                return Ok(text(found.lookup_body(), "no-cache"));
-            }
-            match record(state, dynamic, log, &module, &version).await {
-                Ok(found) => {
-                    count("added");
-                    Ok(text(found.lookup_body(), "no-cache"))
-                }
-                Err(e) => {
-                    count(match &e {
-                        ServeError::ClientNotFound(_) => "not_found",
-                        ServeError::UpstreamFailed(_) | ServeError::UpstreamStatus { .. } => {
-                            "refused"
-                        }
-                        _ => "error",
-                    });
-                    Err(e)
-                }
-            }
+    if let Some(found) = log.find(module.as_str(), &version) {
+        count("found");
+        return Ok(text(found.lookup_body(), "no-cache"));
+    }
+    // Another replica may have recorded it.
+    if let Some(shared) = &state.shared {
+        catch_up(shared, log).await.map_err(|e| {
+            ServeError::UpstreamFailed(format!(
+                "modgate's checksum database {} cannot read the shared bucket: {e}",
+                log.name()
+            ))
+        })?;
+        if let Some(found) = log.find(module.as_str(), &version) {
+            count("found");
+            return Ok(text(found.lookup_body(), "no-cache"));
+        }
+    }
+    match record(state, dynamic, log, &module, &version).await {
+        Ok(found) => {
+            count("added");
+            Ok(text(found.lookup_body(), "no-cache"))
+        }
+        Err(e) => {
+            count(match &e {
+                ServeError::ClientNotFound(_) => "not_found",
+                ServeError::UpstreamFailed(_) | ServeError::UpstreamStatus { .. } => "refused",
+                _ => "error",
+            });
+            Err(e)
         }
     }
 }
@@ -157,7 +197,9 @@ async fn record(
     add(state, log, module, version, zip, go_mod, source).await
 }
 
-/// Appends a record (on the blocking pool: it fsyncs).
+/// Appends a record (on the blocking pool: it fsyncs). With a shared bucket the record takes
+/// the next id there, written once, so every replica serves one tree: catch up with what other
+/// replicas added, then claim the next id; a lost race catches up again.
 pub async fn add(
     state: &Arc<State>,
     log: &Arc<SumLog>,
@@ -167,17 +209,130 @@ pub async fn add(
     go_mod: String,
     source: String,
 ) -> Result<Found, ServeError> {
-    let (log2, m, v) = (log.clone(), module.to_string(), version.to_string());
-    let (found, new) =
-        tokio::task::spawn_blocking(move || log2.add(&m, &v, &zip, &go_mod, &source))
+    let Some(shared) = &state.shared else {
+        let (log2, m, v) = (log.clone(), module.to_string(), version.to_string());
+        let (found, new) =
+            tokio::task::spawn_blocking(move || log2.add(&m, &v, &zip, &go_mod, &source))
+                .await
+                .map_err(|e| ServeError::Internal(format!("checksum-database task failed: {e}")))?
+                .map_err(|e| ServeError::Internal(e.to_string()))?;
+        if new {
+            recorded(state, log, module, version, found.id);
+        }
+        return Ok(found);
+    };
+    let bucket_err = |e: String| {
+        ServeError::UpstreamFailed(format!(
+            "modgate's checksum database {} cannot record {module}@{version}: the shared bucket failed: {e}",
+            log.name()
+        ))
+    };
+    let _one = log.appending.lock().await;
+    for _ in 0..64 {
+        catch_up(shared, log).await.map_err(bucket_err)?;
+        if let Some(found) = log.find(module.as_str(), version) {
+            return Ok(found);
+        }
+        let id = log.size();
+        let data = SumLog::new_record(module.as_str(), version, &zip, &go_mod, &source);
+        match shared
+            .create_once(&shared_key(log.name(), id), data.clone().into())
             .await
-            .map_err(|e| ServeError::Internal(format!("checksum-database task failed: {e}")))?
-            .map_err(|e| ServeError::Internal(e.to_string()))?;
-    if new {
-        state.metrics.own_sumdb_records.set(log.size() as i64);
-        tracing::info!(%module, version, id = found.id, "recorded in modgate's checksum database");
+            .map_err(|e| bucket_err(e.to_string()))?
+        {
+            Once::Created => {
+                apply(log, id, data).await.map_err(bucket_err)?;
+                recorded(state, log, module, version, id);
+                return log
+                    .find(module.as_str(), version)
+                    .ok_or_else(|| ServeError::Internal("record vanished".into()));
+            }
+            // Another replica took the id: its record is applied by the next catch-up.
+            Once::Exists(_) => continue,
+        }
     }
-    Ok(found)
+    Err(bucket_err("too many racing appends".into()))
+}
+
+fn recorded(state: &State, log: &SumLog, module: &ModulePath, version: &str, id: u64) {
+    state.metrics.own_sumdb_records.set(log.size() as i64);
+    tracing::info!(%module, version, id, "recorded in modgate's checksum database");
+}
+
+/// Record `id` of database `name` in the shared bucket.
+fn shared_key(name: &str, id: u64) -> String {
+    format!("sumdb/{name}/records/{id:012}")
+}
+
+async fn apply(log: &Arc<SumLog>, id: u64, data: Vec<u8>) -> Result<(), String> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || log.apply(id, &data))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Applies the records other replicas added to the shared bucket after this log's last one.
+pub async fn catch_up(shared: &SharedStore, log: &Arc<SumLog>) -> Result<(), String> {
+    loop {
+        let id = log.size();
+        match shared
+            .get_small(&shared_key(log.name(), id))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(data) => apply(log, id, data.to_vec()).await?,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// At start, with a shared bucket: publishes the records this log has and the bucket lacks
+/// (a replica that served alone before), refuses to start if the two disagree (they would
+/// serve two different trees), then catches up.
+pub async fn join(shared: &SharedStore, log: &Arc<SumLog>) -> anyhow::Result<()> {
+    let name = log.name();
+    let size = log.size();
+    // The bucket's size, if below ours: the first id it lacks, found walking down from ours.
+    let mut have = size;
+    while have > 0
+        && shared
+            .get_small(&shared_key(name, have - 1))
+            .await?
+            .is_none()
+    {
+        have -= 1;
+    }
+    for id in 0..size {
+        // Records the bucket has are compared (the last one suffices: a tree is fixed by its
+        // records in order, and ids below it were compared when it was written); the rest are
+        // written.
+        if id + 1 < have {
+            continue;
+        }
+        let mine = log.record_bytes(id).expect("below the log's size");
+        let theirs = if id < have {
+            shared.get_small(&shared_key(name, id)).await?
+        } else {
+            match shared
+                .create_once(&shared_key(name, id), mine.into())
+                .await?
+            {
+                Once::Created => None,
+                Once::Exists(b) => Some(b),
+            }
+        };
+        if let Some(theirs) = theirs
+            && !log.same_record(id, &theirs)
+        {
+            anyhow::bail!(
+                "sumdb.serve: this replica's checksum-database log ({} records) and the shared bucket's disagree at record {id}; they would serve two different trees. Keep one: move {} away to take the bucket's",
+                size,
+                SumLog::path(std::path::Path::new("<storage.data_dir>"), name).display()
+            );
+        }
+    }
+    catch_up(shared, log).await.map_err(anyhow::Error::msg)
 }
 
 /// A private version's pinned hashes: its go.mod and zip are served through its private route

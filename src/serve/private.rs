@@ -20,7 +20,8 @@ use crate::store::content::{ContentError, check_entry};
 use crate::store::disk::PendingEntry;
 use crate::store::flight::Join;
 use crate::store::mirror::{GitAccess, Mirror, MirrorError};
-use crate::store::pins::{Checked, PinError, PinFile};
+use crate::store::pins::{Checked, Pin, PinChange, PinError, PinFile};
+use crate::store::shared::Once;
 use crate::telemetry::ctx::ReqCtx;
 use crate::telemetry::labels::CacheOutcome;
 use modgate_core::gomod::coderepo::{CodeHost, CodeRepo, RepoError};
@@ -392,7 +393,9 @@ fn pin(
             .with_label_values(&[event])
             .inc();
     };
-    match state.pins.check(module.as_str(), version, file, h1, commit) {
+    let checked = shared_pin(state, module, version, file, h1, commit)
+        .and_then(|()| state.pins.check(module.as_str(), version, file, h1, commit));
+    match checked {
         Ok(Checked::Pinned) => {
             count("pinned");
             tracing::info!(%module, version, ?file, h1, commit, "private version pinned");
@@ -409,6 +412,69 @@ fn pin(
         }
         Err(e) => Err(ServeError::Internal(e.to_string())),
     }
+}
+
+/// With a shared bucket, the fleet's pin of `module@version`'s `file` is the bucket's, written
+/// once by the first replica to serve it: different content is refused as changed, and a
+/// local pin that differs from it (an operator repinned on another replica) is replaced.
+/// Blocking (runs the bucket calls on the runtime from a blocking thread). A bucket that cannot
+/// be reached leaves the decision to the local pin.
+fn shared_pin(
+    state: &State,
+    module: &ModulePath,
+    version: &str,
+    file: PinFile,
+    h1: &str,
+    commit: &str,
+) -> Result<(), PinError> {
+    let Some(shared) = &state.shared else {
+        return Ok(());
+    };
+    let key = crate::store::pins::shared_key(module, version, file);
+    let mine = Pin {
+        h1: h1.to_string(),
+        commit: commit.to_string(),
+        at: crate::store::pins::now(),
+    };
+    let data = bytes::Bytes::from(serde_json::to_vec(&mine).expect("serializable"));
+    let decided = tokio::runtime::Handle::current().block_on(shared.create_once(&key, data));
+    let theirs: Pin = match decided {
+        Ok(Once::Created) => return Ok(()),
+        Ok(Once::Exists(bytes)) => match serde_json::from_slice(&bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "unreadable pin in the shared bucket; using the local pin");
+                return Ok(());
+            }
+        },
+        Err(e) => {
+            tracing::warn!(key, error = %e, "shared bucket unavailable for pins; using the local pin");
+            return Ok(());
+        }
+    };
+    if theirs.h1 != h1 {
+        return Err(PinError::Changed(Box::new(PinChange {
+            module: module.to_string(),
+            version: version.to_string(),
+            suffix: file.suffix(),
+            old_h1: theirs.h1,
+            old_commit: theirs.commit,
+            at: theirs.at,
+            new_h1: h1.to_string(),
+            new_commit: commit.to_string(),
+        })));
+    }
+    let local = state.pins.get(module.as_str(), version)?;
+    if local.iter().any(|(f, p)| *f == file && p.h1 != theirs.h1) {
+        state.pins.adopt(
+            module.as_str(),
+            version,
+            file,
+            &theirs,
+            "pinned differently in the shared bucket (repinned on another replica)",
+        )?;
+    }
+    Ok(())
 }
 
 /// Builds the module zip for `module@v` into `pending`, with x/mod's rules; returns the commit

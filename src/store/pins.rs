@@ -26,7 +26,7 @@ pub enum PinFile {
 }
 
 impl PinFile {
-    fn suffix(self) -> &'static str {
+    pub fn suffix(self) -> &'static str {
         match self {
             PinFile::Mod => "/go.mod",
             PinFile::Zip => "",
@@ -67,8 +67,8 @@ enum Record {
     },
 }
 
-/// What a pin holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a pin holds (also the JSON of a pin in the shared bucket).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pin {
     pub h1: String,
     pub commit: String,
@@ -369,6 +369,43 @@ impl Pins {
             .contains_key(&(module.to_string(), version.to_string(), file)))
     }
 
+    /// Takes `theirs` as the pin of `module@version`'s `file` (the shared bucket's, which an
+    /// operator's repin on another replica changed): a repin record naming why, then the pins.
+    /// Blocking.
+    pub fn adopt(
+        &self,
+        module: &str,
+        version: &str,
+        file: PinFile,
+        theirs: &Pin,
+        why: &str,
+    ) -> Result<(), PinError> {
+        let mut loaded = self.loaded.lock().expect("not poisoned");
+        self.refresh(&mut loaded)?;
+        let kept: Vec<(PinFile, Pin)> = of_version(&loaded.pins, module, version)
+            .into_iter()
+            .filter(|(f, _)| *f != file)
+            .collect();
+        self.append(&Record::Repin {
+            module: module.to_string(),
+            version: version.to_string(),
+            reason: why.to_string(),
+            by: "shared bucket".to_string(),
+            at: now(),
+        })?;
+        for (f, pin) in kept.iter().chain([(file, theirs.clone())].iter()) {
+            self.append(&Record::Pin {
+                module: module.to_string(),
+                version: version.to_string(),
+                file: *f,
+                h1: pin.h1.clone(),
+                commit: pin.commit.clone(),
+                at: pin.at.clone(),
+            })?;
+        }
+        self.refresh(&mut loaded)
+    }
+
     /// Number of pins held.
     pub fn count(&self) -> Result<usize, PinError> {
         let mut loaded = self.loaded.lock().expect("not poisoned");
@@ -388,7 +425,26 @@ fn of_version<T: Clone>(map: &HashMap<Key, T>, module: &str, version: &str) -> V
     out
 }
 
-fn now() -> String {
+/// Where the pin of `module@version`'s `file` lives in the shared bucket (written once, so
+/// replicas agree): `integrity/pins/<escaped module>@<escaped version>/<mod|zip>`.
+pub fn shared_key(
+    module: &modgate_core::gomod::path::ModulePath,
+    version: &str,
+    file: PinFile,
+) -> String {
+    format!(
+        "integrity/pins/{}@{}/{}",
+        module.escaped(),
+        modgate_core::gomod::path::escape_version(version).unwrap_or_else(|_| version.to_string()),
+        match file {
+            PinFile::Mod => "mod",
+            PinFile::Zip => "zip",
+        }
+    )
+}
+
+/// Now, as the log writes times.
+pub fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

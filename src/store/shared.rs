@@ -519,6 +519,99 @@ impl SharedStore {
     }
 }
 
+/// What [`SharedStore::create_once`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Once {
+    /// The object is now the one given.
+    Created,
+    /// Another write came first; its bytes.
+    Exists(Bytes),
+}
+
+/// How long a write-once waits for another replica's lock on the same object.
+const ONCE_WAIT: Duration = Duration::from_secs(10);
+
+impl SharedStore {
+    fn record(&self, rel: &str) -> Path {
+        Path::from(format!("{}/{rel}", self.prefix))
+    }
+
+    /// A small object under the prefix, if it exists.
+    pub async fn get_small(&self, rel: &str) -> Result<Option<Bytes>, object_store::Error> {
+        match self.store.get(&self.record(rel)).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a small object under the prefix unless one is there, and says which won: exact
+    /// with conditional put; otherwise under a lock (`locks/<rel>`, with the guarantee of the
+    /// cache's locks: exact as long as racing claims land within [`SETTLE`] of each other).
+    pub async fn create_once(&self, rel: &str, data: Bytes) -> Result<Once, object_store::Error> {
+        let path = self.record(rel);
+        if self.conditional {
+            let put = self
+                .store
+                .put_opts(
+                    &path,
+                    PutPayload::from(data),
+                    PutOptions {
+                        mode: PutMode::Create,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            return match put {
+                Ok(_) => Ok(Once::Created),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => {
+                    Ok(Once::Exists(self.get_small(rel).await?.unwrap_or_default()))
+                }
+                Err(e) => Err(e),
+            };
+        }
+        let lock_key = format!("once/{rel}");
+        let deadline = tokio::time::Instant::now() + ONCE_WAIT;
+        let guard = loop {
+            if let Some(existing) = self.get_small(rel).await? {
+                return Ok(Once::Exists(existing));
+            }
+            if let Some(g) = self.acquire(&lock_key).await? {
+                break g;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(object_store::Error::Generic {
+                    store: "shared_cache",
+                    source: format!("another replica holds the lock on {rel}").into(),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let result = match self.get_small(rel).await? {
+            Some(existing) => Ok(Once::Exists(existing)),
+            None => self
+                .store
+                .put(&path, PutPayload::from(data))
+                .await
+                .map(|_| Once::Created),
+        };
+        let mut guard = guard;
+        if let Some(p) = guard.path.take() {
+            let _ = self.store.delete(&p).await;
+        }
+        result
+    }
+
+    /// Removes a small object under the prefix (absent is fine).
+    pub async fn delete_small(&self, rel: &str) -> Result<(), object_store::Error> {
+        match self.store.delete(&self.record(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// A credential from its file (trimmed) or else its environment variable; the error names the
 /// key, never the value.
 fn credential(file: &Option<std::path::PathBuf>, env: &str, key: &str) -> anyhow::Result<String> {

@@ -80,7 +80,8 @@ impl Found {
 #[derive(Debug, Default)]
 struct Inner {
     hashes: HashLog,
-    texts: Vec<Arc<str>>,
+    /// The records, by id.
+    keys: Vec<Line>,
     ids: HashMap<(String, String), u64>,
     /// The signed head of the current size.
     signed: Option<(u64, Arc<str>)>,
@@ -93,6 +94,9 @@ pub struct SumLog {
     signer: Signer,
     file: Mutex<File>,
     inner: Mutex<Inner>,
+    /// Held across a shared-bucket append (catch up, write once, apply), so this replica's
+    /// appends take ids one at a time.
+    pub appending: tokio::sync::Mutex<()>,
 }
 
 impl SumLog {
@@ -143,6 +147,7 @@ impl SumLog {
             signer,
             file: Mutex::new(file),
             inner: Mutex::new(inner),
+            appending: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -197,7 +202,7 @@ impl SumLog {
     pub fn find(&self, module: &str, version: &str) -> Option<Found> {
         let mut inner = self.lock();
         let id = *inner.ids.get(&(module.to_string(), version.to_string()))?;
-        let text = inner.texts[id as usize].clone();
+        let text: Arc<str> = inner.keys[id as usize].text().into();
         let note = inner.note(&self.signer);
         Some(Found { id, text, note })
     }
@@ -220,8 +225,8 @@ impl SumLog {
             return None;
         }
         let mut out = vec![];
-        for text in &inner.texts[start as usize..end as usize] {
-            out.extend_from_slice(text.as_bytes());
+        for line in &inner.keys[start as usize..end as usize] {
+            out.extend_from_slice(line.text().as_bytes());
             out.push(b'\n');
         }
         Some(out)
@@ -252,7 +257,13 @@ impl SumLog {
             source: source.to_string(),
             at: now(),
         };
-        let mut bytes = serde_json::to_vec(&line).expect("serializable");
+        self.write(&mut file, &line)?;
+        let found = self.find(module, version).expect("just added");
+        Ok((found, true))
+    }
+
+    fn write(&self, file: &mut File, line: &Line) -> Result<(), SumLogError> {
+        let mut bytes = serde_json::to_vec(line).expect("serializable");
         bytes.push(b'\n');
         let io = |source| SumLogError::Io {
             path: self.path.clone(),
@@ -260,9 +271,61 @@ impl SumLog {
         };
         file.write_all(&bytes).map_err(io)?;
         file.sync_data().map_err(io)?;
-        self.lock().push(&line);
-        let found = self.find(module, version).expect("just added");
-        Ok((found, true))
+        self.lock().push(line);
+        Ok(())
+    }
+
+    /// The shared-bucket form of a new record for `module@version` (one JSON line).
+    pub fn new_record(
+        module: &str,
+        version: &str,
+        zip: &str,
+        go_mod: &str,
+        source: &str,
+    ) -> Vec<u8> {
+        serde_json::to_vec(&Line {
+            module: module.to_string(),
+            version: version.to_string(),
+            zip: zip.to_string(),
+            go_mod: go_mod.to_string(),
+            source: source.to_string(),
+            at: now(),
+        })
+        .expect("serializable")
+    }
+
+    /// Record `id` in its shared-bucket form, if the log has it.
+    pub fn record_bytes(&self, id: u64) -> Option<Vec<u8>> {
+        let inner = self.lock();
+        let key = inner.keys.get(id as usize)?;
+        Some(serde_json::to_vec(key).expect("serializable"))
+    }
+
+    /// Whether `data` (a record in its shared-bucket form) is the same record as the log's
+    /// record `id`.
+    pub fn same_record(&self, id: u64, data: &[u8]) -> bool {
+        let Ok(line) = serde_json::from_slice::<Line>(data) else {
+            return false;
+        };
+        self.lock()
+            .keys
+            .get(id as usize)
+            .is_some_and(|l| l.text() == line.text())
+    }
+
+    /// Appends record `id` as another replica wrote it to the shared bucket; `id` must be the
+    /// log's size. Blocking.
+    pub fn apply(&self, id: u64, data: &[u8]) -> Result<(), SumLogError> {
+        let mut file = self.file.lock().expect("not poisoned");
+        let line: Line = serde_json::from_slice(data).map_err(|e| SumLogError::Corrupt {
+            path: self.path.clone(),
+            line: id as usize + 1,
+            reason: format!("the shared bucket's record {id}: {e}"),
+        })?;
+        if self.size() != id {
+            return Ok(());
+        }
+        self.write(&mut file, &line)
     }
 }
 
@@ -270,7 +333,7 @@ impl Inner {
     fn push(&mut self, line: &Line) {
         let text = line.text();
         let id = self.hashes.append(text.as_bytes());
-        self.texts.push(text.into());
+        self.keys.push(line.clone());
         self.ids
             .insert((line.module.clone(), line.version.clone()), id);
     }
