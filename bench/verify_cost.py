@@ -7,8 +7,13 @@ before the builds start, as the public database does) and off, interleaved
 so the proof is modgate's alone. Prints the median build time and modgate's CPU per build for
 each, and their ratios.
 
+With --zip-mb N, also the zip path alone: one cold fetch of an N MB module zip through a fresh
+modgate (cache fill, content checks, and with verification the h1 hash and the proof, whose last
+chunk waits for both), verify on and off interleaved: median MB/s and modgate CPU per GB.
+
     cargo build --release -p modgate -p loadgen
     python3 bench/verify_cost.py --modules 60 --rounds 4
+    python3 bench/verify_cost.py --modules 1 --rounds 6 --zip-mb 200
 """
 
 import argparse
@@ -22,7 +27,7 @@ import urllib.request
 
 import common
 import gomodtree
-from common import MODGATE, Procs
+from common import LOADGEN, MODGATE, Procs
 
 GO = "/usr/lib/go-1.19/bin/go"
 
@@ -60,10 +65,55 @@ def go_build(work, tag, env_kw):
     return secs
 
 
+def gateway(p, work, name, mode, certs, up, sdb_addr, vkey):
+    verify = f'keys = ["{vkey}"]' if mode == "on" else 'verify = "off"'
+    return common.start_modgate(p, work, name, f"""
+[sumdb]
+{verify}
+[upstream]
+extra_ca_file = "{certs}/ca.pem"
+[upstream.overrides]
+"proxy.golang.org" = "https://{up}"
+"sum.golang.org" = "https://{sdb_addr}"
+""")
+
+
+def zip_path(a, work, certs, up, sdb_addr, vkey, big):
+    size = os.path.getsize(os.path.join(work, "tree", big, "@v", "v1.0.0.zip"))
+    mbps = {"on": [], "off": []}
+    cpu = {"on": [], "off": []}
+    for r in range(a.rounds):
+        for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):
+            p = Procs()
+            try:
+                mg, proxy, _admin, ca = gateway(p, work, f"zip-{mode}-{r}", mode, certs, up, sdb_addr, vkey)
+                before = common.cpu_seconds(mg.pid)
+                out = subprocess.run(["curl", "-sS", "-f", "-o", "/dev/null", "-w", "%{time_total} %{size_download}", "-x", f"http://{proxy}", "--cacert", ca,
+                                      f"https://proxy.golang.org/{big}/@v/v1.0.0.zip"], capture_output=True, text=True, check=True)
+                secs, got = out.stdout.split()
+                assert int(got) == size, (got, size)
+                mbps[mode].append(size / 1e6 / float(secs))
+                cpu[mode].append((common.cpu_seconds(mg.pid) - before) / (size / 1e9))
+            finally:
+                p.stop()
+                # Each round's 200 MB cache entry goes, so dirty pages do not pile up.
+                shutil.rmtree(os.path.join(work, f"zip-{mode}-{r}-data"), ignore_errors=True)
+                subprocess.run(["sync"])
+    print(f"zip path: cold fetch of one {size / 1e6:.0f} MB zip through a fresh modgate (fill, checks, hash, proof), {a.rounds} rounds interleaved")
+    for mode in ("off", "on"):
+        print(f"  verify {mode:<3}  {statistics.median(mbps[mode]):7.1f} MB/s  (runs {[round(x) for x in mbps[mode]]})"
+              f"   modgate CPU {statistics.median(cpu[mode]):5.2f} s/GB  (runs {[round(c, 2) for c in cpu[mode]]})")
+    print(f"  on / off: throughput {statistics.median(mbps['on']) / statistics.median(mbps['off']):.3f}x, "
+          f"CPU per GB {statistics.median(cpu['on']) / statistics.median(cpu['off']):.3f}x")
+    pair = lambda xs: statistics.median(on / off for on, off in zip(xs["on"], xs["off"]))
+    print(f"  on / off, median of the per-round ratios: throughput {pair(mbps):.3f}x, CPU per GB {pair(cpu):.3f}x")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--modules", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--zip-mb", type=int, default=0, help="also time cold fetches of one zip this large")
     a = ap.parse_args()
     work = common.tmpdir("modgate-verify-")
     procs = Procs()
@@ -71,6 +121,13 @@ def main():
         tree = os.path.join(work, "tree")
         gomodtree.make_tree(tree, a.modules)
         gomodtree.make_app(os.path.join(work, "app"), a.modules)
+        big = "example.com/bigzip"
+        if a.zip_mb:
+            v = os.path.join(tree, big, "@v")
+            os.makedirs(v)
+            subprocess.run([LOADGEN, "mkzip", "--module", big, "--version", "v1.0.0", "--size", str(a.zip_mb << 20), "--out", os.path.join(v, "v1.0.0.zip")], check=True)
+            with open(os.path.join(v, "v1.0.0.mod"), "w") as f:
+                f.write(f"module {big}\n")
         up, certs = common.start_file_server(procs, work, tree)
         fixture = build_fixture(work)
         sdb = procs.start([fixture, "-goproxy", tree, "-cert", f"{certs}/cert.pem", "-key", f"{certs}/key.pem"])
@@ -81,6 +138,11 @@ def main():
         for i in range(a.modules):
             url = f"https://{sdb_addr}/lookup/{gomodtree.module_path(i)}@{gomodtree.VERSION}"
             urllib.request.urlopen(url, context=ctx, timeout=30).read()
+        if a.zip_mb:
+            urllib.request.urlopen(f"https://{sdb_addr}/lookup/{big}@v1.0.0", context=ctx, timeout=300).read()
+            zip_path(a, work, certs, up, sdb_addr, vkey, big)
+            if a.modules <= 1:
+                return
         go_build(work, "warmup", {"GOPROXY": "file://" + tree})
         times = {"on": [], "off": []}
         cpu = {"on": [], "off": []}
@@ -88,16 +150,7 @@ def main():
             for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):
                 p = Procs()
                 try:
-                    verify = f'keys = ["{vkey}"]' if mode == "on" else 'verify = "off"'
-                    mg, proxy, _admin, ca = common.start_modgate(p, work, f"mg-{mode}-{r}", f"""
-[sumdb]
-{verify}
-[upstream]
-extra_ca_file = "{certs}/ca.pem"
-[upstream.overrides]
-"proxy.golang.org" = "https://{up}"
-"sum.golang.org" = "https://{sdb_addr}"
-""")
+                    mg, proxy, _admin, ca = gateway(p, work, f"mg-{mode}-{r}", mode, certs, up, sdb_addr, vkey)
                     before = common.cpu_seconds(mg.pid)
                     secs = go_build(work, f"{mode}-{r}", {"GOPROXY": "https://proxy.golang.org", "HTTPS_PROXY": f"http://{proxy}", "SSL_CERT_FILE": ca})
                     times[mode].append(secs)
