@@ -144,6 +144,39 @@ fn ca_init_and_show() {
 }
 
 #[test]
+fn with_sumdb_serve_ca_init_makes_the_signing_key_and_ca_show_prints_gosumdb() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[ca]\ndir = \"myca\"\n[sumdb]\nserve = \"sum.corp.example\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run(&["ca", "init", "--config", "c.toml"], dir.path());
+    assert!(ok, "{err}");
+    let key_line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("checksum-database key: "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    assert!(key_line.starts_with("sum.corp.example+"), "{key_line}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("myca/sumdb.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let (ok, out, err) = run(&["ca", "show", "--config", "c.toml"], dir.path());
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("export GOSUMDB={key_line}\n")),
+        "{out}"
+    );
+    assert!(!out.contains("PRIVATE+KEY"), "{out}");
+    // The key parses as the go command parses GOSUMDB keys.
+    modgate_core::gomod::note::VerifierKey::parse(&key_line).unwrap();
+}
+
+#[test]
 fn cache_commands_never_create_a_cache() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
