@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Validates deploy/: every YAML and JSON file parses; every metric the Prometheus rules and the
 Grafana dashboard use is one the binary exports (names given in a file, one per line); the rules
-pass `promtool check rules`; the systemd unit passes `systemd-analyze verify`.
+pass `promtool check rules` and their unit tests (`promtool test rules`); the systemd unit passes `systemd-analyze verify`.
 
 Usage: validate.py METRIC_NAMES_FILE MODGATE_BINARY
 Exits non-zero on the first problem; a missing tool is a problem, not a skip.
@@ -41,7 +41,15 @@ def main():
             elif f.endswith(".json"):
                 d = json.load(open(p))
                 for panel in d["panels"]:
-                    exprs += [t["expr"] for t in panel["targets"]]
+                    if panel["type"] != "row":
+                        exprs += [t["expr"] for t in panel["targets"]]
+                        if not panel.get("fieldConfig", {}).get("defaults", {}).get("unit"):
+                            problems.append(f"{p}: panel {panel['title']!r} has no unit")
+                        if any(not t.get("legendFormat") for t in panel["targets"]):
+                            problems.append(f"{p}: panel {panel['title']!r} has a query without a legend")
+                names_of_vars = {v["name"] for v in d.get("templating", {}).get("list", [])}
+                if not {"job", "instance"} <= names_of_vars:
+                    problems.append(f"{p}: the dashboard needs job and instance variables")
     used = set()
     for e in exprs:
         for m in re.findall(r"\bmodgate_[a-z0-9_]+", e):
@@ -62,6 +70,10 @@ def main():
         out = subprocess.run([promtool, "check", "rules", os.path.join(HERE, "prometheus", "rules.yml")], capture_output=True, text=True)
         if out.returncode != 0:
             problems.append(f"promtool: {out.stdout}{out.stderr}")
+        # The alerts' unit tests: each fires on what it is for, not on its false positives.
+        out = subprocess.run([promtool, "test", "rules", "rules.test.yml"], cwd=os.path.join(HERE, "prometheus"), capture_output=True, text=True)
+        if out.returncode != 0 or "SUCCESS" not in out.stdout:
+            problems.append(f"promtool test rules: {out.stdout}{out.stderr}")
     analyze = shutil.which("systemd-analyze")
     if not analyze:
         problems.append("systemd-analyze is not installed (Debian package systemd)")

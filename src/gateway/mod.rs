@@ -118,6 +118,7 @@ impl Gateway {
         };
         let (ca, created_ca) = CertAuthority::load_or_init(&config.ca.dir, constraints.as_deref())?;
         let ca = Arc::new(ca);
+        metrics.ca_expiry.set(ca.not_after().unix_timestamp());
         let leaves = LeafCache::new(ca.clone(), config.ca.leaf_validity, metrics.clone());
         let upstream = UpstreamClient::new(&config.upstream, metrics.clone())
             .map_err(|e| anyhow::anyhow!("upstream: {e}"))?;

@@ -235,6 +235,7 @@ async fn tile_from_wider(
 /// Wraps the response body so the request is logged and measured once it is done.
 pub fn finish(resp: Response<Body>, ctx: ReqCtx) -> Response<Body> {
     let status = resp.status().as_u16();
+    ctx.response_started();
     // An answer to HEAD has no body. hyper leaves it out on HTTP/1.1 but would send it on
     // HTTP/2, where the client then resets the stream. (A fill goes on without its client.)
     let resp = if ctx.method == http::Method::HEAD {

@@ -142,6 +142,14 @@ impl ReqCtx {
         self.module = Some(module);
     }
 
+    /// The response head is ready: how long it took (`modgate_response_start_seconds`).
+    pub fn response_started(&self) {
+        self.metrics
+            .response_start
+            .with_label_values(&[self.route])
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+
     /// Writes the access-log line and the request metrics, once: later calls do nothing.
     pub fn finish(&mut self, status: u16, bytes: u64, outcome: Outcome) {
         if std::mem::replace(&mut self.recorded, true) {

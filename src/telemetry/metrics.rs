@@ -35,6 +35,33 @@ pub const SUMDB_OUTCOMES: [&str; 5] = [
     "unverified",
 ];
 
+/// Every `route` label value.
+pub const ROUTES: [&str; 10] = [
+    "public",
+    "sumdb",
+    "own_sumdb",
+    "private",
+    "git_forward",
+    "goget_answer",
+    "private_refused",
+    "forward",
+    "http_forward",
+    "invalid",
+];
+
+/// Every `reason` of `modgate_tls_failures_total`.
+pub const TLS_FAILURES: [&str; 9] = [
+    "not_tls",
+    "bad_client_hello",
+    "sni_mismatch",
+    "no_sni",
+    "cert_error",
+    "handshake",
+    "timeout",
+    "client_hello_too_large",
+    "closed_before_hello",
+];
+
 /// Every outcome of `modgate_own_sumdb_lookups_total`.
 pub const OWN_SUMDB_OUTCOMES: [&str; 5] = ["found", "added", "not_found", "refused", "error"];
 
@@ -68,6 +95,10 @@ pub struct Metrics {
     names: Vec<String>,
     /// Intercepted and forwarded requests, from head received to body fully sent.
     pub request_duration: HistogramVec,
+    /// Intercepted and forwarded requests, from head received to response head ready.
+    pub response_start: HistogramVec,
+    /// The CA certificate's expiry (Unix seconds).
+    pub ca_expiry: IntGauge,
     /// Upstream exchanges, from request sent to response head received.
     pub upstream_duration: HistogramVec,
     /// TLS handshakes (side = client for intercepted tunnels, upstream for modgate's own).
@@ -142,6 +173,20 @@ impl Metrics {
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["route", "kind", "cache", "status", "entry"],
+            )
+            .expect("metric"),
+            response_start: HistogramVec::new(
+                HistogramOpts::new(
+                    "modgate_response_start_seconds",
+                    "Time from request head to response head (the wait before the first body byte, whatever the body's size), per intercepted or forwarded request.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route"],
+            )
+            .expect("metric"),
+            ca_expiry: IntGauge::new(
+                "modgate_ca_expiry_timestamp_seconds",
+                "When the interception CA's certificate expires (Unix time).",
             )
             .expect("metric"),
             upstream_duration: HistogramVec::new(
@@ -360,6 +405,8 @@ impl Metrics {
             Box::new(m.sumdb_verifications.clone()),
             Box::new(m.integrity_pins.clone()),
             Box::new(m.own_sumdb_records.clone()),
+            Box::new(m.response_start.clone()),
+            Box::new(m.ca_expiry.clone()),
             Box::new(m.own_sumdb_lookups.clone()),
             Box::new(m.egress_refusals.clone()),
             Box::new(m.private_refused.clone()),
@@ -375,6 +422,16 @@ impl Metrics {
             names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             m.registry.register(c).expect("unique metric names");
         }
+        // process_cpu_seconds_total, process_resident_memory_bytes, open fds, start time ...
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        names.extend(
+            prometheus::core::Collector::desc(&process)
+                .iter()
+                .map(|d| d.fq_name.clone()),
+        );
+        m.registry
+            .register(Box::new(process))
+            .expect("unique metric names");
         m.names = names;
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -407,6 +464,22 @@ impl Metrics {
         }
         for event in ["pinned", "matched", "changed"] {
             m.integrity_pins.with_label_values(&[event]);
+        }
+        for route in ROUTES {
+            m.response_bytes.with_label_values(&[route]);
+            m.response_start.with_label_values(&[route]);
+        }
+        for reason in TLS_FAILURES {
+            m.tls_failures.with_label_values(&[reason]);
+        }
+        for side in ["client", "upstream"] {
+            m.tls_handshake_duration.with_label_values(&[side]);
+        }
+        for outcome in ["ok", "not_found", "auth", "unreachable", "error"] {
+            m.mirror_fetch_duration.with_label_values(&[outcome]);
+        }
+        for outcome in ["ok", "error"] {
+            m.zip_build_duration.with_label_values(&[outcome]);
         }
         for outcome in OWN_SUMDB_OUTCOMES {
             m.own_sumdb_lookups.with_label_values(&[outcome]);
