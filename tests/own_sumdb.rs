@@ -88,6 +88,7 @@ async fn the_go_command_verifies_public_and_private_modules_against_modgates_own
             c.sumdb.verify = "sum.golang.org".into();
             c.sumdb.keys = vec![vkey];
             c.sumdb.serve = OWN.into();
+            c.sumdb.nosumdb = modgate::config::PatternList(vec!["example.com/exempt".into()]);
             c.private.routes = vec![route];
             c.private.mirror_ttl = std::time::Duration::from_millis(1);
             c.ca.dir = ca_dir;
@@ -154,7 +155,18 @@ async fn the_go_command_verifies_public_and_private_modules_against_modgates_own
         .verify_note(std::str::from_utf8(&latest).unwrap())
         .unwrap();
     assert!(head.starts_with("go.sum database tree\n2\n"), "{head}");
-    // A public path exempt from verification has no record, and says why.
+    // A public path exempt from verification has no record, and says why; one that cannot be
+    // proven (the checksum database has no such module) is a failure, counted as refused.
+    let (status, _, body) = gw
+        .get(
+            "proxy.golang.org:443",
+            &format!("/sumdb/{OWN}/lookup/example.com/exempt@v1.0.0"),
+            Alpn::H1,
+        )
+        .await;
+    let said = String::from_utf8_lossy(&body);
+    assert_eq!(status, 404, "{said}");
+    assert!(said.contains("exempt by sumdb.nosumdb"), "{said}");
     let (status, _, body) = gw
         .get(
             "proxy.golang.org:443",
@@ -162,7 +174,15 @@ async fn the_go_command_verifies_public_and_private_modules_against_modgates_own
             Alpn::H1,
         )
         .await;
-    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    let said = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{said}");
+    assert!(
+        said.contains("cannot verify example.com/unknown@v1.0.0"),
+        "{said}"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(lookups(&m, "not_found"), 1.0, "{m}");
+    assert_eq!(lookups(&m, "refused"), 1.0, "{m}");
     drop(gw);
 
     // 2. A restart serves the same tree and extends it: the first agent, which kept the tree
@@ -330,6 +350,44 @@ async fn replicas_sharing_a_bucket_agree_on_pins_and_on_one_tree() {
         .verify_note(std::str::from_utf8(&latest).unwrap())
         .unwrap();
     assert!(head.starts_with("go.sum database tree\n4\n"), "{head}");
+
+    // A replica that served alone before (its record 0 is another version than the bucket's)
+    // refuses to join: it would serve another tree.
+    let solo = |bucket: bool| {
+        let (pb, sb, vkey) = (proxy.base_url(), sumdb.base_url(), sumdb.vkey.clone());
+        let (ca_dir, data) = (ca_dir.clone(), base.path().join("data-solo"));
+        let garage = &garage;
+        TestGateway::try_start(&ca, move |c| {
+            c.upstream.overrides.insert("proxy.golang.org".into(), pb);
+            c.upstream.overrides.insert("sum.golang.org".into(), sb);
+            c.sumdb.verify = "sum.golang.org".into();
+            c.sumdb.keys = vec![vkey];
+            c.sumdb.serve = OWN.into();
+            c.ca.dir = ca_dir;
+            c.storage.data_dir = data;
+            if bucket {
+                garage.configure(c);
+            }
+        })
+    };
+    let alone = solo(false).await.unwrap();
+    let (status, _, body) = alone
+        .get(
+            &format!("{OWN}:443"),
+            "/lookup/example.com/pub@v1.1.0",
+            Alpn::H1,
+        )
+        .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).starts_with("0\n"));
+    drop(alone);
+    let Err(refused) = solo(true).await else {
+        panic!("a disagreeing log cannot join");
+    };
+    assert!(
+        format!("{refused:#}").contains("disagree at record 0"),
+        "{refused:#}"
+    );
 
     // 2. The tag A pinned is force-pushed. B never built it, but the fleet's pin is in the
     // bucket: B refuses the new content too.

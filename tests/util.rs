@@ -272,6 +272,16 @@ impl TestGateway {
     /// Starts a gateway; `edit` adjusts the test configuration (loopback ports, temp dirs, and
     /// the test CA trusted for upstreams).
     pub async fn start(upstream_ca: &TestCa, edit: impl FnOnce(&mut Config)) -> TestGateway {
+        Self::try_start(upstream_ca, edit)
+            .await
+            .expect("gateway starts")
+    }
+
+    /// Like [`start`](Self::start), handing back why the gateway refused to start.
+    pub async fn try_start(
+        upstream_ca: &TestCa,
+        edit: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<TestGateway> {
         // RUST_LOG=modgate=debug shows the gateway's logs for a failing test.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -292,16 +302,16 @@ impl TestGateway {
         cfg.egress.allow_addresses = vec!["127.0.0.0/8".into(), "::1/128".into()];
         cfg.egress.connect_ports = vec!["1-65535".into()];
         edit(&mut cfg);
-        let gateway = Gateway::start(cfg).await.expect("gateway starts");
+        let gateway = Gateway::start(cfg).await?;
         let ca_path = gateway.ca().cert_path();
-        TestGateway {
+        Ok(TestGateway {
             proxy: gateway.proxy_addr(),
             admin: gateway.admin_addr(),
             ca_pem: gateway.ca().cert_pem().to_string(),
             ca_path,
             gateway: Some(gateway),
             dir,
-        }
+        })
     }
 
     pub fn gw(&self) -> &Gateway {

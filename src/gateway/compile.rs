@@ -215,6 +215,14 @@ pub fn own_sumdb(config: &Config) -> Result<Option<&str>, ConfigError> {
             "is a database modgate proxies (sumdb.dbs); modgate's own database needs a name of its own",
         ));
     }
+    let routes = policy(config)?.rules.routes;
+    if config.modules.proxy_hosts.iter().any(|h| h == name)
+        || routes.hosts().iter().any(|h| h == name)
+    {
+        return Err(bad(
+            "is a module proxy or private-route host; modgate's own database needs a host of its own (its requests would shadow that host's)",
+        ));
+    }
     Ok(Some(name))
 }
 
@@ -430,6 +438,7 @@ mod tests {
             ("[sumdb]\nserve = \"Sum.Corp.example\"\n", "sumdb.serve:"),
             ("[sumdb]\nserve = \"127.0.0.1\"\n", "sumdb.serve:"),
             ("[sumdb]\nserve = \"sum.golang.org\"\n", "sumdb.serve:"),
+            ("[sumdb]\nserve = \"proxy.golang.org\"\n", "sumdb.serve:"),
             (
                 "[egress]\nallow_addresses = [\"localhost\"]\n",
                 "egress.allow_addresses:",

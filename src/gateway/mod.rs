@@ -72,7 +72,12 @@ impl Runtime {
             anyhow::anyhow!("modgate was started without --config; nothing to reload")
         })?;
         let config = config::load(path)?;
-        let live = compile::live(&config, &self.ingress.serve.metrics)?;
+        // Restart-only keys that the compiled rules read keep their start values until the
+        // restart (the new ones are named in the answer below): modgate's own checksum
+        // database stays intercepted and answered locally, so its lookups never go out.
+        let mut effective = config.clone();
+        effective.sumdb.serve = self.ingress.serve.config.sumdb.serve.clone();
+        let live = compile::live(&effective, &self.ingress.serve.metrics)?;
         let auth = compile::auth(&config);
         let restart_keys = compile::restart_keys(&self.ingress.serve.config, &config);
         self.ingress.serve.swap_live(live);
@@ -206,6 +211,9 @@ impl Gateway {
         let mut listening = vec![proxy_addr, admin_addr];
         listening.extend(transparent_addr);
         let _ = ingress.serve.own.set(own_addresses(&listening));
+        if ingress.serve.shared.is_some() {
+            tokio::spawn(serve::private::publish_pins(ingress.serve.clone()));
+        }
         let runtime = Arc::new(Runtime {
             ingress: ingress.clone(),
             ca,

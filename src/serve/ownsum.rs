@@ -180,12 +180,9 @@ async fn record(
             })?;
         let proven = prove::record(state, verifier, module, version)
             .await
-            .map_err(|e| match e {
-                prove::ProofError::Unavailable { .. } => {
-                    ServeError::ClientNotFound(format!("not found: {module}@{version}: {e}"))
-                }
-                other => ServeError::UpstreamFailed(other.to_string()),
-            })?;
+            // Unprovable (the database is down, or has no such version) is a failure the go
+            // command shows, and counted as refused, so an outage reaches the alert.
+            .map_err(|e| ServeError::UpstreamFailed(e.to_string()))?;
         let (zip, go_mod) = proven.hashes(module, version).ok_or_else(|| {
             ServeError::UpstreamFailed(format!(
                 "the record of {module}@{version} in {} lacks its zip or go.mod line",
@@ -234,7 +231,7 @@ pub async fn add(
             return Ok(found);
         }
         let id = log.size();
-        let data = SumLog::new_record(module.as_str(), version, &zip, &go_mod, &source);
+        let data = log.new_record(module.as_str(), version, &zip, &go_mod, &source);
         match shared
             .create_once(&shared_key(log.name(), id), data.clone().into())
             .await
@@ -287,13 +284,33 @@ pub async fn catch_up(shared: &SharedStore, log: &Arc<SumLog>) -> Result<(), Str
     }
 }
 
-/// At start, with a shared bucket: publishes the records this log has and the bucket lacks
-/// (a replica that served alone before), refuses to start if the two disagree (they would
-/// serve two different trees), then catches up.
+/// At start, with a shared bucket: checks that this replica signs with the fleet's key and that
+/// its log and the bucket's agree (records made alone before are published; a log that
+/// disagrees would serve another tree, so modgate refuses to start), then catches up.
 pub async fn join(shared: &SharedStore, log: &Arc<SumLog>) -> anyhow::Result<()> {
     let name = log.name();
+    let vkey = log.vkey();
+    if let Once::Exists(theirs) = shared
+        .create_once(
+            &format!("sumdb/{name}/key"),
+            vkey.clone().into_bytes().into(),
+        )
+        .await?
+        && theirs != vkey.as_bytes()
+    {
+        anyhow::bail!(
+            "sumdb.serve: this replica signs with {vkey}, the replicas sharing the bucket with {}; give every replica the same ca.dir/sumdb.key",
+            String::from_utf8_lossy(&theirs)
+        );
+    }
+    let disagree = |id: u64| {
+        anyhow::anyhow!(
+            "sumdb.serve: this replica's checksum-database log and the shared bucket's disagree at record {id}; they would serve two different trees. Keep one: move {} away to take the bucket's",
+            SumLog::path(std::path::Path::new("<storage.data_dir>"), name).display()
+        )
+    };
     let size = log.size();
-    // The bucket's size, if below ours: the first id it lacks, found walking down from ours.
+    // How many of this log's records the bucket has (it may have more).
     let mut have = size;
     while have > 0
         && shared
@@ -303,33 +320,37 @@ pub async fn join(shared: &SharedStore, log: &Arc<SumLog>) -> anyhow::Result<()>
     {
         have -= 1;
     }
-    for id in 0..size {
-        // Records the bucket has are compared (the last one suffices: a tree is fixed by its
-        // records in order, and ids below it were compared when it was written); the rest are
-        // written.
-        if id + 1 < have {
-            continue;
-        }
-        let mine = log.record_bytes(id).expect("below the log's size");
-        let theirs = if id < have {
-            shared.get_small(&shared_key(name, id)).await?
-        } else {
-            match shared
-                .create_once(&shared_key(name, id), mine.into())
-                .await?
-            {
-                Once::Created => None,
-                Once::Exists(b) => Some(b),
+    if have > 0 {
+        let last = shared
+            .get_small(&shared_key(name, have - 1))
+            .await?
+            .unwrap_or_default();
+        match log.agrees(have - 1, &last) {
+            // It names the tree before it: every record up to it is the same.
+            Some(true) => {}
+            Some(false) => return Err(disagree(have - 1)),
+            // A record that names no tree: compare them all.
+            None => {
+                for id in 0..have - 1 {
+                    let theirs = shared
+                        .get_small(&shared_key(name, id))
+                        .await?
+                        .unwrap_or_default();
+                    if log.agrees(id, &theirs) == Some(false) {
+                        return Err(disagree(id));
+                    }
+                }
             }
-        };
-        if let Some(theirs) = theirs
-            && !log.same_record(id, &theirs)
+        }
+    }
+    for id in have..size {
+        let mine = log.record_bytes(id).expect("below the log's size");
+        if let Once::Exists(theirs) = shared
+            .create_once(&shared_key(name, id), mine.into())
+            .await?
+            && log.agrees(id, &theirs) == Some(false)
         {
-            anyhow::bail!(
-                "sumdb.serve: this replica's checksum-database log ({} records) and the shared bucket's disagree at record {id}; they would serve two different trees. Keep one: move {} away to take the bucket's",
-                size,
-                SumLog::path(std::path::Path::new("<storage.data_dir>"), name).display()
-            );
+            return Err(disagree(id));
         }
     }
     catch_up(shared, log).await.map_err(anyhow::Error::msg)

@@ -415,8 +415,13 @@ fn pin(
 }
 
 /// With a shared bucket, the fleet's pin of `module@version`'s `file` is the bucket's, written
-/// once by the first replica to serve it: different content is refused as changed, and a
-/// local pin that differs from it (an operator repinned on another replica) is replaced.
+/// once by the first replica to serve it. In order, so that the bucket never vouches for
+/// content a replica refused:
+/// - a local pin that differs from the content refuses it, unless the bucket pins this very
+///   content (an operator repinned on another replica): then the local pin is replaced;
+/// - otherwise the content (or the local pin, the same) is written once; a different pin
+///   already there refuses it.
+///
 /// Blocking (runs the bucket calls on the runtime from a blocking thread). A bucket that cannot
 /// be reached leaves the decision to the local pin.
 fn shared_pin(
@@ -430,51 +435,117 @@ fn shared_pin(
     let Some(shared) = &state.shared else {
         return Ok(());
     };
+    let rt = tokio::runtime::Handle::current();
     let key = crate::store::pins::shared_key(module, version, file);
+    let parse = |bytes: &[u8]| match serde_json::from_slice::<Pin>(bytes) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "unreadable pin in the shared bucket; using the local pin");
+            None
+        }
+    };
+    let unreachable = |e: object_store::Error| {
+        tracing::warn!(key, error = %e, "shared bucket unavailable for pins; using the local pin");
+    };
+    let changed = |old: Pin| {
+        PinError::Changed(Box::new(PinChange {
+            module: module.to_string(),
+            version: version.to_string(),
+            suffix: file.suffix(),
+            old_h1: old.h1,
+            old_commit: old.commit,
+            at: old.at,
+            new_h1: h1.to_string(),
+            new_commit: commit.to_string(),
+        }))
+    };
+    let local = state
+        .pins
+        .get(module.as_str(), version)?
+        .into_iter()
+        .find(|(f, _)| *f == file)
+        .map(|(_, p)| p);
+    if let Some(local) = local.filter(|p| p.h1 != h1) {
+        let theirs = match rt.block_on(shared.get_small(&key)) {
+            Ok(Some(bytes)) => parse(&bytes),
+            Ok(None) => None,
+            Err(e) => {
+                unreachable(e);
+                None
+            }
+        };
+        if theirs.is_none() {
+            // The fleet learns the pin this replica holds (made before the bucket was in use).
+            let data = bytes::Bytes::from(serde_json::to_vec(&local).expect("serializable"));
+            if let Err(e) = rt.block_on(shared.create_once(&key, data)) {
+                unreachable(e);
+            }
+        }
+        return match theirs {
+            Some(theirs) if theirs.h1 == h1 => state.pins.adopt(
+                module.as_str(),
+                version,
+                file,
+                &theirs,
+                "pinned differently in the shared bucket (repinned on another replica)",
+            ),
+            _ => Err(changed(local)),
+        };
+    }
     let mine = Pin {
         h1: h1.to_string(),
         commit: commit.to_string(),
         at: crate::store::pins::now(),
     };
     let data = bytes::Bytes::from(serde_json::to_vec(&mine).expect("serializable"));
-    let decided = tokio::runtime::Handle::current().block_on(shared.create_once(&key, data));
-    let theirs: Pin = match decided {
-        Ok(Once::Created) => return Ok(()),
-        Ok(Once::Exists(bytes)) => match serde_json::from_slice(&bytes) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(key, error = %e, "unreadable pin in the shared bucket; using the local pin");
-                return Ok(());
-            }
+    match rt.block_on(shared.create_once(&key, data)) {
+        Ok(Once::Created) => Ok(()),
+        Ok(Once::Exists(bytes)) => match parse(&bytes) {
+            Some(theirs) if theirs.h1 != h1 => Err(changed(theirs)),
+            _ => Ok(()),
         },
         Err(e) => {
-            tracing::warn!(key, error = %e, "shared bucket unavailable for pins; using the local pin");
-            return Ok(());
+            unreachable(e);
+            Ok(())
         }
+    }
+}
+
+/// With a shared bucket, at start: publishes every pin this replica holds that the bucket
+/// lacks (pins made before the bucket was in use), so that no other replica takes content this
+/// one would refuse. In the background; a pin the bucket holds differently is logged.
+pub async fn publish_pins(state: Arc<State>) {
+    let Some(shared) = state.shared.clone() else {
+        return;
     };
-    if theirs.h1 != h1 {
-        return Err(PinError::Changed(Box::new(PinChange {
-            module: module.to_string(),
-            version: version.to_string(),
-            suffix: file.suffix(),
-            old_h1: theirs.h1,
-            old_commit: theirs.commit,
-            at: theirs.at,
-            new_h1: h1.to_string(),
-            new_commit: commit.to_string(),
-        })));
+    let st = state.clone();
+    let Ok(Ok(all)) = tokio::task::spawn_blocking(move || st.pins.all()).await else {
+        tracing::warn!("cannot read the pin log to publish it to the shared bucket");
+        return;
+    };
+    let mut published = 0;
+    for (module, version, file, pin) in all {
+        let Ok(path) = ModulePath::new(&module) else {
+            continue;
+        };
+        let key = crate::store::pins::shared_key(&path, &version, file);
+        let data = bytes::Bytes::from(serde_json::to_vec(&pin).expect("serializable"));
+        match shared.create_once(&key, data).await {
+            Ok(Once::Created) => published += 1,
+            Ok(Once::Exists(bytes)) => {
+                if serde_json::from_slice::<Pin>(&bytes).is_ok_and(|theirs| theirs.h1 != pin.h1) {
+                    tracing::warn!(%module, version, ?file, "the shared bucket pins this version differently from this replica's pin log; the bucket's pin decides");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish pins to the shared bucket");
+                return;
+            }
+        }
     }
-    let local = state.pins.get(module.as_str(), version)?;
-    if local.iter().any(|(f, p)| *f == file && p.h1 != theirs.h1) {
-        state.pins.adopt(
-            module.as_str(),
-            version,
-            file,
-            &theirs,
-            "pinned differently in the shared bucket (repinned on another replica)",
-        )?;
+    if published > 0 {
+        tracing::info!(published, "published pins to the shared bucket");
     }
-    Ok(())
 }
 
 /// Builds the module zip for `module@v` into `pending`, with x/mod's rules; returns the commit

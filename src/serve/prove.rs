@@ -339,15 +339,26 @@ async fn compare(
     if !matches!(logged, Ok(Ok(()))) {
         tracing::warn!(%module, version, "cannot record the proof in the integrity log");
     }
-    // And in modgate's own checksum database, as it is proven.
+    // And in modgate's own checksum database, off the request path (with a shared bucket an
+    // append takes round trips and a lock).
     if let Some(log) = &state.own_sumdb
         && log.find(module.as_str(), version).is_none()
         && let Some((zip, go_mod)) = record.hashes(module, version)
-        && let Err(e) =
-            crate::serve::ownsum::add(state, log, module, version, zip, go_mod, record.source(db))
-                .await
     {
-        tracing::warn!(%module, version, error = %e, "cannot record the proof in modgate's checksum database");
+        let (state, log, module, version) = (
+            state.clone(),
+            log.clone(),
+            module.clone(),
+            version.to_string(),
+        );
+        let source = record.source(db);
+        tokio::spawn(async move {
+            let added =
+                crate::serve::ownsum::add(&state, &log, &module, &version, zip, go_mod, source);
+            if let Err(e) = added.await {
+                tracing::warn!(%module, version, error = %e, "cannot record the proof in modgate's checksum database");
+            }
+        });
     }
     Ok(())
 }

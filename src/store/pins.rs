@@ -406,6 +406,17 @@ impl Pins {
         self.refresh(&mut loaded)
     }
 
+    /// Every pin held: module, version, file and pin.
+    pub fn all(&self) -> Result<Vec<(String, String, PinFile, Pin)>, PinError> {
+        let mut loaded = self.loaded.lock().expect("not poisoned");
+        self.refresh(&mut loaded)?;
+        Ok(loaded
+            .pins
+            .iter()
+            .map(|((m, v, f), p)| (m.clone(), v.clone(), *f, p.clone()))
+            .collect())
+    }
+
     /// Number of pins held.
     pub fn count(&self) -> Result<usize, PinError> {
         let mut loaded = self.loaded.lock().expect("not poisoned");

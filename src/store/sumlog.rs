@@ -15,6 +15,7 @@ use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use base64::Engine as _;
 use modgate_core::gomod::note::{Signer, format_tree};
 use modgate_core::gomod::sumdb::Tile;
 use modgate_core::gomod::tlog::HashLog;
@@ -33,6 +34,14 @@ pub enum SumLogError {
         line: usize,
         reason: String,
     },
+    #[error(
+        "modgate's checksum-database log {path}: record {id} from the shared bucket does not extend this replica's tree (two replicas wrote different records); not applied"
+    )]
+    Diverged { path: PathBuf, id: u64 },
+    #[error(
+        "modgate's checksum-database log {path}: a write failed and could not be undone; restart modgate"
+    )]
+    Unusable { path: PathBuf },
 }
 
 /// One line of the log.
@@ -48,6 +57,10 @@ struct Line {
     /// How modgate knew the hashes: `verified <db> <tree size>` or `pinned <commit>`.
     source: String,
     at: String,
+    /// The tree hash before this record (base64), so a replica applying records from the
+    /// shared bucket knows they extend its own tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prev: Option<String>,
 }
 
 impl Line {
@@ -97,6 +110,8 @@ pub struct SumLog {
     /// Held across a shared-bucket append (catch up, write once, apply), so this replica's
     /// appends take ids one at a time.
     pub appending: tokio::sync::Mutex<()>,
+    /// Set when a failed write could not be cut back off the file.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl SumLog {
@@ -123,6 +138,10 @@ impl SumLog {
             .append(true)
             .open(&path)
             .map_err(io)?;
+        // The file's directory entry is durable before any record in it is.
+        File::open(path.parent().expect("has a parent"))
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         let mut data = vec![];
         file.read_to_end(&mut data).map_err(io)?;
         let whole = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
@@ -148,6 +167,7 @@ impl SumLog {
             file: Mutex::new(file),
             inner: Mutex::new(inner),
             appending: tokio::sync::Mutex::new(()),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -219,15 +239,15 @@ impl SumLog {
         if t.l >= 0 {
             return inner.hashes.tile(t, n);
         }
-        let start = t.n.checked_shl(t.h)?;
+        let start = t.n.checked_mul(1u64 << t.h)?;
         let end = start.checked_add(t.w)?;
         if end > n {
             return None;
         }
+        // As x/mod's server writes them: each record as `tlog.FormatRecord` (id, text, blank).
         let mut out = vec![];
-        for line in &inner.keys[start as usize..end as usize] {
-            out.extend_from_slice(line.text().as_bytes());
-            out.push(b'\n');
+        for (id, line) in (start..end).zip(&inner.keys[start as usize..end as usize]) {
+            out.extend_from_slice(format!("{id}\n{}\n", line.text()).as_bytes());
         }
         Some(out)
     }
@@ -256,27 +276,50 @@ impl SumLog {
             go_mod: go_mod.to_string(),
             source: source.to_string(),
             at: now(),
+            prev: Some(self.head_hash()),
         };
         self.write(&mut file, &line)?;
         let found = self.find(module, version).expect("just added");
         Ok((found, true))
     }
 
+    /// The current tree's hash, base64.
+    fn head_hash(&self) -> String {
+        let inner = self.lock();
+        let tree = inner.hashes.tree(inner.hashes.len()).expect("its own size");
+        base64::engine::general_purpose::STANDARD.encode(tree.hash)
+    }
+
+    /// Appends `line` to the file (fsynced) and then to the tree; a write that fails is cut
+    /// back off the file, so the file never holds a record the tree does not.
     fn write(&self, file: &mut File, line: &Line) -> Result<(), SumLogError> {
+        use std::sync::atomic::Ordering;
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(SumLogError::Unusable {
+                path: self.path.clone(),
+            });
+        }
         let mut bytes = serde_json::to_vec(line).expect("serializable");
         bytes.push(b'\n');
         let io = |source| SumLogError::Io {
             path: self.path.clone(),
             source,
         };
-        file.write_all(&bytes).map_err(io)?;
-        file.sync_data().map_err(io)?;
+        let before = file.metadata().map_err(io)?.len();
+        if let Err(e) = file.write_all(&bytes).and_then(|_| file.sync_data()) {
+            if file.set_len(before).and_then(|_| file.sync_data()).is_err() {
+                self.failed.store(true, Ordering::Relaxed);
+            }
+            return Err(io(e));
+        }
         self.lock().push(line);
         Ok(())
     }
 
-    /// The shared-bucket form of a new record for `module@version` (one JSON line).
+    /// The shared-bucket form of a new record for `module@version` after this log's last one
+    /// (one JSON line, naming the tree it extends).
     pub fn new_record(
+        &self,
         module: &str,
         version: &str,
         zip: &str,
@@ -290,31 +333,42 @@ impl SumLog {
             go_mod: go_mod.to_string(),
             source: source.to_string(),
             at: now(),
+            prev: Some(self.head_hash()),
         })
         .expect("serializable")
     }
 
-    /// Record `id` in its shared-bucket form, if the log has it.
+    /// Record `id` in its shared-bucket form (naming the tree before it), if the log has it.
     pub fn record_bytes(&self, id: u64) -> Option<Vec<u8>> {
         let inner = self.lock();
-        let key = inner.keys.get(id as usize)?;
-        Some(serde_json::to_vec(key).expect("serializable"))
+        let mut line = inner.keys.get(id as usize)?.clone();
+        let prev = inner.hashes.tree(id).expect("below its size");
+        line.prev = Some(base64::engine::general_purpose::STANDARD.encode(prev.hash));
+        Some(serde_json::to_vec(&line).expect("serializable"))
     }
 
-    /// Whether `data` (a record in its shared-bucket form) is the same record as the log's
-    /// record `id`.
-    pub fn same_record(&self, id: u64, data: &[u8]) -> bool {
+    /// Whether `data` (a record in its shared-bucket form) is the log's record `id` and names
+    /// the log's tree before it: then every record up to `id` is the same on both sides.
+    /// `None` when `data` names no tree (only the record itself could be compared).
+    pub fn agrees(&self, id: u64, data: &[u8]) -> Option<bool> {
         let Ok(line) = serde_json::from_slice::<Line>(data) else {
-            return false;
+            return Some(false);
         };
-        self.lock()
-            .keys
-            .get(id as usize)
-            .is_some_and(|l| l.text() == line.text())
+        let inner = self.lock();
+        let Some(mine) = inner.keys.get(id as usize) else {
+            return Some(false);
+        };
+        if mine.text() != line.text() {
+            return Some(false);
+        }
+        let prev = inner.hashes.tree(id).expect("below its size");
+        let prev = base64::engine::general_purpose::STANDARD.encode(prev.hash);
+        line.prev.map(|p| p == prev)
     }
 
     /// Appends record `id` as another replica wrote it to the shared bucket; `id` must be the
-    /// log's size. Blocking.
+    /// log's size (a record the log has already is checked, not added again), and the tree it
+    /// names must be this log's. Blocking.
     pub fn apply(&self, id: u64, data: &[u8]) -> Result<(), SumLogError> {
         let mut file = self.file.lock().expect("not poisoned");
         let line: Line = serde_json::from_slice(data).map_err(|e| SumLogError::Corrupt {
@@ -322,8 +376,18 @@ impl SumLog {
             line: id as usize + 1,
             reason: format!("the shared bucket's record {id}: {e}"),
         })?;
-        if self.size() != id {
-            return Ok(());
+        let diverged = || SumLogError::Diverged {
+            path: self.path.clone(),
+            id,
+        };
+        if id < self.size() {
+            return match self.agrees(id, data) {
+                Some(false) => Err(diverged()),
+                _ => Ok(()),
+            };
+        }
+        if line.prev.as_deref() != Some(self.head_hash().as_str()) {
+            return Err(diverged());
         }
         self.write(&mut file, &line)
     }
@@ -413,7 +477,7 @@ mod tests {
             &tlog::record_hash(text.as_bytes()),
         )
         .unwrap();
-        // Data tiles hold the record texts, each followed by a blank line.
+        // Data tiles hold the records as x/mod's server writes them: id, text, blank line.
         let data_tile = log
             .tile(&Tile {
                 h: 8,
@@ -423,7 +487,7 @@ mod tests {
             })
             .unwrap();
         assert!(String::from_utf8(data_tile).unwrap().starts_with(
-            "example.com/m256 v1.0.0 h1:zip=\nexample.com/m256 v1.0.0/go.mod h1:mod=\n\n"
+            "256\nexample.com/m256 v1.0.0 h1:zip=\nexample.com/m256 v1.0.0/go.mod h1:mod=\n\n257\nexample.com/m257 "
         ));
         let latest = log.latest();
         drop(log);
@@ -451,5 +515,37 @@ mod tests {
         std::fs::write(&path, text.replacen("{\"module\"", "{\"mod", 1)).unwrap();
         let err = SumLog::open(dir.path(), signer()).unwrap_err();
         assert!(err.to_string().contains("line 1 is not a record"), "{err}");
+    }
+
+    #[test]
+    fn records_from_another_log_apply_only_where_they_extend_this_tree() {
+        let (a_dir, b_dir, c_dir) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let a = SumLog::open(a_dir.path(), signer()).unwrap();
+        a.add("example.com/x", "v1.0.0", "h1:x=", "h1:xm=", "t")
+            .unwrap();
+        a.add("example.com/y", "v1.0.0", "h1:y=", "h1:ym=", "t")
+            .unwrap();
+        // C took A's first record: A's second applies, and both serve one tree.
+        let c = SumLog::open(c_dir.path(), signer()).unwrap();
+        c.apply(0, &a.record_bytes(0).unwrap()).unwrap();
+        c.apply(1, &a.record_bytes(1).unwrap()).unwrap();
+        assert_eq!(c.latest(), a.latest());
+        assert_eq!(a.agrees(1, &c.record_bytes(1).unwrap()), Some(true));
+        // B wrote another first record: A's second does not extend B's tree.
+        let b = SumLog::open(b_dir.path(), signer()).unwrap();
+        b.add("example.com/z", "v1.0.0", "h1:z=", "h1:zm=", "t")
+            .unwrap();
+        let err = b.apply(1, &a.record_bytes(1).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("does not extend"), "{err}");
+        assert_eq!(b.size(), 1);
+        assert_eq!(a.agrees(0, &b.record_bytes(0).unwrap()), Some(false));
+        // A record already held is checked, not added again.
+        assert!(b.apply(0, &a.record_bytes(0).unwrap()).is_err());
+        c.apply(0, &a.record_bytes(0).unwrap()).unwrap();
+        assert_eq!(c.size(), 2);
     }
 }

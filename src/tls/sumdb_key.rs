@@ -73,16 +73,29 @@ pub fn load_or_create(ca_dir: &Path, name: &str) -> Result<(Signer, bool), SumKe
             let signer = Signer::from_seed(name, rand::random())
                 .map_err(|_| SumKeyError::Invalid { path: path.clone() })?;
             std::fs::create_dir_all(ca_dir).map_err(io)?;
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io)?;
-            f.write_all(format!("{}\n", signer.to_skey()).as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(io)?;
-            Ok((signer, true))
+            // Written whole to a temporary file, then linked into place (refusing to replace a
+            // key another process made meanwhile): a crash leaves no half-written key.
+            let tmp = ca_dir.join(format!(".{SUMDB_KEY_FILE}.{:016x}", rand::random::<u64>()));
+            let written = (|| {
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(format!("{}\n", signer.to_skey()).as_bytes())?;
+                f.sync_all()?;
+                std::fs::hard_link(&tmp, &path)?;
+                std::fs::File::open(ca_dir)?.sync_all()
+            })();
+            let _ = std::fs::remove_file(&tmp);
+            match written {
+                Ok(()) => Ok((signer, true)),
+                // Another process made it first: use that one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create(ca_dir, name)
+                }
+                Err(e) => Err(io(e)),
+            }
         }
         Err(e) => Err(io(e)),
     }

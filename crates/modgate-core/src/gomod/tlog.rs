@@ -548,7 +548,7 @@ impl HashLog {
         }
         let level = t.h.checked_mul(u32::try_from(t.l).ok()?)?;
         let have = n.checked_shr(level).unwrap_or(0);
-        let start = t.n.checked_shl(t.h)?;
+        let start = t.n.checked_mul(1u64.checked_shl(t.h)?)?;
         if start.checked_add(t.w)? > have {
             return None;
         }
@@ -657,6 +657,8 @@ mod tests {
         assert_eq!(log.tile(&t(1, 0, 1), 300).unwrap().len(), HASH_SIZE);
         assert!(log.tile(&t(1, 0, 2), 300).is_none());
         assert!(log.tile(&t(-1, 0, 256), 300).is_none());
+        // An index whose start does not fit in 64 bits is no tile (not tile 0 wrapped round).
+        assert!(log.tile(&t(0, 1 << 60, 1), 300).is_none());
         assert!(log.tree(301).is_none());
         assert_eq!(log.tree(0).unwrap().hash, [0; HASH_SIZE]);
         // The tree of a prefix is the tree the log had then.
@@ -665,5 +667,55 @@ mod tests {
             short.append(&record(i));
         }
         assert_eq!(log.tree(123), short.tree(123));
+    }
+
+    /// Tree hashes and tiles of 1,000 records, as golang.org/x/mod/sumdb/tlog computes them
+    /// (`StoredHashes`, `TreeHash`, `ReadTileData`; Debian's golang-golang-x-mod-dev, Go 1.19):
+    /// the server side checked against Go's own, not against this port's proof reader.
+    #[test]
+    fn the_log_matches_the_go_implementation() {
+        use base64::Engine;
+        let mut log = HashLog::default();
+        for i in 0..1000 {
+            log.append(&record(i));
+        }
+        for (n, want) in [
+            (1, "hH2/O6WqM8SXbRrP04wkRcdxBnXjSED3frqPG1Slmqo="),
+            (2, "iDYylbHW0Tfc8TPv9Zsm3tnGSeG45mXMQ+Eqym5W/aw="),
+            (3, "NN1lugKBoC5d4485FURI7Stm1fqIQOgKwtCU4SF6ADo="),
+            (255, "DYtrqFTOKivRQRFhRCS13foIOKxFJUEPmRcpB9pPDO0="),
+            (256, "YM4q9B2yxJjQzI3wjS28QSe5lhVenLORq/0HtRJm3q4="),
+            (257, "QdJ5V+Qnf4iWgvEVR9xxpPDgVMkVzgEbYXI1DVJk2Kg="),
+            (1000, "/OM0wh4QVBZH2yGIJAxlVIH0IqehjKLfQ+JUXW3B0iM="),
+        ] {
+            let got = base64::engine::general_purpose::STANDARD.encode(log.tree(n).unwrap().hash);
+            assert_eq!(got, want, "tree {n}");
+        }
+        for (path, want) in [
+            (
+                "tile/8/0/003.p/232",
+                "0d2c620b232fa4b12e9e07c305a3b61ef58a55c741ff06b183481c42bc0d0d1f",
+            ),
+            (
+                "tile/8/1/000.p/3",
+                "060286a440ed69b420dfe21bf3fe230aadb32f97924ed8b0f9eb3c8e9afdc744",
+            ),
+            (
+                "tile/2/3/003.p/3",
+                "625dabc2dec35f75bc96111edd4b48985653b726a5bcab04d4430f4266d9980e",
+            ),
+            (
+                "tile/2/4/000.p/3",
+                "060286a440ed69b420dfe21bf3fe230aadb32f97924ed8b0f9eb3c8e9afdc744",
+            ),
+        ] {
+            let t = Tile::parse(path).unwrap();
+            let data = log.tile(&t, 1000).unwrap();
+            let got: String = Sha256::digest(&data)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(got, want, "{path}");
+        }
     }
 }
