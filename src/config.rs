@@ -540,7 +540,79 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text)
+    parse_with_env(&text, std::env::vars())
+}
+
+/// The configuration with no file: the defaults and the environment's overrides.
+pub fn from_env() -> Result<Config, ConfigError> {
+    parse_with_env("", std::env::vars())
+}
+
+/// Prefix of the environment overrides: `MODGATE_<SECTION>__<KEY>=value` sets `section.key`
+/// (sections and keys joined by a double underscore, any case; `MODGATE_CONFIG` is no
+/// override).
+pub const ENV_PREFIX: &str = "MODGATE_";
+
+/// `text` with the overrides among `vars` applied, parsed and validated. A value is read as
+/// a TOML value (`true`, `8`, `["a", "b"]`, `"quoted"`), else taken as a string
+/// (`127.0.0.1:3128`). An error in an overridden key names the variable.
+pub fn parse_with_env(
+    text: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let overrides: Vec<(String, Vec<String>, toml::Value)> = vars
+        .into_iter()
+        .filter_map(|(name, raw)| {
+            let path = name.strip_prefix(ENV_PREFIX)?;
+            if !path.contains("__") {
+                return None;
+            }
+            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw));
+            Some((name, keys, value))
+        })
+        .collect();
+    if overrides.is_empty() {
+        return parse(text);
+    }
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        key: "config".into(),
+        message: e.to_string(),
+    })?;
+    for (name, keys, value) in &overrides {
+        let (last, sections) = keys.split_last().expect("split yields one part at least");
+        let mut at = &mut table;
+        for section in sections {
+            let entry = at
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            at = entry.as_table_mut().ok_or_else(|| {
+                ConfigError::invalid(&keys.join("."), format!("{name}: {section} is not a table"))
+            })?;
+        }
+        at.insert(last.clone(), value.clone());
+    }
+    let merged = toml::to_string(&table).expect("a table serializes");
+    parse(&merged).map_err(|e| match e {
+        ConfigError::Invalid { key, message } => {
+            let by = overrides
+                .iter()
+                .find(|(_, keys, _)| {
+                    let path = keys.join(".");
+                    key == path || key.starts_with(&format!("{path}.")) || path.starts_with(&key)
+                })
+                .map(|(name, _, _)| format!(" (set by the environment variable {name})"))
+                .unwrap_or_default();
+            ConfigError::Invalid {
+                key,
+                message: format!("{message}{by}"),
+            }
+        }
+        other => other,
+    })
 }
 
 /// Parses and validates configuration text.

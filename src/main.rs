@@ -277,7 +277,7 @@ fn error_text(e: &anyhow::Error) -> String {
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(match path {
         Some(p) => config::load(p)?,
-        None => Config::default(),
+        None => config::from_env()?,
     })
 }
 

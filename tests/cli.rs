@@ -537,3 +537,26 @@ fn cache_stats_verify_and_gc() {
     assert!(!cache.join("mod/example.com/big/@v/v1.0.0.mod").exists());
     assert!(cache.join("mod/example.com/good/@v/v1.0.0.zip").exists());
 }
+
+#[test]
+fn environment_overrides_reach_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), "[log]\nlevel = \"info\"\n").unwrap();
+    let check = |name: &str, value: &str| {
+        Command::new(BIN)
+            .args(["config", "check", "c.toml"])
+            .current_dir(dir.path())
+            .env(name, value)
+            .output()
+            .unwrap()
+    };
+    let out = check("MODGATE_LOG__LEVEL", "debug");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = check("MODGATE_LOG__LEVEL", "verbose");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("log.level") && err.contains("MODGATE_LOG__LEVEL"),
+        "{err}"
+    );
+}
