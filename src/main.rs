@@ -57,7 +57,9 @@ enum Command {
     Warm {
         /// go.sum (preferred: it lists every module a build needs), go.mod, or module@version lines.
         file: PathBuf,
-        /// The gateway's proxy address, host:port (default: proxy.listen of the config).
+        /// The gateway's proxy address, host:port (default: proxy.listen of the config). With
+        /// proxy users: http://USER@HOST:PORT, the password in MODGATE_PROXY_PASSWORD or typed
+        /// at the prompt (or http://USER:PASSWORD@HOST:PORT).
         #[arg(long)]
         proxy: Option<String>,
         /// The gateway's CA certificate (default: ca.pem in ca.dir of the config).
@@ -150,7 +152,8 @@ enum CacheCommand {
 
 #[derive(Subcommand, Debug)]
 enum AuthCommand {
-    /// Read a password on standard input and print its hash for [[auth.users]].
+    /// Print a password's hash for [[auth.users]]: typed at a hidden prompt (twice), or read
+    /// from standard input.
     Hash,
 }
 
@@ -182,15 +185,32 @@ fn warm(
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let wants = warm::parse_input(&file.display().to_string(), &text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let proxy = match proxy {
+    let (proxy, proxy_auth) = match proxy {
         Some(p) => {
-            let p = p.trim_start_matches("http://").trim_end_matches('/');
-            std::net::ToSocketAddrs::to_socket_addrs(p)
-                .with_context(|| format!("--proxy {p}: not a host:port"))?
+            let arg = warm::ProxyArg::parse(&p)?;
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(arg.addr.as_str())
+                .with_context(|| format!("--proxy {}: not a host:port", arg.addr))?
                 .next()
-                .with_context(|| format!("--proxy {p}: no address"))?
+                .with_context(|| format!("--proxy {}: no address", arg.addr))?;
+            let auth = match (&arg.user, &arg.password) {
+                (None, _) => None,
+                (Some(user), Some(password)) => Some(warm::basic_auth(user, password)),
+                (Some(user), None) => {
+                    let password = match std::env::var("MODGATE_PROXY_PASSWORD") {
+                        Ok(p) => p,
+                        Err(_) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                            rpassword::prompt_password(format!("Proxy password for {user}: "))?
+                        }
+                        Err(_) => anyhow::bail!(
+                            "--proxy names the user {user} but no password: set MODGATE_PROXY_PASSWORD (or run in a terminal to be asked)"
+                        ),
+                    };
+                    Some(warm::basic_auth(user, &password))
+                }
+            };
+            (addr, auth)
         }
-        None => cfg.proxy.listen,
+        None => (cfg.proxy.listen, None),
     };
     let ca = ca.unwrap_or_else(|| cfg.ca.dir.join("ca.pem"));
     let pem = std::fs::read(&ca).with_context(|| {
@@ -235,6 +255,7 @@ fn warm(
         .map_err(|e| anyhow::anyhow!("--nosumdb: {e}"))?;
     let opts = warm::Options {
         proxy,
+        proxy_auth,
         roots: std::sync::Arc::new(roots),
         goproxy_host,
         sumdb,
@@ -465,11 +486,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Auth {
             command: AuthCommand::Hash,
         } => {
-            let mut input = String::new();
-            std::io::stdin().read_to_string(&mut input)?;
-            let password = input.trim_end_matches(['\r', '\n']);
-            anyhow::ensure!(!password.is_empty(), "empty password on standard input");
-            println!("{}", modgate::ingress::auth::hash_password(password));
+            // Typed at a terminal: hidden, and asked twice. Otherwise read from standard input.
+            let password = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                let first = rpassword::prompt_password("Password: ")?;
+                let again = rpassword::prompt_password("Again: ")?;
+                anyhow::ensure!(first == again, "the passwords differ; nothing printed");
+                first
+            } else {
+                let mut input = String::new();
+                std::io::stdin().read_to_string(&mut input)?;
+                input.trim_end_matches(['\r', '\n']).to_string()
+            };
+            anyhow::ensure!(!password.is_empty(), "empty password");
+            println!("{}", modgate::ingress::auth::hash_password(&password));
             Ok(())
         }
     }

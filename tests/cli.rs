@@ -551,7 +551,11 @@ fn environment_overrides_reach_the_commands() {
             .unwrap()
     };
     let out = check("MODGATE_LOG__LEVEL", "debug");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = check("MODGATE_LOG__LEVEL", "verbose");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -559,4 +563,60 @@ fn environment_overrides_reach_the_commands() {
         err.contains("log.level") && err.contains("MODGATE_LOG__LEVEL"),
         "{err}"
     );
+}
+
+/// Runs `modgate auth hash` on a pseudo-terminal (Python's pty), typing `first` and `again` at
+/// its prompts; returns what the terminal showed.
+fn hash_on_a_terminal(first: &str, again: &str) -> String {
+    let script = r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "auth", "hash"])
+out = b""
+def until(word):
+    global out
+    while word not in out:
+        chunk = os.read(fd, 1024)
+        if not chunk:
+            return
+        out += chunk
+until(b"Password: ")
+os.write(fd, sys.argv[2].encode() + b"\n")
+until(b"Again: ")
+os.write(fd, sys.argv[3].encode() + b"\n")
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+os.waitpid(pid, 0)
+sys.stdout.write(out.decode())
+"#;
+    let python = std::path::Path::new("/usr/bin/python3");
+    assert!(python.is_file(), "/usr/bin/python3 is required");
+    let out = Command::new(python)
+        .args(["-c", script, BIN, first, again])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn auth_hash_asks_twice_at_a_hidden_prompt() {
+    let shown = hash_on_a_terminal("s3cret-pass", "s3cret-pass");
+    // The password is not echoed; the hash verifies it.
+    assert!(!shown.contains("s3cret-pass"), "{shown}");
+    let hash = shown
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("$argon2"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(modgate::ingress::auth::verify_password("s3cret-pass", hash));
+    let shown = hash_on_a_terminal("one", "two");
+    assert!(shown.contains("the passwords differ"), "{shown}");
+    assert!(!shown.contains("$argon2"), "{shown}");
 }

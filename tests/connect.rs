@@ -395,3 +395,61 @@ async fn by_default_tunnels_and_forwards_never_reach_loopback_other_ports_or_the
     refused(&resp, "is one of modgate's own listeners");
     refused(&refusal(gw.proxy, &gw.proxy.to_string()).await, "port");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_authenticates_to_a_gateway_with_proxy_users_and_never_echoes_the_password() {
+    let ca = TestCa::new();
+    let tree = tempfile::tempdir().unwrap();
+    write_module(
+        tree.path(),
+        "example.com/m",
+        "v1.0.0",
+        "module example.com/m\n\ngo 1.19\n",
+        &[("m.go", "package m\n")],
+    );
+    let upstream = Upstream::tls(&ca, files_dir(tree.path().to_path_buf())).await;
+    let base = upstream.base_url();
+    let gw = TestGateway::start(&ca, |c| {
+        c.upstream.overrides.insert("proxy.golang.org".into(), base);
+        c.auth.users = vec![modgate::config::UserConfig {
+            name: "ci".into(),
+            password_hash: modgate::ingress::auth::hash_password("hunter2"),
+        }];
+    })
+    .await;
+    let list = tree.path().join("wants.txt");
+    std::fs::write(&list, "example.com/m@v1.0.0\n").unwrap();
+    let warm = |proxy: String, password_env: Option<&str>| {
+        let mut cmd = modgate_command();
+        cmd.arg("warm")
+            .arg(&list)
+            .args(["--proxy", &proxy, "--sumdb", "off", "--ca"])
+            .arg(&gw.ca_path)
+            .env_remove("MODGATE_PROXY_PASSWORD")
+            .stdin(std::process::Stdio::null());
+        if let Some(p) = password_env {
+            cmd.env("MODGATE_PROXY_PASSWORD", p);
+        }
+        let out = tokio::task::block_in_place(|| cmd.output().unwrap());
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let addr = gw.proxy.to_string();
+    let (ok, text) = warm(addr.clone(), None);
+    assert!(!ok);
+    assert!(text.contains("requires proxy credentials (407)"), "{text}");
+    let (ok, text) = warm(format!("http://ci:hunter2@{addr}"), None);
+    assert!(ok, "{text}");
+    let (ok, text) = warm(format!("http://ci@{addr}"), Some("hunter2"));
+    assert!(ok, "{text}");
+    let (ok, text) = warm(format!("http://ci@{addr}"), None);
+    assert!(!ok);
+    assert!(text.contains("MODGATE_PROXY_PASSWORD"), "{text}");
+    let (ok, text) = warm(format!("http://ci:Wr0ngSecret@{addr}"), None);
+    assert!(!ok);
+    assert!(text.contains("refused the ones given"), "{text}");
+    assert!(!text.contains("Wr0ngSecret"), "{text}");
+}

@@ -144,10 +144,78 @@ pub fn parse_input(name: &str, text: &str) -> anyhow::Result<Vec<Want>> {
     Ok(wants.into_values().collect())
 }
 
+/// A `--proxy` value: `HOST:PORT`, `http://HOST:PORT`, or with credentials
+/// `http://USER[:PASSWORD]@HOST:PORT` (user and password percent-decoded, as curl reads them).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyArg {
+    /// `HOST:PORT`.
+    pub addr: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ProxyArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyArg")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ProxyArg {
+    /// Parses a `--proxy` value; the error never holds the password.
+    pub fn parse(arg: &str) -> anyhow::Result<ProxyArg> {
+        let rest = arg
+            .strip_prefix("http://")
+            .unwrap_or(arg)
+            .trim_end_matches('/');
+        let (userinfo, addr) = match rest.rsplit_once('@') {
+            Some((u, a)) => (Some(u), a),
+            None => (None, rest),
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| {
+                    anyhow::anyhow!("--proxy: the user or password of {addr} is not UTF-8")
+                })
+        };
+        let (user, password) = match userinfo {
+            None => (None, None),
+            Some(u) => match u.split_once(':') {
+                Some((user, pass)) => (Some(decode(user)?), Some(decode(pass)?)),
+                None => (Some(decode(u)?), None),
+            },
+        };
+        if user.as_deref() == Some("") {
+            anyhow::bail!("--proxy: empty user name before @ in {addr}");
+        }
+        Ok(ProxyArg {
+            addr: addr.to_string(),
+            user,
+            password,
+        })
+    }
+}
+
+/// The `Proxy-Authorization` value for `user` and `password` (Basic).
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
 /// Where and how to fetch.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     pub proxy: SocketAddr,
+    /// `Proxy-Authorization` for the CONNECTs, when the gateway has proxy users.
+    pub proxy_auth: Option<String>,
     pub roots: Arc<rustls::RootCertStore>,
     /// Host of the GOPROXY the gateway serves (normally proxy.golang.org).
     pub goproxy_host: String,
@@ -156,6 +224,20 @@ pub struct Options {
     /// Module paths not checked against the database (GONOSUMDB-style patterns).
     pub nosumdb: modgate_core::policy::patterns::Patterns,
     pub concurrency: usize,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("proxy", &self.proxy)
+            .field(
+                "proxy_auth",
+                &self.proxy_auth.as_ref().map(|_| "<redacted>"),
+            )
+            .field("goproxy_host", &self.goproxy_host)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What happened to one module version.
@@ -179,8 +261,15 @@ async fn open(opts: &Options, host: &str) -> anyhow::Result<Conn> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the gateway at {}: {e}", opts.proxy))?;
     let _ = tcp.set_nodelay(true);
-    tcp.write_all(format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n").as_bytes())
-        .await?;
+    let auth = opts
+        .proxy_auth
+        .as_ref()
+        .map(|a| format!("Proxy-Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    tcp.write_all(
+        format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n{auth}\r\n").as_bytes(),
+    )
+    .await?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -190,6 +279,16 @@ async fn open(opts: &Options, host: &str) -> anyhow::Result<Conn> {
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head);
+    if head.starts_with("HTTP/1.1 407") || head.starts_with("HTTP/1.0 407") {
+        return Err(anyhow::anyhow!(
+            "the gateway requires proxy credentials (407){}: give them as --proxy http://USER@HOST:PORT, with the password in MODGATE_PROXY_PASSWORD or typed at the prompt",
+            if opts.proxy_auth.is_some() {
+                " and refused the ones given"
+            } else {
+                ""
+            }
+        ));
+    }
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         return Err(anyhow::anyhow!(
             "the gateway refused CONNECT {host}: {}",
@@ -463,5 +562,23 @@ mod tests {
         let k = VerifierKey::parse(SUM_GOLANG_ORG_KEY).unwrap();
         assert_eq!(k.name, "sum.golang.org");
         assert!(VerifierKey::parse("sum.golang.org+zz+AAAA").is_err());
+    }
+
+    #[test]
+    fn proxy_arguments_with_and_without_credentials() {
+        let p = ProxyArg::parse("http://ci%40corp:p%3Ass@gw.internal:3128/").unwrap();
+        assert_eq!(p.addr, "gw.internal:3128");
+        assert_eq!(p.user.as_deref(), Some("ci@corp"));
+        assert_eq!(p.password.as_deref(), Some("p:ss"));
+        assert!(!format!("{p:?}").contains("p:ss"));
+        let p = ProxyArg::parse("builder@127.0.0.1:3128").unwrap();
+        assert_eq!((p.user.as_deref(), p.password), (Some("builder"), None));
+        let p = ProxyArg::parse("127.0.0.1:3128").unwrap();
+        assert_eq!((p.addr.as_str(), p.user), ("127.0.0.1:3128", None));
+        let err = ProxyArg::parse("http://:secret@h:1")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
+        assert_eq!(basic_auth("a", "b"), "Basic YTpi");
     }
 }

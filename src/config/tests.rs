@@ -87,7 +87,10 @@ fn environment_overrides_set_keys_and_errors_name_the_variable() {
             ("MODGATE_SUMDB__FAIL_OPEN", "true"),
             ("modgate_ignored", "x"),
             ("MODGATE_CONFIG", "/elsewhere.toml"),
-            ("MODGATE_MODULES__PRIVATE", "[\"corp.example\", \"*.internal\"]"),
+            (
+                "MODGATE_MODULES__PRIVATE",
+                "[\"corp.example\", \"*.internal\"]",
+            ),
             ("MODGATE_LOG__LEVEL", "debug"),
             ("MODGATE_UPSTREAM__CONNECT_TIMEOUT", "7s"),
         ]),
@@ -97,17 +100,33 @@ fn environment_overrides_set_keys_and_errors_name_the_variable() {
     assert!(c.sumdb.fail_open);
     assert_eq!(c.modules.private.0, vec!["corp.example", "*.internal"]);
     assert_eq!(c.log.level, "debug");
-    assert_eq!(c.upstream.connect_timeout, std::time::Duration::from_secs(7));
+    assert_eq!(
+        c.upstream.connect_timeout,
+        std::time::Duration::from_secs(7)
+    );
     // Keys the environment does not set keep the file's values.
     assert_eq!(c.cache.max_size, bytesize::ByteSize::gb(1));
     // Without overrides the file alone decides.
-    assert_eq!(parse_with_env(text, vars(&[])).unwrap(), parse(text).unwrap());
+    assert_eq!(
+        parse_with_env(text, vars(&[])).unwrap(),
+        parse(text).unwrap()
+    );
     for (name, value, want) in [
         ("MODGATE_PROXY__LISTEN", ":3128", "MODGATE_PROXY__LISTEN"),
-        ("MODGATE_PROXY__LISTN", "127.0.0.1:1", "MODGATE_PROXY__LISTN"),
-        ("MODGATE_SUMDB__FAIL_OPEN", "maybe", "MODGATE_SUMDB__FAIL_OPEN"),
+        (
+            "MODGATE_PROXY__LISTN",
+            "127.0.0.1:1",
+            "MODGATE_PROXY__LISTN",
+        ),
+        (
+            "MODGATE_SUMDB__FAIL_OPEN",
+            "maybe",
+            "MODGATE_SUMDB__FAIL_OPEN",
+        ),
     ] {
-        let err = parse_with_env(text, vars(&[(name, value)])).unwrap_err().to_string();
+        let err = parse_with_env(text, vars(&[(name, value)]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(want), "{name}={value}: {err}");
     }
 }
