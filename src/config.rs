@@ -98,12 +98,17 @@ impl Default for ProxyConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// How often the configuration file is checked for changes, which are then reloaded as by
+    /// SIGHUP (a Kubernetes ConfigMap update, an edit); `"0s"`: never.
+    #[serde(with = "humantime_serde")]
+    pub watch_config: Duration,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            watch_config: Duration::from_secs(5),
         }
     }
 }

@@ -620,3 +620,82 @@ fn auth_hash_asks_twice_at_a_hidden_prompt() {
     assert!(shown.contains("the passwords differ"), "{shown}");
     assert!(!shown.contains("$argon2"), "{shown}");
 }
+
+/// The metrics of the gateway whose admin listener is `admin`.
+fn scrape(admin: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp
+}
+
+#[test]
+fn a_configuration_file_swapped_like_a_configmap_is_reloaded_by_itself() {
+    // Kubernetes mounts a ConfigMap as a directory: the file is a symlink through `..data`,
+    // which an update points at a new directory.
+    let dir = tempfile::tempdir().unwrap();
+    let base = "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\nwatch_config = \"100ms\"\n";
+    let v1 = dir.path().join("..v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::write(v1.join("c.toml"), base).unwrap();
+    std::os::unix::fs::symlink("..v1", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/c.toml", dir.path().join("watched.toml")).unwrap();
+    let mut child = modgate_command()
+        .args(["serve", "--config", "watched.toml"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut admin = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split_once("admin on http://") {
+            admin = rest.1.split_whitespace().next().unwrap().to_string();
+            break;
+        }
+    }
+    let reloads = |outcome: &str| {
+        scrape(&admin)
+            .lines()
+            .find(|l| l.starts_with(&format!("modgate_config_reloads_total{{outcome=\"{outcome}\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    let wait_for = |outcome: &str, want: f64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while reloads(outcome) < want && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        reloads(outcome)
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(reloads("ok"), 0.0, "nothing changed yet");
+    // The update: a new directory, and `..data` swapped to it in one rename.
+    let v2 = dir.path().join("..v2");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::write(
+        v2.join("c.toml"),
+        format!("{base}[modules]\nprivate = [\"corp.example\"]\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..v2", dir.path().join("..data.new")).unwrap();
+    std::fs::rename(dir.path().join("..data.new"), dir.path().join("..data")).unwrap();
+    assert_eq!(wait_for("ok", 1.0), 1.0);
+    // A broken update is refused (the running rules stay), and counted.
+    let v3 = dir.path().join("..v3");
+    std::fs::create_dir(&v3).unwrap();
+    std::fs::write(v3.join("c.toml"), format!("{base}[modules]\nprivate = 7\n")).unwrap();
+    std::os::unix::fs::symlink("..v3", dir.path().join("..data.new")).unwrap();
+    std::fs::rename(dir.path().join("..data.new"), dir.path().join("..data")).unwrap();
+    assert_eq!(wait_for("error", 1.0), 1.0);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -315,6 +315,8 @@ impl Gateway {
     /// shuts down gracefully.
     pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        let watch = watch_config(self.runtime.clone());
+        tokio::pin!(watch);
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(mut hup) => loop {
                 tokio::select! {
@@ -323,15 +325,48 @@ impl Gateway {
                         let runtime = self.runtime.clone();
                         let _ = tokio::task::spawn_blocking(move || runtime.reload()).await;
                     }
+                    _ = &mut watch => {}
                 }
             },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload");
-                stop.await;
+                tokio::select! {
+                    _ = &mut stop => {}
+                    _ = &mut watch => {}
+                }
             }
         }
         let drained = self.shutdown().await;
         tracing::info!(drained, "modgate stopped");
+    }
+}
+
+/// Reloads the configuration whenever its file's content changes (`admin.watch_config`; a
+/// ConfigMap update swaps the file behind a symlink, which reading follows). A file that cannot
+/// be read or does not compile leaves the running rules in force, as a reload does. Never
+/// completes.
+async fn watch_config(runtime: Arc<Runtime>) {
+    let every = runtime.ingress.serve.config.admin.watch_config;
+    let Some(path) = runtime.config_path.clone().filter(|_| !every.is_zero()) else {
+        return std::future::pending().await;
+    };
+    let mut seen = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let p = path.clone();
+        let now = tokio::task::spawn_blocking(move || std::fs::read(p))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if now.is_none() || now == seen {
+            continue;
+        }
+        seen = now;
+        tracing::info!(path = %path.display(), "the configuration file changed; reloading");
+        let runtime = runtime.clone();
+        let _ = tokio::task::spawn_blocking(move || runtime.reload()).await;
     }
 }
 
