@@ -159,6 +159,17 @@ enum AuthCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // A command's output piped into `head` ends quietly when the reader goes, as other
+        // command-line tools do (the gateway itself keeps ignoring SIGPIPE).
+        // SAFETY: set once at start, before any thread exists.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -664,7 +664,11 @@ fn a_configuration_file_swapped_like_a_configmap_is_reloaded_by_itself() {
     let reloads = |outcome: &str| {
         scrape(&admin)
             .lines()
-            .find(|l| l.starts_with(&format!("modgate_config_reloads_total{{outcome=\"{outcome}\"}}")))
+            .find(|l| {
+                l.starts_with(&format!(
+                    "modgate_config_reloads_total{{outcome=\"{outcome}\"}}"
+                ))
+            })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(-1.0)
