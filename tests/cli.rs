@@ -703,3 +703,49 @@ fn a_configuration_file_swapped_like_a_configmap_is_reloaded_by_itself() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn cache_stats_reports_the_hit_ratio_of_the_gateway_serving_its_data_directory_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    // A cache of its own in `other` (made by a gateway that ran there once).
+    let other_dir = dir.path().join("o");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let mut once = serve(
+        &other_dir,
+        &format!("{ports}[storage]\ndata_dir = \"../other\"\n"),
+        Stdio::null(),
+    );
+    let _ = once.child.kill();
+    let _ = once.child.wait();
+    let mut served = serve(
+        dir.path(),
+        &format!("{ports}[storage]\ndata_dir = \"mine\"\n"),
+        Stdio::null(),
+    );
+    let stats = |data_dir: &str| {
+        let cfg = format!(
+            "[admin]\nlisten = \"{}\"\n[storage]\ndata_dir = \"{data_dir}\"\n",
+            served.admin
+        );
+        std::fs::write(dir.path().join("stats.toml"), cfg).unwrap();
+        let (ok, out, err) = run(&["cache", "stats", "--config", "stats.toml"], dir.path());
+        assert!(ok, "{err}");
+        out
+    };
+    // The gateway in front of this cache: its numbers.
+    let out = stats("mine");
+    assert!(
+        out.contains("hit ratio:   no cacheable requests since the gateway started"),
+        "{out}"
+    );
+    // Another cache, with that gateway on the admin address: not its numbers.
+    let out = stats("other");
+    assert!(
+        out.contains("hit ratio:   unknown (the gateway answering on")
+            && out.contains("serves another data directory"),
+        "{out}"
+    );
+    let _ = served.child.kill();
+    let _ = served.child.wait();
+}

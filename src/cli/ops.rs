@@ -131,6 +131,28 @@ fn hit_ratio(config: &Config) -> String {
     let Ok(text) = fetch() else {
         return format!("unknown (no gateway answering on {addr})");
     };
+    let (head, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let theirs = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case(crate::gateway::admin::DATA_DIR_HEADER)
+            .then(|| value.trim().to_string())
+    });
+    let ours = std::fs::canonicalize(&config.storage.data_dir)
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match theirs {
+        Some(t) if t == ours => {}
+        Some(t) => {
+            return format!(
+                "unknown (the gateway answering on {addr} serves another data directory, {t})"
+            );
+        }
+        None => {
+            return format!(
+                "unknown (what answers on {addr} does not say which data directory it serves)"
+            );
+        }
+    }
     let mut counts: BTreeMap<String, f64> = BTreeMap::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("modgate_request_duration_seconds_count{") else {

@@ -14,6 +14,9 @@ use crate::body::Answer;
 use crate::body::{Body, full};
 use crate::gateway::Runtime as State;
 
+/// The header of `/metrics` naming the gateway's data directory (canonical path).
+pub const DATA_DIR_HEADER: &str = "x-modgate-data-dir";
+
 /// Serves admin requests until shutdown.
 pub async fn run(listener: TcpListener, state: Arc<State>) {
     loop {
@@ -76,10 +79,22 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         return Ok(Answer::new(StatusCode::METHOD_NOT_ALLOWED, "use GET").into_response());
     }
     let resp = match req.uri().path() {
-        "/metrics" => with_type(
-            full(state.ingress.serve.metrics.render()),
-            "text/plain; version=0.0.4; charset=utf-8",
-        ),
+        "/metrics" => {
+            let mut resp = with_type(
+                full(state.ingress.serve.metrics.render()),
+                "text/plain; version=0.0.4; charset=utf-8",
+            );
+            // Which data directory this gateway serves, so `modgate cache stats` reports the
+            // hit ratio of the gateway in front of its cache, not of any that answers.
+            let dir = &state.ingress.serve.config.storage.data_dir;
+            if let Some(v) = std::fs::canonicalize(dir)
+                .ok()
+                .and_then(|d| HeaderValue::from_str(&d.to_string_lossy()).ok())
+            {
+                resp.headers_mut().insert(DATA_DIR_HEADER, v);
+            }
+            resp
+        }
         "/healthz" => Answer::new(StatusCode::OK, "ok").into_response(),
         "/readyz" if state.ingress.shutdown.is_cancelled() => {
             Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
