@@ -57,6 +57,7 @@ pub struct Config {
     pub private: PrivateConfig,
     pub transparent: TransparentConfig,
     pub log: LogConfig,
+    pub traces: TracesConfig,
 }
 
 /// `[proxy]`: the listener agents talk to.
@@ -519,6 +520,29 @@ pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
     pub access_log: bool,
+}
+
+/// `[traces]`: OpenTelemetry export of the connection and request spans; off by default.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracesConfig {
+    /// OTLP/HTTP (protobuf) traces endpoint, e.g. `"http://otel-collector:4318/v1/traces"`;
+    /// `""`: no export.
+    pub otlp_endpoint: String,
+    /// Share of traces exported, 0 to 1 (by trace id, so a request's spans go together).
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        TracesConfig {
+            otlp_endpoint: String::new(),
+            sample_ratio: 1.0,
+            service_name: "modgate".into(),
+        }
+    }
 }
 
 impl Default for LogConfig {

@@ -318,7 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let config_path = config.clone();
             let config = load_config(config.as_ref())?;
-            modgate::telemetry::init_logging(&config.log);
+            let _telemetry = modgate::telemetry::init(&config.log, &config.traces)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let stop = modgate::shutdown_signal()?;

@@ -749,3 +749,72 @@ fn cache_stats_reports_the_hit_ratio_of_the_gateway_serving_its_data_directory_o
     let _ = served.child.kill();
     let _ = served.child.wait();
 }
+
+#[test]
+fn request_spans_are_exported_to_a_real_otlp_receiver() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let spans = dir.path().join("spans.jsonl");
+    // The receiver runs on the python3 that has opentelemetry-proto (installed by .ci/run).
+    let mut receiver = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/otlp/receiver.py"
+        ))
+        .arg(&spans)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    BufReader::new(receiver.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let port: u16 = port.trim().parse().unwrap_or_else(|_| {
+        panic!("the OTLP receiver did not start (python3 with opentelemetry-proto is required)")
+    });
+    let Served {
+        mut child, proxy, ..
+    } = serve(
+        dir.path(),
+        &ports(&format!(
+            "[egress]\nallow_addresses = [\"127.0.0.0/8\"]\n[traces]\notlp_endpoint = \"http://127.0.0.1:{port}/v1/traces\"\nservice_name = \"modgate-test\"\n"
+        )),
+        Stdio::null(),
+    );
+    let target = plain_ok_server();
+    let mut s = std::net::TcpStream::connect(&proxy).unwrap();
+    write!(
+        s,
+        "GET http://{target}/traced HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // A clean stop exports what is buffered.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = child.wait();
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&spans)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let request = lines
+        .iter()
+        .find(|s| s["name"] == "request")
+        .unwrap_or_else(|| panic!("no request span: {lines:#?}"));
+    assert_eq!(request["service"], "modgate-test");
+    assert_eq!(request["attributes"]["route"], "http_forward", "{request}");
+    // Its parent spans (the connection and the client) are in the same trace.
+    let client = lines
+        .iter()
+        .find(|s| s["name"] == "client")
+        .unwrap_or_else(|| panic!("no client span: {lines:#?}"));
+    assert_eq!(client["trace_id"], request["trace_id"]);
+    assert!(!request["parent"].as_str().unwrap().is_empty());
+}

@@ -41,8 +41,28 @@ impl Config {
         modules(self)?;
         private(self)?;
         storage(self)?;
+        traces(self)?;
         log_level(&self.log.level)
     }
+}
+
+fn traces(c: &Config) -> Result<(), ConfigError> {
+    let t = &c.traces;
+    ensure(
+        (0.0..=1.0).contains(&t.sample_ratio),
+        "traces.sample_ratio",
+        "must be between 0 and 1",
+    )?;
+    ensure(
+        t.otlp_endpoint.is_empty() || t.otlp_endpoint.starts_with("http://"),
+        "traces.otlp_endpoint",
+        "must be an http:// URL (OTLP over plain HTTP, to a collector or agent next to modgate, e.g. \"http://otel-collector:4318/v1/traces\"), or \"\" for none",
+    )?;
+    ensure(
+        !t.service_name.is_empty(),
+        "traces.service_name",
+        "must not be empty",
+    )
 }
 
 fn listeners(c: &Config) -> Result<(), ConfigError> {
