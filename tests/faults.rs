@@ -295,3 +295,104 @@ fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
         }
     }
 }
+
+/// A small tmpfs mounted for a test (needs root, as the test command runs), unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![7u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.write_all(&[7u8; 512]);
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_full_disk_every_client_gets_correct_bytes_and_caching_resumes_when_space_returns() {
+    let disk = SmallDisk::mount("8m");
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let big = module_zip("example.com/big", "v1.0.0", &[("a.go", &noise(1536 << 10))]);
+    script.ok("/example.com/big/@v/v1.0.0.zip", big.clone());
+    script.ok(
+        "/example.com/flip/@v/v1.0.0.zip",
+        flip_file_data(&module_zip(
+            "example.com/flip",
+            "v1.0.0",
+            &[("a.go", &noise(1536 << 10))],
+        )),
+    );
+    let up = Upstream::tls(&ca, scripted(script.clone())).await;
+    let base = up.base_url();
+    let data = disk.dir.path().join("data");
+    let gw = TestGateway::start(&ca, move |c| {
+        c.upstream.overrides.insert("proxy.golang.org".into(), base);
+        c.storage.data_dir = data;
+    })
+    .await;
+    let filler = disk.fill();
+    const HOST: &str = "proxy.golang.org:443";
+    const BIG: &str = "/example.com/big/@v/v1.0.0.zip";
+
+    // Ten agents at once for one zip the disk cannot hold: every one gets all of it.
+    let mut tasks = vec![];
+    for _ in 0..10 {
+        let gw = &gw;
+        tasks.push(async move { gw.get(HOST, BIG, Alpn::H1).await });
+    }
+    for (status, _, body) in futures_util::future::join_all(tasks).await {
+        assert_eq!(status, 200);
+        assert_eq!(&body[..], &big[..]);
+    }
+    // A corrupt zip is not delivered whole, stored or not.
+    assert!(
+        !gw.complete_200(HOST, "/example.com/flip/@v/v1.0.0.zip")
+            .await
+    );
+    let m = gw.metrics().await;
+    assert!(
+        metric(&m, "modgate_cache_store_errors_total", &[]) >= 1.0,
+        "{m}"
+    );
+    assert!(gw.dir.path().exists());
+
+    // Space returns: the next fetch is stored, and the one after is a hit.
+    std::fs::remove_file(filler).unwrap();
+    let (status, headers, body) = gw.get(HOST, BIG, Alpn::H1).await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], &big[..]);
+    assert_eq!(headers["x-modgate-cache"], "miss");
+    let (status, headers, body) = gw.get(HOST, BIG, Alpn::H1).await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], &big[..]);
+    assert_eq!(headers["x-modgate-cache"], "hit");
+    drop(gw);
+}
