@@ -229,7 +229,15 @@ async fn connect(
                 async move {
                     let _permit = permit;
                     match hyper::upgrade::on(req).await {
-                        Ok(upgraded) => tunnel::run(TokioIo::new(upgraded), target, metrics).await,
+                        // The client's socket itself, with what hyper read past the
+                        // CONNECT head: the tunnel then holds no buffer while idle.
+                        Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                            Ok(parts) => {
+                                tunnel::run(parts.io.into_inner(), parts.read_buf, target, metrics)
+                                    .await
+                            }
+                            Err(_) => tracing::warn!("CONNECT upgrade is not a TCP stream"),
+                        },
                         Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
                     }
                 }

@@ -251,7 +251,13 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
                 .tunnel_bytes
                 .with_label_values(&["upstream"])
                 .inc_by(prefix.len() as u64);
-            tunnel::run(stream, target, state.serve.metrics.clone()).await;
+            tunnel::run(
+                stream,
+                bytes::Bytes::new(),
+                target,
+                state.serve.metrics.clone(),
+            )
+            .await;
         }
     }
 }
