@@ -569,7 +569,7 @@ fn environment_overrides_reach_the_commands() {
 /// its prompts; returns what the terminal showed.
 fn hash_on_a_terminal(first: &str, again: &str) -> String {
     let script = r#"
-import os, pty, sys, time
+import os, pty, sys, termios, time
 pid, fd = pty.fork()
 if pid == 0:
     os.execv(sys.argv[1], [sys.argv[1], "auth", "hash"])
@@ -581,10 +581,16 @@ def until(word):
         if not chunk:
             return
         out += chunk
+def typed(text):
+    # As a person types: once the prompt has turned echo off (typed-ahead input would be echoed).
+    deadline = time.time() + 10
+    while termios.tcgetattr(fd)[3] & termios.ECHO and time.time() < deadline:
+        time.sleep(0.01)
+    os.write(fd, text.encode() + b"\n")
 until(b"Password: ")
-os.write(fd, sys.argv[2].encode() + b"\n")
+typed(sys.argv[2])
 until(b"Again: ")
-os.write(fd, sys.argv[3].encode() + b"\n")
+typed(sys.argv[3])
 while True:
     try:
         chunk = os.read(fd, 1024)
