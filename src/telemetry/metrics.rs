@@ -528,6 +528,14 @@ impl Metrics {
     }
 
     /// Marks a connection of `kind` open until the guard drops.
+    /// Connections open now, of every kind.
+    pub fn open_connections(&self) -> i64 {
+        ["client", "tunnel", "intercept", "transparent"]
+            .iter()
+            .map(|k| self.connections_active.with_label_values(&[k]).get())
+            .sum()
+    }
+
     pub fn connection(&self, kind: &'static str) -> ConnGuard {
         self.connections_total.with_label_values(&[kind]).inc();
         let gauge = self.connections_active.with_label_values(&[kind]);
