@@ -399,15 +399,7 @@ async fn by_default_tunnels_and_forwards_never_reach_loopback_other_ports_or_the
 #[tokio::test(flavor = "multi_thread")]
 async fn warm_authenticates_to_a_gateway_with_proxy_users_and_never_echoes_the_password() {
     let ca = TestCa::new();
-    let tree = tempfile::tempdir().unwrap();
-    write_module(
-        tree.path(),
-        "example.com/m",
-        "v1.0.0",
-        "module example.com/m\n\ngo 1.19\n",
-        &[("m.go", "package m\n")],
-    );
-    let upstream = Upstream::tls(&ca, files_dir(tree.path().to_path_buf())).await;
+    let (tree, upstream) = one_module_upstream(&ca, "example.com/m", "v1.0.0").await;
     let base = upstream.base_url();
     let gw = TestGateway::start(&ca, |c| {
         c.upstream.overrides.insert("proxy.golang.org".into(), base);

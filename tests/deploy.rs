@@ -142,15 +142,7 @@ impl Prometheus {
 async fn every_dashboard_query_and_rule_runs_against_a_gateway_that_served_traffic() {
     use crate::util::*;
     let ca = TestCa::new();
-    let tree = tempfile::tempdir().unwrap();
-    write_module(
-        tree.path(),
-        "example.com/m",
-        "v1.0.0",
-        "module example.com/m\n\ngo 1.19\n",
-        &[("m.go", "package m\n")],
-    );
-    let upstream = Upstream::tls(&ca, files_dir(tree.path().to_path_buf())).await;
+    let (_tree, upstream) = one_module_upstream(&ca, "example.com/m", "v1.0.0").await;
     let base = upstream.base_url();
     let gw = TestGateway::start(&ca, |c| {
         c.upstream.overrides.insert("proxy.golang.org".into(), base);

@@ -795,15 +795,7 @@ async fn verifying_gateway(
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_checksum_database_fails_closed_unless_fail_open_which_warns() {
     let ca = TestCa::new();
-    let tree = tempfile::tempdir().unwrap();
-    write_module(
-        tree.path(),
-        "example.com/m",
-        "v1.0.0",
-        "module example.com/m\n\ngo 1.19\n",
-        &[("m.go", "package m\n")],
-    );
-    let proxy = Upstream::tls(&ca, files_dir(tree.path().to_path_buf())).await;
+    let (_tree, proxy) = one_module_upstream(&ca, "example.com/m", "v1.0.0").await;
     // A database nobody answers at: a loopback port just closed.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gone = format!("https://{}", closed.local_addr().unwrap());

@@ -51,48 +51,91 @@ fn gosumdb(gw: &TestGateway) -> String {
         .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_go_command_verifies_public_and_private_modules_against_modgates_own_database() {
-    let ca = TestCa::new();
-    let base = tempfile::tempdir().unwrap();
-    // Public: a module in a GOPROXY tree and in the fixture checksum database.
-    let tree = base.path().join("goproxy");
-    for v in ["v1.0.0", "v1.1.0"] {
-        write_module(
-            &tree,
-            "example.com/pub",
-            v,
-            "module example.com/pub\n\ngo 1.19\n",
-            &[("pub.go", "package pub\n")],
-        );
+/// What both tests serve: a public module (two versions) in a GOPROXY tree and in the fixture
+/// checksum database, and the internal git host with the private repositories.
+struct Fixture {
+    base: tempfile::TempDir,
+    sumdb: SumDb,
+    proxy: Upstream,
+    repos: std::path::PathBuf,
+    git_host: Upstream,
+    route: modgate::config::PrivateRouteConfig,
+}
+
+impl Fixture {
+    async fn new(ca: &TestCa) -> Fixture {
+        let base = tempfile::tempdir().unwrap();
+        let tree = base.path().join("goproxy");
+        for v in ["v1.0.0", "v1.1.0"] {
+            write_module(
+                &tree,
+                "example.com/pub",
+                v,
+                "module example.com/pub\n\ngo 1.19\n",
+                &[("pub.go", "package pub\n")],
+            );
+        }
+        let sumdb = SumDb::start(ca, &tree);
+        let proxy = Upstream::tls(ca, files_dir(tree.clone())).await;
+        let repos = build_repos(base.path());
+        let git_host = Upstream::tls(ca, internal_git_host(repos.clone(), Arc::default())).await;
+        let route = route(base.path(), PASSWORD);
+        Fixture {
+            base,
+            sumdb,
+            proxy,
+            repos,
+            git_host,
+            route,
+        }
     }
-    let sumdb = SumDb::start(&ca, &tree);
-    let proxy = Upstream::tls(&ca, files_dir(tree.clone())).await;
-    // Private: the internal git host.
-    let repos = build_repos(base.path());
-    let git_host = Upstream::tls(&ca, internal_git_host(repos.clone(), Arc::default())).await;
-    let (ca_dir, data) = (base.path().join("ca"), base.path().join("data"));
-    let route = route(base.path(), PASSWORD);
-    let start = || {
+
+    /// A gateway configuration for the fixture, serving modgate's own database, with its CA
+    /// (so its signing key) in `ca_dir` and its data in `data`.
+    fn configure(
+        &self,
+        ca_dir: &Path,
+        data: &Path,
+    ) -> impl FnOnce(&mut modgate::config::Config) + use<> {
         let (pb, sb, gb, vkey) = (
-            proxy.base_url(),
-            sumdb.base_url(),
-            git_host.base_url(),
-            sumdb.vkey.clone(),
+            self.proxy.base_url(),
+            self.sumdb.base_url(),
+            self.git_host.base_url(),
+            self.sumdb.vkey.clone(),
         );
-        let (ca_dir, data, route) = (ca_dir.clone(), data.clone(), route.clone());
-        TestGateway::start(&ca, move |c| {
+        let (ca_dir, data, route) = (ca_dir.to_path_buf(), data.to_path_buf(), self.route.clone());
+        move |c| {
             c.upstream.overrides.insert("proxy.golang.org".into(), pb);
             c.upstream.overrides.insert("sum.golang.org".into(), sb);
             c.upstream.overrides.insert("git.internal".into(), gb);
             c.sumdb.verify = "sum.golang.org".into();
             c.sumdb.keys = vec![vkey];
             c.sumdb.serve = OWN.into();
-            c.sumdb.nosumdb = modgate::config::PatternList(vec!["example.com/exempt".into()]);
             c.private.routes = vec![route];
             c.private.mirror_ttl = std::time::Duration::from_millis(1);
             c.ca.dir = ca_dir;
             c.storage.data_dir = data;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_go_command_verifies_public_and_private_modules_against_modgates_own_database() {
+    let ca = TestCa::new();
+    let fx = Fixture::new(&ca).await;
+    let Fixture {
+        base,
+        sumdb,
+        proxy,
+        repos,
+        ..
+    } = &fx;
+    let (ca_dir, data) = (base.path().join("ca"), base.path().join("data"));
+    let start = || {
+        let configure = fx.configure(&ca_dir, &data);
+        TestGateway::start(&ca, move |c| {
+            configure(c);
+            c.sumdb.nosumdb = modgate::config::PatternList(vec!["example.com/exempt".into()]);
         })
     };
     let work = tempfile::tempdir().unwrap();
@@ -278,44 +321,21 @@ async fn the_go_command_verifies_public_and_private_modules_against_modgates_own
 async fn replicas_sharing_a_bucket_agree_on_pins_and_on_one_tree() {
     let garage = crate::shared_cache::Garage::start();
     let ca = TestCa::new();
-    let base = tempfile::tempdir().unwrap();
-    let tree = base.path().join("goproxy");
-    for v in ["v1.0.0", "v1.1.0"] {
-        write_module(
-            &tree,
-            "example.com/pub",
-            v,
-            "module example.com/pub\n\ngo 1.19\n",
-            &[("pub.go", "package pub\n")],
-        );
-    }
-    let sumdb = SumDb::start(&ca, &tree);
-    let proxy = Upstream::tls(&ca, files_dir(tree.clone())).await;
-    let repos = build_repos(base.path());
-    let git_host = Upstream::tls(&ca, internal_git_host(repos.clone(), Arc::default())).await;
+    let fx = Fixture::new(&ca).await;
+    let Fixture {
+        base,
+        sumdb,
+        proxy,
+        repos,
+        ..
+    } = &fx;
     // One CA directory (so one signing key, as replicas share the CA Secret), two data dirs.
     let ca_dir = base.path().join("ca");
-    let route = route(base.path(), PASSWORD);
     let replica = |data: &str| {
-        let (pb, sb, gb, vkey) = (
-            proxy.base_url(),
-            sumdb.base_url(),
-            git_host.base_url(),
-            sumdb.vkey.clone(),
-        );
-        let (ca_dir, data, route) = (ca_dir.clone(), base.path().join(data), route.clone());
+        let configure = fx.configure(&ca_dir, &base.path().join(data));
         let garage = &garage;
         TestGateway::start(&ca, move |c| {
-            c.upstream.overrides.insert("proxy.golang.org".into(), pb);
-            c.upstream.overrides.insert("sum.golang.org".into(), sb);
-            c.upstream.overrides.insert("git.internal".into(), gb);
-            c.sumdb.verify = "sum.golang.org".into();
-            c.sumdb.keys = vec![vkey];
-            c.sumdb.serve = OWN.into();
-            c.private.routes = vec![route];
-            c.private.mirror_ttl = std::time::Duration::from_millis(1);
-            c.ca.dir = ca_dir;
-            c.storage.data_dir = data;
+            configure(c);
             garage.configure(c);
         })
     };

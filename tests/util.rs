@@ -1123,3 +1123,22 @@ pub fn modgate_command() -> std::process::Command {
     }
     cmd
 }
+
+/// A GOPROXY upstream over TLS serving one module version (a go.mod and one Go file), with the
+/// directory its files are in.
+pub async fn one_module_upstream(
+    ca: &TestCa,
+    module: &str,
+    version: &str,
+) -> (tempfile::TempDir, Upstream) {
+    let tree = tempfile::tempdir().unwrap();
+    write_module(
+        tree.path(),
+        module,
+        version,
+        &format!("module {module}\n\ngo 1.19\n"),
+        &[("m.go", "package m\n")],
+    );
+    let upstream = Upstream::tls(ca, files_dir(tree.path().to_path_buf())).await;
+    (tree, upstream)
+}

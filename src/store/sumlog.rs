@@ -269,15 +269,7 @@ impl SumLog {
         if let Some(found) = self.find(module, version) {
             return Ok((found, false));
         }
-        let line = Line {
-            module: module.to_string(),
-            version: version.to_string(),
-            zip: zip.to_string(),
-            go_mod: go_mod.to_string(),
-            source: source.to_string(),
-            at: now(),
-            prev: Some(self.head_hash()),
-        };
+        let line = self.next_line(module, version, zip, go_mod, source);
         self.write(&mut file, &line)?;
         let found = self.find(module, version).expect("just added");
         Ok((found, true))
@@ -326,7 +318,20 @@ impl SumLog {
         go_mod: &str,
         source: &str,
     ) -> Vec<u8> {
-        serde_json::to_vec(&Line {
+        serde_json::to_vec(&self.next_line(module, version, zip, go_mod, source))
+            .expect("serializable")
+    }
+
+    /// The record of `module@version` that would follow this log's last one.
+    fn next_line(
+        &self,
+        module: &str,
+        version: &str,
+        zip: &str,
+        go_mod: &str,
+        source: &str,
+    ) -> Line {
+        Line {
             module: module.to_string(),
             version: version.to_string(),
             zip: zip.to_string(),
@@ -334,8 +339,7 @@ impl SumLog {
             source: source.to_string(),
             at: now(),
             prev: Some(self.head_hash()),
-        })
-        .expect("serializable")
+        }
     }
 
     /// Record `id` in its shared-bucket form (naming the tree before it), if the log has it.
