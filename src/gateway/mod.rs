@@ -187,7 +187,7 @@ impl Gateway {
                 .await??;
                 let log = Arc::new(log);
                 if let Some(shared) = &shared {
-                    serve::ownsum::join(shared, &log).await?;
+                    crate::store::sumshare::join(shared, &log).await?;
                 }
                 metrics.own_sumdb_records.set(log.size() as i64);
                 Some(log)

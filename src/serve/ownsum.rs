@@ -22,8 +22,8 @@ use crate::body::Body;
 use crate::serve::respond::ServeError;
 use crate::serve::{Live, State, private, prove};
 use crate::store::pins::PinFile;
-use crate::store::shared::{Once, SharedStore};
 use crate::store::sumlog::{Found, SumLog};
+use crate::store::sumshare::{self, catch_up};
 use modgate_core::gomod::path::ModulePath;
 use modgate_core::policy::classify::{ProxyOp, SumDbOp, Target};
 use modgate_core::policy::route::{Route, route};
@@ -116,7 +116,7 @@ async fn lookup(
     if let Some(shared) = &state.shared {
         catch_up(shared, log).await.map_err(|e| {
             ServeError::UpstreamFailed(format!(
-                "modgate's checksum database {} cannot read the shared bucket: {e}",
+                "modgate's checksum database {} cannot catch up with other replicas: {e}",
                 log.name()
             ))
         })?;
@@ -194,9 +194,8 @@ async fn record(
     add(state, log, module, version, zip, go_mod, source).await
 }
 
-/// Appends a record (on the blocking pool: it fsyncs). With a shared bucket the record takes
-/// the next id there, written once, so every replica serves one tree: catch up with what other
-/// replicas added, then claim the next id; a lost race catches up again.
+/// Appends a record (see [`crate::store::sumshare::add`]), as a refusal the go command shows
+/// when it cannot be recorded.
 pub async fn add(
     state: &Arc<State>,
     log: &Arc<SumLog>,
@@ -206,154 +205,24 @@ pub async fn add(
     go_mod: String,
     source: String,
 ) -> Result<Found, ServeError> {
-    let Some(shared) = &state.shared else {
-        let (log2, m, v) = (log.clone(), module.to_string(), version.to_string());
-        let (found, new) =
-            tokio::task::spawn_blocking(move || log2.add(&m, &v, &zip, &go_mod, &source))
-                .await
-                .map_err(|e| ServeError::Internal(format!("checksum-database task failed: {e}")))?
-                .map_err(|e| ServeError::Internal(e.to_string()))?;
-        if new {
-            recorded(state, log, module, version, found.id);
-        }
-        return Ok(found);
-    };
-    let bucket_err = |e: String| {
+    let records = &state.metrics.own_sumdb_records;
+    sumshare::add(
+        log,
+        state.shared.as_deref(),
+        records,
+        module,
+        version,
+        zip,
+        go_mod,
+        source,
+    )
+    .await
+    .map_err(|e| {
         ServeError::UpstreamFailed(format!(
-            "modgate's checksum database {} cannot record {module}@{version}: the shared bucket failed: {e}",
+            "modgate's checksum database {} cannot record {module}@{version}: {e}",
             log.name()
         ))
-    };
-    let _one = log.appending.lock().await;
-    for _ in 0..64 {
-        catch_up(shared, log).await.map_err(bucket_err)?;
-        if let Some(found) = log.find(module.as_str(), version) {
-            return Ok(found);
-        }
-        let id = log.size();
-        let data = log.new_record(module.as_str(), version, &zip, &go_mod, &source);
-        match shared
-            .create_once(&shared_key(log.name(), id), data.clone().into())
-            .await
-            .map_err(|e| bucket_err(e.to_string()))?
-        {
-            Once::Created => {
-                apply(log, id, data).await.map_err(bucket_err)?;
-                recorded(state, log, module, version, id);
-                return log
-                    .find(module.as_str(), version)
-                    .ok_or_else(|| ServeError::Internal("record vanished".into()));
-            }
-            // Another replica took the id: its record is applied by the next catch-up.
-            Once::Exists(_) => continue,
-        }
-    }
-    Err(bucket_err("too many racing appends".into()))
-}
-
-fn recorded(state: &State, log: &SumLog, module: &ModulePath, version: &str, id: u64) {
-    state.metrics.own_sumdb_records.set(log.size() as i64);
-    tracing::info!(%module, version, id, "recorded in modgate's checksum database");
-}
-
-/// Record `id` of database `name` in the shared bucket.
-fn shared_key(name: &str, id: u64) -> String {
-    format!("sumdb/{name}/records/{id:012}")
-}
-
-async fn apply(log: &Arc<SumLog>, id: u64, data: Vec<u8>) -> Result<(), String> {
-    let log = log.clone();
-    tokio::task::spawn_blocking(move || log.apply(id, &data))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
-}
-
-/// Applies the records other replicas added to the shared bucket after this log's last one.
-pub async fn catch_up(shared: &SharedStore, log: &Arc<SumLog>) -> Result<(), String> {
-    loop {
-        let id = log.size();
-        match shared
-            .get_small(&shared_key(log.name(), id))
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Some(data) => apply(log, id, data.to_vec()).await?,
-            None => return Ok(()),
-        }
-    }
-}
-
-/// At start, with a shared bucket: checks that this replica signs with the fleet's key and that
-/// its log and the bucket's agree (records made alone before are published; a log that
-/// disagrees would serve another tree, so modgate refuses to start), then catches up.
-pub async fn join(shared: &SharedStore, log: &Arc<SumLog>) -> anyhow::Result<()> {
-    let name = log.name();
-    let vkey = log.vkey();
-    if let Once::Exists(theirs) = shared
-        .create_once(
-            &format!("sumdb/{name}/key"),
-            vkey.clone().into_bytes().into(),
-        )
-        .await?
-        && theirs != vkey.as_bytes()
-    {
-        anyhow::bail!(
-            "sumdb.serve: this replica signs with {vkey}, the replicas sharing the bucket with {}; give every replica the same ca.dir/sumdb.key",
-            String::from_utf8_lossy(&theirs)
-        );
-    }
-    let disagree = |id: u64| {
-        anyhow::anyhow!(
-            "sumdb.serve: this replica's checksum-database log and the shared bucket's disagree at record {id}; they would serve two different trees. Keep one: move {} away to take the bucket's",
-            SumLog::path(std::path::Path::new("<storage.data_dir>"), name).display()
-        )
-    };
-    let size = log.size();
-    // How many of this log's records the bucket has (it may have more).
-    let mut have = size;
-    while have > 0
-        && shared
-            .get_small(&shared_key(name, have - 1))
-            .await?
-            .is_none()
-    {
-        have -= 1;
-    }
-    if have > 0 {
-        let last = shared
-            .get_small(&shared_key(name, have - 1))
-            .await?
-            .unwrap_or_default();
-        match log.agrees(have - 1, &last) {
-            // It names the tree before it: every record up to it is the same.
-            Some(true) => {}
-            Some(false) => return Err(disagree(have - 1)),
-            // A record that names no tree: compare them all.
-            None => {
-                for id in 0..have - 1 {
-                    let theirs = shared
-                        .get_small(&shared_key(name, id))
-                        .await?
-                        .unwrap_or_default();
-                    if log.agrees(id, &theirs) == Some(false) {
-                        return Err(disagree(id));
-                    }
-                }
-            }
-        }
-    }
-    for id in have..size {
-        let mine = log.record_bytes(id).expect("below the log's size");
-        if let Once::Exists(theirs) = shared
-            .create_once(&shared_key(name, id), mine.into())
-            .await?
-            && log.agrees(id, &theirs) == Some(false)
-        {
-            return Err(disagree(id));
-        }
-    }
-    catch_up(shared, log).await.map_err(anyhow::Error::msg)
+    })
 }
 
 /// A private version's pinned hashes: its go.mod and zip are served through its private route

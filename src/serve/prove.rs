@@ -353,8 +353,11 @@ async fn compare(
         );
         let source = record.source(db);
         tokio::spawn(async move {
-            let added =
-                crate::serve::ownsum::add(&state, &log, &module, &version, zip, go_mod, source);
+            let records = &state.metrics.own_sumdb_records;
+            let shared = state.shared.as_deref();
+            let added = crate::store::sumshare::add(
+                &log, shared, records, &module, &version, zip, go_mod, source,
+            );
             if let Err(e) = added.await {
                 tracing::warn!(%module, version, error = %e, "cannot record the proof in modgate's checksum database");
             }

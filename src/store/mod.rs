@@ -11,3 +11,4 @@ pub mod mirror;
 pub mod pins;
 pub mod shared;
 pub mod sumlog;
+pub mod sumshare;
