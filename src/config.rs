@@ -569,12 +569,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_with_env(&text, std::env::vars())
+    parse_with_env(&text, env_vars())
+}
+
+/// The environment as UTF-8 pairs; variables that are not UTF-8 are skipped (`std::env::vars`
+/// would panic on them), and only `MODGATE_` ones can be overrides anyway.
+fn env_vars() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
 }
 
 /// The configuration with no file: the defaults and the environment's overrides.
 pub fn from_env() -> Result<Config, ConfigError> {
-    parse_with_env("", std::env::vars())
+    parse_with_env("", env_vars())
 }
 
 /// Prefix of the environment overrides: `MODGATE_<SECTION>__<KEY>=value` sets `section.key`
@@ -635,6 +641,11 @@ pub fn parse_with_env(
                 })
                 .map(|(name, _, _)| format!(" (set by the environment variable {name})"))
                 .unwrap_or_default();
+            // Line numbers would count in the merged text, not the file: left out.
+            let message = match message.rfind(" (line ") {
+                Some(i) if message.ends_with(')') => message[..i].to_string(),
+                _ => message,
+            };
             ConfigError::Invalid {
                 key,
                 message: format!("{message}{by}"),

@@ -159,7 +159,9 @@ enum AuthCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve { .. }) {
+    // Not for serve and warm: their sockets (TLS writes use writev, which raises SIGPIPE) must
+    // see EPIPE as an error, not end the process.
+    if !matches!(cli.command, Command::Serve { .. } | Command::Warm { .. }) {
         // A command's output piped into `head` ends quietly when the reader goes, as other
         // command-line tools do (the gateway itself keeps ignoring SIGPIPE).
         // SAFETY: set once at start, before any thread exists.

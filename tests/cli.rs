@@ -706,6 +706,14 @@ fn a_configuration_file_swapped_like_a_configmap_is_reloaded_by_itself() {
     std::os::unix::fs::symlink("..v3", dir.path().join("..data.new")).unwrap();
     std::fs::rename(dir.path().join("..data.new"), dir.path().join("..data")).unwrap();
     assert_eq!(wait_for("error", 1.0), 1.0);
+    // An empty file (an editor that truncated it and has not written yet) is not reloaded.
+    let v4 = dir.path().join("..v4");
+    std::fs::create_dir(&v4).unwrap();
+    std::fs::write(v4.join("c.toml"), "").unwrap();
+    std::os::unix::fs::symlink("..v4", dir.path().join("..data.new")).unwrap();
+    std::fs::rename(dir.path().join("..data.new"), dir.path().join("..data")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!((reloads("ok"), reloads("error")), (1.0, 1.0));
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -30,6 +30,11 @@ pub struct Runtime {
     pub ca: Arc<CertAuthority>,
     /// The file the configuration came from, for reloads.
     pub config_path: Option<std::path::PathBuf>,
+    /// Its content when the gateway started, for `admin.watch_config`.
+    pub config_text: Option<Vec<u8>>,
+    /// One reload at a time (SIGHUP, POST /-/reload and the file watcher), so the newest file
+    /// read is the one in force.
+    reloading: std::sync::Mutex<()>,
 }
 
 /// What a reload did.
@@ -48,6 +53,7 @@ impl Runtime {
     /// already running finish with the rules they started with; on any error the current rules
     /// stay in force. Keys that need a restart are named in the answer and in a warning.
     pub fn reload(&self) -> anyhow::Result<Reloaded> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let res = self.try_reload();
         let outcome = if res.is_ok() { "ok" } else { "error" };
         self.metrics()
@@ -214,10 +220,13 @@ impl Gateway {
         if ingress.serve.shared.is_some() {
             tokio::spawn(serve::private::publish_pins(ingress.serve.clone()));
         }
+        let config_text = config_path.as_ref().and_then(|p| std::fs::read(p).ok());
         let runtime = Arc::new(Runtime {
             ingress: ingress.clone(),
             ca,
             config_path,
+            config_text,
+            reloading: std::sync::Mutex::new(()),
         });
         let accept_loops = TaskTracker::new();
         accept_loops.spawn(ingress::listener::run(proxy_listener, ingress.clone()));
@@ -350,7 +359,10 @@ async fn watch_config(runtime: Arc<Runtime>) {
     let Some(path) = runtime.config_path.clone().filter(|_| !every.is_zero()) else {
         return std::future::pending().await;
     };
-    let mut seen = std::fs::read(&path).ok();
+    let mut seen = runtime.config_text.clone();
+    // A changed content is reloaded once two polls in a row read it (an editor that truncates
+    // the file and then writes it is not caught half way), and never when it is empty.
+    let mut candidate: Option<Vec<u8>> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -360,10 +372,19 @@ async fn watch_config(runtime: Arc<Runtime>) {
             .await
             .ok()
             .and_then(Result::ok);
-        if now.is_none() || now == seen {
+        let Some(now) = now.filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        if Some(&now) == seen.as_ref() {
+            candidate = None;
             continue;
         }
-        seen = now;
+        if candidate.as_ref() != Some(&now) {
+            candidate = Some(now);
+            continue;
+        }
+        candidate = None;
+        seen = Some(now);
         tracing::info!(path = %path.display(), "the configuration file changed; reloading");
         let runtime = runtime.clone();
         let _ = tokio::task::spawn_blocking(move || runtime.reload()).await;

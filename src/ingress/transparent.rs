@@ -226,7 +226,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
                 TcpStream::connect(orig),
             )
             .await;
-            let mut target = match connect {
+            let target = match connect {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     outcome("connect_failed");
@@ -240,24 +240,9 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, own: 
                 }
             };
             let _ = target.set_nodelay(true);
-            if target.write_all(&prefix).await.is_err() {
-                outcome("connect_failed");
-                return;
-            }
             outcome("splice");
-            state
-                .serve
-                .metrics
-                .tunnel_bytes
-                .with_label_values(&["upstream"])
-                .inc_by(prefix.len() as u64);
-            tunnel::run(
-                stream,
-                bytes::Bytes::new(),
-                target,
-                state.serve.metrics.clone(),
-            )
-            .await;
+            // The ClientHello already read goes first (and its buffer is not kept after).
+            tunnel::run(stream, prefix, target, state.serve.metrics.clone()).await;
         }
     }
 }

@@ -62,6 +62,8 @@ pub async fn run(client: TcpStream, early: Bytes, target: TcpStream, metrics: Ar
         }
         up.inc_by(early.len() as u64);
     }
+    // hyper's read buffer (8 KiB) comes with it: not kept for the tunnel's life.
+    drop(early);
     let res = tokio::try_join!(
         pipe(client_r, target_w, &up),
         pipe(target_r, client_w, &down)
