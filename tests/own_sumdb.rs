@@ -200,24 +200,23 @@ async fn the_go_command_verifies_public_and_private_modules_against_modgates_own
     assert!(head.starts_with("go.sum database tree\n2\n"), "{head}");
     // A public path exempt from verification has no record, and says why; one that cannot be
     // proven (the checksum database has no such module) is a failure, counted as refused.
-    let (status, _, body) = gw
-        .get(
-            "proxy.golang.org:443",
-            &format!("/sumdb/{OWN}/lookup/example.com/exempt@v1.0.0"),
-            Alpn::H1,
-        )
-        .await;
-    let said = String::from_utf8_lossy(&body);
+    let lookup = |path: &'static str| {
+        let gw = &gw;
+        async move {
+            let (status, _, body) = gw
+                .get(
+                    "proxy.golang.org:443",
+                    &format!("/sumdb/{OWN}/lookup/{path}"),
+                    Alpn::H1,
+                )
+                .await;
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, said) = lookup("example.com/exempt@v1.0.0").await;
     assert_eq!(status, 404, "{said}");
     assert!(said.contains("exempt by sumdb.nosumdb"), "{said}");
-    let (status, _, body) = gw
-        .get(
-            "proxy.golang.org:443",
-            &format!("/sumdb/{OWN}/lookup/example.com/unknown@v1.0.0"),
-            Alpn::H1,
-        )
-        .await;
-    let said = String::from_utf8_lossy(&body);
+    let (status, said) = lookup("example.com/unknown@v1.0.0").await;
     assert_eq!(status, 502, "{said}");
     assert!(
         said.contains("cannot verify example.com/unknown@v1.0.0"),
@@ -322,13 +321,7 @@ async fn replicas_sharing_a_bucket_agree_on_pins_and_on_one_tree() {
     let garage = crate::shared_cache::Garage::start();
     let ca = TestCa::new();
     let fx = Fixture::new(&ca).await;
-    let Fixture {
-        base,
-        sumdb,
-        proxy,
-        repos,
-        ..
-    } = &fx;
+    let Fixture { base, repos, .. } = &fx;
     // One CA directory (so one signing key, as replicas share the CA Secret), two data dirs.
     let ca_dir = base.path().join("ca");
     let replica = |data: &str| {
@@ -374,17 +367,10 @@ async fn replicas_sharing_a_bucket_agree_on_pins_and_on_one_tree() {
     // A replica that served alone before (its record 0 is another version than the bucket's)
     // refuses to join: it would serve another tree.
     let solo = |bucket: bool| {
-        let (pb, sb, vkey) = (proxy.base_url(), sumdb.base_url(), sumdb.vkey.clone());
-        let (ca_dir, data) = (ca_dir.clone(), base.path().join("data-solo"));
+        let configure = fx.configure(&ca_dir, &base.path().join("data-solo"));
         let garage = &garage;
         TestGateway::try_start(&ca, move |c| {
-            c.upstream.overrides.insert("proxy.golang.org".into(), pb);
-            c.upstream.overrides.insert("sum.golang.org".into(), sb);
-            c.sumdb.verify = "sum.golang.org".into();
-            c.sumdb.keys = vec![vkey];
-            c.sumdb.serve = OWN.into();
-            c.ca.dir = ca_dir;
-            c.storage.data_dir = data;
+            configure(c);
             if bucket {
                 garage.configure(c);
             }
