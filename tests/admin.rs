@@ -331,3 +331,48 @@ async fn a_request_cancelled_before_its_head_is_still_observed() {
     }
     assert_eq!(seen, 1.0, "the cancelled request was observed once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_and_cache_stats_tell_how_far_the_cache_index_is() {
+    let ca = TestCa::new();
+    let data = tempfile::tempdir().unwrap();
+    // A cache as an earlier run left it.
+    for i in 0..3000 {
+        let dir = data
+            .path()
+            .join(format!("cache/mod/example.com/m{}/@v", i % 10));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("v1.0.{i}.info")),
+            format!("{{\"Version\":\"v1.0.{i}\",\"Time\":\"2024-01-02T03:04:05Z\"}}"),
+        )
+        .unwrap();
+    }
+    let path = data.path().to_path_buf();
+    let gw = TestGateway::start(&ca, move |c| c.storage.data_dir = path).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = admin_get(&gw, "/readyz").await;
+        assert_eq!(status, 200, "ready while the index is built: {body}");
+        if body == "ready; cache index complete (3000 entries)\n" {
+            break;
+        }
+        assert!(body.starts_with("ready; cache index building: "), "{body}");
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, stats) = admin_get(&gw, "/cache/stats").await;
+    assert_eq!(status, 200);
+    assert!(
+        stats.contains("index:       the running gateway's, complete"),
+        "{stats}"
+    );
+    assert!(stats.contains("entries:     3000 "), "{stats}");
+    assert!(stats.contains("info, lists, queries       3000"), "{stats}");
+    let (_, metrics) = admin_get(&gw, "/metrics").await;
+    assert!(
+        metrics.contains("modgate_cache_index_complete 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("modgate_cache_entries 3000"), "{metrics}");
+}

@@ -499,6 +499,10 @@ fn cache_stats_verify_and_gc() {
     assert!(ok, "{err}");
     assert!(out.contains("entries:     10"), "{out}");
     assert!(
+        out.contains("index:       no gateway serves this cache; read from the directory"),
+        "{out}"
+    );
+    assert!(
         out.contains("oldest:      mod/example.com/big/@v/v1.0.0.mod"),
         "{out}"
     );
@@ -753,11 +757,16 @@ fn cache_stats_reports_the_hit_ratio_of_the_gateway_serving_its_data_directory_o
         out.contains("hit ratio:   no cacheable requests since the gateway started"),
         "{out}"
     );
+    assert!(out.contains("index:       the running gateway's"), "{out}");
     // Another cache, with that gateway on the admin address: not its numbers.
     let out = stats("other");
     assert!(
         out.contains("hit ratio:   unknown (the gateway answering on")
             && out.contains("serves another data directory"),
+        "{out}"
+    );
+    assert!(
+        out.contains("index:       no gateway serves this cache"),
         "{out}"
     );
     let _ = served.child.kill();

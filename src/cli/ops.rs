@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::SystemTime;
 
 use crate::config::Config;
 use crate::store::content::check_entry;
 use crate::store::disk::DiskCache;
 use crate::store::pins::{PinFile, Pins};
+use crate::store::report::CacheReport;
 use crate::telemetry::metrics::Metrics;
 use modgate_core::cache_key::{CacheKey, Entry, ModuleFile, SumDbItem};
 use modgate_core::gomod::dirhash;
@@ -34,104 +34,65 @@ fn open(config: &Config) -> anyhow::Result<DiskCache> {
     )?)
 }
 
-fn kind_of(key: &str) -> &'static str {
-    match CacheKey::parse(key) {
-        Ok((_, true)) => "not-found answers",
-        Ok((key, false)) => key.kind().describe(),
-        Err(_) => "other entries",
-    }
-}
-
-/// `modgate cache stats`.
+/// `modgate cache stats`: from the running gateway's index when a gateway serving this data
+/// directory answers on the admin listener (fast at any size), otherwise from a walk of the
+/// directory.
 pub fn stats(config: &Config) -> anyhow::Result<String> {
-    let cache = open(config)?;
-    let entries = cache.list();
-    let total: u64 = entries.iter().map(|e| e.1).sum();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "cache:       {}",
-        config.storage.data_dir.join("cache").display()
-    );
-    let _ = writeln!(
-        out,
-        "entries:     {} ({} of {} bound)",
-        entries.len(),
-        bytesize::ByteSize::b(total),
-        config.cache.max_size
-    );
-    let mut by_kind: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
-    for (k, size, _) in &entries {
-        let e = by_kind.entry(kind_of(k)).or_default();
-        e.0 += 1;
-        e.1 += size;
-    }
-    for (kind, (n, b)) in by_kind {
-        let _ = writeln!(out, "  {kind:<22} {n:>8}  {}", bytesize::ByteSize::b(b));
-    }
-    // How the cached go.mod files and zips were proven (the integrity log).
-    let log = Pins::new(&config.storage.data_dir);
-    let (mut verified, mut pinned, mut unproven) = (0usize, 0usize, 0usize);
-    for (k, _, _) in &entries {
-        let Ok((key, false)) = CacheKey::parse(k) else {
-            continue;
-        };
-        let Entry::Module { module, file } = key.entry() else {
-            continue;
-        };
-        let (v, f) = match file {
-            ModuleFile::Mod(v) => (v, PinFile::Mod),
-            ModuleFile::Zip(v) => (v, PinFile::Zip),
-            _ => continue,
-        };
-        if log.get(module.as_str(), v)?.iter().any(|(pf, _)| *pf == f) {
-            pinned += 1;
-        } else if log.is_verified(module.as_str(), v, f)? {
-            verified += 1;
-        } else {
-            unproven += 1;
+    let mut out = match admin_get(config, "/cache/stats") {
+        Ok((200, text)) => text,
+        _ => {
+            let cache = open(config)?;
+            let log = Pins::new(&config.storage.data_dir);
+            let mut report = CacheReport::default();
+            log.with_proofs(|proof| {
+                for (key, size, modified) in cache.list() {
+                    report.add(&key, size, modified, proof);
+                }
+            })?;
+            report.render(cache.root(), config.cache.max_size, None)
         }
-    }
-    let _ = writeln!(
-        out,
-        "proofs:      {verified} go.mod/zip entries verified against a checksum database, {pinned} pinned (private), {unproven} unverified"
-    );
-    match entries.first() {
-        Some((k, _, t)) => {
-            let age = SystemTime::now().duration_since(*t).unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "oldest:      {k} ({} ago)",
-                humantime::format_duration(std::time::Duration::from_secs(age.as_secs()))
-            );
-        }
-        None => {
-            let _ = writeln!(out, "oldest:      (empty)");
-        }
-    }
+    };
     let _ = writeln!(out, "hit ratio:   {}", hit_ratio(config));
     Ok(out)
 }
 
-/// The running gateway's hit ratio since it started, read from its admin listener.
-fn hit_ratio(config: &Config) -> String {
+/// Why an answer from the admin listener is not the one wanted.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("no gateway answering on {0}")]
+    Unreachable(std::net::SocketAddr),
+    #[error("the gateway answering on {addr} serves another data directory, {theirs}")]
+    OtherDir {
+        addr: std::net::SocketAddr,
+        theirs: String,
+    },
+    #[error("what answers on {0} does not say which data directory it serves")]
+    Unnamed(std::net::SocketAddr),
+}
+
+/// GET `path` from the admin listener of the gateway serving this configuration's data
+/// directory: the status and body.
+fn admin_get(config: &Config, path: &str) -> Result<(u16, String), AdminError> {
     use std::io::{Read, Write};
     let addr = config.admin.listen;
     let fetch = || -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
         write!(
             s,
-            "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
         )?;
         let mut body = String::new();
         s.read_to_string(&mut body)?;
         Ok(body)
     };
-    let Ok(text) = fetch() else {
-        return format!("unknown (no gateway answering on {addr})");
-    };
-    let (head, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let text = fetch().map_err(|_| AdminError::Unreachable(addr))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let theirs = head.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
         name.eq_ignore_ascii_case(crate::gateway::admin::DATA_DIR_HEADER)
@@ -141,18 +102,18 @@ fn hit_ratio(config: &Config) -> String {
         .map(|d| d.to_string_lossy().into_owned())
         .unwrap_or_default();
     match theirs {
-        Some(t) if t == ours => {}
-        Some(t) => {
-            return format!(
-                "unknown (the gateway answering on {addr} serves another data directory, {t})"
-            );
-        }
-        None => {
-            return format!(
-                "unknown (what answers on {addr} does not say which data directory it serves)"
-            );
-        }
+        Some(t) if t == ours => Ok((status, body.to_string())),
+        Some(theirs) => Err(AdminError::OtherDir { addr, theirs }),
+        None => Err(AdminError::Unnamed(addr)),
     }
+}
+
+/// The running gateway's hit ratio since it started, read from its admin listener.
+fn hit_ratio(config: &Config) -> String {
+    let text = match admin_get(config, "/metrics") {
+        Ok((_, text)) => text,
+        Err(e) => return format!("unknown ({e})"),
+    };
     let mut counts: BTreeMap<String, f64> = BTreeMap::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("modgate_request_duration_seconds_count{") else {

@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz` and `/ca.pem`.
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/cache/stats` (the
+//! report of `modgate cache stats`, from the running index) and `/ca.pem`.
 //! It never serves the CA key.
 
 use std::convert::Infallible;
@@ -86,11 +87,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             );
             // Which data directory this gateway serves, so `modgate cache stats` reports the
             // hit ratio of the gateway in front of its cache, not of any that answers.
-            let dir = &state.ingress.serve.config.storage.data_dir;
-            if let Some(v) = std::fs::canonicalize(dir)
-                .ok()
-                .and_then(|d| HeaderValue::from_str(&d.to_string_lossy()).ok())
-            {
+            if let Some(v) = data_dir_value(&state.ingress.serve.config.storage.data_dir) {
                 resp.headers_mut().insert(DATA_DIR_HEADER, v);
             }
             resp
@@ -99,14 +96,52 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         "/readyz" if state.ingress.shutdown.is_cancelled() => {
             Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
         }
-        "/readyz" => Answer::new(StatusCode::OK, "ready").into_response(),
+        "/readyz" => {
+            // Serving while the cache index is built counts as ready: hits are served meanwhile.
+            let ix = state.ingress.serve.cache.indexing();
+            let text = if ix.complete {
+                format!("ready; cache index complete ({} entries)", ix.entries)
+            } else {
+                format!(
+                    "ready; cache index building: {} entries so far, {:.0} s since start",
+                    ix.entries,
+                    ix.elapsed.as_secs_f64()
+                )
+            };
+            Answer::new(StatusCode::OK, text).into_response()
+        }
+        "/cache/stats" => {
+            let serve = state.ingress.serve.clone();
+            let made = tokio::task::spawn_blocking(move || {
+                let bound = serve.config.cache.max_size;
+                crate::store::report::of_index(&serve.cache, &serve.pins, bound)
+            })
+            .await;
+            let mut resp = match made {
+                Ok(Ok(text)) => Answer::new(StatusCode::OK, text).into_response(),
+                Ok(Err(e)) => Answer::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot read the pin log: {e}"),
+                )
+                .into_response(),
+                Err(e) => Answer::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the report failed: {e}"),
+                )
+                .into_response(),
+            };
+            if let Some(v) = data_dir_value(&state.ingress.serve.config.storage.data_dir) {
+                resp.headers_mut().insert(DATA_DIR_HEADER, v);
+            }
+            resp
+        }
         "/ca.pem" => with_type(
             full(state.ca.cert_pem().to_string()),
             "application/x-pem-file",
         ),
         _ => Answer::new(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /readyz or /ca.pem",
+            "not found; try /metrics, /healthz, /readyz, /cache/stats or /ca.pem",
         )
         .into_response(),
     };
@@ -120,4 +155,11 @@ fn with_type(body: Body, content_type: &'static str) -> Response<Body> {
         HeaderValue::from_static(content_type),
     );
     resp
+}
+
+/// The data directory, canonical, as a header value.
+fn data_dir_value(dir: &std::path::Path) -> Option<HeaderValue> {
+    std::fs::canonicalize(dir)
+        .ok()
+        .and_then(|d| HeaderValue::from_str(&d.to_string_lossy()).ok())
 }

@@ -143,7 +143,7 @@ impl Gateway {
             let dir = config.storage.data_dir.clone();
             let max = config.cache.max_size.as_u64();
             let store_metrics = metrics.store();
-            tokio::task::spawn_blocking(move || DiskCache::open(&dir, max, store_metrics))
+            tokio::task::spawn_blocking(move || DiskCache::open_indexing(&dir, max, store_metrics))
                 .await?
                 .with_context(|| "storage.data_dir: cannot open the module cache")?
         };
@@ -206,7 +206,7 @@ impl Gateway {
             config,
             metrics,
             upstream,
-            Arc::new(cache),
+            cache,
             shared,
             mirrors,
             live,

@@ -223,6 +223,28 @@ impl Tracker {
         self.state.lock().expect("durability state poisoned")
     }
 
+    /// Ends the pin of a tracker made with `pin` over the previous run's horizon file, once
+    /// start-up has dealt with every entry that run may have left unsynced: writes the horizon
+    /// file afresh for this boot, with the present as horizon.
+    pub fn recovered(&self) -> io::Result<()> {
+        let mut f = self.horizon.lock().expect("horizon poisoned");
+        let mut st = self.state();
+        if st.closed {
+            return Ok(());
+        }
+        st.open.remove(&0);
+        // As after a batch: no later than the start of any fill still open.
+        let at = st
+            .open
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(SystemTime::now);
+        *f = write_horizon(&self.data_dir, &self.boot, false, Some(at))?;
+        st.recorded = st.recorded.max(at);
+        Ok(())
+    }
+
     /// Registers a fill starting now.
     pub fn begin(&self) -> u64 {
         let mut st = self.state();

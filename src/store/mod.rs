@@ -9,6 +9,7 @@ pub mod durable;
 pub mod flight;
 pub mod mirror;
 pub mod pins;
+pub mod report;
 pub mod shared;
 pub mod sumlog;
 pub mod sumshare;

@@ -111,6 +111,16 @@ pub enum Checked {
 
 type Key = (String, String, PinFile);
 
+/// How a cached go.mod file or zip was proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// Pinned (a private version).
+    Pinned,
+    /// Verified against a checksum database.
+    Verified,
+    None,
+}
+
 /// A public file proven against a checksum database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
@@ -353,6 +363,28 @@ impl Pins {
         let mut loaded = self.loaded.lock().expect("not poisoned");
         self.refresh(&mut loaded)?;
         Ok(of_version(&loaded.verified, module, version))
+    }
+
+    /// Calls `f` with a lookup of how each cached file was proven, the log read once (for
+    /// reports over every entry).
+    pub fn with_proofs<T>(
+        &self,
+        f: impl FnOnce(&dyn Fn(&str, &str, PinFile) -> Proof) -> T,
+    ) -> Result<T, PinError> {
+        let mut loaded = self.loaded.lock().expect("not poisoned");
+        self.refresh(&mut loaded)?;
+        let loaded = &*loaded;
+        let lookup = |module: &str, version: &str, file: PinFile| {
+            let key = (module.to_string(), version.to_string(), file);
+            if loaded.pins.contains_key(&key) {
+                Proof::Pinned
+            } else if loaded.verified.contains_key(&key) {
+                Proof::Verified
+            } else {
+                Proof::None
+            }
+        };
+        Ok(f(&lookup))
     }
 
     /// Whether `module@version`'s `file` was proven against a checksum database.

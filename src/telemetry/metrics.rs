@@ -86,6 +86,10 @@ pub struct StoreMetrics {
     pub errors: IntCounter,
     /// Entries in place whose background fsync has not completed.
     pub unsynced: IntGauge,
+    /// 1 once the index holds every entry found on disk at start.
+    pub index_complete: IntGauge,
+    /// Memory the index holds.
+    pub index_bytes: IntGauge,
 }
 
 /// Handles to all metrics.
@@ -133,6 +137,10 @@ pub struct Metrics {
     pub cache_store_errors: IntCounter,
     /// Cache entries in place whose background fsync has not completed.
     pub cache_unsynced: IntGauge,
+    /// 1 once the cache index holds every entry found on disk at start.
+    pub cache_index_complete: IntGauge,
+    /// Memory held by the cache index.
+    pub cache_index_bytes: IntGauge,
     /// Cache fills from upstream, by outcome.
     pub cache_fills: IntCounterVec,
     /// Checksum-database verifications of public fills, by outcome.
@@ -285,6 +293,16 @@ impl Metrics {
                 "Cache entries in place whose background fsync has not completed.",
             )
             .expect("metric"),
+            cache_index_complete: IntGauge::new(
+                "modgate_cache_index_complete",
+                "1 once the cache index holds every entry found on disk at start (hits are served while it is built; eviction waits for it).",
+            )
+            .expect("metric"),
+            cache_index_bytes: IntGauge::new(
+                "modgate_cache_index_bytes",
+                "Memory held by the cache index.",
+            )
+            .expect("metric"),
             cache_fills: IntCounterVec::new(
                 Opts::new("modgate_cache_fills_total", "Upstream fetches made to fill the cache, by outcome."),
                 &["outcome"],
@@ -401,6 +419,8 @@ impl Metrics {
             Box::new(m.cache_evictions.clone()),
             Box::new(m.cache_unsynced.clone()),
             Box::new(m.cache_store_errors.clone()),
+            Box::new(m.cache_index_complete.clone()),
+            Box::new(m.cache_index_bytes.clone()),
             Box::new(m.cache_fills.clone()),
             Box::new(m.sumdb_verifications.clone()),
             Box::new(m.integrity_pins.clone()),
@@ -524,6 +544,8 @@ impl Metrics {
             evictions: self.cache_evictions.clone(),
             errors: self.cache_store_errors.clone(),
             unsynced: self.cache_unsynced.clone(),
+            index_complete: self.cache_index_complete.clone(),
+            index_bytes: self.cache_index_bytes.clone(),
         }
     }
 

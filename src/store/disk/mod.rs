@@ -3,8 +3,9 @@
 //! fsynced in the background after the rename, and entries that may not have reached the disk
 //! before an OS crash are removed at the next start ([`durable`](super::durable)); other writers
 //! fsync before the rename.
-//! An in-memory index (rebuilt by scanning the directory at start) tracks sizes and use order and
-//! evicts the least recently used entries beyond the size bound.
+//! A compact in-memory index ([`index`]), rebuilt by walking the directory at start (in the
+//! background for the gateway, see [`open`]), tracks sizes and use order and evicts the least
+//! recently used entries beyond the size bound.
 //!
 //! Keys are relative paths made by `policy::route` from validated module paths and versions; this
 //! module additionally refuses any key with an empty, `.` or `..` component. Freshness is the
@@ -16,6 +17,7 @@ mod pending;
 #[cfg(test)]
 mod tests;
 
+pub use open::Indexing;
 pub use pending::{DirSync, PendingEntry};
 
 use index::Index;
@@ -25,7 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::store::content::ContentError;
@@ -90,6 +92,16 @@ pub struct DiskCache {
     refilling: AtomicBool,
     /// Background fsyncs and the durable horizon (the gateway's cache only).
     durable: Option<Tracker>,
+    /// Opened by the gateway (not by an operator command beside it).
+    gateway: bool,
+    /// What start-up owes an unclean previous run's entries, until the index is built.
+    recovery: Option<open::Recovery>,
+    /// Held (shared) by commits across their rename and indexing; held alone by the recovery of
+    /// a suspect entry, so it never takes an entry this run wrote for one the last run left.
+    gate: RwLock<()>,
+    /// The index is still being built.
+    indexing: AtomicBool,
+    opened: Instant,
 }
 
 /// Empty temporary files kept ready, so a fill does not wait for the file system to allocate an
@@ -110,27 +122,44 @@ pub const HOT_ENTRY_MAX: u64 = 64 * 1024;
 const HOT_BYTES: u64 = 32 * 1024 * 1024;
 
 impl DiskCache {
-    /// Opens (creating) the cache under `data_dir` for the gateway: removes leftover temporary
-    /// files and, after an OS restart, the entries the previous run may not have made durable
-    /// (or fsyncs them, on the same boot); rebuilds the index from the files present (oldest
-    /// modification first). Fills committed with [`PendingEntry::commit_then`] are then fsynced
-    /// in the background.
+    /// Opens (creating) the cache under `data_dir` for the gateway, as
+    /// [`open_indexing`](Self::open_indexing) does, and returns once the index is built.
     pub fn open(
         data_dir: &Path,
         max_bytes: u64,
         metrics: StoreMetrics,
     ) -> Result<DiskCache, StoreError> {
-        Self::open_inner(data_dir, max_bytes, metrics, true)
+        let cache = Self::open_inner(data_dir, max_bytes, metrics, true)?;
+        cache.build_index()?;
+        Ok(cache)
     }
 
-    /// Opens the cache for an operator command while a gateway may be running: temporary files
-    /// (fills in progress) are left alone.
+    /// Opens (creating) the cache under `data_dir` for the gateway and returns at once, the
+    /// index being built in the background: removes leftover temporary files; indexes the files
+    /// present, using their modification times as last use; after an OS restart, removes the
+    /// entries the previous run may not have made durable (or fsyncs them, on the same boot),
+    /// each before it is served. Fills committed with [`PendingEntry::commit_then`] are fsynced
+    /// in the background.
+    pub fn open_indexing(
+        data_dir: &Path,
+        max_bytes: u64,
+        metrics: StoreMetrics,
+    ) -> Result<Arc<DiskCache>, StoreError> {
+        let cache = Arc::new(Self::open_inner(data_dir, max_bytes, metrics, true)?);
+        cache.index_in_background()?;
+        Ok(cache)
+    }
+
+    /// Opens the cache for an operator command while a gateway may be running, with its index
+    /// built: temporary files (fills in progress) are left alone.
     pub fn open_shared(
         data_dir: &Path,
         max_bytes: u64,
         metrics: StoreMetrics,
     ) -> Result<DiskCache, StoreError> {
-        Self::open_inner(data_dir, max_bytes, metrics, false)
+        let cache = Self::open_inner(data_dir, max_bytes, metrics, false)?;
+        cache.build_index()?;
+        Ok(cache)
     }
 
     /// Fsyncs every committed entry still waiting for it (waiting up to [`SETTLE_WAIT`] for a
@@ -205,6 +234,21 @@ impl DiskCache {
         let idx = self.index.lock().expect("index poisoned");
         self.metrics.bytes.set(idx.bytes() as i64);
         self.metrics.entries.set(idx.len() as i64);
+        self.metrics.index_bytes.set(idx.memory() as i64);
+    }
+
+    /// Calls `f` with the key, size and last use (or, if unused since start, modification) of
+    /// every indexed entry, a batch at a time so that the index is never held long (entries
+    /// changed meanwhile may be seen twice or not at all).
+    pub fn for_each_entry(&self, mut f: impl FnMut(&str, u64, SystemTime)) {
+        let mut from = Some(0);
+        while let Some(at) = from {
+            from = self
+                .index
+                .lock()
+                .expect("index poisoned")
+                .visit(at, 1024, &mut f);
+        }
     }
 
     /// Every entry with its size and modification time, oldest first.
@@ -213,6 +257,11 @@ impl DiskCache {
         let _ = scan(&self.root, &self.root, &mut found);
         found.sort_by_key(|(_, _, t)| *t);
         found
+    }
+
+    /// The directory holding the entries.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The file behind `key` (whether or not it exists).
@@ -241,12 +290,20 @@ impl DiskCache {
     }
 
     /// The entry for `key`, marking it used. Entries that vanished from disk are dropped. The
-    /// file is looked at (one stat) at most once per [`STAT_FRESH`](index::STAT_FRESH), so a stream of hits on a
-    /// small entry served from memory makes no system call.
+    /// file is looked at (one stat) at most once per [`STAT_FRESH`](index::STAT_FRESH), so a
+    /// stream of hits on a small entry served from memory makes no system call. While the index
+    /// is being built, a key it does not hold yet is looked for on disk.
     pub fn get(&self, key: &str) -> Option<Found> {
         let path = self.path_of(key).ok()?;
         let now = Instant::now();
-        let (version, seen) = self.index.lock().expect("index poisoned").touch(key, now)?;
+        let touched = self.index.lock().expect("index poisoned").touch(key, now);
+        let Some((version, seen)) = touched else {
+            return if self.is_indexing() {
+                self.get_unindexed(key, path, now)
+            } else {
+                None
+            };
+        };
         if let Some((len, modified)) = seen {
             return Some(Found {
                 path,
@@ -276,6 +333,34 @@ impl DiskCache {
                 None
             }
         }
+    }
+
+    /// `get` of a key the index build has not reached: indexes the file if it is there.
+    fn get_unindexed(&self, key: &str, path: PathBuf, now: Instant) -> Option<Found> {
+        let meta = fs::metadata(&path).ok().filter(|m| m.is_file())?;
+        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if !self.admit(key, &path, meta.len(), modified) {
+            return None;
+        }
+        // A suspect that stayed was synced, not changed: what was read still holds.
+        let added = {
+            let mut idx = self.index.lock().expect("index poisoned");
+            let added = idx.insert_found(key, meta.len(), modified);
+            if added && let Some((version, _)) = idx.touch(key, now) {
+                idx.saw(key, version, now, meta.len(), modified);
+            }
+            added
+        };
+        if !added {
+            // Committed (or found by the walk) meanwhile: what was read may be the old file.
+            return self.get(key);
+        }
+        self.publish();
+        Some(Found {
+            path,
+            len: meta.len(),
+            modified,
+        })
     }
 
     /// The body of a small entry if it is held in memory and still matches the file.
@@ -397,11 +482,15 @@ impl DiskCache {
         self.publish();
     }
 
-    /// Removes least recently used entries until the size bound holds.
+    /// Removes least recently used entries until the size bound holds; nothing while the index
+    /// is being built.
     pub fn evict(&self) {
+        if self.is_indexing() {
+            return;
+        }
         loop {
             let victim = {
-                let idx = self.index.lock().expect("index poisoned");
+                let mut idx = self.index.lock().expect("index poisoned");
                 if idx.bytes() <= self.max_bytes {
                     break;
                 }

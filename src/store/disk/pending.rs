@@ -112,8 +112,11 @@ impl PendingEntry {
         if let Some(parent) = self.dest.parent() {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
-        fs::rename(&self.tmp_path, &self.dest).map_err(io_err(&self.dest))?;
-        self.cache.committed(&self.key, self.len);
+        {
+            let _gate = self.cache.gate.read().expect("gate poisoned");
+            fs::rename(&self.tmp_path, &self.dest).map_err(io_err(&self.dest))?;
+            self.cache.committed(&self.key, self.len);
+        }
         let id = self.id.take();
         match (background, &self.cache.durable, id) {
             (Some(rt), Some(tracker), Some(id)) => {

@@ -9,6 +9,8 @@ fn metrics() -> StoreMetrics {
         evictions: IntCounter::new("v", "v").unwrap(),
         errors: IntCounter::new("r", "r").unwrap(),
         unsynced: IntGauge::new("u", "u").unwrap(),
+        index_complete: IntGauge::new("c", "c").unwrap(),
+        index_bytes: IntGauge::new("i", "i").unwrap(),
     }
 }
 
@@ -302,4 +304,105 @@ fn commits_are_seen_at_once_and_outside_removals_within_stat_fresh() {
     std::thread::sleep(STAT_FRESH + Duration::from_millis(50));
     assert!(c.get("k/a").is_none(), "the removal is noticed");
     assert_eq!(c.usage(), (0, 0));
+}
+
+/// A gateway's cache as it is between opening and the end of its index build.
+fn opened_unindexed(dir: &Path, max: u64) -> Arc<DiskCache> {
+    Arc::new(DiskCache::open_inner(dir, max, metrics(), true).unwrap())
+}
+
+#[test]
+fn hits_are_served_while_the_index_is_built_and_eviction_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = Arc::new(DiskCache::open(dir.path(), 1 << 20, metrics()).unwrap());
+        for i in 0..10 {
+            c.put(&format!("k/{i}"), &[0; 100]).unwrap();
+        }
+        c.settle();
+    }
+    let c = opened_unindexed(dir.path(), 500);
+    assert!(c.indexing().entries == 0 && !c.indexing().complete);
+    assert_eq!(c.get("k/3").unwrap().len, 100, "found on disk");
+    assert!(c.get("k/missing").is_none());
+    assert_eq!(c.usage(), (1, 100));
+    c.put("k/new", &[0; 100]).unwrap();
+    assert_eq!(c.usage(), (2, 200));
+    assert_eq!(
+        c.metrics.evictions.get(),
+        0,
+        "nothing evicted before every entry is counted"
+    );
+    assert_eq!(c.metrics.index_complete.get(), 0);
+    c.build_index().unwrap();
+    assert!(c.indexing().complete);
+    assert_eq!(c.metrics.index_complete.get(), 1);
+    assert_eq!(
+        c.usage(),
+        (5, 500),
+        "11 entries found, evicted down to the bound"
+    );
+    assert_eq!(c.metrics.evictions.get(), 6);
+    // The entries used in this run were the newest: they stay.
+    assert!(c.get("k/3").is_some() && c.get("k/new").is_some());
+}
+
+#[test]
+fn entries_an_os_crash_may_have_left_are_dealt_with_before_they_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let horizon = entries_around_a_horizon(dir.path());
+    fake_horizon(dir.path(), "an-earlier-boot", horizon, false);
+    let c = opened_unindexed(dir.path(), 1 << 20);
+    // Asked for before the walk reaches it: removed, not served.
+    assert!(c.get("k/late").is_none(), "written after the horizon");
+    assert!(!dir.path().join("cache/k/late").exists());
+    assert!(c.get("k/durable").is_some());
+    // This run writes entries newer than the old horizon; they are not taken for the last
+    // run's, and the old horizon (and boot) stays in force until the walk is done.
+    c.put("k/mine", b"new").unwrap();
+    c.put("k/mine-empty", b"").unwrap();
+    let kept = durable::read_horizon(dir.path()).unwrap().unwrap();
+    assert_eq!(kept.boot, "an-earlier-boot");
+    c.build_index().unwrap();
+    assert!(
+        !dir.path().join("cache/k/empty").exists(),
+        "the walk removed it"
+    );
+    for key in ["k/durable", "k/mine", "k/mine-empty"] {
+        assert!(c.get(key).is_some(), "{key} kept");
+    }
+    assert_eq!(c.usage().0, 3);
+    let now = durable::read_horizon(dir.path()).unwrap().unwrap();
+    assert_eq!(now.boot, durable::boot_id());
+    assert!(now.at > horizon);
+}
+
+#[test]
+fn the_gateway_opens_at_once_and_builds_its_index_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = Arc::new(DiskCache::open(dir.path(), 1 << 30, metrics()).unwrap());
+        for i in 0..2000 {
+            c.put(
+                &format!("mod/example.com/m{}/@v/v1.0.{i}.info", i % 7),
+                b"{}",
+            )
+            .unwrap();
+        }
+        c.settle();
+    }
+    let c = DiskCache::open_indexing(dir.path(), 1 << 30, metrics()).unwrap();
+    assert!(c.get("mod/example.com/m3/@v/v1.0.3.info").is_some());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.indexing().complete {
+        assert!(Instant::now() < deadline, "the index build ends");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(c.indexing().entries, 2000);
+    let mut n = 0;
+    c.for_each_entry(|k, size, _| {
+        assert!(k.starts_with("mod/example.com/m") && size == 2, "{k}");
+        n += 1;
+    });
+    assert_eq!(n, 2000);
 }
