@@ -195,6 +195,8 @@ access_log = false
         rss = common.rss_mib(p.pid)
         index_bytes = metric(admin, "modgate_cache_index_bytes")
         entries = metric(admin, "modgate_cache_entries")
+        agent = Agent(port, ca)  # the first one may have been closed as idle meanwhile
+        agent.get(first)
         after = timed_hits(agent, infos, 500)
         t = time.perf_counter()
         out = subprocess.run([binary, "cache", "stats", "--config", cfg], check=True, capture_output=True, text=True).stdout
