@@ -147,10 +147,15 @@ def start_file_server(procs, work, tree):
 
 
 def gateway_for(procs, work, up_addr, certs):
-    """A modgate that serves proxy.golang.org from the file server at `up_addr`."""
+    """A modgate that serves proxy.golang.org from the file server at `up_addr`. The checksum
+    database is neither consulted nor reachable (a closed loopback port): nothing leaves
+    loopback."""
     return start_modgate(procs, work, "modgate", f"""
+[sumdb]
+verify = "off"
 [upstream]
 extra_ca_file = "{certs}/ca.pem"
 [upstream.overrides]
 "proxy.golang.org" = "https://{up_addr}"
+"sum.golang.org" = "https://127.0.0.1:9"
 """)
