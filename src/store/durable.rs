@@ -182,6 +182,16 @@ impl State {
     fn idle(&self) -> bool {
         self.open.is_empty() && self.unsynced == 0
     }
+
+    /// The horizon the state allows: the oldest start of a fill still open (not the first id's:
+    /// the clock may have been stepped back), or the present.
+    fn horizon(&self) -> SystemTime {
+        self.open
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(SystemTime::now)
+    }
 }
 
 impl Tracker {
@@ -234,12 +244,7 @@ impl Tracker {
         }
         st.open.remove(&0);
         // As after a batch: no later than the start of any fill still open.
-        let at = st
-            .open
-            .values()
-            .min()
-            .copied()
-            .unwrap_or_else(SystemTime::now);
+        let at = st.horizon();
         *f = write_horizon(&self.data_dir, &self.boot, false, Some(at))?;
         st.recorded = st.recorded.max(at);
         Ok(())
@@ -323,13 +328,7 @@ impl Tracker {
             }
             st.unsynced = st.unsynced.saturating_sub(batch.len());
             self.gauge.set(st.unsynced as i64);
-            // The oldest start, not the first id's: the clock may have been stepped back.
-            let at = st
-                .open
-                .values()
-                .min()
-                .copied()
-                .unwrap_or_else(SystemTime::now);
+            let at = st.horizon();
             // Until the write is known done, the disk may hold either value.
             st.recorded = st.recorded.max(at);
             at
