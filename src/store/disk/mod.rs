@@ -342,6 +342,10 @@ impl DiskCache {
         if !self.admit(key, &path, meta.len(), modified) {
             return None;
         }
+        if !self.is_indexing() {
+            // The walk ended meanwhile and dealt with this entry: the index has the answer.
+            return self.get(key);
+        }
         // A suspect that stayed was synced, not changed: what was read still holds.
         let added = {
             let mut idx = self.index.lock().expect("index poisoned");

@@ -35,8 +35,11 @@ pub(super) struct Recovery {
     /// Directories of removed entries, synced before the horizon moves.
     dirs: Mutex<BTreeSet<PathBuf>>,
     removed: AtomicUsize,
-    /// A removal failed: the old horizon stays for this run.
+    /// A removal failed, or the walk skipped something it could not read: the old horizon
+    /// stays for this run.
     failed: AtomicBool,
+    /// Until the new horizon is written, every entry met is checked.
+    pending: AtomicBool,
 }
 
 impl Recovery {
@@ -124,6 +127,7 @@ impl DiskCache {
                     dirs: Mutex::new(BTreeSet::new()),
                     removed: AtomicUsize::new(0),
                     failed: AtomicBool::new(false),
+                    pending: AtomicBool::new(true),
                 };
                 let tracker = Tracker::new(data_dir, &boot, file, h.at, true, unsynced);
                 Ok((tracker, Some(recovery)))
@@ -162,7 +166,7 @@ impl DiskCache {
             return fs::remove_file(path).is_err();
         }
         match &self.recovery {
-            Some(rec) if self.is_indexing() && rec.suspect(len, modified) => {
+            Some(rec) if rec.pending.load(Ordering::Acquire) && rec.suspect(len, modified) => {
                 self.recover_one(rec, key, path)
             }
             _ => true,
@@ -186,7 +190,16 @@ impl DiskCache {
         }
         if rec.same_boot {
             match File::open(path).and_then(|f| f.sync_all()) {
-                Ok(()) => return true,
+                Ok(()) => {
+                    // Its directory entry too, before the horizon moves past it.
+                    if let Some(dir) = path.parent() {
+                        rec.dirs
+                            .lock()
+                            .expect("dirs poisoned")
+                            .insert(dir.to_path_buf());
+                    }
+                    return true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
                 Err(e) => tracing::warn!(key, error = %e, "cannot sync a cache entry; removing it"),
             }
@@ -238,21 +251,32 @@ impl DiskCache {
                 None => match fs::read_dir(&dir) {
                     Ok(it) => it,
                     Err(e) => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot read a cache directory; its entries are found as they are asked for");
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot read a cache directory; its entries are not indexed (nor served, nor evicted) in this run");
+                        self.skipped();
                         continue;
                     }
                 },
             };
             for entry in it {
-                let Ok(entry) = entry else { continue };
-                let Ok(ft) = entry.file_type() else { continue };
+                let Ok(entry) = entry else {
+                    self.skipped();
+                    continue;
+                };
+                let Ok(ft) = entry.file_type() else {
+                    self.skipped();
+                    continue;
+                };
                 let path = entry.path();
                 if ft.is_dir() {
                     stack.push(path);
                 } else if ft.is_file() {
-                    let Ok(meta) = entry.metadata() else { continue };
+                    let Ok(meta) = entry.metadata() else {
+                        self.skipped();
+                        continue;
+                    };
                     let Some(key) = path.strip_prefix(&self.root).ok().and_then(|p| p.to_str())
                     else {
+                        self.skipped();
                         continue;
                     };
                     let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -278,6 +302,14 @@ impl DiskCache {
             "cache index complete"
         );
         Ok(())
+    }
+
+    /// The walk passed over something it could not read: if it was an entry the last run left
+    /// unsynced, it was not checked, so the old horizon must stay.
+    fn skipped(&self) {
+        if let Some(rec) = &self.recovery {
+            rec.failed.store(true, Ordering::Relaxed);
+        }
     }
 
     fn index_batch(&self, batch: &mut Vec<(String, u64, SystemTime)>) {
@@ -306,11 +338,11 @@ impl DiskCache {
                  written in its last moments, which may not have reached the disk"
             );
         }
-        if bad.is_empty()
-            && !rec.failed.load(Ordering::Relaxed)
-            && let Err(e) = tracker.recovered()
-        {
-            tracing::warn!(error = %e, "cannot record the cache's durable horizon");
+        if bad.is_empty() && !rec.failed.load(Ordering::Relaxed) {
+            match tracker.recovered() {
+                Ok(()) => rec.pending.store(false, Ordering::Release),
+                Err(e) => tracing::warn!(error = %e, "cannot record the cache's durable horizon"),
+            }
         }
     }
 }
