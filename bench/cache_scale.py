@@ -26,7 +26,6 @@ import argparse
 import http.client
 import os
 import random
-import socket
 import ssl
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ import time
 import urllib.request
 
 import common
+from peerprocs import free_port
 
 
 def generate(root, n):
@@ -87,14 +87,6 @@ def drop_caches():
     subprocess.run(["sync"], check=True)
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Agent:
