@@ -375,6 +375,121 @@ async fn fifty_concurrent_misses_make_one_upstream_fetch() {
     );
 }
 
+/// All of a streamed body, or why it broke off.
+async fn read_all(mut body: hyper::body::Incoming) -> Result<Vec<u8>, String> {
+    use http_body_util::BodyExt as _;
+    let mut out = vec![];
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn followers_read_a_fill_while_it_is_written_and_get_its_end_only_if_it_passed() {
+    use http_body_util::BodyExt as _;
+    let ca = TestCa::new();
+    let script = Arc::new(Script::default());
+    let (up, gw) = gateway(&script, &ca, |_| {}).await;
+    let gw = Arc::new(gw);
+    let good = module_zip("example.com/big", "v1.0.0", &[("a.go", &noise(3_000_000))]);
+    let bad = flip_file_data(&module_zip(
+        "example.com/bad",
+        "v1.0.0",
+        &[("a.go", &noise(3_000_000))],
+    ));
+    for (module, zip, passes) in [
+        ("example.com/big", good, true),
+        ("example.com/bad", bad, false),
+    ] {
+        let path = format!("/{module}/@v/v1.0.0.zip");
+        // The upstream sends all but the last 4 KiB, then holds its end until the test lets go.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let split = zip.len() - 4096;
+        script.set(
+            &path,
+            Reply::Gated {
+                body: zip.clone(),
+                split,
+                gate: gate.clone(),
+            },
+        );
+        let leader = {
+            let (gw, path) = (gw.clone(), path.clone());
+            tokio::spawn(async move { read_all(gw.open(HOST, &path).await.into_body()).await })
+        };
+        while count(&up, &path) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A second agent asks while the fill is held: it gets the bytes written so far.
+        let early = async {
+            let resp = gw.open(HOST, &path).await;
+            assert_eq!(resp.status(), 200, "{path}");
+            assert_eq!(resp.headers()["x-modgate-cache"], "coalesced");
+            let mut body = resp.into_body();
+            let mut got = vec![];
+            while got.len() < 512 * 1024 {
+                let frame = body.frame().await.expect("the stream goes on").unwrap();
+                if let Ok(data) = frame.into_data() {
+                    got.extend_from_slice(&data);
+                }
+            }
+            (body, got)
+        };
+        // A guard against a hang, not a timing assertion: without reading while the file is
+        // written the follower gets nothing until the upstream's end, which never comes.
+        let (body, mut got) = tokio::time::timeout(Duration::from_secs(60), early)
+            .await
+            .expect("the follower receives bytes while the fill is in progress");
+        assert!(
+            got.len() <= split,
+            "{path}: nothing the upstream has not sent"
+        );
+        assert!(
+            got[..] == zip[..got.len()],
+            "{path}: the bytes written so far"
+        );
+        gate.add_permits(1);
+        let rest = read_all(body).await;
+        let led = leader.await.unwrap();
+        if passes {
+            got.extend(rest.expect("the follower gets the end of a body that passed"));
+            assert!(
+                got == zip,
+                "{path}: the follower's bytes are the upstream's"
+            );
+            assert!(led.unwrap() == zip, "{path}: so are the leader's");
+        } else {
+            assert!(
+                rest.is_err(),
+                "{path}: a refused body is never delivered whole"
+            );
+            assert!(
+                led.is_err(),
+                "{path}: not to the leader either: {:?}",
+                led.as_ref().map(|b| (b.len(), zip.len()))
+            );
+        }
+        assert_eq!(count(&up, &path), 1, "{path}: one upstream fetch");
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "modgate_cache_fills_total", &[("outcome", "committed")]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "modgate_cache_fills_total", &[("outcome", "rejected")]),
+        1.0,
+        "{m}"
+    );
+    let (_, cache, _) = get(&gw, "/example.com/big/@v/v1.0.0.zip").await;
+    assert_eq!(cache, "hit");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn aborted_or_invalid_bodies_are_never_committed() {
     let ca = TestCa::new();

@@ -333,6 +333,26 @@ impl TestGateway {
         self.request(target, http::Method::GET, path, alpn).await
     }
 
+    /// A GET whose answer's body is left to the caller, to read as it arrives.
+    pub async fn open(&self, target: &str, path: &str) -> http::Response<hyper::body::Incoming> {
+        let (stream, head) = connect(self.proxy, target, "").await;
+        assert_eq!(status(&head), 200, "CONNECT {target}: {head}");
+        let host = target.rsplit_once(':').unwrap().0;
+        let tls = tls_connect(stream, host, self.roots(), Alpn::H1)
+            .await
+            .expect("TLS with gateway");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri(path)
+            .header(http::header::HOST, host)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        send.send_request(req).await.unwrap()
+    }
+
     /// Like [`get`](Self::get), with another method.
     pub async fn request(
         &self,
@@ -717,6 +737,13 @@ pub enum Reply {
     Abort { declared: u64, sent: Vec<u8> },
     /// A redirect: status and `Location`.
     Redirect(u16, String),
+    /// Sends `body[..split]` (with a Content-Length for all of it), then the rest only once
+    /// `gate` has a permit: a fill the test holds in progress.
+    Gated {
+        body: Vec<u8>,
+        split: usize,
+        gate: Arc<tokio::sync::Semaphore>,
+    },
     /// Sends `body` in `chunk`-byte pieces with `delay` between them.
     Slow {
         body: Vec<u8>,
@@ -830,6 +857,34 @@ pub fn scripted(script: Arc<Script>) -> Handler {
                             ))
                         },
                     );
+                    let mut r = Response::new(http_body_util::BodyExt::boxed(
+                        http_body_util::StreamBody::new(stream),
+                    ));
+                    r.headers_mut()
+                        .insert(http::header::CONTENT_LENGTH, len.into());
+                    r
+                }
+                Some(Reply::Gated { body, split, gate }) => {
+                    let len = body.len() as u64;
+                    let rest = Bytes::copy_from_slice(&body[split..]);
+                    let head = Bytes::from(body[..split].to_vec());
+                    let stream = futures_util::stream::unfold(0u8, move |step| {
+                        let (gate, head, rest) = (gate.clone(), head.clone(), rest.clone());
+                        async move {
+                            let data = match step {
+                                0 => head,
+                                1 => {
+                                    let _ = gate.acquire().await;
+                                    rest
+                                }
+                                _ => return None,
+                            };
+                            Some((
+                                Ok::<_, modgate::body::BoxError>(hyper::body::Frame::data(data)),
+                                step + 1,
+                            ))
+                        }
+                    });
                     let mut r = Response::new(http_body_util::BodyExt::boxed(
                         http_body_util::StreamBody::new(stream),
                     ));

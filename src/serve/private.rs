@@ -223,6 +223,11 @@ pub async fn serve(
                 }
                 Some(FillOutcome::Failed(m)) => return Err(ServeError::UpstreamFailed(m)),
                 Some(FillOutcome::Uncached) | None => continue,
+                // Private builds publish no partial file; should one, its end is awaited.
+                Some(FillOutcome::Streaming(reader)) => {
+                    let _ = reader.ended().await;
+                    continue;
+                }
             },
         }
     }

@@ -1,6 +1,8 @@
 //! Single-flight: the first caller for a key leads (does the work); later callers follow and
 //! wait for the leader's outcome. A leader dropped without finishing releases its followers with
 //! `None`, so they can compete again (pingora's cache lock, reduced to what modgate needs).
+//! A leader may also publish a value before it finishes (a fill in progress that followers can
+//! read while it is written); followers that arrive later still see it, until the outcome.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -65,6 +67,14 @@ pub struct Leader<T> {
 }
 
 impl<T> Leader<T> {
+    /// Shows followers `value` now, without ending the flight: those waiting wake with it, and
+    /// later ones get it until [`finish`](Self::finish) replaces it.
+    pub fn publish(&self, value: T) {
+        if let Some(tx) = &self.tx {
+            tx.send_replace(Some(value));
+        }
+    }
+
     /// Publishes the outcome to every follower and ends the flight.
     pub fn finish(mut self, outcome: T) {
         self.remove();
@@ -137,6 +147,26 @@ mod tests {
             matches!(f.join("k"), Join::Leader(_)),
             "a finished flight is gone"
         );
+    }
+
+    #[tokio::test]
+    async fn a_published_value_reaches_waiting_and_later_followers_until_the_outcome() {
+        let f: Arc<Flights<u32>> = Arc::default();
+        let Join::Leader(leader) = f.join("k") else {
+            panic!()
+        };
+        let Join::Follower(early) = f.join("k") else {
+            panic!()
+        };
+        let early = tokio::spawn(early.wait());
+        leader.publish(1);
+        assert_eq!(early.await.unwrap(), Some(1));
+        let Join::Follower(late) = f.join("k") else {
+            panic!("a published value does not end the flight")
+        };
+        assert_eq!(late.wait().await, Some(1));
+        leader.finish(2);
+        assert!(matches!(f.join("k"), Join::Leader(_)));
     }
 
     #[tokio::test]

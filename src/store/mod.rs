@@ -7,6 +7,7 @@ pub mod content;
 pub mod disk;
 pub mod durable;
 pub mod flight;
+pub mod growing;
 pub mod mirror;
 pub mod pins;
 pub mod report;

@@ -9,7 +9,8 @@
 //! - `idle`: opens N connections (each completes one request), prints one JSON line once all
 //!   are open, then holds them idle for a while — the idle-tunnel memory scenario.
 //! - `serve`: a static HTTPS file server (h1 and h2) — the "direct upstream" limit. Files up to
-//!   1 MiB are read whole; larger ones are streamed from disk with a Content-Length.
+//!   1 MiB are read whole; larger ones are streamed from disk with a Content-Length. With
+//!   `--rate`/`--first-byte` every answer is paced like a distant upstream (a wide-area link).
 //! - `certs`: a CA and a 127.0.0.1/localhost server certificate for `serve`.
 //! - `mkzip`: a valid module zip of a given size (stored, incompressible content).
 
@@ -50,6 +51,12 @@ enum Cmd {
         key: PathBuf,
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: SocketAddr,
+        /// Pace each answer's body at this many bytes per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Wait this long before each answer (a round trip to a distant upstream).
+        #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+        first_byte: Duration,
     },
     /// Write ca.pem, cert.pem and key.pem (server certificate for 127.0.0.1 and localhost).
     Certs {
@@ -144,7 +151,9 @@ async fn main() -> anyhow::Result<()> {
             cert,
             key,
             addr,
-        } => serve(dir, cert, key, addr).await,
+            rate,
+            first_byte,
+        } => serve(dir, cert, key, addr, Pace { rate, first_byte }).await,
         Cmd::Certs { dir } => certs(&dir),
         Cmd::Mkzip {
             module,
@@ -372,13 +381,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 if *stop_rx.borrow() {
                     break;
                 }
-                if let Some(max) = args.requests
-                    && issued.fetch_add(1, Ordering::Relaxed) >= max
-                {
-                    break;
-                }
-                let t = &targets[i % targets.len()];
-                i += 1;
+                // With a request count, the n-th request overall goes to the n-th URL (round
+                // robin), so `--requests` equal to the URL count fetches each exactly once.
+                let k = match args.requests {
+                    Some(max) => match issued.fetch_add(1, Ordering::Relaxed) {
+                        k if k >= max => break,
+                        k => k as usize,
+                    },
+                    None => {
+                        i += 1;
+                        i - 1
+                    }
+                };
+                let t = &targets[k % targets.len()];
                 let t0 = Instant::now();
                 let result = tokio::select! {
                     biased;
@@ -494,7 +509,20 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
 
 // === serve ===
 
-async fn serve(dir: PathBuf, cert: PathBuf, key: PathBuf, addr: SocketAddr) -> anyhow::Result<()> {
+/// How `serve` paces its answers.
+#[derive(Clone, Copy)]
+struct Pace {
+    rate: u64,
+    first_byte: Duration,
+}
+
+async fn serve(
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    addr: SocketAddr,
+    pace: Pace,
+) -> anyhow::Result<()> {
     let certs: Vec<CertificateDer<'static>> =
         rustls_pemfile::certs(&mut std::fs::read(&cert)?.as_slice()).collect::<Result<_, _>>()?;
     let key: PrivateKeyDer<'static> =
@@ -525,8 +553,11 @@ async fn serve(dir: PathBuf, cert: PathBuf, key: PathBuf, addr: SocketAddr) -> a
                         let path = req.uri().path().replace("%21", "!");
                         let rel = path.trim_start_matches('/');
                         let safe = !rel.split('/').any(|c| c == ".." || c.is_empty());
+                        tokio::time::sleep(pace.first_byte).await;
                         let resp = match safe.then(|| dir.join(rel)) {
-                            Some(p) => file_response(&p).await.unwrap_or_else(|_| not_found()),
+                            Some(p) => file_response(&p, pace.rate)
+                                .await
+                                .unwrap_or_else(|_| not_found()),
                             None => not_found(),
                         };
                         Ok::<_, std::convert::Infallible>(resp)
@@ -542,11 +573,23 @@ async fn serve(dir: PathBuf, cert: PathBuf, key: PathBuf, addr: SocketAddr) -> a
 type ServeBody = http_body_util::Either<Full<Bytes>, FileBody>;
 
 /// Small files are read whole; larger ones stream from disk (memory does not grow with size).
-async fn file_response(p: &Path) -> std::io::Result<http::Response<ServeBody>> {
+async fn file_response(p: &Path, rate: u64) -> std::io::Result<http::Response<ServeBody>> {
     let file = tokio::fs::File::open(p).await?;
     let meta = file.metadata().await?;
     if !meta.is_file() {
         return Err(std::io::ErrorKind::NotFound.into());
+    }
+    if rate > 0 {
+        return Ok(http::Response::new(http_body_util::Either::Right(
+            FileBody {
+                file,
+                left: meta.len(),
+                pace: Some(Paced {
+                    rate,
+                    next: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                }),
+            },
+        )));
     }
     if meta.len() <= 1 << 20 {
         let data = tokio::fs::read(p).await?;
@@ -558,14 +601,22 @@ async fn file_response(p: &Path) -> std::io::Result<http::Response<ServeBody>> {
         FileBody {
             file,
             left: meta.len(),
+            pace: None,
         },
     )))
+}
+
+/// The pacing of one body: the next chunk may go at `next`.
+struct Paced {
+    rate: u64,
+    next: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 /// A file body of known length, read in chunks as the connection takes them.
 struct FileBody {
     file: tokio::fs::File,
     left: u64,
+    pace: Option<Paced>,
 }
 
 impl hyper::body::Body for FileBody {
@@ -581,7 +632,14 @@ impl hyper::body::Body for FileBody {
         if this.left == 0 {
             return Poll::Ready(None);
         }
-        let mut buf = vec![0u8; this.left.min(256 << 10) as usize];
+        let mut chunk = 256 << 10;
+        if let Some(p) = &mut this.pace {
+            if p.next.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            chunk = 16 << 10;
+        }
+        let mut buf = vec![0u8; this.left.min(chunk) as usize];
         let mut rb = tokio::io::ReadBuf::new(&mut buf);
         match std::pin::Pin::new(&mut this.file).poll_read(cx, &mut rb) {
             Poll::Pending => Poll::Pending,
@@ -593,6 +651,10 @@ impl hyper::body::Body for FileBody {
                 }
                 this.left -= n as u64;
                 buf.truncate(n);
+                if let Some(p) = &mut this.pace {
+                    let at = p.next.deadline() + Duration::from_secs_f64(n as f64 / p.rate as f64);
+                    p.next.as_mut().reset(at.max(tokio::time::Instant::now()));
+                }
                 Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(buf)))))
             }
         }

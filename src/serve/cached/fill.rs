@@ -19,6 +19,8 @@ use crate::serve::respond::ServeError;
 use crate::store::content::{ContentError, check_bytes, check_entry, check_entry_hashed};
 use crate::store::disk::DirSync;
 use crate::store::disk::{DiskCache, PendingEntry, StoreError};
+use crate::store::flight::Leader;
+use crate::store::growing::GrowingWriter;
 use crate::store::shared::Validator;
 use crate::telemetry::labels::CacheOutcome;
 use modgate_core::cache_key::{Entry, ModuleFile};
@@ -94,12 +96,15 @@ impl Client {
 /// Reads the upstream body into the cache and to the leader's client; returns the outcome for
 /// followers. A body that ends within the first write batch is stored and checked before the
 /// client is answered, so a rejected one is a 502 with the reason; a longer one is streamed as
-/// it arrives, its last chunk held back until the whole body has passed.
+/// it arrives, its last chunk held back until the whole body has passed. From the first batch
+/// in the file, followers read the file as it is written (published through `leader`), up to
+/// the last batch, which they get once the body has passed.
 pub(super) async fn fill(
     spec: &Spec,
     state: &Arc<State>,
     mut body: Incoming,
     answer: Reply,
+    leader: &Leader<FillOutcome>,
 ) -> FillOutcome {
     // The checksum-database proof of a public .mod or .zip starts now, beside the body.
     let mut proof = start_proof(spec, state);
@@ -110,6 +115,8 @@ pub(super) async fn fill(
     // start, the body kept in memory so that it is checked all the same.
     let mut written: u64 = 0;
     let mut memory: Option<BytesMut> = None;
+    // The file as followers read it while it is written.
+    let mut growing: Option<GrowingWriter> = None;
     let declared_len = answer.declared_len;
     let mut client = Client::Waiting(answer, Vec::new(), 0);
     let mut batch = BytesMut::new();
@@ -126,7 +133,9 @@ pub(super) async fn fill(
             Ok(Some(Err(e))) => break Some(format!("upstream body failed: {e}")),
             Ok(Some(Ok(frame))) => frame,
         };
-        let Ok(data) = frame.into_data() else {
+        // An empty frame (hyper can end a body with one) must not take the place of the held
+        // last chunk, which would release the real one before the checks.
+        let Some(data) = frame.into_data().ok().filter(|d| !d.is_empty()) else {
             continue;
         };
         total += data.len() as u64;
@@ -151,6 +160,7 @@ pub(super) async fn fill(
                     memory = (written == 0).then(|| BytesMut::from(&chunk[..]));
                 } else {
                     written += chunk.len() as u64;
+                    share(&file, written, declared_len, &mut growing, leader);
                 }
             }
         } else if let Some(m) = &mut memory {
@@ -198,6 +208,9 @@ pub(super) async fn fill(
     });
     if let Some(msg) = failure {
         tracing::warn!(key = %spec.key, error = %msg, "cache fill failed; nothing stored");
+        if let Some(g) = growing {
+            g.fail(msg.clone());
+        }
         client.fail(msg.clone()).await;
         return FillOutcome::Failed(msg);
     }
@@ -256,6 +269,9 @@ pub(super) async fn fill(
     };
     match committed {
         Ok(sync) => {
+            if let Some(g) = growing {
+                g.complete(total);
+            }
             client.finish(spec.content, held, unproven.get()).await;
             // After the client has its answer: any directory fsync still owed, and drop any
             // remembered not-found (a newer positive entry already wins over it in `serve`).
@@ -274,6 +290,9 @@ pub(super) async fn fill(
                 .cache_fills
                 .with_label_values(&["rejected"])
                 .inc();
+            if let Some(g) = growing {
+                g.fail(rejected.clone());
+            }
             client.fail(rejected.clone()).await;
             FillOutcome::Failed(rejected)
         }
@@ -541,6 +560,30 @@ impl Fill {
             Fill::NotOpened => cache.begin(key),
             Fill::Failed => unreachable!("a failed fill writes nothing"),
         }
+    }
+}
+
+/// After a batch reached the file: the first time, shows followers the file being written;
+/// later, moves the mark they may read to.
+fn share(
+    file: &Fill,
+    written: u64,
+    declared_len: Option<u64>,
+    growing: &mut Option<GrowingWriter>,
+    leader: &Leader<FillOutcome>,
+) {
+    match (growing.as_ref(), file) {
+        (Some(g), _) => g.advance(written),
+        (None, Fill::Opened(p)) => match p.share() {
+            Ok(f) => {
+                let g = GrowingWriter::new(f, written, declared_len);
+                leader.publish(FillOutcome::Streaming(g.reader()));
+                *growing = Some(g);
+            }
+            // Followers wait for the commit instead.
+            Err(e) => tracing::debug!(error = %e, "cache fill not shared while written"),
+        },
+        (None, _) => {}
     }
 }
 

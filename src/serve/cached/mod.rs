@@ -5,9 +5,12 @@
 //! it. A body that ends within the first write batch (256 KiB) is answered once committed, or
 //! with a 502 saying why it was rejected; a longer one streams to the client as it arrives, its
 //! final chunk held back until validation passes, so a client never receives a complete body that
-//! was rejected. Other requests for the same key wait for the leader and are served from the
-//! committed entry. Memory stays bounded by a small channel and a write batch, whatever the body
-//! size.
+//! was rejected. Other requests for the same key follow the leader: once the first write batch
+//! is in the cache file they read the file as it is written (store::growing), getting the last
+//! batch only when the body has passed, so a fleet starting the same cold build waits for the
+//! upstream once, not once per fill; a follower holding a stale entry, or asking HEAD, waits for
+//! the outcome instead. Memory stays bounded by a small channel and a write batch, whatever the
+//! body size.
 
 mod fetch;
 mod fill;
@@ -28,6 +31,7 @@ use crate::serve::prove::Verifier;
 use crate::serve::respond::ServeError;
 use crate::store::disk::Found;
 use crate::store::flight::{Join, Leader};
+use crate::store::growing::{Ended, GrowingReader};
 use crate::store::shared::Claim;
 use crate::telemetry::ctx::ReqCtx;
 use crate::telemetry::labels::CacheOutcome;
@@ -59,6 +63,8 @@ pub enum FillOutcome {
     Failed(String),
     /// The leader served the client but could not store the entry: fetch yourself.
     Uncached,
+    /// Not an outcome yet: the body is being written to the cache file, readable as it grows.
+    Streaming(GrowingReader),
 }
 
 impl FillOutcome {
@@ -68,6 +74,7 @@ impl FillOutcome {
             FillOutcome::NotFound { .. } => "not_found",
             FillOutcome::Failed(_) => "failed",
             FillOutcome::Uncached => "uncached",
+            FillOutcome::Streaming(_) => "streaming",
         }
     }
 }
@@ -149,6 +156,43 @@ pub async fn serve(
                 return lead_and_answer(&spec, ctx, state, leader, found.as_ref(), method).await;
             }
             Join::Follower(follower) => match follower.wait().await {
+                Some(FillOutcome::Streaming(reader))
+                    if found.is_none() && method != Method::HEAD =>
+                {
+                    ctx.cache = CacheOutcome::Coalesced;
+                    return Ok(streamed(reader, spec.content));
+                }
+                // A stale entry to fall back on, or no body wanted: wait for the outcome.
+                Some(FillOutcome::Streaming(reader)) => match reader.ended().await {
+                    Ended::Complete(_) => {
+                        if let Some(f) = state.cache.get(spec.key.as_str()) {
+                            ctx.cache = CacheOutcome::Coalesced;
+                            return serve_found(
+                                &state.cache,
+                                &f,
+                                spec.content,
+                                CacheOutcome::Coalesced,
+                                method,
+                            )
+                            .await;
+                        }
+                    }
+                    Ended::Failed(msg) => {
+                        if let Some(stale) = &found {
+                            ctx.cache = CacheOutcome::Stale;
+                            return serve_found(
+                                &state.cache,
+                                stale,
+                                spec.content,
+                                CacheOutcome::Stale,
+                                method,
+                            )
+                            .await;
+                        }
+                        ctx.cache = CacheOutcome::Coalesced;
+                        return Err(ServeError::UpstreamFailed(msg));
+                    }
+                },
                 Some(FillOutcome::Committed) => {
                     if let Some(f) = state.cache.get(spec.key.as_str()) {
                         ctx.cache = CacheOutcome::Coalesced;
@@ -193,6 +237,20 @@ pub async fn serve(
     }
     let found = state.cache.get(spec.key.as_str());
     bypass(&spec, ctx, state, found, method).await
+}
+
+/// A follower's answer from a fill in progress: the cache file as it is written, ending only
+/// if the body passed its checks.
+fn streamed(reader: GrowingReader, content: Content) -> Response<Body> {
+    use http_body_util::BodyExt as _;
+    let declared_len = reader.declared_len;
+    let stream = futures_util::StreamExt::map(reader.stream(), |r| {
+        r.map(hyper::body::Frame::data)
+            .map_err(|e| Box::new(e) as crate::body::BoxError)
+    });
+    let mut resp = Response::new(http_body_util::StreamBody::new(stream).boxed());
+    found::set_headers(&mut resp, content, CacheOutcome::Coalesced, declared_len);
+    resp
 }
 
 /// Fetches for this request alone (its own flight), after the shared fill could not help.
@@ -383,7 +441,7 @@ async fn lead(
         waited,
         declared_len,
     };
-    let outcome = fill::fill(&spec, &state, resp.into_body(), answer).await;
+    let outcome = fill::fill(&spec, &state, resp.into_body(), answer, &leader).await;
     fills(&outcome);
     let committed = matches!(outcome, FillOutcome::Committed);
     leader.finish(outcome);

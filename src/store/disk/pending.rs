@@ -36,6 +36,13 @@ impl PendingEntry {
         self.file.as_mut().expect("file present until commit")
     }
 
+    /// Another descriptor of the temporary file, for readers that follow the writes (it stays
+    /// valid across the commit's rename or the removal of a rejected file).
+    pub fn share(&self) -> Result<File, StoreError> {
+        let file = self.file.as_ref().expect("file present until commit");
+        file.try_clone().map_err(io_err(&self.tmp_path))
+    }
+
     /// Bytes written so far through [`write`](Self::write).
     pub fn len(&self) -> u64 {
         self.len
