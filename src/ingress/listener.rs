@@ -45,7 +45,8 @@ async fn serve_client(
 ) {
     let _conn = state.serve.metrics.connection("client");
     let svc_state = state.clone();
-    let svc = service_fn(move |req| handle(req, peer, svc_state.clone(), permit.clone()));
+    // Boxed: hyper keeps a slot the size of the service's future for every connection.
+    let svc = service_fn(move |req| Box::pin(handle(req, peer, svc_state.clone(), permit.clone())));
     let builder = conn::http1_builder(&state);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)

@@ -32,7 +32,10 @@ where
     let _guard = state.serve.metrics.connection("intercept");
     let started = Instant::now();
     let timeout = state.serve.config.intercept.tls_handshake_timeout;
-    let tls = match tokio::time::timeout(timeout, accept_tls(io, &conn, &state)).await {
+    // The handshake's state is boxed and freed once it is done: a connection's task holds only
+    // what serving needs for as long as the connection lives (idle ones included).
+    let handshake = Box::pin(tokio::time::timeout(timeout, accept_tls(io, &conn, &state)));
+    let tls = match handshake.await {
         Ok(Ok(tls)) => tls,
         Ok(Err(reason)) => {
             state
@@ -67,7 +70,14 @@ where
         .tls_handshake_duration
         .with_label_values(&["client"])
         .observe(started.elapsed().as_secs_f64());
+    Box::pin(serve_tls(tls, conn, state, started)).await
+}
 
+/// Serves the requests of an intercepted connection once its TLS is established.
+async fn serve_tls<IO>(tls: TlsStream<IO>, conn: Arc<ConnCtx>, state: Arc<State>, started: Instant)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let svc_state = state.clone();
     let svc_conn = conn.clone();
     // Requests in flight on this connection: reaching the HTTP/2 stream limit is counted.
@@ -92,7 +102,9 @@ where
         let inflight = inflight.clone();
         let last_active = svc_last_active.clone();
         let ctx = ReqCtx::for_request(svc_conn.clone(), &req, svc_state.serve.metrics.clone());
-        let fut = crate::serve::dispatch(req, ctx, svc_state.serve.clone());
+        // Boxed: hyper keeps a slot the size of this future for every HTTP/1.1 connection,
+        // in use or idle; the request's state machine is large, the box is a pointer.
+        let fut = Box::pin(crate::serve::dispatch(req, ctx, svc_state.serve.clone()));
         async move {
             let res = fut.await;
             inflight.fetch_sub(1, Ordering::Relaxed);

@@ -308,7 +308,8 @@ async fn serve_plain(
     state: Arc<State>,
 ) {
     let svc_state = state.clone();
-    let svc = service_fn(move |req| plain_request(req, peer, orig, svc_state.clone()));
+    // Boxed: hyper keeps a slot the size of the service's future for every connection.
+    let svc = service_fn(move |req| Box::pin(plain_request(req, peer, orig, svc_state.clone())));
     let conn = crate::ingress::conn::http1_builder(&state).serve_connection(TokioIo::new(io), svc);
     if let Err(e) = state.watch(conn).await {
         crate::ingress::conn::count_conn_error(&state, &e);
