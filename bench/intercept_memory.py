@@ -5,7 +5,11 @@ from the cache (HTTP/1.1 keep-alive) and stay open and idle; modgate's resident 
 before, with all N idle, and after they closed.
 
     cargo build --release -p modgate -p loadgen
-    python3 bench/intercept_memory.py --connections 4000 [--binary /tmp/modgate-before]
+    python3 bench/intercept_memory.py --connections 4000 [--binary /tmp/modgate-before] [--peers]
+
+With --peers, Squid with ssl_bump (Debian's squid-openssl) holds the same connections in the same
+run, to https://localhost:<upstream>/... (Squid has no cache here and fetches each zip from the
+loopback upstream; its helpers count in its RSS). tinyproxy cannot intercept TLS.
 
 With TRIM_PROBE=1 it also calls malloc_trim in modgate (through gdb) while the connections are
 idle, to tell live memory from freed memory glibc has not returned.
@@ -18,17 +22,43 @@ import subprocess
 import time
 
 import common
+import peerprocs
 from common import LOADGEN, Procs
+
+
+def measure(name, rss, pid, url, proxy, ca, a):
+    """Opens the idle connections through `proxy` and prints RSS before, while idle, after."""
+    subprocess.run(["curl", "-sS", "-o", "/dev/null", "--fail", "--proxy", f"http://{proxy}", "--cacert", ca, url], check=True)
+    time.sleep(1)
+    before = rss(pid)
+    idle = subprocess.Popen([LOADGEN, "idle", "--url", url, "--proxy", proxy, "--ca", ca, "--count", str(a.connections), "--parallel", "64", "--hold", f"{a.hold + 4}s"],
+                            stdout=subprocess.PIPE, text=True)
+    line = idle.stdout.readline()
+    print(f"{name} loadgen: {line.strip()}")
+    time.sleep(a.hold)
+    held = rss(pid)
+    if os.environ.get("TRIM_PROBE") and name == "modgate":
+        subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "call (int)malloc_trim(0)"], capture_output=True)
+        print(f"after a manual malloc_trim while idle: {rss(pid):.1f} MiB")
+    idle.wait()
+    time.sleep(5)
+    after = rss(pid)
+    per = (held - before) * 1024 / a.connections
+    print(f"{name} RSS before {before:.1f} MiB, {a.connections} idle intercepted connections {held:.1f} MiB "
+          f"({per:.1f} KiB each), after close {after:.1f} MiB", flush=True)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--connections", type=int, default=4000)
     ap.add_argument("--binary", default=common.MODGATE)
+    ap.add_argument("--peers", action="store_true", help="also Squid with ssl_bump")
     ap.add_argument("--hold", type=int, default=5, help="seconds idle before the reading (less than proxy.header_read_timeout, 10 s, which closes idle HTTP/1.1 connections)")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if a.peers:
+        peerprocs.ensure_packages()
     common.MODGATE = os.path.abspath(a.binary)
     work = common.tmpdir("modgate-icmem-")
     procs = Procs()
@@ -40,24 +70,14 @@ def main():
         up, certs = common.start_file_server(procs, work, tree)
         os.environ["MODGATE_PROXY__MAX_CONNECTIONS"] = str(a.connections + 100)
         p, proxy, admin, ca = common.gateway_for(procs, work, up, certs)
-        url = "https://proxy.golang.org/example.com/m/@v/v1.0.0.zip"
-        subprocess.run(["curl", "-sS", "-o", "/dev/null", "--fail", "--proxy", f"http://{proxy}", "--cacert", ca, url], check=True)
-        time.sleep(1)
-        before = common.rss_mib(p.pid)
-        idle = procs.start([LOADGEN, "idle", "--url", url, "--proxy", proxy, "--ca", ca, "--count", str(a.connections), "--parallel", "64", "--hold", f"{a.hold + 4}s"])
-        line = idle.stdout.readline()
-        print(f"loadgen: {line.strip()}")
-        time.sleep(a.hold)
-        held = common.rss_mib(p.pid)
-        if os.environ.get("TRIM_PROBE"):
-            subprocess.run(["gdb", "-p", str(p.pid), "-batch", "-ex", "call (int)malloc_trim(0)"], capture_output=True)
-            print(f"after a manual malloc_trim while idle: {common.rss_mib(p.pid):.1f} MiB")
-        idle.wait()
-        time.sleep(5)
-        after = common.rss_mib(p.pid)
-        per = (held - before) * 1024 / a.connections
-        print(f"modgate RSS before {before:.1f} MiB, {a.connections} idle intercepted connections {held:.1f} MiB "
-              f"({per:.1f} KiB each), after close {after:.1f} MiB")
+        measure("modgate", common.rss_mib, p.pid, "https://proxy.golang.org/example.com/m/@v/v1.0.0.zip", proxy, ca, a)
+        if a.peers:
+            procs.stop()
+            procs = Procs()
+            up, certs = common.start_file_server(procs, work, tree)
+            squid = peerprocs.start_squid(procs, work, f"{certs}/ca.pem", bump=True)
+            port = up.rsplit(":", 1)[1]
+            measure("squid-bump", peerprocs.tree_rss_mib, squid.pid, f"https://localhost:{port}/example.com/m/@v/v1.0.0.zip", squid.addr, squid.ca, a)
     finally:
         procs.stop()
         common.cleanup(work)

@@ -52,6 +52,12 @@ fn files_with_zip_redirects(map: HashMap<String, Vec<u8>>) -> Handler {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn go_command_builds_through_the_gateway() {
+    for v in GO_VERSIONS {
+        go_builds_through_the_gateway_with(v).await;
+    }
+}
+
+async fn go_builds_through_the_gateway_with(v: &str) {
     let ca = TestCa::new();
     let up = Upstream::tls(&ca, files_with_zip_redirects(goproxy_files())).await;
     let base = up.base_url();
@@ -79,6 +85,7 @@ async fn go_command_builds_through_the_gateway() {
     // GOSUMDB off: this test is about the gateway, not the checksum database.
     let env = [("GOPROXY", "https://proxy.golang.org")];
     let out = go_env_extra(
+        v,
         &["mod", "download", "example.com/hello"],
         &app,
         &home,
@@ -91,7 +98,7 @@ async fn go_command_builds_through_the_gateway() {
         "go mod download: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = go_env_extra(&["run", "."], &app, &home, gw_ref, "off", &env);
+    let out = go_env_extra(v, &["run", "."], &app, &home, gw_ref, "off", &env);
     assert!(
         out.status.success(),
         "go run: {}",
@@ -276,16 +283,20 @@ fn write_app(dir: &Path) {
 /// The go command with the default GOPROXY, a GOSUMDB key for the local database, and only
 /// HTTPS_PROXY and the gateway CA pointing at modgate.
 fn go(
+    v: &str,
     args: &[&str],
     dir: &Path,
     home: &Path,
     gw: &TestGateway,
     gosumdb: &str,
 ) -> std::process::Output {
-    go_env_extra(args, dir, home, gw, gosumdb, &[])
+    go_env_extra(v, args, dir, home, gw, gosumdb, &[])
 }
 
+/// Go `v` (see `GO_VERSIONS`) with `extra` in its environment; GOTOOLCHAIN=local unless
+/// `extra` sets it.
 fn go_env_extra(
+    v: &str,
     args: &[&str],
     dir: &Path,
     home: &Path,
@@ -293,10 +304,12 @@ fn go_env_extra(
     gosumdb: &str,
     extra: &[(&str, &str)],
 ) -> std::process::Output {
-    let mut cmd = Command::new(tool("go"));
+    let mut cmd = Command::new(go_tool(v));
     cmd.args(args)
         .current_dir(dir)
         .env_clear()
+        .env("GOTOOLCHAIN", "local")
+        .env("GOTELEMETRY", "off")
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", home)
         .env("GOPATH", home.join("gopath"))
@@ -313,6 +326,12 @@ fn go_env_extra(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn go_build_verified_by_checksum_db_then_offline_from_cache() {
+    for v in GO_VERSIONS {
+        verified_then_offline_with(v).await;
+    }
+}
+
+async fn verified_then_offline_with(v: &str) {
     let ca = TestCa::new();
     let tree = tempfile::tempdir().unwrap();
     module_tree(tree.path());
@@ -341,6 +360,7 @@ async fn go_build_verified_by_checksum_db_then_offline_from_cache() {
     let app1 = work.path().join("app1");
     write_app(&app1);
     let out = go(
+        v,
         &["build", "-o", "app", "."],
         &app1,
         &home1,
@@ -406,6 +426,7 @@ async fn go_build_verified_by_checksum_db_then_offline_from_cache() {
     // neither public upstream may ever see the path.
     let home_c = work.path().join("home-canary");
     let out = go(
+        v,
         &["mod", "download", "-json", "corp.example/secret@v1.0.0"],
         work.path(),
         &home_c,
@@ -418,6 +439,7 @@ async fn go_build_verified_by_checksum_db_then_offline_from_cache() {
     );
     // With the proxy as the only source, the go command shows modgate's explanation.
     let out = go_env_extra(
+        v,
         &["mod", "download", "-json", "corp.example/secret@v1.0.0"],
         work.path(),
         &home_c,
@@ -459,7 +481,7 @@ async fn go_build_verified_by_checksum_db_then_offline_from_cache() {
     let home2 = work.path().join("home2");
     let app2 = work.path().join("app2");
     write_app(&app2);
-    let out = go(&["build", "-o", "app", "."], &app2, &home2, &gw, &vkey);
+    let out = go(v, &["build", "-o", "app", "."], &app2, &home2, &gw, &vkey);
     assert!(
         out.status.success(),
         "offline go build: {}",
@@ -500,6 +522,7 @@ async fn warm_from_a_real_go_sum_then_build_offline() {
     let app = work.path().join("app");
     write_app(&app);
     let out = go(
+        "1.19",
         &["build", "-o", "app", "."],
         &app,
         &work.path().join("home0"),
@@ -563,13 +586,15 @@ async fn warm_from_a_real_go_sum_then_build_offline() {
     );
 
     // Offline: the upstream and the checksum database are gone. A new agent with an empty
-    // module cache builds from the warmed gateway alone.
+    // module cache (and a newer go command than the one that wrote go.sum) builds from the
+    // warmed gateway alone.
     drop(proxy);
     drop(sumdb);
     let app2 = work.path().join("app2");
     write_app(&app2);
     std::fs::copy(&gosum, app2.join("go.sum")).unwrap();
     let out = go(
+        "1.23",
         &["build", "-o", "app", "."],
         &app2,
         &work.path().join("home1"),

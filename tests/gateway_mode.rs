@@ -542,38 +542,43 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
     // 1. The go command in the client namespace: no HTTPS_PROXY, no GOPROXY, no GOPRIVATE;
     // only modgate's CA trusted. GOSUMDB names the fixture database's key (as sum.golang.org);
     // GONOSUMDB keeps the private module out of it.
-    let home = work.path().join("home");
-    let app = work.path().join("app");
-    write_app(&app);
-    let out = Command::new(&ip)
-        .args(["netns", "exec", &net.client])
-        .arg(tool("go"))
-        .args(["build", "-o", "app", "."])
-        .current_dir(&app)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &home)
-        .env("GOPATH", home.join("gopath"))
-        .env("GOMODCACHE", home.join("modcache"))
-        .env("GOCACHE", home.join("gocache"))
-        .env("GOFLAGS", "-mod=mod -modcacherw")
-        .env("GOSUMDB", &sumdb.vkey)
-        .env("GONOSUMDB", "git.corp.example")
-        .env("CGO_ENABLED", "0")
-        .env("SSL_CERT_FILE", &gw.ca_pem)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "go build in the client namespace: {}\nmodgate log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&gw.log).unwrap_or_default()
-    );
-    let run = Command::new(app.join("app")).output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&run.stdout).trim(),
-        "hello, verified world 1"
-    );
+    // Both go commands (the second gets the modules from modgate's cache).
+    for v in GO_VERSIONS {
+        let home = work.path().join(format!("home-{v}"));
+        let app = work.path().join(format!("app-{v}"));
+        write_app(&app);
+        let out = Command::new(&ip)
+            .args(["netns", "exec", &net.client])
+            .arg(go_tool(v))
+            .args(["build", "-o", "app", "."])
+            .current_dir(&app)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("GOTOOLCHAIN", "local")
+            .env("GOTELEMETRY", "off")
+            .env("HOME", &home)
+            .env("GOPATH", home.join("gopath"))
+            .env("GOMODCACHE", home.join("modcache"))
+            .env("GOCACHE", home.join("gocache"))
+            .env("GOFLAGS", "-mod=mod -modcacherw")
+            .env("GOSUMDB", &sumdb.vkey)
+            .env("GONOSUMDB", "git.corp.example")
+            .env("CGO_ENABLED", "0")
+            .env("SSL_CERT_FILE", &gw.ca_pem)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "Go {v}: go build in the client namespace: {}\nmodgate log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&gw.log).unwrap_or_default()
+        );
+        let run = Command::new(app.join("app")).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&run.stdout).trim(),
+            "hello, verified world 1"
+        );
+    }
     assert!(
         sumdb
             .requests()

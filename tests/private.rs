@@ -295,17 +295,21 @@ const MODULES: &[&str] = &[
     "corp.example/lib@v1.0.0",
 ];
 
-/// Runs `go mod download -json` for every module and returns query -> (version, sum, gomodsum).
+/// Runs Go `v`'s `go mod download -json` for every module and returns query -> (version, sum,
+/// gomodsum).
 fn download(
+    v: &str,
     home: &Path,
     queries: &[String],
     env: &[(&str, String)],
 ) -> BTreeMap<String, (String, String, String)> {
-    let mut cmd = Command::new(tool("go"));
+    let mut cmd = Command::new(go_tool(v));
     cmd.args(["mod", "download", "-json"])
         .args(queries)
         .current_dir(home)
         .env_clear()
+        .env("GOTOOLCHAIN", "local")
+        .env("GOTELEMETRY", "off")
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", home)
         .env("GOPATH", home.join("gopath"))
@@ -378,6 +382,7 @@ async fn go_sum_through_modgate_equals_direct_git_in_proxy_and_direct_mode() {
     })
     .await;
     let direct = download(
+        "1.19",
         &base.path().join("home-direct"),
         &queries,
         &[
@@ -404,37 +409,42 @@ async fn go_sum_through_modgate_equals_direct_git_in_proxy_and_direct_mode() {
     })
     .await;
 
-    // B. Proxy mode: no GOPRIVATE, no credentials; only GONOSUMDB for the private paths.
-    git_log.lock().unwrap().clear();
-    let proxy_mode = download(
-        &base.path().join("home-proxy"),
-        &queries,
-        &[
-            ("GONOSUMDB", "git.corp.example,corp.example".into()),
-            ("HTTPS_PROXY", format!("http://{}", gw.proxy)),
-            ("SSL_CERT_FILE", gw.ca_path.display().to_string()),
-        ],
-    );
-    assert_eq!(
-        proxy_mode, direct,
-        "proxy mode must produce the go command's own versions and hashes"
-    );
+    for v in GO_VERSIONS {
+        // B. Proxy mode: no GOPRIVATE, no credentials; only GONOSUMDB for the private paths.
+        git_log.lock().unwrap().clear();
+        let proxy_mode = download(
+            v,
+            &base.path().join(format!("home-proxy-{v}")),
+            &queries,
+            &[
+                ("GONOSUMDB", "git.corp.example,corp.example".into()),
+                ("HTTPS_PROXY", format!("http://{}", gw.proxy)),
+                ("SSL_CERT_FILE", gw.ca_path.display().to_string()),
+            ],
+        );
+        assert_eq!(
+            proxy_mode, direct,
+            "Go {v}: proxy mode must produce the go command's own versions and hashes"
+        );
 
-    // C. Direct mode through modgate: GOPRIVATE set, git runs through the gateway, no credentials.
-    let direct_mode = download(
-        &base.path().join("home-direct-mode"),
-        &queries,
-        &[
-            ("GOPRIVATE", "git.corp.example,corp.example".into()),
-            ("HTTPS_PROXY", format!("http://{}", gw.proxy)),
-            ("SSL_CERT_FILE", gw.ca_path.display().to_string()),
-            ("GIT_SSL_CAINFO", gw.ca_path.display().to_string()),
-        ],
-    );
-    assert_eq!(
-        direct_mode, direct,
-        "direct mode through modgate must match too"
-    );
+        // C. Direct mode through modgate: GOPRIVATE set, git runs through the gateway, no
+        // credentials.
+        let direct_mode = download(
+            v,
+            &base.path().join(format!("home-direct-mode-{v}")),
+            &queries,
+            &[
+                ("GOPRIVATE", "git.corp.example,corp.example".into()),
+                ("HTTPS_PROXY", format!("http://{}", gw.proxy)),
+                ("SSL_CERT_FILE", gw.ca_path.display().to_string()),
+                ("GIT_SSL_CAINFO", gw.ca_path.display().to_string()),
+            ],
+        );
+        assert_eq!(
+            direct_mode, direct,
+            "Go {v}: direct mode through modgate must match too"
+        );
+    }
 
     // The expected shapes, as a sanity check of the fixture.
     assert_eq!(direct["git.corp.example/team/alpha@feature"].0, "v1.1.0");

@@ -33,3 +33,5 @@ mod public;
 mod secrets;
 /// Replicas sharing one cache through a real S3-compatible store (Garage).
 mod shared_cache;
+/// Toolchain switches (Go 1.21 to Go 1.23) through the gateway and offline from its cache.
+mod toolchain;

@@ -597,6 +597,20 @@ where
 
 // === Tools ===
 
+/// The go commands the end-to-end tests run with: Debian bookworm's Go 1.19 and Go 1.23 from
+/// bookworm-backports (`.ci/run` installs both, and Go 1.21 for the toolchain switch).
+pub const GO_VERSIONS: [&str; 2] = ["1.19", "1.23"];
+
+/// The go command of Debian's `golang-VERSION-go`; panics (never skips) when it is missing.
+pub fn go_tool(version: &str) -> PathBuf {
+    let p = PathBuf::from(format!("/usr/lib/go-{version}/bin/go"));
+    assert!(
+        p.is_file(),
+        "required tool Go {version} is not installed: run .ci/run (it installs golang-{version}-go)"
+    );
+    p
+}
+
 /// Path of a required tool; panics (never skips) when it is missing.
 pub fn tool(name: &str) -> PathBuf {
     let candidates: &[&str] = match name {
