@@ -56,6 +56,7 @@ pub struct Config {
     pub shared_cache: SharedCacheConfig,
     pub private: PrivateConfig,
     pub transparent: TransparentConfig,
+    pub endpoint: EndpointConfig,
     pub log: LogConfig,
     pub traces: TracesConfig,
 }
@@ -499,6 +500,45 @@ impl Default for TransparentConfig {
             no_sni: NoSni::Deny,
             verify_destination: true,
         }
+    }
+}
+
+/// `[endpoint]`: modgate as a GOPROXY (`GOPROXY=https://gateway:8443`), beside interception:
+/// agents need neither HTTPS_PROXY nor modgate's CA when it has a certificate they trust.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Listener; off when unset.
+    pub listen: Option<SocketAddr>,
+    /// Path the GOPROXY protocol is served under (`"/go"`: `GOPROXY=https://gateway/go`);
+    /// `""`: at the root.
+    pub path_prefix: String,
+    /// Serve plain HTTP instead of TLS (must be written; private modules are not served).
+    pub plain_http: bool,
+    /// PEM certificate chain and key for the listener; unset: a leaf from modgate's CA for
+    /// `names`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Names (DNS or IP) agents use for the endpoint, for the CA-issued leaf; a TLS client
+    /// naming another server is refused. Empty: `localhost` and the listener's address.
+    pub names: Vec<String>,
+    /// Serve without authentication on a non-loopback address when `auth.users` is empty.
+    pub allow_anonymous: bool,
+}
+
+impl EndpointConfig {
+    /// The names the endpoint's CA-issued leaf covers.
+    pub fn leaf_names(&self) -> Vec<String> {
+        if !self.names.is_empty() {
+            return self.names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        }
+        let mut names = vec!["localhost".to_string()];
+        if let Some(addr) = self.listen
+            && !addr.ip().is_unspecified()
+        {
+            names.push(addr.ip().to_string());
+        }
+        names
     }
 }
 

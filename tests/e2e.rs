@@ -266,7 +266,7 @@ pub fn module_tree(root: &Path) {
     );
 }
 
-fn write_app(dir: &Path) {
+pub fn write_app(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(
         dir.join("go.mod"),

@@ -37,6 +37,8 @@ async fn env() -> Env {
         c.intercept.tls_handshake_timeout = Duration::from_millis(400);
         c.upstream.response_timeout = Duration::from_millis(800);
         c.intercept.hosts.push("127.0.0.1".into());
+        // The GOPROXY endpoint gets the same hostile input as the intercepted proxy host.
+        c.endpoint.listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
     // Keep the test CA alive through the upstream's certificate only.
@@ -71,6 +73,25 @@ async fn module_path(gw: &TestGateway, path: &str) -> Expect {
         .await
         .unwrap();
     tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: proxy.golang.org\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_outcome(&mut tls).await
+}
+
+/// A TLS connection to the GOPROXY endpoint (as `localhost`), HTTP/1.1.
+async fn endpoint_tls(gw: &TestGateway) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let stream = TcpStream::connect(gw.gw().endpoint_addr().unwrap())
+        .await
+        .unwrap();
+    tls_connect(stream, "localhost", gw.roots(), Alpn::H1)
+        .await
+        .unwrap()
+}
+
+/// The same GOPROXY request to the GOPROXY endpoint; returns its status.
+async fn endpoint_path(gw: &TestGateway, path: &str) -> Expect {
+    let mut tls = endpoint_tls(gw).await;
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .unwrap();
     read_outcome(&mut tls).await
@@ -383,6 +404,12 @@ async fn hostile_module_paths() {
     for (name, path, want) in cases {
         assert_eq!(module_path(&env.gw, path).await, *want, "{name}: {path}");
         still_serves(&env).await;
+        assert_eq!(
+            endpoint_path(&env.gw, path).await,
+            *want,
+            "GOPROXY endpoint, {name}: {path}"
+        );
+        still_serves(&env).await;
     }
     // A write method on the read-only protocol.
     let (stream, _) = connect(env.gw.proxy, "proxy.golang.org:443", "").await;
@@ -483,6 +510,61 @@ async fn hostile_upstream_responses() {
             .iter()
             .all(|f| !f.ends_with(".zip") && !f.ends_with(".mod")),
         "{files:?}"
+    );
+    nothing_outside_data_dir(&env);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_wire_and_tls_input_on_the_goproxy_endpoint() {
+    let env = env().await;
+    let addr = env.gw.gw().endpoint_addr().unwrap();
+    // Below TLS: not TLS at all, a ClientHello never finished, a handshake that never starts.
+    for (name, bytes) in [
+        (
+            "plain HTTP to the TLS endpoint",
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        ),
+        (
+            "a truncated ClientHello",
+            &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        ),
+        ("nothing", &b""[..]),
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(bytes).await;
+        let mut buf = vec![0u8; 4096];
+        let got = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed within the handshake timeout");
+        assert!(
+            !matches!(got, Ok(n) if n > 0 && buf.starts_with(b"HTTP/")),
+            "{name}: no HTTP answer before TLS"
+        );
+        still_serves(&env).await;
+    }
+    // Over TLS: what the proxy listener refuses, the endpoint refuses alike.
+    let many_headers: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let big_header = format!("X-Big: {}\r\n", "b".repeat(100_000));
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
+        ("a line of garbage", b"\x01\x02\x03 garbage\r\n\r\n".to_vec(), Expect::Status(400)),
+        ("oversized header", format!("GET /example.com/ok/@v/list HTTP/1.1\r\nHost: localhost\r\n{big_header}\r\n").into_bytes(), Expect::Status(431)),
+        ("150 headers", format!("GET /example.com/ok/@v/list HTTP/1.1\r\nHost: localhost\r\n{many_headers}\r\n").into_bytes(), Expect::Status(431)),
+        ("CONNECT to the endpoint", b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n".to_vec(), Expect::Status(404)),
+        ("a write", b"POST /example.com/ok/@v/list HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n".to_vec(), Expect::Status(405)),
+        ("absolute-form request elsewhere", b"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n".to_vec(), Expect::Status(404)),
+        ("slowloris: a request line never finished", b"GET /example.com/ok/@v/li".to_vec(), Expect::Closed),
+    ];
+    for (name, bytes, want) in &cases {
+        let mut tls = endpoint_tls(&env.gw).await;
+        let _ = tls.write_all(bytes).await;
+        assert_eq!(read_outcome(&mut tls).await, *want, "{name}");
+        still_serves(&env).await;
+    }
+    // Nothing went to the upstream but the one good path.
+    let seen = env.up.paths();
+    assert!(
+        seen.iter().all(|p| p == "/example.com/ok/@v/list"),
+        "{seen:?}"
     );
     nothing_outside_data_dir(&env);
 }

@@ -15,6 +15,8 @@ mod deploy;
 mod docs;
 /// The real go command, curl and git through the gateway.
 mod e2e;
+/// The GOPROXY endpoint: the go command with GOPROXY pointed at modgate.
+mod endpoint;
 /// Faults survived: unwritable cache, kill -9 and restart.
 mod faults;
 /// Gateway mode: network namespaces, iptables REDIRECT, the go command with no proxy setting.

@@ -130,3 +130,58 @@ fn environment_overrides_set_keys_and_errors_name_the_variable() {
         assert!(err.contains(want), "{name}={value}: {err}");
     }
 }
+
+#[test]
+fn the_endpoint_needs_users_or_loopback_or_an_explicit_anonymous_setting() {
+    let with = |edit: &dyn Fn(&mut Config)| {
+        let mut c = Config::default();
+        edit(&mut c);
+        c.validate().map_err(|e| e.to_string())
+    };
+    let err = with(&|c| c.endpoint.listen = Some("0.0.0.0:8443".parse().unwrap())).unwrap_err();
+    assert!(
+        err.contains("endpoint.listen") && err.contains("endpoint.allow_anonymous"),
+        "{err}"
+    );
+    with(&|c| c.endpoint.listen = Some("127.0.0.1:8443".parse().unwrap())).unwrap();
+    with(&|c| c.endpoint.listen = Some("[::1]:8443".parse().unwrap())).unwrap();
+    with(&|c| {
+        c.endpoint.listen = Some("0.0.0.0:8443".parse().unwrap());
+        c.endpoint.allow_anonymous = true;
+    })
+    .unwrap();
+    with(&|c| {
+        c.endpoint.listen = Some("0.0.0.0:8443".parse().unwrap());
+        c.auth.users = vec![UserConfig {
+            name: "ci".into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGg".into(),
+        }];
+    })
+    .unwrap();
+    for (edit, key) in [
+        (
+            Box::new(|c: &mut Config| c.endpoint.path_prefix = "go".into())
+                as Box<dyn Fn(&mut Config)>,
+            "endpoint.path_prefix",
+        ),
+        (
+            Box::new(|c: &mut Config| c.endpoint.path_prefix = "/go/".into()),
+            "endpoint.path_prefix",
+        ),
+        (
+            Box::new(|c: &mut Config| c.endpoint.cert_file = Some("/nonexistent.pem".into())),
+            "endpoint.cert_file",
+        ),
+        (
+            Box::new(|c: &mut Config| c.endpoint.listen = Some(c.proxy.listen)),
+            "endpoint.listen",
+        ),
+    ] {
+        let err = with(&|c| {
+            c.endpoint.listen = Some("127.0.0.1:8443".parse().unwrap());
+            edit(c);
+        })
+        .unwrap_err();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}

@@ -76,9 +76,51 @@ fn listeners(c: &Config) -> Result<(), ConfigError> {
             t != c.proxy.listen && t != c.admin.listen,
             "transparent.listen",
             "must differ from proxy.listen and admin.listen",
-        ),
-        _ => Ok(()),
+        )?,
+        _ => {}
     }
+    endpoint(c)
+}
+
+fn endpoint(c: &Config) -> Result<(), ConfigError> {
+    let e = &c.endpoint;
+    let Some(addr) = e.listen else {
+        return Ok(());
+    };
+    if addr.port() != 0 {
+        ensure(
+            addr != c.proxy.listen && addr != c.admin.listen && Some(addr) != c.transparent.listen,
+            "endpoint.listen",
+            "must differ from proxy.listen, admin.listen and transparent.listen",
+        )?;
+    }
+    ensure(
+        e.path_prefix.is_empty()
+            || (e.path_prefix.starts_with('/')
+                && !e.path_prefix.ends_with('/')
+                && !e.path_prefix.contains(['?', '#', '%', '@'])),
+        "endpoint.path_prefix",
+        "must be empty or a path such as \"/go\" (starting with /, not ending with /)",
+    )?;
+    ensure(
+        e.cert_file.is_some() == e.key_file.is_some(),
+        "endpoint.cert_file",
+        "endpoint.cert_file and endpoint.key_file go together",
+    )?;
+    readable("endpoint.cert_file", e.cert_file.as_deref())?;
+    readable("endpoint.key_file", e.key_file.as_deref())?;
+    ensure(
+        !(e.plain_http && e.cert_file.is_some()),
+        "endpoint.plain_http",
+        "plain HTTP takes no certificate (unset endpoint.cert_file or plain_http)",
+    )?;
+    ensure(
+        addr.ip().is_loopback() || !c.auth.users.is_empty() || e.allow_anonymous,
+        "endpoint.listen",
+        format!(
+            "{addr} is reachable from other hosts and no auth.users are configured: add users, bind a loopback address, or set endpoint.allow_anonymous = true"
+        ),
+    )
 }
 
 fn proxy(c: &Config) -> Result<(), ConfigError> {

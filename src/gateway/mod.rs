@@ -99,6 +99,7 @@ pub struct Gateway {
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
     transparent_addr: Option<SocketAddr>,
+    endpoint_addr: Option<SocketAddr>,
     created_ca: bool,
     accept_loops: TaskTracker,
 }
@@ -179,6 +180,16 @@ impl Gateway {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
+        let endpoint = match config.endpoint.listen {
+            Some(addr) => {
+                let tls = Arc::new(ingress::endpoint::EndpointTls::new(&config.endpoint)?);
+                let listener = ingress::endpoint::bind(addr).await?;
+                let bound = listener.local_addr()?;
+                Some((listener, bound, tls))
+            }
+            None => None,
+        };
+        let endpoint_addr = endpoint.as_ref().map(|(_, a, _)| *a);
         let own_sumdb = match compile::own_sumdb(&config)? {
             Some(name) => {
                 let (signer, created) =
@@ -216,6 +227,7 @@ impl Gateway {
         let ingress = Arc::new(Ingress::new(serve, auth, leaves, conn_limit));
         let mut listening = vec![proxy_addr, admin_addr];
         listening.extend(transparent_addr);
+        listening.extend(endpoint_addr);
         let _ = ingress.serve.own.set(own_addresses(&listening));
         if ingress.serve.shared.is_some() {
             tokio::spawn(serve::private::publish_pins(ingress.serve.clone()));
@@ -232,9 +244,14 @@ impl Gateway {
         accept_loops.spawn(ingress::listener::run(proxy_listener, ingress.clone()));
         accept_loops.spawn(admin::run(admin_listener, runtime.clone()));
         if let (Some(listener), Some(addr)) = (transparent_listener, transparent_addr) {
-            let own = vec![proxy_addr, admin_addr, addr];
+            let mut own = vec![proxy_addr, admin_addr, addr];
+            own.extend(endpoint_addr);
             accept_loops.spawn(ingress::transparent::run(listener, ingress.clone(), own));
             tracing::info!(transparent_addr = %addr, "gateway mode: transparent listener started");
+        }
+        if let Some((listener, addr, tls)) = endpoint {
+            accept_loops.spawn(ingress::endpoint::run(listener, ingress.clone(), tls));
+            tracing::info!(endpoint_addr = %addr, "GOPROXY endpoint started");
         }
         accept_loops.close();
         tracing::info!(%proxy_addr, %admin_addr, ca = %runtime.ca.cert_path().display(), "modgate started");
@@ -243,6 +260,7 @@ impl Gateway {
             proxy_addr,
             admin_addr,
             transparent_addr,
+            endpoint_addr,
             created_ca,
             accept_loops,
         })
@@ -261,6 +279,11 @@ impl Gateway {
     /// Address of the transparent (gateway-mode) listener, when configured.
     pub fn transparent_addr(&self) -> Option<SocketAddr> {
         self.transparent_addr
+    }
+
+    /// Address of the GOPROXY endpoint, when configured.
+    pub fn endpoint_addr(&self) -> Option<SocketAddr> {
+        self.endpoint_addr
     }
 
     /// Whether this start created a new CA.

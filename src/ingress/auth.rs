@@ -74,8 +74,31 @@ impl ProxyAuth {
         format!("Basic realm=\"{}\"", self.realm.replace(['"', '\\'], ""))
     }
 
-    /// Checks `headers` from `client`, rate-limiting repeated failures per address.
+    /// The `WWW-Authenticate` challenges of the GOPROXY endpoint: Basic (netrc, `GOAUTH=netrc`,
+    /// `https://user:password@host` URLs) and Bearer.
+    pub fn endpoint_challenges(&self) -> [String; 2] {
+        let realm = self.realm.replace(['"', '\\'], "");
+        [
+            format!("Basic realm=\"{realm}\""),
+            format!("Bearer realm=\"{realm}\""),
+        ]
+    }
+
+    /// Checks the proxy credentials in `headers` from `client`, rate-limiting repeated failures
+    /// per address.
     pub async fn check(&self, headers: &HeaderMap, client: std::net::IpAddr) -> Verdict {
+        self.check_value(headers.get(http::header::PROXY_AUTHORIZATION), client)
+            .await
+    }
+
+    /// Checks an `Authorization` or `Proxy-Authorization` value from `client`: `Basic` with a
+    /// user's name and password, or `Bearer` with `NAME:PASSWORD` or a password alone (tried
+    /// against every user). Repeated failures are rate-limited per address.
+    pub async fn check_value(
+        &self,
+        value: Option<&http::HeaderValue>,
+        client: std::net::IpAddr,
+    ) -> Verdict {
         use std::sync::atomic::Ordering;
         let failures = self
             .failures
@@ -86,7 +109,7 @@ impl ProxyAuth {
         if failures.load(Ordering::Relaxed) >= MAX_FAILURES_PER_MINUTE {
             return Verdict::Limited;
         }
-        if self.valid(headers).await {
+        if self.valid(value).await {
             Verdict::Allowed
         } else {
             failures.fetch_add(1, Ordering::Relaxed);
@@ -94,17 +117,31 @@ impl ProxyAuth {
         }
     }
 
-    /// Whether `headers` carry valid credentials.
-    async fn valid(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers.get(http::header::PROXY_AUTHORIZATION) else {
+    /// Whether `value` holds valid credentials.
+    async fn valid(&self, value: Option<&http::HeaderValue>) -> bool {
+        let Some(value) = value else {
             return false;
         };
         let digest: [u8; 32] = Sha256::digest(value.as_bytes()).into();
         if self.verified.get(&digest).await.is_some() {
             return true;
         }
-        let Some((user, password)) = parse_basic(value.as_bytes()) else {
-            return false;
+        let (user, password) = match parse_credentials(value.as_bytes()) {
+            Some(Credentials::User(user, password)) => (user, password),
+            Some(Credentials::Token(token)) => {
+                // A bare token is a password: any user whose hash it matches.
+                let hashes: Vec<String> = self.users.values().cloned().collect();
+                let ok = tokio::task::spawn_blocking(move || {
+                    hashes.iter().any(|h| verify_password(&token, h))
+                })
+                .await
+                .unwrap_or(false);
+                if ok {
+                    self.verified.insert(digest, ()).await;
+                }
+                return ok;
+            }
+            None => return false,
         };
         let Some(hash) = self.users.get(&user).cloned() else {
             // Spend the same effort as a real check so user names cannot be probed by timing.
@@ -121,18 +158,37 @@ impl ProxyAuth {
     }
 }
 
-fn parse_basic(value: &[u8]) -> Option<(String, String)> {
+/// What an authorization header value names.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    /// A user and password (`Basic`, or `Bearer NAME:PASSWORD`).
+    User(String, String),
+    /// `Bearer PASSWORD`.
+    Token(String),
+}
+
+fn parse_credentials(value: &[u8]) -> Option<Credentials> {
     let value = std::str::from_utf8(value).ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        if token.is_empty() {
+            return None;
+        }
+        return Some(match token.split_once(':') {
+            Some((user, password)) => Credentials::User(user.to_string(), password.to_string()),
+            None => Credentials::Token(token.to_string()),
+        });
+    }
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
     let decoded = base64::engine::general_purpose::STANDARD
-        .decode(token.trim())
+        .decode(token)
         .ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (user, password) = decoded.split_once(':')?;
-    Some((user.to_string(), password.to_string()))
+    Some(Credentials::User(user.to_string(), password.to_string()))
 }
 
 /// Hashes a password into an Argon2id PHC string (for `modgate auth hash`).
@@ -218,6 +274,43 @@ mod tests {
         assert_eq!(
             auth.check(&header("ci", "s3cret"), other).await,
             Verdict::Allowed
+        );
+    }
+
+    #[tokio::test]
+    async fn bearer_tokens_name_a_user_or_are_a_password() {
+        let auth = ProxyAuth::new(&AuthConfig {
+            realm: "r".into(),
+            users: vec![
+                UserConfig {
+                    name: "ci".into(),
+                    password_hash: hash_password("tok-ci"),
+                },
+                UserConfig {
+                    name: "dev".into(),
+                    password_hash: hash_password("tok-dev"),
+                },
+            ],
+        })
+        .unwrap();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let check = |v: &'static str| {
+            let auth = auth.clone();
+            async move {
+                auth.check_value(Some(&http::HeaderValue::from_static(v)), ip)
+                    .await
+            }
+        };
+        assert_eq!(check("Bearer tok-dev").await, Verdict::Allowed);
+        assert_eq!(check("bearer ci:tok-ci").await, Verdict::Allowed);
+        assert_eq!(check("Bearer dev:tok-ci").await, Verdict::Denied);
+        assert_eq!(check("Bearer nope").await, Verdict::Denied);
+        assert_eq!(check("Bearer ").await, Verdict::Denied);
+        assert_eq!(check("Digest x").await, Verdict::Denied);
+        assert_eq!(
+            parse_credentials(b"Basic Y2k6YTpi"),
+            Some(Credentials::User("ci".into(), "a:b".into())),
+            "a password may hold a colon"
         );
     }
 

@@ -70,13 +70,27 @@ where
         .tls_handshake_duration
         .with_label_values(&["client"])
         .observe(started.elapsed().as_secs_f64());
-    Box::pin(serve_tls(tls, conn, state, started)).await
+    let serve_state = state.serve.clone();
+    let handler = move |req, ctx| crate::serve::dispatch(req, ctx, serve_state.clone());
+    Box::pin(serve_http(tls, conn, state, started, handler)).await
 }
 
-/// Serves the requests of an intercepted connection once its TLS is established.
-async fn serve_tls<IO>(tls: TlsStream<IO>, conn: Arc<ConnCtx>, state: Arc<State>, started: Instant)
-where
+/// Serves the requests of a connection modgate terminated (an intercepted one once its TLS is
+/// established, or one to the GOPROXY endpoint), each by `handler`, HTTP/1.1 or HTTP/2, until
+/// it closes, idles out or the gateway drains.
+pub async fn serve_http<IO, H, F>(
+    io: IO,
+    conn: Arc<ConnCtx>,
+    state: Arc<State>,
+    started: Instant,
+    handler: H,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(http::Request<hyper::body::Incoming>, ReqCtx) -> F + Send + Sync + 'static,
+    F: std::future::Future<
+            Output = Result<http::Response<crate::body::Body>, std::convert::Infallible>,
+        > + Send
+        + 'static,
 {
     let svc_state = state.clone();
     let svc_conn = conn.clone();
@@ -104,7 +118,7 @@ where
         let ctx = ReqCtx::for_request(svc_conn.clone(), &req, svc_state.serve.metrics.clone());
         // Boxed: hyper keeps a slot the size of this future for every HTTP/1.1 connection,
         // in use or idle; the request's state machine is large, the box is a pointer.
-        let fut = Box::pin(crate::serve::dispatch(req, ctx, svc_state.serve.clone()));
+        let fut = Box::pin(handler(req, ctx));
         async move {
             let res = fut.await;
             inflight.fetch_sub(1, Ordering::Relaxed);
@@ -127,7 +141,7 @@ where
         .max_header_list_size(
             (state.serve.config.proxy.max_head_size.as_u64() as u32).max(16 * 1024),
         );
-    let http = builder.serve_connection(TokioIo::new(tls), svc);
+    let http = builder.serve_connection(TokioIo::new(io), svc);
     // Closed gracefully by hyper-util when the gateway drains, or by this connection's own
     // closer when no request has been in flight for `proxy.idle_timeout` (HTTP/1.1 idle
     // connections are also closed by the header-read timeout).

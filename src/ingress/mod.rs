@@ -1,9 +1,10 @@
 //! The way in: the proxy listener and CONNECT handling, proxy authentication, TLS interception,
-//! gateway mode (redirected connections) and blind tunnels. Each intercepted request goes on to
+//! gateway mode (redirected connections), blind tunnels and the GOPROXY endpoint. Each intercepted request goes on to
 //! [`crate::serve::dispatch`]; ingress itself decides only about connections.
 
 pub mod auth;
 pub mod conn;
+pub mod endpoint;
 pub mod io;
 pub mod listener;
 pub mod mitm;

@@ -27,7 +27,7 @@ use crate::telemetry::access_log;
 use tracing::Instrument as _;
 
 use crate::telemetry::ctx::ReqCtx;
-use crate::telemetry::labels::CacheOutcome;
+use crate::telemetry::labels::{CacheOutcome, Mode};
 use modgate_core::cache_key::CacheKey;
 use modgate_core::policy::Entry;
 use modgate_core::policy::classify::{ProxyOp, SumDbOp, Target};
@@ -56,13 +56,22 @@ async fn handle(
     state: &Arc<State>,
 ) -> Result<Response<Body>, ServeError> {
     let dynamic = state.live();
-    let decided = dynamic.policy.decide(
-        Entry::Intercepted,
-        &ctx.conn.host,
-        req.method().as_str(),
-        req.uri().path(),
-        req.uri().query(),
-    );
+    let decided = if ctx.conn.mode == Mode::Endpoint {
+        // The endpoint's prefix is already off the path (ingress::endpoint).
+        dynamic.policy.decide_endpoint(
+            !state.config.endpoint.plain_http,
+            req.method().as_str(),
+            req.uri().path(),
+        )
+    } else {
+        dynamic.policy.decide(
+            Entry::Intercepted,
+            &ctx.conn.host,
+            req.method().as_str(),
+            req.uri().path(),
+            req.uri().query(),
+        )
+    };
     let (target, route) = match decided {
         Ok(v) => v,
         Err(e) => {

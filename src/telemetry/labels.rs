@@ -11,6 +11,8 @@ pub enum Mode {
     Transparent,
     /// modgate's own request, e.g. a checksum-database lookup to verify a fill.
     Internal,
+    /// To the GOPROXY endpoint (`endpoint.listen`, `GOPROXY=https://gateway...`).
+    Endpoint,
 }
 
 /// What the cache did for a request.
@@ -64,6 +66,7 @@ label!(Mode {
     Connect => "connect",
     Transparent => "transparent",
     Internal => "internal",
+    Endpoint => "endpoint",
 });
 label!(CacheOutcome {
     Hit => "hit",

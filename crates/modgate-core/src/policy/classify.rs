@@ -204,6 +204,17 @@ impl Classifier {
         Ok(Target::Other)
     }
 
+    /// Classifies a request to modgate's own GOPROXY endpoint, whose path (its prefix
+    /// removed) is read as on a GOPROXY host: GOPROXY calls and `/sumdb/<name>/...`.
+    pub fn classify_endpoint(&self, method: &str, raw_path: &str) -> Result<Target, ClassifyError> {
+        let path = percent_decode(raw_path)?;
+        read_only(method)?;
+        if let Some(rest) = path.strip_prefix("/sumdb/") {
+            return self.classify_sumdb_under_proxy(rest);
+        }
+        classify_goproxy(&path)
+    }
+
     fn classify_sumdb_under_proxy(&self, rest: &str) -> Result<Target, ClassifyError> {
         for db in &self.sumdbs {
             if let Some(op_path) = rest.strip_prefix(db.as_str())

@@ -178,7 +178,34 @@ impl Policy {
         let route = route::route_request(&target, &self.rules, &request);
         Ok((target, route))
     }
+
+    /// Classifies and routes one request to modgate's GOPROXY endpoint, `raw_path` without the
+    /// endpoint's prefix. `tls`: over TLS ([`Entry::Endpoint`]) or plain HTTP
+    /// ([`Entry::PlainHttp`], where private modules are refused as on the proxy listener).
+    pub fn decide_endpoint(
+        &self,
+        tls: bool,
+        method: &str,
+        raw_path: &str,
+    ) -> Result<(Target, Route), ClassifyError> {
+        let target = self.classifier.classify_endpoint(method, raw_path)?;
+        let request = route::RequestFacts {
+            entry: if tls {
+                Entry::Endpoint
+            } else {
+                Entry::PlainHttp
+            },
+            host: ENDPOINT_HOST,
+            raw_path,
+            read_only_host: true,
+        };
+        let route = route::route_request(&target, &self.rules, &request);
+        Ok((target, route))
+    }
 }
+
+/// How the endpoint names itself in refusals (`not found: <host><path> is private...`).
+pub const ENDPOINT_HOST: &str = "modgate's GOPROXY endpoint ";
 
 #[cfg(test)]
 mod tests {
@@ -322,12 +349,53 @@ mod tests {
         for (name, entry) in entries {
             for (host, path, query, tls, plain) in table {
                 let want = match entry {
-                    Entry::Intercepted => tls,
+                    Entry::Intercepted | Entry::Endpoint => tls,
                     Entry::PlainHttp => plain,
                 };
                 let (_, route) = p.decide(entry, host, "GET", path, query).unwrap();
                 assert_eq!(route.name(), want, "{name}: {host}{path}?{query:?}");
             }
         }
+        // modgate's GOPROXY endpoint reads every path as a proxy host does, over TLS or in
+        // plain HTTP, with the same never-leak outcome.
+        let mut proxy_rows = 0;
+        for (host, path, _, tls, plain) in table {
+            if host != "proxy.golang.org" {
+                continue;
+            }
+            proxy_rows += 1;
+            for (over_tls, want) in [(true, tls), (false, plain)] {
+                let (_, route) = p.decide_endpoint(over_tls, "GET", path).unwrap();
+                assert_eq!(route.name(), want, "endpoint (tls {over_tls}): {path}");
+            }
+        }
+        assert!(proxy_rows >= 5);
+    }
+
+    /// The endpoint answers only the module protocols: a path a proxy host would not serve is
+    /// refused locally (nothing is forwarded), and so is a write.
+    #[test]
+    fn the_endpoint_serves_only_reads_of_the_module_protocols() {
+        let p = policy();
+        for path in ["/golang/go", "/", "/sumdb/other.example/supported"] {
+            let e = p.decide_endpoint(true, "GET", path).unwrap_err();
+            assert!(matches!(e, ClassifyError::NotFound(_)), "{path}: {e:?}");
+        }
+        let e = p
+            .decide_endpoint(true, "POST", "/golang.org/x/mod/@v/list")
+            .unwrap_err();
+        assert!(matches!(e, ClassifyError::Method(_)), "{e:?}");
+        let (_, route) = p
+            .decide_endpoint(true, "GET", "/github.com/acme/tool/@v/v1.0.0.zip")
+            .unwrap();
+        assert_eq!(route.name(), "private");
+        let (_, route) = p
+            .decide_endpoint(false, "GET", "/github.com/acme/tool/@v/v1.0.0.zip")
+            .unwrap();
+        assert_eq!(route.name(), "private_refused");
+        let (_, route) = p
+            .decide_endpoint(true, "GET", "/sumdb/sum.golang.org/supported")
+            .unwrap();
+        assert_eq!(route.name(), "sumdb");
     }
 }

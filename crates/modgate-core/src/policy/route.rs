@@ -242,6 +242,10 @@ pub enum Entry {
     /// through `HTTP_PROXY`), or a redirected port-80 connection in gateway mode. Forwarded as
     /// it came unless a private path makes it local.
     PlainHttp,
+    /// To modgate's own GOPROXY endpoint (`endpoint.listen`), over TLS. Every request is a
+    /// GOPROXY or checksum-database read; nothing is forwarded as it came. The endpoint in
+    /// plain HTTP enters as [`Entry::PlainHttp`]: private modules are not served over it.
+    Endpoint,
 }
 
 /// What [`route_request`] needs to know of a request beyond its [`Target`].
