@@ -11,6 +11,8 @@ mod cli;
 mod connect;
 /// deploy/ files validated against the binary's real metrics.
 mod deploy;
+/// The `direct` upstream: public modules from their code hosts.
+mod direct;
 /// The README matches the code.
 mod docs;
 /// The real go command, curl and git through the gateway.

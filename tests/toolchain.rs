@@ -2,7 +2,7 @@
 //! GOPROXY and proves the zip against the checksum database, GOSUMDB=off or not. Here Go 1.21
 //! with `GOTOOLCHAIN=auto` meets a module that needs Go 1.23 and switches to a toolchain module
 //! built from the installed Go 1.23 tree as Go's distpack lays it out, through modgate, then
-//! again offline from modgate's cache.
+//! again offline from modgate's cache, through interception and through the GOPROXY endpoint.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -95,6 +95,15 @@ fn collect(root: &Path, rel: PathBuf, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// How the agent reaches modgate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// HTTPS_PROXY, GOPROXY=https://proxy.golang.org (interception).
+    Proxy,
+    /// GOPROXY=https://localhost:PORT (the GOPROXY endpoint), no HTTPS_PROXY.
+    Endpoint,
+}
+
 /// Go `go_bin` with `GOTOOLCHAIN=auto`, everything else pointing at the gateway.
 fn go_auto(
     go_bin: &Path,
@@ -103,6 +112,7 @@ fn go_auto(
     home: &Path,
     gw: &TestGateway,
     gosumdb: &str,
+    via: Via,
 ) -> std::process::Output {
     let mut cmd = Command::new(go_bin);
     cmd.args(args)
@@ -115,12 +125,22 @@ fn go_auto(
         .env("GOCACHE", home.join("gocache"))
         .env("GOTOOLCHAIN", "auto")
         .env("GOTELEMETRY", "off")
-        .env("GOPROXY", "https://proxy.golang.org")
         .env("GOSUMDB", gosumdb)
         .env("GOFLAGS", "-modcacherw")
         .env("CGO_ENABLED", "0")
-        .env("HTTPS_PROXY", format!("http://{}", gw.proxy))
         .env("SSL_CERT_FILE", &gw.ca_path);
+    match via {
+        Via::Proxy => cmd
+            .env("GOPROXY", "https://proxy.golang.org")
+            .env("HTTPS_PROXY", format!("http://{}", gw.proxy)),
+        Via::Endpoint => cmd.env(
+            "GOPROXY",
+            format!(
+                "https://localhost:{}",
+                gw.gw().endpoint_addr().unwrap().port()
+            ),
+        ),
+    };
     tokio::task::block_in_place(|| cmd.output().unwrap())
 }
 
@@ -155,6 +175,7 @@ async fn go_1_21_switches_to_a_go_1_23_toolchain_through_the_gateway_then_offlin
         // modgate proves the toolchain zip itself too, before it is cached.
         c.sumdb.verify = "sum.golang.org".into();
         c.sumdb.keys = vec![vkey];
+        c.endpoint.listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
 
@@ -187,9 +208,16 @@ async fn go_1_21_switches_to_a_go_1_23_toolchain_through_the_gateway_then_offlin
     let lookup = format!("/lookup/{MODULE}@{version}");
     let gosumdb = sumdb.vkey.clone();
     let mut upstreams = Some((proxy, sumdb));
-    for (round, home) in ["online", "offline"].iter().zip(["home1", "home2"]) {
-        let home = work.path().join(home);
-        let out = go_auto(&go121, &["version"], &app, &home, &gw, &gosumdb);
+    // Through interception; then, both upstreams gone, through interception and through the
+    // GOPROXY endpoint from modgate's cache alone.
+    let rounds = [
+        ("online", Via::Proxy),
+        ("offline", Via::Proxy),
+        ("offline, GOPROXY endpoint", Via::Endpoint),
+    ];
+    for (i, (round, via)) in rounds.iter().enumerate() {
+        let home = work.path().join(format!("home{i}"));
+        let out = go_auto(&go121, &["version"], &app, &home, &gw, &gosumdb, *via);
         assert!(
             out.status.success(),
             "{round}: go version: {}",
@@ -206,7 +234,7 @@ async fn go_1_21_switches_to_a_go_1_23_toolchain_through_the_gateway_then_offlin
             "{round}: the toolchain came through the module proxy"
         );
         // The switched toolchain builds with its own compiler and standard library.
-        let out = go_auto(&go121, &["run", "."], &app, &home, &gw, &gosumdb);
+        let out = go_auto(&go121, &["run", "."], &app, &home, &gw, &gosumdb, *via);
         assert!(
             out.status.success(),
             "{round}: go run: {}",

@@ -149,6 +149,12 @@ pub fn explain(config: &Config, input: &str) -> anyhow::Result<String> {
                     Entry::Off => {
                         let _ = writeln!(out, "upstream:    off (not found)");
                     }
+                    Entry::Direct => {
+                        let _ = writeln!(
+                            out,
+                            "upstream:    direct (go-get discovery on the code host, then git)"
+                        );
+                    }
                 }
             }
             let _ = writeln!(out, "cache key:   {} ({})", f.key(), f.class().name());

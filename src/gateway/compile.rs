@@ -51,6 +51,14 @@ pub fn live(config: &Config, metrics: &Arc<Metrics>) -> Result<Live, ConfigError
     for (i, r) in config.private.routes.iter().enumerate() {
         private.push(PrivateBackend::new(i, r, config, metrics.clone())?);
     }
+    let direct = if public_upstreams
+        .entries()
+        .contains(&modgate_core::policy::goproxy::Entry::Direct)
+    {
+        Some(PrivateBackend::anonymous(config, metrics.clone())?)
+    } else {
+        None
+    };
     Ok(Live {
         config: config.clone(),
         policy,
@@ -58,6 +66,7 @@ pub fn live(config: &Config, metrics: &Arc<Metrics>) -> Result<Live, ConfigError
         public_upstreams,
         sumdbs,
         private,
+        direct,
         verifier: verifier(config)?,
         addresses: addresses(config)?,
     })

@@ -163,6 +163,7 @@ fn public_spec(f: &PublicFetch, dynamic: &Live) -> Spec {
             }
             _ => None,
         },
+        direct: Some((f.module().clone(), f.op().clone())),
     }
 }
 
@@ -185,6 +186,7 @@ fn sumdb_spec(f: &SumDbFetch, dynamic: &Live) -> Result<Spec, ServeError> {
         }],
         path: f.upstream_path().to_string(),
         prove: None,
+        direct: None,
     })
 }
 

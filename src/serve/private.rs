@@ -17,7 +17,6 @@ use crate::serve::State;
 use crate::serve::cached::{self, FillOutcome};
 use crate::serve::respond::ServeError;
 use crate::store::content::{ContentError, check_entry};
-use crate::store::disk::PendingEntry;
 use crate::store::flight::Join;
 use crate::store::mirror::{GitAccess, Mirror, MirrorError};
 use crate::store::pins::{Checked, Pin, PinChange, PinError, PinFile};
@@ -101,37 +100,28 @@ impl PrivateBackend {
         let extra: Vec<&std::path::Path> = cfg.extra_ca_file.as_deref().into_iter().collect();
         let client = UpstreamClient::with_roots(&state_cfg.upstream, &extra, metrics)
             .map_err(|e| invalid("extra_ca_file", e.to_string()))?;
-        // git uses its own TLS stack: give it one bundle with every root modgate trusts.
-        let mut roots: Vec<&std::path::Path> = extra.clone();
-        if let Some(p) = state_cfg.upstream.extra_ca_file.as_deref() {
-            roots.push(p);
-        }
-        let ca_file = if roots.is_empty() {
-            None
-        } else {
-            let mut bundle = String::new();
-            for r in &roots {
-                bundle.push_str(
-                    &std::fs::read_to_string(r)
-                        .map_err(|e| invalid("extra_ca_file", format!("{}: {e}", r.display())))?,
-                );
-                bundle.push('\n');
-            }
-            if let Ok(system) = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt") {
-                bundle.push_str(&system);
-            }
-            let dir = state_cfg.storage.data_dir.join("mirrors");
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                ConfigError::invalid("storage.data_dir", format!("{}: {e}", dir.display()))
-            })?;
-            let path = dir.join(format!("ca-route-{i}.pem"));
-            std::fs::write(&path, bundle).map_err(|e| {
-                ConfigError::invalid("storage.data_dir", format!("{}: {e}", path.display()))
-            })?;
-            Some(path)
-        };
+        let ca_file = git_ca_bundle(&format!("route-{i}"), &extra, state_cfg)
+            .map_err(|(p, e)| invalid("extra_ca_file", format!("{}: {e}", p.display())))?;
         Ok(PrivateBackend {
             auth_header,
+            ca_file,
+            client,
+        })
+    }
+
+    /// Access to a public repository (the `direct` upstream): no credentials, the roots modgate
+    /// trusts for upstreams.
+    pub fn anonymous(
+        state_cfg: &crate::config::Config,
+        metrics: Arc<crate::telemetry::metrics::Metrics>,
+    ) -> Result<PrivateBackend, ConfigError> {
+        let client = UpstreamClient::with_roots(&state_cfg.upstream, &[], metrics)
+            .map_err(|e| ConfigError::invalid("upstream.extra_ca_file", e.to_string()))?;
+        let ca_file = git_ca_bundle("direct", &[], state_cfg).map_err(|(p, e)| {
+            ConfigError::invalid("upstream.extra_ca_file", format!("{}: {e}", p.display()))
+        })?;
+        Ok(PrivateBackend {
+            auth_header: None,
             ca_file,
             client,
         })
@@ -150,6 +140,36 @@ impl PrivateBackend {
     pub fn auth_header(&self) -> Option<&str> {
         self.auth_header.as_deref()
     }
+}
+
+/// git uses its own TLS stack: one bundle with every root modgate trusts for this backend
+/// (`extra`, `upstream.extra_ca_file`, the system's), in `storage.data_dir/mirrors/ca-NAME.pem`;
+/// `None` when there are no extra roots. The error names the file that failed.
+fn git_ca_bundle(
+    name: &str,
+    extra: &[&std::path::Path],
+    state_cfg: &crate::config::Config,
+) -> Result<Option<PathBuf>, (PathBuf, std::io::Error)> {
+    let mut roots: Vec<&std::path::Path> = extra.to_vec();
+    if let Some(p) = state_cfg.upstream.extra_ca_file.as_deref() {
+        roots.push(p);
+    }
+    if roots.is_empty() {
+        return Ok(None);
+    }
+    let mut bundle = String::new();
+    for r in &roots {
+        bundle.push_str(&std::fs::read_to_string(r).map_err(|e| (r.to_path_buf(), e))?);
+        bundle.push('\n');
+    }
+    if let Ok(system) = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt") {
+        bundle.push_str(&system);
+    }
+    let dir = state_cfg.storage.data_dir.join("mirrors");
+    std::fs::create_dir_all(&dir).map_err(|e| (dir.clone(), e))?;
+    let path = dir.join(format!("ca-{name}.pem"));
+    std::fs::write(&path, bundle).map_err(|e| (path.clone(), e))?;
+    Ok(Some(path))
 }
 
 /// Serves one private GOPROXY call.
@@ -278,7 +298,7 @@ async fn mirror(f: &PrivateFetch, access: &GitAccess, state: &State) -> Result<M
         })
 }
 
-fn repo_err<E: std::fmt::Display>(e: RepoError<E>) -> ServeError {
+pub(crate) fn repo_err<E: std::fmt::Display>(e: RepoError<E>) -> ServeError {
     match e {
         RepoError::NotFound(m) => ServeError::ClientNotFound(m),
         RepoError::Host(e) => ServeError::Internal(format!("reading the repository mirror: {e}")),
@@ -332,7 +352,14 @@ async fn fill(f: &PrivateFetch, access: &GitAccess, state: &Arc<State>) -> Resul
     tokio::task::spawn_blocking(move || match f2.op() {
         ProxyOp::Zip(v) => {
             let start = Instant::now();
-            let res = build_zip(&mirror, &f2, v, &mut pending, &tmp);
+            let res = build_zip(
+                &mirror,
+                f2.module(),
+                &f2.repo().root,
+                v,
+                pending.file_mut(),
+                &tmp,
+            );
             metrics
                 .zip_build_duration
                 .with_label_values(&[if res.is_ok() { "ok" } else { "error" }])
@@ -555,16 +582,18 @@ pub async fn publish_pins(state: Arc<State>) {
 
 /// Builds the module zip for `module@v` into `pending`, with x/mod's rules; returns the commit
 /// it was built from.
-fn build_zip(
+/// Writes the module zip of `module@v` from the repository whose root is the module path
+/// `root` to `out`, as the go command builds it; returns the commit. Blocking.
+pub(crate) fn build_zip(
     mirror: &Mirror,
-    f: &PrivateFetch,
+    module: &ModulePath,
+    root: &str,
     v: &str,
-    pending: &mut PendingEntry,
+    out: &mut std::fs::File,
     tmp: &std::path::Path,
 ) -> Result<String, ServeError> {
-    let module: &ModulePath = f.module();
-    let repo = CodeRepo::new(mirror, module, &f.repo().root)
-        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    let repo =
+        CodeRepo::new(mirror, module, root).map_err(|e| ServeError::Internal(e.to_string()))?;
     let src = repo.source(v).map_err(repo_err)?;
     let archive_path = tmp.join(format!("archive-{}.zip", hex_id()));
     let _cleanup = RemoveOnDrop(archive_path.clone());
@@ -620,7 +649,7 @@ fn build_zip(
     let chosen = modzip::select(&files, go_version.as_deref()).map_err(|e| {
         ServeError::ClientNotFound(format!("not found: {module}@{v}: create zip: {e}"))
     })?;
-    let mut out = zip::ZipWriter::new(pending.file_mut());
+    let mut out = zip::ZipWriter::new(out);
     let zerr = |e: zip::result::ZipError| ServeError::Internal(format!("writing module zip: {e}"));
     for idx in chosen {
         let name = format!("{module}@{v}/{}", files[idx].path);

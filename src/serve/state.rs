@@ -182,6 +182,8 @@ pub struct Live {
     pub sumdbs: HashMap<String, BaseUrl>,
     /// One backend per `[[private.routes]]` entry, in order.
     pub private: Vec<PrivateBackend>,
+    /// Access to public code hosts, when `modules.upstream` ends in `direct`.
+    pub direct: Option<PrivateBackend>,
     /// How public modules are proven at fill; `None` when `sumdb.verify = "off"`.
     pub verifier: Option<Verifier>,
     /// Where agent-chosen traffic may go (`egress.allow_addresses`, `egress.connect_ports`).

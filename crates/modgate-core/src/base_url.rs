@@ -92,6 +92,17 @@ impl BaseUrl {
     pub fn host(&self) -> &str {
         self.authority.host()
     }
+
+    /// The port: written, or the scheme's (443 for https, 80 for http).
+    pub fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.scheme == http::uri::Scheme::HTTP {
+                80
+            } else {
+                443
+            })
+    }
 }
 
 impl std::fmt::Display for BaseUrl {

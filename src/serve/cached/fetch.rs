@@ -17,7 +17,7 @@ use modgate_core::policy::host::normalize_host;
 
 /// Result of walking the upstream list.
 pub(super) enum Fetched {
-    Ok(Response<Incoming>, Duration),
+    Ok(Response<crate::body::Body>, Duration),
     NotFound { status: u16, text: Bytes },
     Err(ServeError),
 }
@@ -29,6 +29,12 @@ pub(super) async fn fetch(spec: &Spec, state: &State) -> Fetched {
     let mut total_wait = Duration::ZERO;
     for source in &spec.sources {
         let (base, label, on_any_error) = match source {
+            Source::Direct => {
+                return match super::direct::fetch(spec, state).await {
+                    Fetched::NotFound { status, text } => Fetched::NotFound { status, text },
+                    other => other,
+                };
+            }
             Source::Off => {
                 not_found = Some((
                     404,
@@ -49,7 +55,10 @@ pub(super) async fn fetch(spec: &Spec, state: &State) -> Fetched {
         match get_following_redirects(uri, label, state, &mut total_wait).await {
             Ok(resp) => {
                 match resp.status() {
-                    StatusCode::OK => return Fetched::Ok(resp, total_wait),
+                    StatusCode::OK => {
+                        let resp = resp.map(|b| b.map_err(crate::body::BoxError::from).boxed());
+                        return Fetched::Ok(resp, total_wait);
+                    }
                     StatusCode::NOT_FOUND | StatusCode::GONE => {
                         let status = resp.status().as_u16();
                         let text = read_text(resp.into_body(), state).await;

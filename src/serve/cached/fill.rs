@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::Response;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use tokio::sync::{mpsc, oneshot};
 
 use super::found::set_headers;
@@ -102,7 +102,7 @@ impl Client {
 pub(super) async fn fill(
     spec: &Spec,
     state: &Arc<State>,
-    mut body: Incoming,
+    mut body: crate::body::Body,
     answer: Reply,
     leader: &Leader<FillOutcome>,
 ) -> FillOutcome {

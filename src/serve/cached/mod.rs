@@ -12,6 +12,7 @@
 //! the outcome instead. Memory stays bounded by a small channel and a write batch, whatever the
 //! body size.
 
+mod direct;
 mod fetch;
 mod fill;
 mod found;
@@ -40,6 +41,8 @@ use fill::{Reply, validator};
 use found::{decode_not_found, not_found};
 use modgate_core::base_url::BaseUrl;
 use modgate_core::cache_key::CacheKey;
+use modgate_core::gomod::path::ModulePath;
+use modgate_core::policy::classify::ProxyOp;
 use modgate_core::policy::goproxy::Entry;
 use modgate_core::policy::route::{CacheClass, Content};
 
@@ -92,6 +95,8 @@ pub enum Source {
     },
     /// `off`: stop here with not-found.
     Off,
+    /// `direct`: resolve the module from its code host (go-get discovery, then git).
+    Direct,
 }
 
 /// Everything needed to serve one cacheable request.
@@ -107,6 +112,8 @@ pub struct Spec {
     pub path: String,
     /// Prove the complete body against the checksum database before committing it.
     pub prove: Option<Verifier>,
+    /// The GOPROXY call, for a `direct` source (public module fetches only).
+    pub direct: Option<(ModulePath, ProxyOp)>,
 }
 
 /// Turns a configured GOPROXY list into sources, applying upstream overrides.
@@ -119,6 +126,7 @@ pub fn sources_from(list: &[Entry], dynamic: &crate::serve::Live) -> Vec<Source>
                 on_any_error: *on_any_error,
             },
             Entry::Off => Source::Off,
+            Entry::Direct => Source::Direct,
         })
         .collect()
 }

@@ -7,8 +7,10 @@ use crate::base_url::{BaseUrl, UrlError};
 /// Why a GOPROXY list is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GoProxyError {
-    #[error("\"direct\" is not supported: list proxy URLs (and \"off\")")]
-    Direct,
+    #[error(
+        "\"direct\" must be the last entry (modgate resolves a module from its code host only when every proxy before said not found)"
+    )]
+    DirectNotLast,
     #[error("the list contains no entries")]
     Empty,
     #[error(transparent)]
@@ -24,6 +26,9 @@ pub enum Entry {
         on_any_error: bool,
     },
     Off,
+    /// `direct`: modgate resolves the module from its code host itself (go-get discovery, then
+    /// git), as the go command does in direct mode. Always the last entry.
+    Direct,
 }
 
 /// A parsed GOPROXY list.
@@ -33,8 +38,8 @@ pub struct GoProxyList {
 }
 
 impl GoProxyList {
-    /// Parses GOPROXY syntax. `direct` is refused: modgate itself fetches public modules only
-    /// from proxies.
+    /// Parses GOPROXY syntax, with `,` (fall through on 404/410) and `|` (on any error);
+    /// `direct` is accepted as the last entry only.
     pub fn parse(list: &str) -> Result<GoProxyList, GoProxyError> {
         let mut entries = vec![];
         let mut rest = list;
@@ -54,7 +59,11 @@ impl GoProxyList {
                     break;
                 }
                 "direct" => {
-                    return Err(GoProxyError::Direct);
+                    if rest.split([',', '|']).any(|r| !r.trim().is_empty()) {
+                        return Err(GoProxyError::DirectNotLast);
+                    }
+                    entries.push(Entry::Direct);
+                    break;
                 }
                 _ => {}
             }
@@ -102,7 +111,26 @@ mod tests {
             matches!(&e[2], Entry::Proxy { base, on_any_error: false } if base.to_string() == "https://c.example/p")
         );
         assert_eq!(e[3], Entry::Off);
-        assert!(GoProxyList::parse("direct").is_err());
+        assert_eq!(
+            GoProxyList::parse("direct").unwrap().entries(),
+            &[Entry::Direct]
+        );
+        let l = GoProxyList::parse("https://a.example|direct").unwrap();
+        assert!(matches!(
+            l.entries(),
+            [
+                Entry::Proxy {
+                    on_any_error: true,
+                    ..
+                },
+                Entry::Direct
+            ]
+        ));
+        assert!(GoProxyList::parse("https://a.example,direct,").is_ok());
+        assert_eq!(
+            GoProxyList::parse("direct,https://a.example").unwrap_err(),
+            GoProxyError::DirectNotLast
+        );
         assert!(GoProxyList::parse(",").is_err());
         assert!(GoProxyList::parse("foo").is_err());
         assert!(GoProxyList::parse("file:///srv/goproxy").is_err());
