@@ -267,7 +267,12 @@ fn access(f: &PrivateFetch, dynamic: &crate::serve::Live) -> Result<GitAccess, S
     Ok(backend.access(&dynamic.resolve(&url).to_string()))
 }
 
-async fn mirror(f: &PrivateFetch, access: &GitAccess, state: &State) -> Result<Mirror, ServeError> {
+/// The repository's mirror, fetched when stale; every fetch is measured
+/// (`modgate_mirror_fetch_duration_seconds`).
+pub(crate) async fn ensure_mirror(
+    access: &GitAccess,
+    state: &State,
+) -> Result<Mirror, MirrorError> {
     let metrics = state.metrics.clone();
     state
         .mirrors
@@ -285,17 +290,20 @@ async fn mirror(f: &PrivateFetch, access: &GitAccess, state: &State) -> Result<M
                 .observe(took.as_secs_f64());
         })
         .await
-        .map_err(|e| match e {
-            MirrorError::NotFound(_) => ServeError::ClientNotFound(format!(
-                "not found: {}: repository {} does not exist on the internal git host",
-                f.module(),
-                f.repo().root
-            )),
-            other => ServeError::UpstreamFailed(format!(
-                "internal git host for {} failed: {other}",
-                f.repo().root
-            )),
-        })
+}
+
+async fn mirror(f: &PrivateFetch, access: &GitAccess, state: &State) -> Result<Mirror, ServeError> {
+    ensure_mirror(access, state).await.map_err(|e| match e {
+        MirrorError::NotFound(_) => ServeError::ClientNotFound(format!(
+            "not found: {}: repository {} does not exist on the internal git host",
+            f.module(),
+            f.repo().root
+        )),
+        other => ServeError::UpstreamFailed(format!(
+            "internal git host for {} failed: {other}",
+            f.repo().root
+        )),
+    })
 }
 
 pub(crate) fn repo_err<E: std::fmt::Display>(e: RepoError<E>) -> ServeError {

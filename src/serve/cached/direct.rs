@@ -165,22 +165,7 @@ async fn mirror(
     access: &GitAccess,
     state: &State,
 ) -> Result<Mirror, ServeError> {
-    let metrics = state.metrics.clone();
-    state
-        .mirrors
-        .ensure(access, |took, res| {
-            let outcome = match res {
-                Ok(()) => "ok",
-                Err(MirrorError::NotFound(_)) => "not_found",
-                Err(MirrorError::Auth(_)) => "auth",
-                Err(MirrorError::Unreachable(_)) => "unreachable",
-                Err(MirrorError::Git(_)) => "error",
-            };
-            metrics
-                .mirror_fetch_duration
-                .with_label_values(&[outcome])
-                .observe(took.as_secs_f64());
-        })
+    crate::serve::private::ensure_mirror(access, state)
         .await
         .map_err(|e| match e {
             MirrorError::NotFound(_) | MirrorError::Auth(_) => ServeError::ClientNotFound(format!(
