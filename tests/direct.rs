@@ -152,19 +152,9 @@ fn download(
     std::process::Output,
 ) {
     std::fs::create_dir_all(home).unwrap();
-    let out = Command::new(go_tool(v))
+    let out = go_command(v, home, home)
         .args(["mod", "download", "-json"])
         .args(queries)
-        .current_dir(home)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("GOPATH", home.join("gopath"))
-        .env("GOMODCACHE", home.join("modcache"))
-        .env("GOCACHE", home.join("gocache"))
-        .env("GOFLAGS", "-modcacherw")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOTELEMETRY", "off")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()

@@ -30,19 +30,9 @@ fn go_via(
     extra: &[(&str, &str)],
 ) -> std::process::Output {
     std::fs::create_dir_all(home).unwrap();
-    let mut cmd = Command::new(go_tool(v));
+    let mut cmd = go_command(v, dir, home);
     cmd.args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("GOPATH", home.join("gopath"))
-        .env("GOMODCACHE", home.join("modcache"))
-        .env("GOCACHE", home.join("gocache"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOTELEMETRY", "off")
         .env("GOFLAGS", "-mod=mod -modcacherw")
-        .env("CGO_ENABLED", "0")
         .env("GOPROXY", goproxy)
         .env("SSL_CERT_FILE", ca)
         .envs(extra.iter().copied());

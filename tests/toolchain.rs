@@ -104,9 +104,9 @@ enum Via {
     Endpoint,
 }
 
-/// Go `go_bin` with `GOTOOLCHAIN=auto`, everything else pointing at the gateway.
+/// Go `go_version` with `GOTOOLCHAIN=auto`, everything else pointing at the gateway.
 fn go_auto(
-    go_bin: &Path,
+    go_version: &str,
     args: &[&str],
     dir: &Path,
     home: &Path,
@@ -114,20 +114,10 @@ fn go_auto(
     gosumdb: &str,
     via: Via,
 ) -> std::process::Output {
-    let mut cmd = Command::new(go_bin);
+    let mut cmd = go_command(go_version, dir, home);
     cmd.args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("GOPATH", home.join("gopath"))
-        .env("GOMODCACHE", home.join("modcache"))
-        .env("GOCACHE", home.join("gocache"))
         .env("GOTOOLCHAIN", "auto")
-        .env("GOTELEMETRY", "off")
         .env("GOSUMDB", gosumdb)
-        .env("GOFLAGS", "-modcacherw")
-        .env("CGO_ENABLED", "0")
         .env("SSL_CERT_FILE", &gw.ca_path);
     match via {
         Via::Proxy => cmd
@@ -217,7 +207,7 @@ async fn go_1_21_switches_to_a_go_1_23_toolchain_through_the_gateway_then_offlin
     ];
     for (i, (round, via)) in rounds.iter().enumerate() {
         let home = work.path().join(format!("home{i}"));
-        let out = go_auto(&go121, &["version"], &app, &home, &gw, &gosumdb, *via);
+        let out = go_auto("1.21", &["version"], &app, &home, &gw, &gosumdb, *via);
         assert!(
             out.status.success(),
             "{round}: go version: {}",
@@ -234,7 +224,7 @@ async fn go_1_21_switches_to_a_go_1_23_toolchain_through_the_gateway_then_offlin
             "{round}: the toolchain came through the module proxy"
         );
         // The switched toolchain builds with its own compiler and standard library.
-        let out = go_auto(&go121, &["run", "."], &app, &home, &gw, &gosumdb, *via);
+        let out = go_auto("1.21", &["run", "."], &app, &home, &gw, &gosumdb, *via);
         assert!(
             out.status.success(),
             "{round}: go run: {}",

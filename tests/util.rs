@@ -611,6 +611,25 @@ pub fn go_tool(version: &str) -> PathBuf {
     p
 }
 
+/// Go `version` in `dir` with a clean environment of its own under `home` (PATH, HOME, GOPATH,
+/// GOMODCACHE, GOCACHE, GOTOOLCHAIN=local, no telemetry, writable module cache, no cgo); the
+/// test adds GOPROXY, GOSUMDB and the way to modgate.
+pub fn go_command(version: &str, dir: &Path, home: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(go_tool(version));
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("GOPATH", home.join("gopath"))
+        .env("GOMODCACHE", home.join("modcache"))
+        .env("GOCACHE", home.join("gocache"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOTELEMETRY", "off")
+        .env("GOFLAGS", "-modcacherw")
+        .env("CGO_ENABLED", "0");
+    cmd
+}
+
 /// Path of a required tool; panics (never skips) when it is missing.
 pub fn tool(name: &str) -> PathBuf {
     let candidates: &[&str] = match name {
