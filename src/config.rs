@@ -57,6 +57,8 @@ pub struct Config {
     pub private: PrivateConfig,
     pub transparent: TransparentConfig,
     pub endpoint: EndpointConfig,
+    pub firewall: FirewallConfig,
+    pub vulndb: VulnDbConfig,
     pub log: LogConfig,
     pub traces: TracesConfig,
 }
@@ -316,6 +318,150 @@ impl PatternList {
     pub fn entries(&self) -> Vec<&str> {
         self.0.iter().map(String::as_str).collect()
     }
+}
+
+/// `[vulndb]`: the Go vulnerability database, mirrored through the cache. Its host is
+/// intercepted, so govulncheck behind the gateway works (and offline, from the cache), and
+/// firewall rules with `vulnerable` read their advisories from it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VulnDbConfig {
+    /// The database (`GOVULNDB`); `""`: not mirrored. Its index and advisories are mutable
+    /// entries (`cache.mutable_ttl`), served stale while the database is unreachable.
+    pub url: String,
+}
+
+impl Default for VulnDbConfig {
+    fn default() -> Self {
+        VulnDbConfig {
+            url: "https://vuln.go.dev".into(),
+        }
+    }
+}
+
+/// `[firewall]`: the module firewall, which decides which public module versions agents may
+/// take. Off (allow everything) until a rule is configured or `default = "deny"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FirewallConfig {
+    /// What happens to a version no enforce rule matches: `"allow"`, or `"deny"` (an allow-list).
+    pub default: FirewallAction,
+    /// What happens to go-get discovery and git for public modules on intercepted hosts (an agent
+    /// with `GOPROXY=direct` or a wide GOPRIVATE) while the firewall is active: `"refuse"` (with a
+    /// text that says to use the proxy) or `"allow"`.
+    pub direct: DirectVcs,
+    /// Public code hosts intercepted while the firewall is active and `direct = "refuse"`, so
+    /// that go-get and git to them meet the refusal rather than a blind tunnel.
+    pub code_hosts: Vec<String>,
+    pub groups: Vec<FirewallGroup>,
+    pub rules: Vec<FirewallRule>,
+}
+
+impl FirewallConfig {
+    /// Whether the firewall can refuse anything.
+    pub fn is_active(&self) -> bool {
+        !self.rules.is_empty() || self.default == FirewallAction::Deny
+    }
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            default: FirewallAction::Allow,
+            direct: DirectVcs::Refuse,
+            code_hosts: [
+                "github.com",
+                "gitlab.com",
+                "bitbucket.org",
+                "go.googlesource.com",
+                "golang.org",
+                "gopkg.in",
+            ]
+            .map(String::from)
+            .to_vec(),
+            groups: vec![],
+            rules: vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallAction {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectVcs {
+    Refuse,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleMode {
+    #[default]
+    Enforce,
+    Report,
+}
+
+/// `[[firewall.groups]]`: a named set of clients, by proxy user or address block.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FirewallGroup {
+    pub name: String,
+    pub users: Vec<String>,
+    pub clients: Vec<String>,
+}
+
+/// `[[firewall.rules]]`: one rule; the first enforce rule that matches decides.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FirewallRule {
+    pub id: String,
+    pub action: FirewallAction,
+    pub mode: RuleMode,
+    /// Module path patterns (GOPRIVATE syntax); empty: every module.
+    pub modules: PatternList,
+    /// Version selectors (`v1.2.3`, `>=v1.2.0, <v1.4.0`, `prerelease`, `pseudo`, `release`);
+    /// any may match; empty: every version.
+    pub versions: Vec<String>,
+    /// `[[firewall.groups]]` names; empty: everyone.
+    pub groups: Vec<String>,
+    /// Matches versions published less than this long ago (from the upstream's `.info` Time).
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Option<Duration>,
+    /// Matches versions affected by an advisory of the Go vulnerability database: `"any"` or a
+    /// list of ids (`GO-2024-1234`, or an alias such as a CVE id).
+    pub vulnerable: Option<VulnList>,
+    /// Matches retracted versions, only where a version is chosen (`list`, `@latest`, queries).
+    pub retracted: bool,
+}
+
+impl Default for FirewallRule {
+    fn default() -> Self {
+        FirewallRule {
+            id: String::new(),
+            action: FirewallAction::Deny,
+            mode: RuleMode::Enforce,
+            modules: PatternList::default(),
+            versions: vec![],
+            groups: vec![],
+            cooldown: None,
+            vulnerable: None,
+            retracted: false,
+        }
+    }
+}
+
+/// `"any"` or a list of advisory ids.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum VulnList {
+    Any(String),
+    Ids(Vec<String>),
 }
 
 /// `[sumdb]`: checksum databases proxied through modgate.

@@ -40,10 +40,22 @@ enum Command {
     },
     /// Show how a module path or URL would be classified, routed and cached.
     Explain {
-        /// A module path (e.g. golang.org/x/mod) or a URL (https://proxy.golang.org/...).
+        /// A module path (e.g. golang.org/x/mod), module@version (also shows the module
+        /// firewall's decision) or a URL (https://proxy.golang.org/...).
         input: String,
         #[arg(long, short, env = "MODGATE_CONFIG")]
         config: Option<PathBuf>,
+        /// Decide as this proxy user (for per-group firewall rules).
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
+        /// Decide as a client at this address (for per-group firewall rules).
+        #[arg(long = "from", value_name = "ADDR")]
+        from: Option<std::net::IpAddr>,
+    },
+    /// Module-firewall commands.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Module-cache commands (safe beside a running gateway).
     Cache {
@@ -92,6 +104,29 @@ enum Command {
         command: IntegrityCommand,
         #[arg(long, short, env = "MODGATE_CONFIG", global = true)]
         config: Option<PathBuf>,
+    },
+}
+
+/// `modgate policy ...`
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Check every module version of a go.sum against the module firewall, offline (facts from
+    /// the local cache). Exit code 0: all allowed; 1: some refused; 3: some could not be decided
+    /// from the cache; 2: an error.
+    Check {
+        /// The go.sum to check.
+        go_sum: PathBuf,
+        #[arg(long, short, env = "MODGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Decide as this proxy user.
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
+        /// Decide as a client at this address.
+        #[arg(long = "from", value_name = "ADDR")]
+        from: Option<std::net::IpAddr>,
+        /// List allowed versions too.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -172,11 +207,17 @@ fn main() -> ExitCode {
             )
         };
     }
+    // `policy check` keeps 1 for "refused": its errors exit with 2.
+    let failure = if matches!(cli.command, Command::Policy { .. }) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("modgate: {}", error_text(&e));
-            ExitCode::FAILURE
+            failure
         }
     }
 }
@@ -494,10 +535,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 concurrency,
             )
         }
-        Command::Explain { input, config } => {
+        Command::Explain {
+            input,
+            config,
+            as_user,
+            from,
+        } => {
             let cfg = load_config(config.as_ref())?;
-            print!("{}", modgate::cli::explain::explain(&cfg, &input)?);
+            let who = modgate::cli::policy::Who {
+                user: as_user,
+                addr: from,
+            };
+            print!(
+                "{}",
+                modgate::cli::explain::explain_for(&cfg, &input, &who)?
+            );
             Ok(())
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Check {
+                    go_sum,
+                    config,
+                    as_user,
+                    from,
+                    all,
+                },
+        } => {
+            let cfg = load_config(config.as_ref())?;
+            let who = modgate::cli::policy::Who {
+                user: as_user,
+                addr: from,
+            };
+            let (table, code) = modgate::cli::policy::check(&cfg, &go_sum, &who, all)?;
+            print!("{table}");
+            std::io::Write::flush(&mut std::io::stdout())?;
+            std::process::exit(code);
         }
         Command::Auth {
             command: AuthCommand::Hash,

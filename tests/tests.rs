@@ -21,6 +21,8 @@ mod e2e;
 mod endpoint;
 /// Faults survived: unwritable cache, kill -9 and restart.
 mod faults;
+/// The module firewall: rules, cooldown, advisories, govulncheck, explain and policy check.
+mod firewall;
 /// Gateway mode: network namespaces, iptables REDIRECT, the go command with no proxy setting.
 mod gateway_mode;
 /// Hostile input across the wire, TLS, h2, module paths and upstream answers; limits.

@@ -266,6 +266,8 @@ pub struct TestGateway {
     pub dir: tempfile::TempDir,
     pub ca_pem: String,
     pub ca_path: PathBuf,
+    /// The configuration file the gateway was started with (reloadable).
+    pub config_path: PathBuf,
 }
 
 impl TestGateway {
@@ -302,16 +304,28 @@ impl TestGateway {
         cfg.egress.allow_addresses = vec!["127.0.0.0/8".into(), "::1/128".into()];
         cfg.egress.connect_ports = vec!["1-65535".into()];
         edit(&mut cfg);
-        let gateway = Gateway::start(cfg).await?;
+        // Written out, so that a test can reload it and point modgate's commands at it.
+        let config_path = dir.path().join("modgate.toml");
+        std::fs::write(&config_path, toml::to_string(&cfg).unwrap()).unwrap();
+        let gateway = Gateway::start_with_path(cfg, Some(config_path.clone())).await?;
         let ca_path = gateway.ca().cert_path();
         Ok(TestGateway {
             proxy: gateway.proxy_addr(),
             admin: gateway.admin_addr(),
             ca_pem: gateway.ca().cert_pem().to_string(),
             ca_path,
+            config_path,
             gateway: Some(gateway),
             dir,
         })
+    }
+
+    /// Edits the configuration file and reloads it, as SIGHUP does.
+    pub fn reload_with(&self, edit: impl FnOnce(&mut Config)) {
+        let mut cfg = modgate::config::load(&self.config_path).unwrap();
+        edit(&mut cfg);
+        std::fs::write(&self.config_path, toml::to_string(&cfg).unwrap()).unwrap();
+        self.gw().runtime().reload().unwrap();
     }
 
     pub fn gw(&self) -> &Gateway {
@@ -616,6 +630,12 @@ pub fn go_tool(version: &str) -> PathBuf {
 /// test adds GOPROXY, GOSUMDB and the way to modgate.
 pub fn go_command(version: &str, dir: &Path, home: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(go_tool(version));
+    go_env(&mut cmd, dir, home);
+    cmd
+}
+
+/// [`go_command`]'s environment on another program that runs the go command (govulncheck).
+pub fn go_env(cmd: &mut std::process::Command, dir: &Path, home: &Path) {
     cmd.current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -627,7 +647,6 @@ pub fn go_command(version: &str, dir: &Path, home: &Path) -> std::process::Comma
         .env("GOTELEMETRY", "off")
         .env("GOFLAGS", "-modcacherw")
         .env("CGO_ENABLED", "0");
-    cmd
 }
 
 /// Path of a required tool; panics (never skips) when it is missing.
@@ -1006,13 +1025,25 @@ pub fn flip_file_data(zip: &[u8]) -> Vec<u8> {
 
 /// Writes `module@version` into a GOPROXY file tree (escaped paths): .info, .mod, .zip, list.
 pub fn write_module(root: &Path, module: &str, version: &str, gomod: &str, files: &[(&str, &str)]) {
+    write_module_at(root, module, version, gomod, files, "2024-01-02T03:04:05Z");
+}
+
+/// [`write_module`] with the `.info` Time `time` (RFC 3339).
+pub fn write_module_at(
+    root: &Path,
+    module: &str,
+    version: &str,
+    gomod: &str,
+    files: &[(&str, &str)],
+    time: &str,
+) {
     let esc = modgate_core::gomod::path::escape_path(module).unwrap();
     let escv = modgate_core::gomod::path::escape_version(version).unwrap();
     let dir = root.join(&esc).join("@v");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join(format!("{escv}.info")),
-        format!(r#"{{"Version":"{version}","Time":"2024-01-02T03:04:05Z"}}"#),
+        format!(r#"{{"Version":"{version}","Time":"{time}"}}"#),
     )
     .unwrap();
     std::fs::write(dir.join(format!("{escv}.mod")), gomod).unwrap();

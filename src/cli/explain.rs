@@ -16,6 +16,16 @@ use modgate_core::policy::route::Route;
 
 /// Explains `input` (a module path, or an `https://` / `http://` URL) under `config`.
 pub fn explain(config: &Config, input: &str) -> anyhow::Result<String> {
+    explain_for(config, input, &crate::cli::policy::Who::default())
+}
+
+/// [`explain`] for a client (`--as USER`, `--from ADDR`): for `module@version`, also the
+/// module firewall's decision for that client.
+pub fn explain_for(
+    config: &Config,
+    input: &str,
+    who: &crate::cli::policy::Who,
+) -> anyhow::Result<String> {
     let policy = crate::gateway::compile::policy(config)?;
     let is_url = input.starts_with("https://") || input.starts_with("http://");
     // module@version: the version's .info, and how its files were proven.
@@ -44,12 +54,26 @@ pub fn explain(config: &Config, input: &str) -> anyhow::Result<String> {
         }
     };
     let proof = match version {
-        Some(v) if path.contains('!') => proof_lines(
-            config,
-            modgate_core::gomod::path::ModulePath::from_escaped(path)?.as_str(),
-            v,
-        )?,
-        Some(v) => proof_lines(config, path, v)?,
+        Some(v) => {
+            let module = if path.contains('!') {
+                modgate_core::gomod::path::ModulePath::from_escaped(path)?
+                    .as_str()
+                    .to_string()
+            } else {
+                path.to_string()
+            };
+            let mut lines = proof_lines(config, &module, v)?;
+            if policy.rules.private.matching(&module).is_none() {
+                lines.push_str(&crate::cli::policy::explain_lines(
+                    config,
+                    &policy.firewall,
+                    &module,
+                    v,
+                    who,
+                )?);
+            }
+            lines
+        }
         None => String::new(),
     };
     let uri: http::Uri = url
@@ -216,6 +240,14 @@ pub fn explain(config: &Config, input: &str) -> anyhow::Result<String> {
                 repo.git_url
             );
         }
+        Route::VulnDb(f) => {
+            let _ = writeln!(
+                out,
+                "route:       vulndb (cache, then the vulnerability database {})",
+                config.vulndb.url
+            );
+            let _ = writeln!(out, "cache key:   {} (mutable)", f.key());
+        }
         Route::Forward => {
             let _ = writeln!(
                 out,
@@ -236,6 +268,7 @@ fn describe_target(t: &Target) -> String {
         Target::SumDb { db, op } => format!("sumdb {} ({db})", op.name()),
         Target::GoGet { path } => format!("go-get discovery for {path}"),
         Target::Git { repo, service } => format!("git {service} for {repo}"),
+        Target::VulnDb { db, path } => format!("vulndb {} ({db})", path.as_str()),
         Target::Other => "other (not a module protocol request)".to_string(),
     }
 }

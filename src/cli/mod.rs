@@ -3,4 +3,5 @@
 
 pub mod explain;
 pub mod ops;
+pub mod policy;
 pub mod warm;

@@ -222,7 +222,7 @@ pub fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
         let (k, module, file) = match parsed {
             Ok((k, false)) => match k.entry() {
                 Entry::Module { module, file } => (k, module, file),
-                Entry::SumDb { .. } => continue,
+                Entry::SumDb { .. } | Entry::VulnDb { .. } => continue,
             },
             Ok((_, true)) => continue,
             Err(e) if key.starts_with("mod/") => {

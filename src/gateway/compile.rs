@@ -11,7 +11,7 @@ use std::sync::Arc;
 use modgate_core::base_url::BaseUrl;
 use modgate_core::policy::goproxy::GoProxyList;
 use modgate_core::policy::host::normalize_host;
-use modgate_core::policy::{Policy, PolicySpec};
+use modgate_core::policy::{Policy, PolicySpec, firewall};
 
 use crate::config::{Config, ConfigError};
 use crate::ingress::auth::ProxyAuth;
@@ -37,6 +37,8 @@ pub const LIVE_KEYS: &[&str] = &[
     "sumdb.nosumdb",
     "sumdb.fail_open",
     "private.routes",
+    "firewall",
+    "vulndb",
 ];
 
 /// The reloadable rules, compiled from a validated configuration; the error names the key.
@@ -69,7 +71,18 @@ pub fn live(config: &Config, metrics: &Arc<Metrics>) -> Result<Live, ConfigError
         direct,
         verifier: verifier(config)?,
         addresses: addresses(config)?,
+        vulndb: vulndb(config)?,
     })
+}
+
+/// `vulndb.url`, parsed (`None` when empty).
+pub fn vulndb(config: &Config) -> Result<Option<BaseUrl>, ConfigError> {
+    if config.vulndb.url.is_empty() {
+        return Ok(None);
+    }
+    BaseUrl::parse(&config.vulndb.url)
+        .map(Some)
+        .map_err(|e| ConfigError::invalid("vulndb.url", e))
 }
 
 /// `egress.allow_addresses` and `egress.connect_ports`, compiled.
@@ -165,8 +178,13 @@ pub fn policy(config: &Config) -> Result<Policy, ConfigError> {
 
 /// The core's view of the configuration.
 pub fn policy_spec(config: &Config) -> PolicySpec {
+    let mut intercept_hosts = config.intercept.hosts.clone();
+    let fw = &config.firewall;
+    if fw.is_active() && fw.direct == crate::config::DirectVcs::Refuse {
+        intercept_hosts.extend(fw.code_hosts.iter().cloned());
+    }
     PolicySpec {
-        intercept_hosts: config.intercept.hosts.clone(),
+        intercept_hosts,
         proxy_hosts: config.modules.proxy_hosts.clone(),
         private: config
             .modules
@@ -185,6 +203,58 @@ pub fn policy_spec(config: &Config) -> PolicySpec {
             .collect(),
         egress_allow: config.egress.allow.clone(),
         egress_deny: config.egress.deny.clone(),
+        firewall: firewall_spec(&config.firewall),
+        vulndb: (!config.vulndb.url.is_empty()).then(|| config.vulndb.url.clone()),
+    }
+}
+
+/// The core's view of `[firewall]`.
+fn firewall_spec(c: &crate::config::FirewallConfig) -> firewall::FirewallSpec {
+    use crate::config::{FirewallAction, RuleMode, VulnList};
+    let action = |a: FirewallAction| match a {
+        FirewallAction::Allow => firewall::Action::Allow,
+        FirewallAction::Deny => firewall::Action::Deny,
+    };
+    firewall::FirewallSpec {
+        default: action(c.default),
+        groups: c
+            .groups
+            .iter()
+            .map(|g| firewall::GroupSpec {
+                name: g.name.clone(),
+                users: g.users.clone(),
+                clients: g.clients.clone(),
+            })
+            .collect(),
+        rules: c
+            .rules
+            .iter()
+            .map(|r| firewall::RuleSpec {
+                id: r.id.clone(),
+                action: action(r.action),
+                mode: match r.mode {
+                    RuleMode::Enforce => firewall::Mode::Enforce,
+                    RuleMode::Report => firewall::Mode::Report,
+                },
+                modules: r
+                    .modules
+                    .entries()
+                    .iter()
+                    .flat_map(|e| e.split(','))
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+                versions: r.versions.clone(),
+                groups: r.groups.clone(),
+                cooldown: r.cooldown,
+                vulnerable: r.vulnerable.as_ref().map(|v| match v {
+                    VulnList::Any(s) if s == "any" => firewall::VulnSelector::Any,
+                    VulnList::Any(s) => firewall::VulnSelector::Ids(vec![s.clone()]),
+                    VulnList::Ids(ids) => firewall::VulnSelector::Ids(ids.clone()),
+                }),
+                retracted: r.retracted,
+            })
+            .collect(),
     }
 }
 

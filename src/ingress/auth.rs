@@ -18,9 +18,10 @@ use crate::config::AuthConfig;
 const MAX_FAILURES_PER_MINUTE: u32 = 20;
 
 /// The outcome of a credential check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Allowed,
+    /// Valid credentials of this user.
+    Allowed(Arc<str>),
     Denied,
     /// Too many recent failures from this address.
     Limited,
@@ -31,7 +32,8 @@ pub enum Verdict {
 pub struct ProxyAuth {
     users: Arc<HashMap<String, String>>,
     realm: String,
-    verified: moka::future::Cache<[u8; 32], ()>,
+    /// Verified credentials' digests, with the user they belong to.
+    verified: moka::future::Cache<[u8; 32], Arc<str>>,
     failures: moka::future::Cache<std::net::IpAddr, Arc<std::sync::atomic::AtomicU32>>,
 }
 
@@ -109,52 +111,58 @@ impl ProxyAuth {
         if failures.load(Ordering::Relaxed) >= MAX_FAILURES_PER_MINUTE {
             return Verdict::Limited;
         }
-        if self.valid(value).await {
-            Verdict::Allowed
-        } else {
-            failures.fetch_add(1, Ordering::Relaxed);
-            Verdict::Denied
+        match self.valid(value).await {
+            Some(user) => Verdict::Allowed(user),
+            None => {
+                failures.fetch_add(1, Ordering::Relaxed);
+                Verdict::Denied
+            }
         }
     }
 
-    /// Whether `value` holds valid credentials.
-    async fn valid(&self, value: Option<&http::HeaderValue>) -> bool {
-        let Some(value) = value else {
-            return false;
-        };
+    /// The user whose credentials `value` holds, if they are valid.
+    async fn valid(&self, value: Option<&http::HeaderValue>) -> Option<Arc<str>> {
+        let value = value?;
         let digest: [u8; 32] = Sha256::digest(value.as_bytes()).into();
-        if self.verified.get(&digest).await.is_some() {
-            return true;
+        if let Some(user) = self.verified.get(&digest).await {
+            return Some(user);
         }
-        let (user, password) = match parse_credentials(value.as_bytes()) {
-            Some(Credentials::User(user, password)) => (user, password),
-            Some(Credentials::Token(token)) => {
-                // A bare token is a password: any user whose hash it matches.
-                let hashes: Vec<String> = self.users.values().cloned().collect();
-                let ok = tokio::task::spawn_blocking(move || {
-                    hashes.iter().any(|h| verify_password(&token, h))
+        let (user, password) = match parse_credentials(value.as_bytes())? {
+            Credentials::User(user, password) => (user, password),
+            Credentials::Token(token) => {
+                // A bare token is a password: the first user whose hash it matches.
+                let users: Vec<(String, String)> = self
+                    .users
+                    .iter()
+                    .map(|(u, h)| (u.clone(), h.clone()))
+                    .collect();
+                let user = tokio::task::spawn_blocking(move || {
+                    users
+                        .into_iter()
+                        .find(|(_, h)| verify_password(&token, h))
+                        .map(|(u, _)| Arc::<str>::from(u))
                 })
                 .await
-                .unwrap_or(false);
-                if ok {
-                    self.verified.insert(digest, ()).await;
-                }
-                return ok;
+                .ok()
+                .flatten()?;
+                self.verified.insert(digest, user.clone()).await;
+                return Some(user);
             }
-            None => return false,
         };
         let Some(hash) = self.users.get(&user).cloned() else {
             // Spend the same effort as a real check so user names cannot be probed by timing.
             let _ = tokio::task::spawn_blocking(move || hash_password(&password)).await;
-            return false;
+            return None;
         };
         let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
             .unwrap_or(false);
-        if ok {
-            self.verified.insert(digest, ()).await;
+        if !ok {
+            return None;
         }
-        ok
+        let user: Arc<str> = user.into();
+        self.verified.insert(digest, user.clone()).await;
+        Some(user)
     }
 }
 
@@ -239,11 +247,11 @@ mod tests {
         let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         assert_eq!(
             auth.check(&header("ci", "s3cret"), ip).await,
-            Verdict::Allowed
+            Verdict::Allowed("ci".into())
         );
         assert_eq!(
             auth.check(&header("ci", "s3cret"), ip).await,
-            Verdict::Allowed,
+            Verdict::Allowed("ci".into()),
             "cached"
         );
         assert_eq!(
@@ -273,7 +281,7 @@ mod tests {
         let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
         assert_eq!(
             auth.check(&header("ci", "s3cret"), other).await,
-            Verdict::Allowed
+            Verdict::Allowed("ci".into())
         );
     }
 
@@ -301,8 +309,14 @@ mod tests {
                     .await
             }
         };
-        assert_eq!(check("Bearer tok-dev").await, Verdict::Allowed);
-        assert_eq!(check("bearer ci:tok-ci").await, Verdict::Allowed);
+        assert_eq!(
+            check("Bearer tok-dev").await,
+            Verdict::Allowed("dev".into())
+        );
+        assert_eq!(
+            check("bearer ci:tok-ci").await,
+            Verdict::Allowed("ci".into())
+        );
         assert_eq!(check("Bearer dev:tok-ci").await, Verdict::Denied);
         assert_eq!(check("Bearer nope").await, Verdict::Denied);
         assert_eq!(check("Bearer ").await, Verdict::Denied);

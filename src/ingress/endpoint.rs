@@ -204,7 +204,7 @@ async fn accept_tls(
 /// other entry.
 async fn request(
     mut req: Request<Incoming>,
-    ctx: ReqCtx,
+    mut ctx: ReqCtx,
     state: Arc<State>,
 ) -> Result<Response<Body>, Infallible> {
     if let Some(auth) = state.auth.load_full() {
@@ -214,7 +214,9 @@ async fn request(
                 ctx.conn.client.ip(),
             )
             .await;
-        if verdict != Verdict::Allowed {
+        if let Verdict::Allowed(user) = &verdict {
+            ctx.user = Some(user.clone());
+        } else {
             state.serve.metrics.auth_failures.inc();
             let answer = if verdict == Verdict::Limited {
                 state

@@ -76,43 +76,47 @@ async fn handle(
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Response<Body>, Infallible> {
     let dynamic = state.serve.live();
-    if let Some(auth) = state.auth.load_full()
-        && let verdict = auth.check(req.headers(), peer.ip()).await
-        && verdict != crate::ingress::auth::Verdict::Allowed
-    {
-        state.serve.metrics.auth_failures.inc();
-        if verdict == crate::ingress::auth::Verdict::Limited {
-            state
-                .serve
-                .metrics
-                .limit_hits
-                .with_label_values(&["auth_rate"])
-                .inc();
+    let mut user = None;
+    if let Some(auth) = state.auth.load_full() {
+        let verdict = auth.check(req.headers(), peer.ip()).await;
+        if let crate::ingress::auth::Verdict::Allowed(name) = verdict {
+            user = Some(name);
+        } else {
+            state.serve.metrics.auth_failures.inc();
+            if verdict == crate::ingress::auth::Verdict::Limited {
+                state
+                    .serve
+                    .metrics
+                    .limit_hits
+                    .with_label_values(&["auth_rate"])
+                    .inc();
+                return Ok(Answer::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "modgate: too many failed proxy authentications from this address; wait a minute",
+                )
+                .into_response());
+            }
             return Ok(Answer::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "modgate: too many failed proxy authentications from this address; wait a minute",
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                "modgate: proxy authentication required (set credentials in HTTPS_PROXY as http://user:password@host:port)",
+            )
+            .with_header(
+                http::header::PROXY_AUTHENTICATE,
+                auth.challenge()
+                    .parse()
+                    .expect("challenge is a valid header value"),
             )
             .into_response());
         }
-        return Ok(Answer::new(
-            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            "modgate: proxy authentication required (set credentials in HTTPS_PROXY as http://user:password@host:port)",
-        )
-        .with_header(
-            http::header::PROXY_AUTHENTICATE,
-            auth.challenge()
-                .parse()
-                .expect("challenge is a valid header value"),
-        )
-        .into_response());
     }
     if req.method() == Method::CONNECT {
-        return Ok(connect(req, peer, state, &dynamic, permit).await);
+        return Ok(connect(req, peer, user, state, &dynamic, permit).await);
     }
     if req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
         return Ok(crate::serve::forward::plain_http(
             req,
             peer,
+            user,
             state.serve.clone(),
             Mode::Connect,
         )
@@ -162,6 +166,7 @@ pub fn parse_connect_target(req: &Request<Incoming>) -> Result<(String, u16), Co
 async fn connect(
     req: Request<Incoming>,
     peer: SocketAddr,
+    user: Option<Arc<str>>,
     state: Arc<State>,
     dynamic: &crate::serve::Live,
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
@@ -247,7 +252,7 @@ async fn connect(
             Response::new(crate::body::empty())
         }
         Decision::Intercept => {
-            let conn = ConnCtx::new(peer, Mode::Connect, host, port);
+            let conn = ConnCtx::with_user(peer, Mode::Connect, host, port, user);
             let task_state = state.clone();
             state.tasks.spawn(
                 async move {

@@ -353,7 +353,10 @@ async fn plain_request(
             );
         }
     }
-    Ok(crate::serve::forward::plain_http(req, peer, state.serve.clone(), Mode::Transparent).await)
+    Ok(
+        crate::serve::forward::plain_http(req, peer, None, state.serve.clone(), Mode::Transparent)
+            .await,
+    )
 }
 
 #[cfg(test)]

@@ -89,12 +89,13 @@ fn into_client_response(resp: Response<Incoming>) -> Response<Body> {
 pub async fn plain_http(
     req: Request<Incoming>,
     peer: SocketAddr,
+    user: Option<Arc<str>>,
     state: Arc<State>,
     mode: Mode,
 ) -> Response<Body> {
     let host = req.uri().host().map(normalize_host).unwrap_or_default();
     let port = req.uri().port_u16().unwrap_or(80);
-    let conn = ConnCtx::new(peer, mode, host.clone(), port);
+    let conn = ConnCtx::with_user(peer, mode, host.clone(), port, user);
     let mut ctx = ReqCtx::for_request(conn, &req, state.metrics.clone());
     ctx.set_route("http_forward", ctx.kind);
     let span = ctx.span.clone();
@@ -115,7 +116,7 @@ async fn forward_plain(
     req: Request<Incoming>,
     host: &str,
     ctx: &mut ReqCtx,
-    state: &State,
+    state: &Arc<State>,
 ) -> Result<Response<Body>, ServeError> {
     if !modgate_core::policy::host::valid_host(host) {
         return Err(ServeError::ClientBadRequest(format!(
@@ -141,6 +142,19 @@ async fn forward_plain(
         Err(e) if dynamic.policy.classifier.is_read_only_host(host) => return Err(e.into()),
         Ok((_, Route::PrivateRefused { kind, message, .. })) => {
             return Err(super::refuse_private(state, kind, message));
+        }
+        // The firewall's rules hold in plain HTTP too: public GOPROXY calls are answered as
+        // intercepted ones are, and direct VCS fetches of public modules are refused.
+        Ok((target, Route::Public(f))) if dynamic.policy.firewall.is_active() => {
+            ctx.set_route("public", target.kind());
+            super::describe(&target, ctx);
+            let method = req.method().clone();
+            return super::firewall::public(f, ctx, state, &dynamic, &method).await;
+        }
+        Ok((target, Route::Forward)) => {
+            if let Some(refusal) = super::direct_refusal(&target, state, &dynamic) {
+                return Err(refusal);
+            }
         }
         _ => {}
     }

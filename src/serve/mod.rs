@@ -4,6 +4,7 @@
 //! every response body.
 
 pub mod cached;
+pub mod firewall;
 pub mod forward;
 pub mod git;
 pub mod ownsum;
@@ -11,6 +12,7 @@ pub mod private;
 pub mod prove;
 pub mod respond;
 pub mod state;
+pub mod vulndb;
 
 pub use state::{Live, State};
 
@@ -82,6 +84,9 @@ async fn handle(
     ctx.set_route(route.name(), target.kind());
     describe(&target, ctx);
     match route {
+        Route::Public(f) if dynamic.policy.firewall.is_active() => {
+            firewall::public(f, ctx, state, &dynamic, req.method()).await
+        }
         Route::Public(f) => {
             let spec = public_spec(&f, &dynamic);
             cached::serve(spec, ctx, state, req.method()).await
@@ -109,8 +114,40 @@ async fn handle(
             repo,
             request_prefix,
         } => git::forward(req, &repo, &request_prefix, ctx, &dynamic).await,
-        Route::Forward => forward::intercepted(req, ctx, state, &dynamic).await,
+        Route::VulnDb(f) => vulndb::serve(f, ctx, state, &dynamic, req.method()).await,
+        Route::Forward => {
+            if let Some(refusal) = direct_refusal(&target, state, &dynamic) {
+                return Err(refusal);
+            }
+            forward::intercepted(req, ctx, state, &dynamic).await
+        }
     }
+}
+
+/// While the module firewall is active (and `firewall.direct = "refuse"`), go-get discovery
+/// and git for public modules are refused: code that comes in that way would pass no rule.
+pub(crate) fn direct_refusal(target: &Target, state: &State, dynamic: &Live) -> Option<ServeError> {
+    if !dynamic.policy.firewall.is_active()
+        || dynamic.config.firewall.direct == crate::config::DirectVcs::Allow
+    {
+        return None;
+    }
+    let path = match target {
+        Target::GoGet { path } => path.as_str(),
+        Target::Git { .. } => target.module_path()?,
+        _ => return None,
+    };
+    state.metrics.firewall_direct_refused.inc();
+    tracing::info!(
+        target: "modgate::audit",
+        module = path,
+        rule = "direct",
+        verdict = "refused",
+        "firewall decision"
+    );
+    Some(ServeError::ClientForbidden(format!(
+        "modgate: {path} is being fetched directly from its code host, which the module firewall does not allow; fetch it through the module proxy instead (remove GOPROXY=direct, and take it out of GOPRIVATE/GONOPROXY unless it is one of your private modules)"
+    )))
 }
 
 /// A private path answered locally: counted, and the not-found the go command shows.
@@ -124,7 +161,7 @@ pub fn refuse_private(state: &State, kind: &str, message: String) -> ServeError 
 }
 
 /// Records what the request is about, for the access log.
-fn describe(target: &Target, ctx: &mut ReqCtx) {
+pub(crate) fn describe(target: &Target, ctx: &mut ReqCtx) {
     if let Some(m) = target.module_path() {
         ctx.set_module(m.to_string());
     }
@@ -141,11 +178,12 @@ fn describe(target: &Target, ctx: &mut ReqCtx) {
         }
         Target::GoGet { .. } => ctx.op = "go-get",
         Target::Git { service, .. } => ctx.op = service,
+        Target::VulnDb { .. } => ctx.op = "vulndb",
         Target::Other => {}
     }
 }
 
-fn public_spec(f: &PublicFetch, dynamic: &Live) -> Spec {
+pub(crate) fn public_spec(f: &PublicFetch, dynamic: &Live) -> Spec {
     Spec {
         key: f.key().clone(),
         class: f.class(),
@@ -313,13 +351,42 @@ async fn fetch_inner(state: &Arc<State>, db: &str, op: SumDbOp) -> Result<bytes:
     Ok(body)
 }
 
+/// Serves `spec` as an internal request (`ctx` from [`internal_ctx`]), observed like an
+/// agent's: the body of a 200, `None` for a not-found (404/410), or what failed.
+pub(crate) async fn internal_fetch(
+    state: &Arc<State>,
+    mut ctx: ReqCtx,
+    spec: Result<Spec, ServeError>,
+) -> Result<Option<bytes::Bytes>, String> {
+    let path = ctx.path.clone();
+    let resp = match spec {
+        Ok(spec) => cached::serve(spec, &mut ctx, state, &http::Method::GET).await,
+        Err(e) => Err(e),
+    }
+    .unwrap_or_else(|e| respond::error_response(&e));
+    let status = resp.status();
+    let resp = finish(resp, ctx);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| format!("reading {path}: {e}"))?
+        .to_bytes();
+    match status {
+        http::StatusCode::OK => Ok(Some(body)),
+        http::StatusCode::NOT_FOUND | http::StatusCode::GONE => Ok(None),
+        _ => Err(format!(
+            "{path} answered {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        )),
+    }
+}
+
 fn internal_peer() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// The context of a request modgate makes to itself (`entry="internal"`) for `path` on `host`:
 /// observed like an agent's.
-fn internal_ctx(state: &State, host: &str, path: &str, target: &Target) -> ReqCtx {
+pub(crate) fn internal_ctx(state: &State, host: &str, path: &str, target: &Target) -> ReqCtx {
     let conn = crate::telemetry::ctx::ConnCtx::new(
         internal_peer(),
         crate::telemetry::labels::Mode::Internal,

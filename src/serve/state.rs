@@ -188,6 +188,8 @@ pub struct Live {
     pub verifier: Option<Verifier>,
     /// Where agent-chosen traffic may go (`egress.allow_addresses`, `egress.connect_ports`).
     pub addresses: AddressPolicy,
+    /// The Go vulnerability database mirrored (`vulndb.url`).
+    pub vulndb: Option<BaseUrl>,
 }
 
 impl Live {

@@ -30,10 +30,12 @@ pub enum ContentError {
         module: ModulePath,
         source: BadContent,
     },
+    #[error("invalid vulnerability-database file {path}: not JSON ({reason})")]
+    VulnDb { path: String, reason: String },
 }
 
 /// The checks for the entry `key`, on its complete file. Checksum-database entries have none
-/// here (their proofs are the database's own).
+/// here (their proofs are the database's own); vulnerability-database files must be JSON.
 pub fn check_entry(key: &CacheKey, file: &File) -> Result<(), ContentError> {
     check_reader(key, file, false).map(|_| ())
 }
@@ -60,8 +62,19 @@ fn check_reader<R: Read + Seek>(
     mut r: R,
     hash: bool,
 ) -> Result<Option<String>, ContentError> {
-    let Entry::Module { module, file: what } = key.entry() else {
-        return Ok(None);
+    let (module, what) = match key.entry() {
+        Entry::Module { module, file } => (module, file),
+        Entry::VulnDb { path, .. } => {
+            let data = read_all(&mut r)?;
+            serde_json::from_slice::<serde::de::IgnoredAny>(&data).map_err(|e| {
+                ContentError::VulnDb {
+                    path: path.as_str().to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
+            return Ok(None);
+        }
+        Entry::SumDb { .. } => return Ok(None),
     };
     let bad = |source| ContentError::Bad {
         module: module.clone(),

@@ -36,12 +36,25 @@ pub struct ConnCtx {
     /// The CONNECT target host (empty on the plain proxy listener).
     pub host: String,
     pub port: u16,
+    /// The proxy user who authenticated the connection (its CONNECT), if any.
+    pub user: Option<Arc<str>>,
     /// `conn{id, client, mode, host}`: every log line of this connection carries it.
     pub span: tracing::Span,
 }
 
 impl ConnCtx {
     pub fn new(client: SocketAddr, mode: Mode, host: String, port: u16) -> Arc<ConnCtx> {
+        ConnCtx::with_user(client, mode, host, port, None)
+    }
+
+    /// A connection authenticated as `user`.
+    pub fn with_user(
+        client: SocketAddr,
+        mode: Mode,
+        host: String,
+        port: u16,
+        user: Option<Arc<str>>,
+    ) -> Arc<ConnCtx> {
         let id = next_id();
         let span = tracing::info_span!("conn", id, %client, mode = mode.as_str(), host = %host);
         Arc::new(ConnCtx {
@@ -50,6 +63,7 @@ impl ConnCtx {
             mode,
             host,
             port,
+            user,
             span,
         })
     }
@@ -78,6 +92,8 @@ pub struct ReqCtx {
     /// Why the request failed, when modgate answered it with an error (its own refusal or an
     /// upstream's failure): the text the client got.
     pub reason: Option<String>,
+    /// The proxy or endpoint user the request is authenticated as, if any.
+    pub user: Option<Arc<str>>,
     /// `request{request_id, route, kind, module}`, a child of the connection's span.
     pub span: tracing::Span,
     metrics: Arc<Metrics>,
@@ -109,6 +125,7 @@ impl ReqCtx {
         );
         ReqCtx {
             request_id,
+            user: conn.user.clone(),
             conn,
             method,
             host,

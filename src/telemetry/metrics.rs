@@ -36,7 +36,7 @@ pub const SUMDB_OUTCOMES: [&str; 5] = [
 ];
 
 /// Every `route` label value.
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 11] = [
     "public",
     "sumdb",
     "own_sumdb",
@@ -44,6 +44,7 @@ pub const ROUTES: [&str; 10] = [
     "git_forward",
     "goget_answer",
     "private_refused",
+    "vulndb",
     "forward",
     "http_forward",
     "invalid",
@@ -155,6 +156,10 @@ pub struct Metrics {
     pub egress_refusals: IntCounterVec,
     /// Requests for private module paths answered locally, by kind.
     pub private_refused: IntCounterVec,
+    /// Module-firewall decisions, by rule id and verdict.
+    pub firewall_decisions: IntCounterVec,
+    /// Direct VCS requests (go-get, git) for public modules refused by the firewall.
+    pub firewall_direct_refused: IntCounter,
     /// Configuration reloads, by outcome.
     pub config_reloads: IntCounterVec,
     /// Connections on the transparent (gateway-mode) listener, by outcome.
@@ -353,6 +358,19 @@ impl Metrics {
                 &["kind"],
             )
             .expect("metric"),
+            firewall_decisions: IntCounterVec::new(
+                Opts::new(
+                    "modgate_firewall_decisions_total",
+                    "Module-firewall decisions on public module versions, by rule id (or default) and verdict (allowed, refused, reported).",
+                ),
+                &["rule", "verdict"],
+            )
+            .expect("metric"),
+            firewall_direct_refused: IntCounter::new(
+                "modgate_firewall_direct_refused_total",
+                "go-get discovery and git requests for public modules refused while the module firewall is active (firewall.direct = \"refuse\").",
+            )
+            .expect("metric"),
             config_reloads: IntCounterVec::new(
                 Opts::new("modgate_config_reloads_total", "Configuration reloads (SIGHUP or POST /-/reload), by outcome."),
                 &["outcome"],
@@ -430,6 +448,8 @@ impl Metrics {
             Box::new(m.own_sumdb_lookups.clone()),
             Box::new(m.egress_refusals.clone()),
             Box::new(m.private_refused.clone()),
+            Box::new(m.firewall_decisions.clone()),
+            Box::new(m.firewall_direct_refused.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.limit_hits.clone()),
             Box::new(m.transparent_connections.clone()),
@@ -510,7 +530,7 @@ impl Metrics {
         for outcome in ["committed", "not_found", "failed", "rejected", "uncached"] {
             m.cache_fills.with_label_values(&[outcome]);
         }
-        for kind in ["goproxy", "sumdb", "goget", "git", "other"] {
+        for kind in ["goproxy", "sumdb", "goget", "git", "vulndb", "other"] {
             m.private_refused.with_label_values(&[kind]);
         }
         for outcome in ["ok", "error"] {

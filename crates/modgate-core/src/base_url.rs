@@ -88,6 +88,11 @@ impl BaseUrl {
         }
     }
 
+    /// The path prefix (`""` or `/path`, no trailing slash).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The host part, for labels and logs.
     pub fn host(&self) -> &str {
         self.authority.host()

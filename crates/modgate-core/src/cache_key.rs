@@ -11,6 +11,7 @@
 //! | checksum-DB signed tree head | `sumdb/<db>/latest` |
 //! | checksum-DB record | `sumdb/<db>/lookup/<escaped module>@<escaped version>` |
 //! | checksum-DB tile | `sumdb/<db>/tile/H/L/NNN[.p/W]` |
+//! | vulnerability-database file | `vulndb/<host>/<path>` |
 //!
 //! A remembered not-found answer for a key is stored under the key plus [`NOT_FOUND_SUFFIX`].
 
@@ -53,6 +54,35 @@ pub enum Entry {
         db: String,
         item: SumDbItem,
     },
+    /// A file of the Go vulnerability database at `host` (`index/modules.json`, `ID/GO-….json`).
+    VulnDb {
+        host: String,
+        path: VulnDbPath,
+    },
+}
+
+/// A vulnerability-database file's path: relative, `/`-separated elements of letters, digits,
+/// `-`, `_`, `.`, `~`, and `!` and `+` of escaped module paths (no empty, `.` or `..` element), ending in `.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VulnDbPath(String);
+
+impl VulnDbPath {
+    pub fn new(path: &str) -> Option<VulnDbPath> {
+        let ok = path.len() <= 512
+            && path.ends_with(".json")
+            && path.split('/').all(|e| {
+                !e.is_empty()
+                    && e != "."
+                    && e != ".."
+                    && e.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.~!+".contains(&b))
+            });
+        ok.then(|| VulnDbPath(path.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// The kinds of entries, for reports.
@@ -62,6 +92,7 @@ pub enum KeyKind {
     GoMod,
     Metadata,
     SumDb,
+    VulnDb,
 }
 
 impl KeyKind {
@@ -72,6 +103,7 @@ impl KeyKind {
             KeyKind::GoMod => "go.mod files",
             KeyKind::Metadata => "info, lists, queries",
             KeyKind::SumDb => "checksum database",
+            KeyKind::VulnDb => "vulnerability database",
         }
     }
 }
@@ -79,7 +111,7 @@ impl KeyKind {
 /// A key that is not one modgate writes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error("cache key {0:?} is neither under mod/ nor under sumdb/")]
+    #[error("cache key {0:?} is not under mod/, sumdb/ or vulndb/")]
     Namespace(String),
     #[error("cache key {key:?}: {reason}")]
     Malformed { key: String, reason: &'static str },
@@ -135,6 +167,14 @@ impl CacheKey {
             db: db.to_string(),
             item,
         }))
+    }
+
+    /// The key of a vulnerability-database file.
+    pub fn vulndb(host: &str, path: VulnDbPath) -> CacheKey {
+        CacheKey::new(Entry::VulnDb {
+            host: host.to_string(),
+            path,
+        })
     }
 
     /// Reads an encoded key back; `Ok((key, true))` for a not-found entry's key.
@@ -193,6 +233,14 @@ impl CacheKey {
                 db: db.to_string(),
                 item,
             }
+        } else if let Some(rest) = base.strip_prefix("vulndb/") {
+            let (host, path) = rest
+                .split_once('/')
+                .ok_or(bad("no vulnerability-database file"))?;
+            Entry::VulnDb {
+                host: host.to_string(),
+                path: VulnDbPath::new(path).ok_or(bad("not a vulnerability-database file"))?,
+            }
         } else {
             return Err(KeyError::Namespace(encoded.to_string()));
         };
@@ -229,6 +277,7 @@ impl CacheKey {
             } => KeyKind::GoMod,
             Entry::Module { .. } => KeyKind::Metadata,
             Entry::SumDb { .. } => KeyKind::SumDb,
+            Entry::VulnDb { .. } => KeyKind::VulnDb,
         }
     }
 
@@ -266,6 +315,7 @@ fn encode(entry: &Entry) -> String {
             }
         }
         Entry::SumDb { db, item } => encode_sumdb(db, item),
+        Entry::VulnDb { host, path } => format!("vulndb/{host}/{}", path.as_str()),
     }
 }
 
@@ -346,6 +396,14 @@ mod tests {
                 "sumdb/sum.golang.org/tile/8/0/x004/822.p/13",
                 KeyKind::SumDb,
             ),
+            (
+                CacheKey::vulndb(
+                    "vuln.go.dev",
+                    VulnDbPath::new("ID/GO-2024-1234.json").unwrap(),
+                ),
+                "vulndb/vuln.go.dev/ID/GO-2024-1234.json",
+                KeyKind::VulnDb,
+            ),
         ];
         for (key, want, kind) in cases {
             assert_eq!(key.as_str(), want);
@@ -369,6 +427,10 @@ mod tests {
             "sumdb/sum.golang.org",
             "sumdb/sum.golang.org/tile/8/0/4822",
             "sumdb/sum.golang.org/lookup/github.com/x",
+            "vulndb/vuln.go.dev",
+            "vulndb/vuln.go.dev/../x.json",
+            "vulndb/vuln.go.dev/index/db.gz",
+            "vulndb/vuln.go.dev//x.json",
         ] {
             assert!(CacheKey::parse(bad).is_err(), "{bad}");
         }

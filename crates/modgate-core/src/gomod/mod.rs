@@ -7,6 +7,7 @@ pub mod dirhash;
 pub mod modfile;
 pub mod modzip;
 pub mod note;
+pub mod osv;
 pub mod path;
 pub mod sumdb;
 pub mod tlog;

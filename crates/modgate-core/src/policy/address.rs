@@ -51,13 +51,13 @@ pub enum AddressError {
 
 /// An address block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cidr {
+pub(crate) struct Cidr {
     net: IpAddr,
     prefix: u8,
 }
 
 impl Cidr {
-    fn parse(s: &str) -> Result<Cidr, AddressError> {
+    pub(crate) fn parse(s: &str) -> Result<Cidr, AddressError> {
         let bad = || AddressError::Cidr(s.to_string());
         let (ip, prefix) = match s.split_once('/') {
             Some((ip, p)) => (ip, Some(p)),
@@ -72,7 +72,7 @@ impl Cidr {
         Ok(Cidr { net, prefix })
     }
 
-    fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self.net, canonical(ip)) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
                 let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);

@@ -82,6 +82,12 @@ pub enum Target {
     GoGet { path: String },
     /// Git smart-HTTP for the repository at `repo` (host and path, without `/info/refs` etc.).
     Git { repo: String, service: &'static str },
+    /// A file of the Go vulnerability database (`vulndb.url`).
+    VulnDb {
+        /// The database's host.
+        db: String,
+        path: crate::cache_key::VulnDbPath,
+    },
     /// Anything else on an intercepted host.
     Other,
 }
@@ -94,6 +100,7 @@ impl Target {
             Target::SumDb { .. } => "sumdb",
             Target::GoGet { .. } => "goget",
             Target::Git { .. } => "git",
+            Target::VulnDb { .. } => "vulndb",
             Target::Other => "other",
         }
     }
@@ -134,6 +141,8 @@ pub struct Classifier {
     proxy_hosts: Vec<String>,
     /// Checksum-database names (`host` or `host/path`), lower-case host.
     sumdbs: Vec<String>,
+    /// The vulnerability database's host and path prefix (`""` or `/path`).
+    vulndb: Option<(String, String)>,
 }
 
 impl Classifier {
@@ -141,7 +150,22 @@ impl Classifier {
         Classifier {
             proxy_hosts: proxy_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             sumdbs: sumdbs.to_vec(),
+            vulndb: None,
         }
+    }
+
+    /// Also classifies the vulnerability database at `host` under `prefix` (`""` or `/path`).
+    pub fn with_vulndb(mut self, host: &str, prefix: &str) -> Classifier {
+        self.vulndb = Some((
+            host.to_ascii_lowercase(),
+            prefix.trim_end_matches('/').to_string(),
+        ));
+        self
+    }
+
+    /// The vulnerability database's host, if one is classified.
+    pub fn vulndb_host(&self) -> Option<&str> {
+        self.vulndb.as_ref().map(|(h, _)| h.as_str())
     }
 
     /// Whether `host` is a GOPROXY host.
@@ -156,6 +180,7 @@ impl Classifier {
                 .sumdbs
                 .iter()
                 .any(|db| db.split('/').next() == Some(host))
+            || self.vulndb_host() == Some(host)
     }
 
     /// Classifies one request. `host` is lower-case without port; `raw_path` is as received
@@ -192,6 +217,22 @@ impl Classifier {
                 })??;
                 return Ok(Target::SumDb { db: db.clone(), op });
             }
+        }
+        if let Some((db_host, prefix)) = &self.vulndb
+            && db_host == host
+            && let Some(rest) = path.strip_prefix(prefix.as_str())
+            && let Some(rest) = rest.strip_prefix('/')
+        {
+            read_only(method)?;
+            let path = crate::cache_key::VulnDbPath::new(rest).ok_or_else(|| {
+                ClassifyError::NotFound(format!(
+                    "not found: {rest:?} is not a file of the Go vulnerability database"
+                ))
+            })?;
+            return Ok(Target::VulnDb {
+                db: db_host.clone(),
+                path,
+            });
         }
         if query.is_some_and(has_go_get) {
             let full = format!("{host}{}", path.trim_end_matches('/'));

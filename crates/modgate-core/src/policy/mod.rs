@@ -4,6 +4,7 @@
 pub mod address;
 pub mod classify;
 pub mod egress;
+pub mod firewall;
 pub mod goproxy;
 pub mod host;
 pub mod patterns;
@@ -34,6 +35,10 @@ pub struct PolicySpec {
     /// `egress.allow` and `egress.deny`.
     pub egress_allow: Vec<String>,
     pub egress_deny: Vec<String>,
+    /// `[firewall]`.
+    pub firewall: firewall::FirewallSpec,
+    /// `vulndb.url`: the Go vulnerability database mirrored (its host is intercepted).
+    pub vulndb: Option<String>,
 }
 
 /// Why a policy could not be compiled; `key` is the configuration key at fault.
@@ -72,6 +77,8 @@ pub struct Policy {
     pub intercept_hosts: Vec<String>,
     pub classifier: Classifier,
     pub rules: Rules,
+    /// The module firewall (`[firewall]`).
+    pub firewall: firewall::Firewall,
 }
 
 impl Policy {
@@ -100,7 +107,14 @@ impl Policy {
                     .map_err(|e| PolicyError::new(format!("{key}[{i}]"), e))?;
             }
         }
+        let vulndb = spec
+            .vulndb
+            .as_deref()
+            .map(crate::base_url::BaseUrl::parse)
+            .transpose()
+            .map_err(|e| PolicyError::new("vulndb.url", e))?;
         let mut intercept: Vec<String> = spec.intercept_hosts.to_vec();
+        intercept.extend(vulndb.iter().map(|b| host::normalize_host(b.host())));
         intercept.extend(spec.proxy_hosts.iter().cloned());
         intercept.extend(private_routes.hosts());
         intercept.extend(
@@ -129,7 +143,11 @@ impl Policy {
             )
             .map_err(|e| PolicyError::new("intercept.hosts", e))?,
             intercept_hosts: intercept.clone(),
-            classifier: Classifier::new(&spec.proxy_hosts, &classified_dbs),
+            classifier: match &vulndb {
+                Some(b) => Classifier::new(&spec.proxy_hosts, &classified_dbs)
+                    .with_vulndb(&host::normalize_host(b.host()), b.prefix()),
+                None => Classifier::new(&spec.proxy_hosts, &classified_dbs),
+            },
             rules: Rules {
                 private: Patterns::parse(private.iter().map(String::as_str)).map_err(|e| {
                     // Route templates are valid patterns, so the fault is in modules.private.
@@ -138,6 +156,10 @@ impl Policy {
                 routes: private_routes,
                 own_sumdb: spec.own_sumdb.clone(),
             },
+            firewall: firewall::Firewall::new(&spec.firewall).map_err(|e| PolicyError {
+                key: e.key,
+                message: e.message,
+            })?,
         })
     }
 

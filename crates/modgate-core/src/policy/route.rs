@@ -135,6 +135,24 @@ impl SumDbFetch {
     }
 }
 
+/// A file of the Go vulnerability database: served from the cache, then the database. Files
+/// that name a private module (the legacy per-module files) are refused by [`route`] instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VulnDbFetch {
+    key: CacheKey,
+    path: String,
+}
+
+impl VulnDbFetch {
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+    /// Path to append to the database's base URL.
+    pub fn upstream_path(&self) -> &str {
+        &self.path
+    }
+}
+
 /// A GOPROXY call for a private module, served from its internal git repository.
 /// Constructed only by [`route`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +219,8 @@ pub enum Route {
         /// The request-path prefix naming the repository (e.g. `/team/lib.git`).
         request_prefix: String,
     },
+    /// A file of the Go vulnerability database.
+    VulnDb(VulnDbFetch),
     /// Non-module traffic on an intercepted host: forwarded unchanged.
     Forward,
 }
@@ -217,6 +237,7 @@ impl Route {
             Route::Private(_) => "private",
             Route::GoGetAnswer { .. } => "goget_answer",
             Route::GitForward { .. } => "git_forward",
+            Route::VulnDb(_) => "vulndb",
             Route::Forward => "forward",
         }
     }
@@ -382,6 +403,28 @@ pub fn route(target: &Target, rules: &Rules) -> Route {
                 op: op.clone(),
                 key: CacheKey::sumdb(db, op).expect("supported is handled above"),
                 upstream_path: go_path_escape(&format!("/{tail}")),
+            })
+        }
+        Target::VulnDb { db, path } => {
+            // The legacy format names modules in file names (`golang.org/x/text.json`).
+            let named = path.as_str().strip_suffix(".json").and_then(|m| {
+                let legacy = !m.starts_with("index/") && !m.starts_with("ID/") && m.contains('/');
+                legacy.then(|| ModulePath::from_escaped(m).ok()).flatten()
+            });
+            if let Some(m) = named
+                && let Some(rule) = rules.private.matching(m.as_str())
+            {
+                return Route::PrivateRefused {
+                    rule: rule.to_string(),
+                    kind: "vulndb",
+                    message: format!(
+                        "not found: {m} is private (matches {rule:?}); its advisories are never looked up in a public vulnerability database"
+                    ),
+                };
+            }
+            Route::VulnDb(VulnDbFetch {
+                key: CacheKey::vulndb(db, path.clone()),
+                path: format!("/{}", path.as_str()),
             })
         }
         Target::GoGet { .. } | Target::Git { .. } | Target::Other => Route::Forward,
