@@ -784,3 +784,72 @@ async fn plain_http_and_the_goproxy_endpoint_meet_the_same_rules() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retracted_versions_are_left_out_of_choices_but_still_served_to_builds_that_name_them() {
+    let ca = TestCa::new();
+    let f = fixture_with(&ca, |c| {
+        c.firewall.rules = vec![FirewallRule {
+            retracted: true,
+            ..rule("no-retracted")
+        }];
+    })
+    .await;
+    let root = f._tree.path();
+    module(
+        root,
+        "example.com/ret",
+        "v1.0.0",
+        40,
+        "ret",
+        "func V() int { return 0 }",
+    );
+    module(
+        root,
+        "example.com/ret",
+        "v1.0.1",
+        35,
+        "ret",
+        "func V() int { return 1 }",
+    );
+    write_module_at(
+        root,
+        "example.com/ret",
+        "v1.1.0",
+        "module example.com/ret\n\ngo 1.19\n\nretract v1.0.1 // broken\n",
+        &[("m.go", "package ret\n\nfunc V() int { return 2 }\n")],
+        &rfc3339(days_ago(30)),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("app");
+    app(&dir);
+    // Even -retracted (which lists what the go command itself would hide) does not show it.
+    let (ok, out) = go(
+        "1.23",
+        &f,
+        "alice",
+        &["list", "-m", "-retracted", "-versions", "example.com/ret"],
+        &dir,
+        &[],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "example.com/ret v1.0.0 v1.1.0");
+    // A build that already requires it still gets its files.
+    let (ok, out) = go(
+        "1.23",
+        &f,
+        "alice",
+        &["mod", "download", "example.com/ret@v1.0.1"],
+        &dir,
+        &[],
+    );
+    assert!(ok, "{out}");
+    let m = f.gw.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "modgate_firewall_decisions_total",
+            &[("rule", "no-retracted"), ("verdict", "refused")]
+        ) >= 1.0
+    );
+}

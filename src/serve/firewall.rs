@@ -102,6 +102,22 @@ pub async fn public(
     }
 }
 
+/// The version `@latest` answers among `versions`: the newest release, else the newest
+/// pre-release (pseudo-versions are not listed).
+fn newest<'v>(versions: impl Iterator<Item = &'v str>) -> Option<String> {
+    let versions: Vec<&str> = versions
+        .filter(|v| version::is_valid(v) && !version::is_pseudo(v))
+        .collect();
+    let best = |release: bool| {
+        versions
+            .iter()
+            .filter(|v| version::prerelease(v).is_empty() == release)
+            .max_by(|a, b| version::compare(a, b))
+            .map(|v| v.to_string())
+    };
+    best(true).or_else(|| best(false))
+}
+
 /// A 200 answer's head and whole body, or any other answer as it is.
 enum Answered {
     Body(http::response::Parts, Bytes),
@@ -172,11 +188,22 @@ impl Gate<'_> {
         )
     }
 
+    /// The retractions of the module's latest version's go.mod: the newest release of `list`
+    /// (else the newest pre-release), or `@latest` when the list is empty, as the go command
+    /// finds it.
     async fn load_retractions(&self) -> Vec<modgate_core::gomod::modfile::Retraction> {
-        let Ok(Some(latest)) = self.fetch(ProxyOp::Latest).await else {
-            return vec![];
+        let listed = match self.fetch(ProxyOp::List).await {
+            Ok(Some(list)) => newest(String::from_utf8_lossy(&list).lines().map(str::trim)),
+            _ => None,
         };
-        let Some(v) = info_version(&latest) else {
+        let latest = match listed {
+            Some(v) => Some(v),
+            None => match self.fetch(ProxyOp::Latest).await {
+                Ok(Some(info)) => info_version(&info),
+                _ => None,
+            },
+        };
+        let Some(v) = latest else {
             return vec![];
         };
         match self.fetch(ProxyOp::Mod(v)).await {
@@ -249,15 +276,7 @@ impl Gate<'_> {
         let list = self.fetch(ProxyOp::List).await.ok().flatten()?;
         let text = String::from_utf8_lossy(&list).into_owned();
         let allowed = self.allowed(text.lines().map(str::trim), "latest").await;
-        let best = |release: bool| {
-            allowed
-                .iter()
-                .filter(|v| version::prerelease(v).is_empty() == release)
-                .filter(|v| !version::is_pseudo(v))
-                .max_by(|a, b| version::compare(a, b))
-                .cloned()
-        };
-        best(true).or_else(|| best(false))
+        newest(allowed.iter().map(String::as_str))
     }
 
     /// The 403 the go command shows, naming the newest allowed version when there is one.

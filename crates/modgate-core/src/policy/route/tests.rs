@@ -1,5 +1,5 @@
 use super::*;
-use crate::policy::classify::Classifier;
+use crate::policy::classify::{Classifier, ClassifyError};
 
 fn rules(p: &[&str]) -> Rules {
     Rules {
@@ -244,5 +244,66 @@ fn go_path_escape_matches_go() {
     assert_eq!(
         go_path_escape("/x/@v/v2.0.0+incompatible.zip"),
         "/x/@v/v2.0.0+incompatible.zip"
+    );
+}
+
+#[test]
+fn vulnerability_database_files_are_cached_and_private_modules_stay_local() {
+    let c = Classifier::new(&[], &[]).with_vulndb("vuln.go.dev", "");
+    let get = |path: &str| c.classify("vuln.go.dev", "GET", path, None);
+    let r = rules(&["*.corp.example"]);
+    for (path, key) in [
+        (
+            "/index/modules.json",
+            "vulndb/vuln.go.dev/index/modules.json",
+        ),
+        (
+            "/ID/GO-2024-1234.json",
+            "vulndb/vuln.go.dev/ID/GO-2024-1234.json",
+        ),
+        (
+            "/golang.org/x/text.json",
+            "vulndb/vuln.go.dev/golang.org/x/text.json",
+        ),
+        (
+            "/github.com/!azure/x.json",
+            "vulndb/vuln.go.dev/github.com/!azure/x.json",
+        ),
+    ] {
+        let Route::VulnDb(f) = route(&get(path).unwrap(), &r) else {
+            panic!("{path}")
+        };
+        assert_eq!((f.key().as_str(), f.upstream_path()), (key, path));
+    }
+    // The legacy per-module file of a private module is never asked of the public database.
+    let Route::PrivateRefused { kind, message, .. } =
+        route(&get("/git.corp.example/team/lib.json").unwrap(), &r)
+    else {
+        panic!()
+    };
+    assert_eq!(kind, "vulndb");
+    assert!(
+        message.contains("git.corp.example/team/lib is private"),
+        "{message}"
+    );
+    // Not a database file, or not a read: refused before anything is asked.
+    assert!(matches!(
+        get("/index/db.json.gz"),
+        Err(ClassifyError::NotFound(_))
+    ));
+    assert!(matches!(get("/../x.json"), Err(_)));
+    assert!(matches!(
+        c.classify("vuln.go.dev", "POST", "/index/db.json", None),
+        Err(ClassifyError::Method(_))
+    ));
+    // Under a mirror's path prefix.
+    let m = Classifier::new(&[], &[]).with_vulndb("mirror.corp", "/vulndb/");
+    assert!(matches!(
+        m.classify("mirror.corp", "GET", "/vulndb/ID/GO-2024-1234.json", None),
+        Ok(Target::VulnDb { .. })
+    ));
+    assert_eq!(
+        m.classify("mirror.corp", "GET", "/other/x.json", None),
+        Ok(Target::Other)
     );
 }
