@@ -18,6 +18,8 @@ import socket
 import subprocess
 import time
 
+import common
+
 PACKAGES = ["squid-openssl", "mitmproxy", "tinyproxy", "nginx", "openssl", "curl"]
 BINARIES = ["/usr/sbin/squid", "/usr/lib/squid/security_file_certgen", "/usr/bin/mitmdump", "/usr/bin/tinyproxy", "/usr/sbin/nginx", "/usr/bin/openssl", "/usr/bin/curl"]
 
@@ -281,6 +283,18 @@ def status_kib(pid, field):
     except OSError:
         pass
     return 0
+
+
+def tree_cpu_seconds(pid):
+    """User + system CPU seconds used so far by a process and its descendants (nginx's and
+    squid's workers), those that are still running."""
+    total = 0.0
+    for p in children_of(pid):
+        try:
+            total += common.cpu_seconds(p)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
 
 
 def tree_rss_mib(pid):

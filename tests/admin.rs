@@ -376,3 +376,30 @@ async fn readiness_and_cache_stats_tell_how_far_the_cache_index_is() {
     );
     assert!(metrics.contains("modgate_cache_entries 3000"), "{metrics}");
 }
+
+/// Decisions are remembered per path (serve::memo) under one set of rules: a reload that makes
+/// a path private must take effect for a path already served as public.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_applies_to_paths_whose_decisions_were_remembered() {
+    let ca = TestCa::new();
+    let (_tree, up) = one_module_upstream(&ca, "corp.example/lib", "v1.0.0").await;
+    let base = up.base_url();
+    let gw = TestGateway::start(&ca, move |c| {
+        c.upstream.overrides.insert("proxy.golang.org".into(), base);
+    })
+    .await;
+    let path = "/corp.example/lib/@v/v1.0.0.mod";
+    for _ in 0..2 {
+        let (status, _, _) = gw.get("proxy.golang.org:443", path, Alpn::H1).await;
+        assert_eq!(status, 200);
+    }
+    gw.reload_with(|c| {
+        c.modules.private = modgate::config::PatternList(vec!["corp.example".into()])
+    });
+    let (status, _, body) = gw.get("proxy.golang.org:443", path, Alpn::H1).await;
+    assert_eq!(status, 404, "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("corp.example/lib is private"),
+        "{body:?}"
+    );
+}

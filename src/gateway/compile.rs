@@ -72,6 +72,7 @@ pub fn live(config: &Config, metrics: &Arc<Metrics>) -> Result<Live, ConfigError
         verifier: verifier(config)?,
         addresses: addresses(config)?,
         vulndb: vulndb(config)?,
+        memo: Default::default(),
     })
 }
 

@@ -7,6 +7,7 @@ pub mod cached;
 pub mod firewall;
 pub mod forward;
 pub mod git;
+pub mod memo;
 pub mod ownsum;
 pub mod private;
 pub mod prove;
@@ -58,27 +59,72 @@ async fn handle(
     state: &Arc<State>,
 ) -> Result<Response<Body>, ServeError> {
     let dynamic = state.live();
-    let decided = if ctx.conn.mode == Mode::Endpoint {
-        // The endpoint's prefix is already off the path (ingress::endpoint).
-        dynamic.policy.decide_endpoint(
-            !state.config.endpoint.plain_http,
-            req.method().as_str(),
-            req.uri().path(),
-        )
+    let endpoint = ctx.conn.mode == Mode::Endpoint;
+    // Reads of module proxies and checksum databases are remembered (see `memo`).
+    let memoizable = (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
+        && req.uri().query().is_none()
+        && (endpoint || dynamic.policy.classifier.is_read_only_host(&ctx.conn.host));
+    let host = if endpoint { "" } else { ctx.conn.host.as_str() };
+    let remembered = if memoizable {
+        dynamic.memo.get(endpoint, host, req.uri().path())
     } else {
-        dynamic.policy.decide(
-            Entry::Intercepted,
-            &ctx.conn.host,
-            req.method().as_str(),
-            req.uri().path(),
-            req.uri().query(),
-        )
+        None
     };
-    let (target, route) = match decided {
-        Ok(v) => v,
-        Err(e) => {
-            ctx.set_route("invalid", ctx.kind);
-            return Err(e.into());
+    if let Some(d) = &remembered
+        && let Some(spec) = &d.spec
+        && !dynamic.policy.firewall.is_active()
+        && matches!(d.route, Route::Public(_))
+    {
+        ctx.set_route(d.route.name(), d.target.kind());
+        describe(&d.target, ctx);
+        return cached::serve(spec.clone(), ctx, state, req.method()).await;
+    }
+    let (target, route) = match remembered {
+        Some(d) => (d.target.clone(), d.route.clone()),
+        None => {
+            let decided = if endpoint {
+                // The endpoint's prefix is already off the path (ingress::endpoint).
+                dynamic.policy.decide_endpoint(
+                    !state.config.endpoint.plain_http,
+                    req.method().as_str(),
+                    req.uri().path(),
+                )
+            } else {
+                dynamic.policy.decide(
+                    Entry::Intercepted,
+                    &ctx.conn.host,
+                    req.method().as_str(),
+                    req.uri().path(),
+                    req.uri().query(),
+                )
+            };
+            match decided {
+                Ok((target, route)) if memoizable => {
+                    let spec = match &route {
+                        Route::Public(f) => Some(Arc::new(public_spec(f, &dynamic))),
+                        _ => None,
+                    };
+                    let d = dynamic.memo.put(
+                        endpoint,
+                        host,
+                        req.uri().path(),
+                        target.clone(),
+                        route.clone(),
+                        spec.clone(),
+                    );
+                    if let (Some(spec), false) = (spec, dynamic.policy.firewall.is_active()) {
+                        ctx.set_route(d.route.name(), d.target.kind());
+                        describe(&d.target, ctx);
+                        return cached::serve(spec, ctx, state, req.method()).await;
+                    }
+                    (target, route)
+                }
+                Ok(v) => v,
+                Err(e) => {
+                    ctx.set_route("invalid", ctx.kind);
+                    return Err(e.into());
+                }
+            }
         }
     };
     ctx.set_route(route.name(), target.kind());

@@ -190,6 +190,8 @@ pub struct Live {
     pub addresses: AddressPolicy,
     /// The Go vulnerability database mirrored (`vulndb.url`).
     pub vulndb: Option<BaseUrl>,
+    /// Decisions remembered for module-proxy and checksum-database reads under these rules.
+    pub memo: crate::serve::memo::Memo,
 }
 
 impl Live {

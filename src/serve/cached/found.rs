@@ -20,6 +20,7 @@ pub(super) fn set_headers(
     len: Option<u64>,
 ) {
     let h = resp.headers_mut();
+    h.reserve(4);
     h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static(content.content_type()),

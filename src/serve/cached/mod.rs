@@ -47,7 +47,7 @@ use modgate_core::policy::goproxy::Entry;
 use modgate_core::policy::route::{CacheClass, Content};
 
 /// Header naming the cache outcome on every cached route's response.
-pub const CACHE_HEADER: &str = "x-modgate-cache";
+pub const CACHE_HEADER: http::HeaderName = http::HeaderName::from_static("x-modgate-cache");
 /// Largest body kept in memory when serving a hit; larger ones stream from the file.
 const INLINE_MAX: u64 = 256 * 1024;
 /// Bytes gathered before a blocking write to the cache file.
@@ -133,14 +133,14 @@ pub fn sources_from(list: &[Entry], dynamic: &crate::serve::Live) -> Vec<Source>
 
 /// Serves `spec` from the cache, filling it from upstream on a miss.
 pub async fn serve(
-    spec: Spec,
+    spec: impl Into<Arc<Spec>>,
     ctx: &mut ReqCtx,
     state: &Arc<State>,
     method: &Method,
 ) -> Result<Response<Body>, ServeError> {
     let ttl = state.config.cache.mutable_ttl;
     let negative_ttl = state.config.cache.negative_ttl;
-    let spec = Arc::new(spec);
+    let spec: Arc<Spec> = spec.into();
     for _attempt in 0..3 {
         let found = state.cache.get(spec.key.as_str());
         if let Some(f) = &found

@@ -13,7 +13,9 @@
 //! first from a batch of the oldest gathered in one pass, skipping any used since: exact LRU at
 //! an amortised cost of a few hundred slot reads per eviction.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use hashbrown::HashMap;
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant, SystemTime};
 

@@ -85,7 +85,12 @@ pub struct DiskCache {
     metrics: StoreMetrics,
     /// Bodies of small, recently served entries, keyed by path and checked against the file's
     /// length and modification time, so a hit needs no file read.
-    hot: moka::sync::Cache<PathBuf, (u64, SystemTime, bytes::Bytes)>,
+    /// (Keyed by the path's bytes: hashing a `Path` walks its components.)
+    hot: moka::sync::Cache<
+        std::ffi::OsString,
+        (u64, SystemTime, bytes::Bytes),
+        hashbrown::DefaultHashBuilder,
+    >,
     /// Empty temporary files made ahead of need (see [`SPARE_FILES`]).
     spares: Mutex<Vec<(PathBuf, File)>>,
     /// A refill of `spares` is running.
@@ -369,7 +374,7 @@ impl DiskCache {
 
     /// The body of a small entry if it is held in memory and still matches the file.
     pub fn hot_body(&self, found: &Found) -> Option<bytes::Bytes> {
-        match self.hot.get(&found.path) {
+        match self.hot.get(found.path.as_os_str()) {
             Some((len, modified, body)) if len == found.len && modified == found.modified => {
                 Some(body)
             }
@@ -380,8 +385,10 @@ impl DiskCache {
     /// Keeps the body of a small entry in memory.
     pub fn keep_hot(&self, found: &Found, body: bytes::Bytes) {
         if found.len <= HOT_ENTRY_MAX && body.len() as u64 == found.len {
-            self.hot
-                .insert(found.path.clone(), (found.len, found.modified, body));
+            self.hot.insert(
+                found.path.as_os_str().to_owned(),
+                (found.len, found.modified, body),
+            );
         }
     }
 

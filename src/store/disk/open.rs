@@ -90,7 +90,7 @@ impl DiskCache {
                 .weigher(|_, v: &(u64, SystemTime, bytes::Bytes)| {
                     u32::try_from(v.2.len() + 128).unwrap_or(u32::MAX)
                 })
-                .build(),
+                .build_with_hasher(hashbrown::DefaultHashBuilder::default()),
             spares: Mutex::new(Vec::new()),
             refilling: AtomicBool::new(false),
             durable,

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Instructions per request on modgate's hot paths, counted by callgrind (issue 23).
+
+Instruction counts are repeatable for the same binary and inputs whatever else the machine is
+doing, so a regression on a hot path shows as a number even on a noisy 2-core machine. modgate
+runs under `valgrind --tool=callgrind` (instrumentation off until the load starts); each path
+is measured by zeroing the counters, running N requests with bench/loadgen, and dumping:
+
+  hit-h1      cache hit of a small .mod/.info, HTTP/1.1 keep-alive, c=16
+  hit-h2      the same over h2
+  intercept   intercepted 1 KB GET forwarded to the upstream (not cached), keep-alive, c=16
+  tunnel-mb   blind CONNECT tunnel: one 16 MB GET (instructions per MB)
+
+Usage:
+  python3 bench/instructions.py [--requests 4000] [--modgate BINARY] [--top 25]
+Prints instructions per request (or per MB) for each path and, with --top, the functions that
+cost the most on each path (callgrind_annotate, exclusive).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import common
+from common import LOADGEN, Procs, tmpdir
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def total_ir(path):
+    """The `summary:` / `totals:` instruction count of a callgrind dump."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in {path}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--modgate", default=common.MODGATE)
+    ap.add_argument("--top", type=int, default=0, help="show the N costliest functions per path")
+    ap.add_argument("--only", default="hit-h1,hit-h2,intercept,tunnel-mb")
+    ap.add_argument("--keep", metavar="DIR", help="copy each path's callgrind dump here (for callgrind_annotate or kcachegrind)")
+    a = ap.parse_args()
+    work = tmpdir("modgate-ir-")
+    procs = Procs()
+    try:
+        tree = os.path.join(work, "tree")
+        mdir = os.path.join(tree, "example.com/ir/@v")
+        os.makedirs(mdir)
+        with open(os.path.join(mdir, "v1.0.0.mod"), "w") as f:
+            f.write("module example.com/ir\n\ngo 1.19\n")
+        with open(os.path.join(mdir, "v1.0.0.info"), "w") as f:
+            f.write('{"Version":"v1.0.0","Time":"2024-01-02T03:04:05Z"}')
+        with open(os.path.join(tree, "small.bin"), "wb") as f:
+            f.write(os.urandom(1024))
+        with open(os.path.join(tree, "big.bin"), "wb") as f:
+            f.write(os.urandom(16 << 20))
+        certs = os.path.join(work, "certs")
+        subprocess.run([LOADGEN, "certs", "--dir", certs], check=True)
+        up = procs.start([LOADGEN, "serve", "--dir", tree, "--cert", f"{certs}/cert.pem", "--key", f"{certs}/key.pem"])
+        port = int(up.stdout.readline().strip().rsplit(":", 1)[1])
+        cfg = os.path.join(work, "modgate.toml")
+        with open(cfg, "w") as f:
+            f.write(f"""
+[proxy]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[storage]
+data_dir = "{work}/data"
+[ca]
+dir = "{work}/ca"
+[log]
+level = "warn"
+access_log = false
+[intercept]
+hosts = ["localhost"]
+[sumdb]
+verify = "off"
+[egress]
+allow_addresses = ["127.0.0.0/8"]
+connect_ports = ["1-65535"]
+[upstream]
+extra_ca_file = "{certs}/ca.pem"
+[upstream.overrides]
+"proxy.golang.org" = "https://localhost:{port}"
+""")
+        out = os.path.join(work, "callgrind.out")
+        mg = procs.start(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", a.modgate, "serve", "--config", cfg])
+        proxy = None
+        for line in mg.stdout:
+            if "proxy on " in line:
+                proxy = line.split("proxy on ")[1].split(",")[0].strip()
+            if line.startswith("export GIT_SSL_CAINFO"):
+                break
+        threading_drain(mg)
+        ca = f"{work}/ca/ca.pem"
+        small = ["https://proxy.golang.org/example.com/ir/@v/v1.0.0.mod", "https://proxy.golang.org/example.com/ir/@v/v1.0.0.info"]
+        # Fill the cache (and warm the leaf certificates) before anything is counted.
+        subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", "--proxy", f"http://{proxy}", "--cacert", ca, small[0], small[1]], check=True)
+        subprocess.run([LOADGEN, "run", "--url", f"https://localhost:{port}/small.bin", "--proxy", proxy, "--ca", ca, "--requests", "20", "--concurrency", "2"], check=True, capture_output=True)
+        paths = {
+            "hit-h1": (sum((["--url", u] for u in small), []) + ["--ca", ca, "--concurrency", "16"], a.requests, "request"),
+            "hit-h2": (sum((["--url", u] for u in small), []) + ["--ca", ca, "--concurrency", "16", "--h2"], a.requests, "request"),
+            "intercept": (["--url", f"https://localhost:{port}/small.bin", "--ca", ca, "--concurrency", "16"], a.requests, "request"),
+            "tunnel-mb": (["--url", f"https://127.0.0.1:{port}/big.bin", "--ca", f"{certs}/ca.pem", "--concurrency", "1"], 4, "MB"),
+        }
+        results = []
+        for i, name in enumerate(p for p in a.only.split(",") if p):
+            args, n, unit = paths[name]
+            subprocess.run(["callgrind_control", "--instr=on", str(mg.pid)], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "--zero", str(mg.pid)], check=True, capture_output=True)
+            r = subprocess.run([LOADGEN, "run", *args, "--proxy", proxy, "--requests", str(n)], capture_output=True, text=True)
+            res = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+            if res is None or res["errors"]:
+                raise RuntimeError(f"loadgen {name}: {r.stderr[-1000:]}")
+            subprocess.run(["callgrind_control", "--dump", str(mg.pid)], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "--instr=off", str(mg.pid)], check=True, capture_output=True)
+            dumps = sorted((f for f in os.listdir(work) if f.startswith("callgrind.out.")), key=lambda f: os.path.getmtime(os.path.join(work, f)))
+            dump = os.path.join(work, dumps[-1])
+            ir = total_ir(dump)
+            if a.keep:
+                os.makedirs(a.keep, exist_ok=True)
+                shutil.copy(dump, os.path.join(a.keep, f"callgrind.{name}"))
+            units = n * 16 if unit == "MB" else n
+            results.append((name, ir / units, unit))
+            log(f"{name}: {ir / units:,.0f} instructions per {unit}")
+            if a.top:
+                ann = subprocess.run(["callgrind_annotate", "--inclusive=no", dump], capture_output=True, text=True).stdout
+                lines = [l for l in ann.splitlines() if re.match(r"^\s*[\d,]+ \(", l)]
+                print(f"\n{name}: top {a.top} functions (exclusive instructions)")
+                for l in lines[: a.top]:
+                    print("  " + l.strip()[:200])
+        print("\n| path | instructions per unit | unit |\n|---|---:|---|")
+        for name, v, unit in results:
+            print(f"| {name} | {v:,.0f} | {unit} |")
+    finally:
+        procs.stop()
+        common.cleanup(work)
+
+
+def threading_drain(p):
+    import threading
+    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
