@@ -37,6 +37,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including any named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and answers carry none: one pass over the names, no hashing, then done.
+    if !headers
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(k) || k == "proxy-connection")
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
