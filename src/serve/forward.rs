@@ -64,10 +64,15 @@ pub async fn intercepted(
     state: &State,
     dynamic: &crate::serve::Live,
 ) -> Result<Response<Body>, ServeError> {
-    let base = dynamic
-        .upstream_base(&ctx.conn.host, ctx.conn.port)
-        .map_err(|e| ServeError::Internal(e.to_string()))?;
-    let label = dynamic.policy.egress.intercept_label(&ctx.conn.host);
+    let upstream = dynamic
+        .memo
+        .upstream(&ctx.conn.host, ctx.conn.port, || {
+            let base = dynamic.upstream_base(&ctx.conn.host, ctx.conn.port)?;
+            let label = dynamic.policy.egress.intercept_label(&ctx.conn.host);
+            Ok((base, label.to_string()))
+        })
+        .map_err(|e: modgate_core::base_url::UrlError| ServeError::Internal(e.to_string()))?;
+    let (base, label) = (&upstream.base, &*upstream.label);
     let (mut parts, body) = req.into_parts();
     let path = parts
         .uri

@@ -27,11 +27,21 @@ pub struct Decided {
     pub spec: Option<Arc<Spec>>,
 }
 
+/// Where forwarded requests for one intercepted `host:port` go, and their upstream label.
+#[derive(Debug)]
+pub struct Upstream {
+    host: Box<str>,
+    port: u16,
+    pub base: modgate_core::base_url::BaseUrl,
+    pub label: Box<str>,
+}
+
 /// The memo of one `Live`.
 #[derive(Debug, Default)]
 pub struct Memo {
     hasher: hashbrown::DefaultHashBuilder,
     map: Mutex<hashbrown::HashMap<u64, Arc<Decided>>>,
+    upstreams: Mutex<hashbrown::HashMap<u64, Arc<Upstream>>>,
 }
 
 impl Memo {
@@ -46,6 +56,35 @@ impl Memo {
         map.get(&k)
             .filter(|d| d.endpoint == endpoint && &*d.host == host && &*d.path == path)
             .cloned()
+    }
+
+    /// The upstream of `host:port` (computed by `make` the first time).
+    pub fn upstream<E>(
+        &self,
+        host: &str,
+        port: u16,
+        make: impl FnOnce() -> Result<(modgate_core::base_url::BaseUrl, String), E>,
+    ) -> Result<Arc<Upstream>, E> {
+        let k = self.hasher.hash_one((host, port));
+        {
+            let map = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(u) = map.get(&k).filter(|u| &*u.host == host && u.port == port) {
+                return Ok(u.clone());
+            }
+        }
+        let (base, label) = make()?;
+        let u = Arc::new(Upstream {
+            host: host.into(),
+            port,
+            base,
+            label: label.into(),
+        });
+        let mut map = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(k, u.clone());
+        Ok(u)
     }
 
     /// Remembers a decision and returns it.
