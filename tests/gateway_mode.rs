@@ -616,6 +616,58 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
         "access log lines name the entry mode:\n{log}"
     );
 
+    // 1b. The module firewall holds in gateway mode too: a rule added by SIGHUP refuses a public
+    // module to the go command that never set a proxy, with the text it prints.
+    let config = work.path().join("modgate.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[[firewall.rules]]\nid = \"no-greet\"\nmodules = [\"example.com/greet\"]\n");
+    std::fs::write(&config, text).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gw.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(
+        &net.metrics(),
+        "modgate_config_reloads_total",
+        &[("outcome", "ok")],
+    ) < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload was not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let home = work.path().join("home-firewall");
+    let out = Command::new(&ip)
+        .args(["netns", "exec", &net.client])
+        .arg(go_tool("1.23"))
+        .args(["mod", "download", "example.com/greet@v1.0.0"])
+        .current_dir(work.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GOTOOLCHAIN", "local")
+        .env("GOTELEMETRY", "off")
+        .env("HOME", &home)
+        .env("GOPATH", home.join("gopath"))
+        .env("GOMODCACHE", home.join("modcache"))
+        .env("GOCACHE", home.join("gocache"))
+        .env("GOFLAGS", "-modcacherw")
+        .env("GOSUMDB", &sumdb.vkey)
+        .env("SSL_CERT_FILE", &gw.ca_pem)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused: {stderr}");
+    assert!(
+        stderr.contains(
+            "modgate: example.com/greet@v1.0.0 refused by rule no-greet: module is denied"
+        ),
+        "{stderr}"
+    );
+
     // 2. A host outside the intercept set is spliced untouched; an intercepted host gets
     // modgate's certificate. 3. Plain HTTP on a redirected port 80 goes by its Host header.
     assert_spliced(&net, &hosts).await;
