@@ -443,14 +443,37 @@ async fn direct_fetches_of_public_modules_are_refused_with_a_text_that_says_to_u
             );
         }
     }
-    // git itself meets the same refusal.
+    // git itself (as the go command runs it for a known code host, with no go-get first) meets
+    // the same refusal, and prints it.
+    let out = std::process::Command::new(tool("git"))
+        .args(["ls-remote", "https://code.test/tool.git"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", work.path())
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_SSL_CAINFO", &f.gw.ca_path)
+        .env(
+            "HTTPS_PROXY",
+            format!("http://alice:{PASSWORD}@{}", f.gw.proxy),
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("fatal: remote error: modgate: code.test/tool is being fetched directly from its code host"),
+        "{text}"
+    );
+    // Other git requests get the 403.
     let out = std::process::Command::new(tool("curl"))
         .args(["-sS", "-i", "--cacert"])
         .arg(&f.gw.ca_path)
         .args([
             "--proxy",
             &format!("http://alice:{PASSWORD}@{}", f.gw.proxy),
-            "https://code.test/tool.git/info/refs?service=git-upload-pack",
+            "-X",
+            "POST",
+            "https://code.test/tool.git/git-upload-pack",
         ])
         .output()
         .unwrap();

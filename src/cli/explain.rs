@@ -140,7 +140,10 @@ pub fn explain_for(
         })
         .unwrap_or_else(|| "none (public)".to_string());
     let _ = writeln!(out, "rule:        {rule}");
-    if plain && !matches!(route, Route::PrivateRefused { .. }) {
+    // While the module firewall is active, a plain-HTTP GOPROXY call is answered through the
+    // cache like an intercepted one (serve::forward).
+    let through_cache = policy.firewall.is_active() && matches!(route, Route::Public(_));
+    if plain && !through_cache && !matches!(route, Route::PrivateRefused { .. }) {
         let _ = writeln!(
             out,
             "route:       http_forward (forwarded unchanged to {host}; not cached)"

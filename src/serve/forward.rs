@@ -164,8 +164,9 @@ async fn forward_plain(
             return super::firewall::public(f, ctx, state, &dynamic, &method).await;
         }
         Ok((target, Route::Forward)) => {
-            if let Some(refusal) = super::direct_refusal(&target, state, &dynamic) {
-                return Err(refusal);
+            if let Some(refusal) = super::direct_refusal(&target, req.uri().path(), state, &dynamic)
+            {
+                return refusal;
             }
         }
         _ => {}

@@ -162,8 +162,8 @@ async fn handle(
         } => git::forward(req, &repo, &request_prefix, ctx, &dynamic).await,
         Route::VulnDb(f) => vulndb::serve(f, ctx, state, &dynamic, req.method()).await,
         Route::Forward => {
-            if let Some(refusal) = direct_refusal(&target, state, &dynamic) {
-                return Err(refusal);
+            if let Some(refusal) = direct_refusal(&target, req.uri().path(), state, &dynamic) {
+                return refusal;
             }
             forward::intercepted(req, ctx, state, &dynamic).await
         }
@@ -171,14 +171,22 @@ async fn handle(
 }
 
 /// While the module firewall is active (and `firewall.direct = "refuse"`), go-get discovery
-/// and git for public modules are refused: code that comes in that way would pass no rule.
-pub(crate) fn direct_refusal(target: &Target, state: &State, dynamic: &Live) -> Option<ServeError> {
+/// and git for public modules are refused: code that comes in that way would pass no rule. The
+/// refusal is a 403 with the text the go command prints; to git's ref discovery
+/// (`/info/refs?service=...`) it is a smart-HTTP advertisement carrying an `ERR` line, which git
+/// prints as `fatal: remote error: ...` (it shows nothing of a 403's body).
+pub(crate) fn direct_refusal(
+    target: &Target,
+    path: &str,
+    state: &State,
+    dynamic: &Live,
+) -> Option<Result<Response<Body>, ServeError>> {
     if !dynamic.policy.firewall.is_active()
         || dynamic.config.firewall.direct == crate::config::DirectVcs::Allow
     {
         return None;
     }
-    let path = match target {
+    let module = match target {
         Target::GoGet { path } => path.as_str(),
         Target::Git { .. } => target.module_path()?,
         _ => return None,
@@ -186,14 +194,39 @@ pub(crate) fn direct_refusal(target: &Target, state: &State, dynamic: &Live) -> 
     state.metrics.firewall_direct_refused.inc();
     tracing::info!(
         target: "modgate::audit",
-        module = path,
+        module,
         rule = "direct",
         verdict = "refused",
         "firewall decision"
     );
-    Some(ServeError::ClientForbidden(format!(
-        "modgate: {path} is being fetched directly from its code host, which the module firewall does not allow; fetch it through the module proxy instead (remove GOPROXY=direct, and take it out of GOPRIVATE/GONOPROXY unless it is one of your private modules)"
-    )))
+    let message = format!(
+        "modgate: {module} is being fetched directly from its code host, which the module firewall does not allow; fetch it through the module proxy instead (remove GOPROXY=direct, and take it out of GOPRIVATE/GONOPROXY unless it is one of your private modules)"
+    );
+    if let Target::Git { service, .. } = target
+        && path.ends_with("/info/refs")
+    {
+        return Some(Ok(git_error_advertisement(service, &message)));
+    }
+    Some(Err(ServeError::ClientForbidden(message)))
+}
+
+/// A git smart-HTTP ref advertisement for `service` that ends in `ERR message`.
+fn git_error_advertisement(service: &str, message: &str) -> Response<Body> {
+    let pkt = |payload: &str| format!("{:04x}{payload}", payload.len() + 4);
+    let body = format!(
+        "{}0000{}",
+        pkt(&format!("# service={service}\n")),
+        pkt(&format!("ERR {message}\n"))
+    );
+    let mut resp = Response::new(crate::body::full(body));
+    if let Ok(v) = http::HeaderValue::from_str(&format!("application/x-{service}-advertisement")) {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    resp
 }
 
 /// A private path answered locally: counted, and the not-found the go command shows.
