@@ -876,3 +876,125 @@ async fn retracted_versions_are_left_out_of_choices_but_still_served_to_builds_t
         ) >= 1.0
     );
 }
+
+/// The audit trail: the gateway as a process, its JSON log read back: one `modgate::audit`
+/// line for the refused file and one for the report rule's finding, with rule, group, user and
+/// verdict.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_decision_leaves_one_audit_line() {
+    use std::io::BufRead as _;
+    let ca = TestCa::new();
+    let tree = tempfile::tempdir().unwrap();
+    write_tree(tree.path());
+    let up = Upstream::tls(&ca, files_dir(tree.path().to_path_buf())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        format!(
+            r#"
+[proxy]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[storage]
+data_dir = "{d}/data"
+[ca]
+dir = "{d}/certs"
+[log]
+format = "json"
+access_log = false
+[sumdb]
+verify = "off"
+[vulndb]
+url = ""
+[egress]
+allow_addresses = ["127.0.0.0/8"]
+connect_ports = ["1-65535"]
+[upstream]
+extra_ca_file = "{ca}"
+[upstream.overrides]
+"proxy.golang.org" = "{base}"
+[[firewall.rules]]
+id = "no-bad"
+modules = ["code.test/bad"]
+[[firewall.rules]]
+id = "watch"
+mode = "report"
+modules = ["example.com/watched"]
+"#,
+            ca = ca.path.display(),
+            base = up.base_url(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("modgate.log");
+    let mut child = modgate_command()
+        .args(["serve", "--config", "c.toml"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut proxy = String::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(p) = line.strip_prefix("export HTTPS_PROXY=http://") {
+            proxy = p.to_string();
+        }
+        if line.starts_with("export GIT_SSL_CAINFO=") {
+            break;
+        }
+    }
+    let curl = |path: &str| {
+        let out = std::process::Command::new(tool("curl"))
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(dir.path().join("certs/ca.pem"))
+            .args(["--proxy", &format!("http://{proxy}")])
+            .arg(format!("https://proxy.golang.org{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(curl("/code.test/bad/@v/v1.0.0.info"), "403");
+    assert_eq!(curl("/example.com/watched/@v/v1.0.0.info"), "200");
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let audit: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "modgate::audit")
+        .collect();
+    let fields = |module: &str| -> Vec<&serde_json::Value> {
+        audit.iter().filter(|f| f["module"] == module).collect()
+    };
+    let bad = fields("code.test/bad");
+    assert_eq!(bad.len(), 1, "one line for the refused file:\n{text}");
+    assert_eq!(
+        (
+            &bad[0]["rule"],
+            &bad[0]["verdict"],
+            &bad[0]["group"],
+            &bad[0]["version"],
+            &bad[0]["op"]
+        ),
+        (
+            &serde_json::json!("no-bad"),
+            &serde_json::json!("refused"),
+            &serde_json::json!("everyone"),
+            &serde_json::json!("v1.0.0"),
+            &serde_json::json!("info")
+        ),
+        "{text}"
+    );
+    let watched = fields("example.com/watched");
+    assert_eq!(watched.len(), 1, "{text}");
+    assert_eq!(watched[0]["verdict"], "allowed", "{text}");
+    assert!(
+        watched[0]["reported"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("watch: module is denied")),
+        "{text}"
+    );
+}

@@ -62,7 +62,9 @@ pub async fn public(
                     Answered::Other(resp) => return Ok(resp),
                 };
             let text = String::from_utf8_lossy(&body).into_owned();
-            let kept = gate.allowed(text.lines().map(str::trim), "list").await;
+            let kept = gate
+                .allowed(text.lines().map(str::trim), Some("list"))
+                .await;
             let mut out = kept.join("\n");
             if !out.is_empty() {
                 out.push('\n');
@@ -87,7 +89,7 @@ pub async fn public(
                 return Err(gate.refusal(&v, &d).await);
             }
             // @latest: the newest version the rules allow instead.
-            match gate.newest_allowed().await {
+            match gate.newest_allowed(Some("latest")).await {
                 Some(newest) => match gate.fetch(ProxyOp::Info(newest.clone())).await {
                     Ok(Some(info)) => Ok(Response::from_parts(resp, crate::body::full(info))),
                     Ok(None) => Err(ServeError::UpstreamFailed(format!(
@@ -248,7 +250,13 @@ impl Gate<'_> {
     }
 
     /// The versions of `versions` the rules allow to be chosen, in their order.
-    async fn allowed<'v>(&self, versions: impl Iterator<Item = &'v str>, op: &str) -> Vec<String> {
+    /// `op`: the operation to count and log the decisions under; `None` decides quietly (for the
+    /// "newest allowed" of a refusal's text, which is no decision the client asked for).
+    async fn allowed<'v>(
+        &self,
+        versions: impl Iterator<Item = &'v str>,
+        op: Option<&str>,
+    ) -> Vec<String> {
         let versions: Vec<String> = versions
             .filter(|v| !v.is_empty())
             .map(str::to_string)
@@ -264,7 +272,9 @@ impl Gate<'_> {
         decided
             .into_iter()
             .filter_map(|(v, d)| {
-                self.record(&v, op, &d, false);
+                if let Some(op) = op {
+                    self.record(&v, op, &d, false);
+                }
                 (d.verdict == Verdict::Allowed).then_some(v)
             })
             .collect()
@@ -272,17 +282,17 @@ impl Gate<'_> {
 
     /// The version `@latest` would answer among the allowed ones: the newest release, else the
     /// newest pre-release.
-    async fn newest_allowed(&self) -> Option<String> {
+    async fn newest_allowed(&self, op: Option<&str>) -> Option<String> {
         let list = self.fetch(ProxyOp::List).await.ok().flatten()?;
         let text = String::from_utf8_lossy(&list).into_owned();
-        let allowed = self.allowed(text.lines().map(str::trim), "latest").await;
+        let allowed = self.allowed(text.lines().map(str::trim), op).await;
         newest(allowed.iter().map(String::as_str))
     }
 
     /// The 403 the go command shows, naming the newest allowed version when there is one.
     async fn refusal(&self, v: &str, d: &Decision) -> ServeError {
         let mut text = d.refusal_text(self.module.as_str(), v);
-        match self.newest_allowed().await {
+        match self.newest_allowed(None).await {
             Some(newest) if newest != v => text.push_str(&format!("; newest allowed: {newest}")),
             Some(_) => {}
             None => text.push_str("; no version of this module is allowed"),
