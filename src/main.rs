@@ -542,10 +542,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             from,
         } => {
             let cfg = load_config(config.as_ref())?;
-            let who = modgate::cli::policy::Who {
-                user: as_user,
-                addr: from,
-            };
+            let who = modgate::cli::policy::Who::new(as_user, from);
             print!(
                 "{}",
                 modgate::cli::explain::explain_for(&cfg, &input, &who)?
@@ -563,10 +560,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let cfg = load_config(config.as_ref())?;
-            let who = modgate::cli::policy::Who {
-                user: as_user,
-                addr: from,
-            };
+            let who = modgate::cli::policy::Who::new(as_user, from);
             let (table, code) = modgate::cli::policy::check(&cfg, &go_sum, &who, all)?;
             print!("{table}");
             std::io::Write::flush(&mut std::io::stdout())?;

@@ -547,23 +547,15 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
         let home = work.path().join(format!("home-{v}"));
         let app = work.path().join(format!("app-{v}"));
         write_app(&app);
-        let out = Command::new(&ip)
+        let mut cmd = Command::new(&ip);
+        go_env(&mut cmd, &app, &home);
+        let out = cmd
             .args(["netns", "exec", &net.client])
             .arg(go_tool(v))
             .args(["build", "-o", "app", "."])
-            .current_dir(&app)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("GOTOOLCHAIN", "local")
-            .env("GOTELEMETRY", "off")
-            .env("HOME", &home)
-            .env("GOPATH", home.join("gopath"))
-            .env("GOMODCACHE", home.join("modcache"))
-            .env("GOCACHE", home.join("gocache"))
             .env("GOFLAGS", "-mod=mod -modcacherw")
             .env("GOSUMDB", &sumdb.vkey)
             .env("GONOSUMDB", "git.corp.example")
-            .env("CGO_ENABLED", "0")
             .env("SSL_CERT_FILE", &gw.ca_pem)
             .output()
             .unwrap();
@@ -641,20 +633,12 @@ async fn go_builds_with_no_proxy_setting_through_the_network_gateway() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let home = work.path().join("home-firewall");
-    let out = Command::new(&ip)
+    let mut cmd = Command::new(&ip);
+    go_env(&mut cmd, work.path(), &home);
+    let out = cmd
         .args(["netns", "exec", &net.client])
         .arg(go_tool("1.23"))
         .args(["mod", "download", "example.com/greet@v1.0.0"])
-        .current_dir(work.path())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("GOTOOLCHAIN", "local")
-        .env("GOTELEMETRY", "off")
-        .env("HOME", &home)
-        .env("GOPATH", home.join("gopath"))
-        .env("GOMODCACHE", home.join("modcache"))
-        .env("GOCACHE", home.join("gocache"))
-        .env("GOFLAGS", "-modcacherw")
         .env("GOSUMDB", &sumdb.vkey)
         .env("SSL_CERT_FILE", &gw.ca_pem)
         .output()

@@ -22,6 +22,10 @@ pub struct Who {
 }
 
 impl Who {
+    pub fn new(user: Option<String>, addr: Option<IpAddr>) -> Who {
+        Who { user, addr }
+    }
+
     fn client(&self) -> Client<'_> {
         Client {
             user: self.user.as_deref(),

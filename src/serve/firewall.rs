@@ -19,7 +19,9 @@ use crate::telemetry::ctx::ReqCtx;
 use modgate_core::gomod::path::ModulePath;
 use modgate_core::gomod::version;
 use modgate_core::policy::classify::{ProxyOp, Target};
-use modgate_core::policy::firewall::{Client, Decision, Facts, Firewall, Purpose, Verdict};
+use modgate_core::policy::firewall::{
+    Client, Decision, Facts, Firewall, Purpose, Verdict, info_version,
+};
 use modgate_core::policy::route::{PublicFetch, Route, Rules, route};
 
 /// How many versions of one `list` are looked up at once.
@@ -137,11 +139,6 @@ async fn answered(resp: Response<Body>) -> Result<Answered, ServeError> {
         .to_bytes();
     parts.headers.remove(http::header::CONTENT_LENGTH);
     Ok(Answered::Body(parts, body))
-}
-
-fn info_version(info: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(info).ok()?;
-    Some(v.get("Version")?.as_str()?.to_string())
 }
 
 /// One request's view of the firewall: the module, the client, and what was looked up.

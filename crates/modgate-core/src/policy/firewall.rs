@@ -330,6 +330,12 @@ pub fn date(t: SystemTime) -> String {
     }
 }
 
+/// The Version of a `.info` answer (`@latest`, a query).
+pub fn info_version(info: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(info).ok()?;
+    Some(v.get("Version")?.as_str()?.to_string())
+}
+
 /// The Time of a `.info` answer.
 pub fn info_time(info: &[u8]) -> Option<SystemTime> {
     let v: serde_json::Value = serde_json::from_slice(info).ok()?;

@@ -374,5 +374,10 @@ fn info_time_and_dates() {
     let t = info_time(br#"{"Version":"v1.0.0","Time":"2026-11-30T12:00:00Z"}"#).unwrap();
     assert_eq!(date(t), "2026-11-30");
     assert_eq!(info_time(b"{}"), None);
+    assert_eq!(
+        info_version(br#"{"Version":"v1.0.0","Time":"2026-11-30T12:00:00Z"}"#).as_deref(),
+        Some("v1.0.0")
+    );
+    assert_eq!(info_version(b"[]"), None);
     assert_eq!(date(at(6)), "2026-12-07");
 }
