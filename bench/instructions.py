@@ -4,7 +4,9 @@
 Instruction counts are repeatable for the same binary and inputs whatever else the machine is
 doing, so a regression on a hot path shows as a number even on a noisy 2-core machine. modgate
 runs under `valgrind --tool=callgrind` (instrumentation off until the load starts); each path
-is measured by zeroing the counters, running N requests with bench/loadgen, and dumping:
+is measured by zeroing the counters, running requests with bench/loadgen, and dumping; the figure
+is the difference between a run of 2N and a run of N requests (after an uncounted warm-up), so
+the client's TLS handshakes cancel and what is left is the steady-state cost of one request:
 
   hit-h1      cache hit of a small .mod/.info, HTTP/1.1 keep-alive, c=16
   hit-h2      the same over h2
@@ -116,37 +118,69 @@ extra_ca_file = "{certs}/ca.pem"
             "tunnel-mb": (["--url", f"https://127.0.0.1:{port}/big.bin", "--ca", f"{certs}/ca.pem", "--concurrency", "1"], 4, "MB"),
         }
         results = []
-        for i, name in enumerate(p for p in a.only.split(",") if p):
-            args, n, unit = paths[name]
-            subprocess.run(["callgrind_control", "--instr=on", str(mg.pid)], check=True, capture_output=True)
-            subprocess.run(["callgrind_control", "--zero", str(mg.pid)], check=True, capture_output=True)
+        def load(name, args, n):
             r = subprocess.run([LOADGEN, "run", *args, "--proxy", proxy, "--requests", str(n)], capture_output=True, text=True)
             res = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
             if res is None or res["errors"]:
                 raise RuntimeError(f"loadgen {name}: {r.stderr[-1000:]}")
+
+        def counted(name, args, n):
+            """Instructions modgate spent on one loadgen run of n requests, and the dump."""
+            subprocess.run(["callgrind_control", "--instr=on", str(mg.pid)], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "--zero", str(mg.pid)], check=True, capture_output=True)
+            load(name, args, n)
             subprocess.run(["callgrind_control", "--dump", str(mg.pid)], check=True, capture_output=True)
             subprocess.run(["callgrind_control", "--instr=off", str(mg.pid)], check=True, capture_output=True)
             dumps = sorted((f for f in os.listdir(work) if f.startswith("callgrind.out.")), key=lambda f: os.path.getmtime(os.path.join(work, f)))
             dump = os.path.join(work, dumps[-1])
-            ir = total_ir(dump)
+            return total_ir(dump), dump
+
+        for i, name in enumerate(p for p in a.only.split(",") if p):
+            args, n, unit = paths[name]
+            # Every run opens its own client connections (16 TLS handshakes at c=16) and a
+            # first run also fills the upstream pool: a warm-up run fills the pool, then the
+            # cost per unit is the difference between a run of 2n and a run of n, so
+            # handshakes cancel and what remains is the steady-state cost of one more unit.
+            load(name, args, max(n // 10, 32))
+            ir1, dump1 = counted(name, args, n)
+            ir2, dump = counted(name, args, 2 * n)
+            ir = ir2 - ir1
             if a.keep:
                 os.makedirs(a.keep, exist_ok=True)
+                shutil.copy(dump1, os.path.join(a.keep, f"callgrind.{name}.n"))
                 shutil.copy(dump, os.path.join(a.keep, f"callgrind.{name}"))
             units = n * 16 if unit == "MB" else n
             results.append((name, ir / units, unit))
-            log(f"{name}: {ir / units:,.0f} instructions per {unit}")
+            log(f"{name}: {ir / units:,.0f} instructions per {unit} (steady state; a run of {2 * n} minus a run of {n}; {ir2 / (2 * units):,.0f} with handshakes)")
             if a.top:
-                ann = subprocess.run(["callgrind_annotate", "--inclusive=no", dump], capture_output=True, text=True).stdout
-                lines = [l for l in ann.splitlines() if re.match(r"^\s*[\d,]+ \(", l)]
-                print(f"\n{name}: top {a.top} functions (exclusive instructions)")
-                for l in lines[: a.top]:
-                    print("  " + l.strip()[:200])
+                print(f"\n{name}: top {a.top} functions per {unit} (steady state, exclusive instructions)")
+                for fn, v in top_functions(dump1, dump, units)[: a.top]:
+                    print(f"  {v:>10,.0f}  {fn[:180]}")
         print("\n| path | instructions per unit | unit |\n|---|---:|---|")
         for name, v, unit in results:
             print(f"| {name} | {v:,.0f} | {unit} |")
     finally:
         procs.stop()
         common.cleanup(work)
+
+
+def function_costs(dump):
+    """Exclusive instructions per function of a callgrind dump (callgrind_annotate's table)."""
+    ann = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", dump], capture_output=True, text=True).stdout
+    costs = {}
+    for line in ann.splitlines():
+        m = re.match(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)$", line)
+        if m and "PROGRAM TOTALS" not in m.group(2) and "=>" not in m.group(2):
+            fn = re.sub(r" \[[^]]*\]$", "", m.group(2))
+            costs[fn] = costs.get(fn, 0) + int(m.group(1).replace(",", ""))
+    return costs
+
+
+def top_functions(dump_n, dump_2n, units):
+    """Functions by steady-state cost per unit: the 2n run minus the n run."""
+    a, b = function_costs(dump_n), function_costs(dump_2n)
+    diff = {fn: (b.get(fn, 0) - a.get(fn, 0)) / units for fn in set(a) | set(b)}
+    return sorted(diff.items(), key=lambda kv: -kv[1])
 
 
 def threading_drain(p):
