@@ -290,3 +290,105 @@ async fn concurrent_first_connections_sign_once() {
     let m = gw.metrics().await;
     assert_eq!(metric(&m, "modgate_certs_issued_total", &[]), 1.0);
 }
+
+/// An HTTP/1.1 connection to the intercepted `host:443` through the gateway.
+async fn h1_through(
+    gw: &TestGateway,
+    host: &str,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let (stream, head) = connect(gw.proxy, &format!("{host}:443"), "").await;
+    assert_eq!(status(&head), 200, "{head}");
+    let tls = tls_connect(stream, host, gw.roots(), Alpn::H1)
+        .await
+        .expect("TLS with gateway");
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn get_on(
+    send: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    host: &str,
+    path: &str,
+) -> (http::StatusCode, bytes::Bytes) {
+    use http_body_util::BodyExt as _;
+    send.ready().await.unwrap();
+    let req = http::Request::builder()
+        .uri(path)
+        .header(http::header::HOST, host)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_requests_of_a_client_connection_share_one_upstream_connection() {
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca, fixed("forwarded")).await;
+    let gw = gateway_for(&up, &ca).await;
+    let mut a = h1_through(&gw, "files.test").await;
+    for i in 0..5 {
+        let (s, body) = get_on(&mut a, "files.test", &format!("/a/{i}")).await;
+        assert_eq!((s.as_u16(), &body[..]), (200, &b"forwarded"[..]));
+    }
+    assert_eq!(
+        up.accepted(),
+        1,
+        "five requests of one client connection, one upstream connection"
+    );
+    // Closed, the client connection gives its upstream connection back to the pool, and the
+    // next client connection forwards on it.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut b = h1_through(&gw, "files.test").await;
+    for i in 0..3 {
+        let (s, _) = get_on(&mut b, "files.test", &format!("/b/{i}")).await;
+        assert_eq!(s, 200);
+    }
+    assert_eq!(
+        up.accepted(),
+        1,
+        "the parked upstream connection was reused"
+    );
+    // A client connection that is busy elsewhere does not lend its upstream connection: two
+    // client connections at once use two.
+    let mut c = h1_through(&gw, "files.test").await;
+    let (s, _) = get_on(&mut c, "files.test", "/c").await;
+    assert_eq!(s, 200);
+    assert_eq!(up.accepted(), 2);
+    let seen: Vec<String> = up.paths();
+    assert_eq!(seen.len(), 9, "{seen:?}");
+    for s in up.seen.lock().unwrap().iter() {
+        assert_eq!(s.headers["host"], up.addr.to_string().as_str());
+    }
+    drop((b, c));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_connection_the_upstream_closed_is_not_used_again() {
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca, fixed("fresh")).await;
+    let gw = gateway_for(&up, &ca).await;
+    // Closed while pinned to a client connection.
+    let mut a = h1_through(&gw, "files.test").await;
+    assert_eq!(get_on(&mut a, "files.test", "/1").await.0, 200);
+    up.close_connections();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (s, body) = get_on(&mut a, "files.test", "/2").await;
+    assert_eq!((s.as_u16(), &body[..]), (200, &b"fresh"[..]));
+    assert_eq!(up.accepted(), 2);
+    // Closed while parked in the pool.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    up.close_connections();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut b = h1_through(&gw, "files.test").await;
+    let (s, body) = get_on(&mut b, "files.test", "/3").await;
+    assert_eq!((s.as_u16(), &body[..]), (200, &b"fresh"[..]));
+    assert_eq!(up.accepted(), 3);
+    assert_eq!(up.paths(), ["/1", "/2", "/3"]);
+}

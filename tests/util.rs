@@ -107,6 +107,8 @@ fn server_config(
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections accepted so far, each one's task (to close them from the server side).
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -169,6 +171,8 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(vec![]));
         let seen2 = seen.clone();
+        let conns = Arc::new(Mutex::new(vec![]));
+        let conns2 = conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -177,7 +181,7 @@ impl Upstream {
                 let handler = handler.clone();
                 let seen = seen2.clone();
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let handler = handler.clone();
                         let seen = seen.clone();
@@ -214,9 +218,27 @@ impl Upstream {
                         }
                     }
                 });
+                conns2.lock().unwrap().push(conn.abort_handle());
             }
         });
-        Upstream { addr, seen, task }
+        Upstream {
+            addr,
+            seen,
+            conns,
+            task,
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+
+    /// Closes every connection accepted so far, as a server whose idle timeout struck would.
+    pub fn close_connections(&self) {
+        for c in self.conns.lock().unwrap().iter() {
+            c.abort();
+        }
     }
 
     pub fn base_url(&self) -> String {

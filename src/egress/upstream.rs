@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::lane::{IdlePool, Lane, Origin, Pinned, Sent};
 use crate::body::{Body, BoxError};
 use crate::config::UpstreamConfig;
 use crate::telemetry::metrics::Metrics;
@@ -56,7 +57,7 @@ impl UpstreamError {
 }
 
 /// Connector-level failure, carried through hyper-util's error as the source.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("{0}")]
     Tcp(String),
@@ -89,12 +90,24 @@ pub enum RootsError {
 }
 
 /// The pooled upstream client shared by all connections.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UpstreamClient {
     client: Client<Connector, Body>,
     h1: Client<Connector, Body>,
+    /// Opens HTTP/1.1 connections for lanes.
+    h1_connector: Connector,
+    /// Upstream connections between lanes.
+    idle: Arc<IdlePool>,
     response_timeout: Duration,
     metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamClient {
@@ -114,13 +127,15 @@ impl UpstreamClient {
         let tls = client_tls_config(&files)?;
         let mut tls_h1 = tls.clone();
         tls_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = |tls: rustls::ClientConfig| Connector {
+            tls: TlsConnector::from(Arc::new(tls)),
+            connect_timeout: cfg.connect_timeout,
+            tls_timeout: cfg.tls_timeout,
+            metrics: metrics.clone(),
+        };
+        let h1_connector = connector(tls_h1.clone());
         let build = |tls: rustls::ClientConfig| {
-            let connector = Connector {
-                tls: TlsConnector::from(Arc::new(tls)),
-                connect_timeout: cfg.connect_timeout,
-                tls_timeout: cfg.tls_timeout,
-                metrics: metrics.clone(),
-            };
+            let connector = connector(tls);
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(cfg.idle_timeout)
                 .pool_max_idle_per_host(cfg.max_idle_per_host)
@@ -132,6 +147,8 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             client: build(tls),
             h1: build(tls_h1),
+            h1_connector,
+            idle: IdlePool::new(cfg.max_idle_per_host, cfg.idle_timeout),
             response_timeout: cfg.response_timeout,
             metrics,
         })
@@ -161,7 +178,6 @@ impl UpstreamClient {
             Wire::Http1 => &self.h1,
         };
         let res = tokio::time::timeout(self.response_timeout, client.request(req)).await;
-        let elapsed = start.elapsed();
         let res = match res {
             Err(_) => Err(UpstreamError::Timeout {
                 host,
@@ -170,6 +186,130 @@ impl UpstreamClient {
             Ok(Err(e)) => Err(classify_client_error(host, e)),
             Ok(Ok(resp)) => Ok(resp),
         };
+        self.observed(res, start, label)
+    }
+
+    /// Forwards `req` (origin-form, with its `Host`) to `origin` over HTTP/1.1 on `lane`'s own
+    /// upstream connection (see [`lane`](super::lane)); `sequential` when the client's requests
+    /// come one after another (HTTP/1.x), so a lane finishing its previous exchange is waited
+    /// for rather than bypassed. Timeouts, errors and metrics as [`send`](Self::send).
+    pub async fn forward(
+        &self,
+        lane: &Lane,
+        origin: &Origin,
+        req: Request<Body>,
+        label: &str,
+        sequential: bool,
+    ) -> Result<(Response<Incoming>, Duration), UpstreamError> {
+        let start = Instant::now();
+        let res = tokio::time::timeout(
+            self.response_timeout,
+            self.forward_on(lane, origin, req, sequential),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(UpstreamError::Timeout {
+                host: origin.host().to_string(),
+                timeout: self.response_timeout,
+            })
+        });
+        self.observed(res, start, label)
+    }
+
+    async fn forward_on(
+        &self,
+        lane: &Lane,
+        origin: &Origin,
+        req: Request<Body>,
+        sequential: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let protocol = |e: hyper::Error| UpstreamError::Protocol {
+            host: origin.host().to_string(),
+            reason: match std::error::Error::source(&e) {
+                Some(s) => format!("{e}: {s}"),
+                None => e.to_string(),
+            },
+        };
+        let mut req = match lane.send(origin, req, sequential).await {
+            Sent::Done(res) => return res.map_err(protocol),
+            Sent::Back(req) => req,
+            Sent::Busy(req) => return self.shared_h1(origin, req).await,
+        };
+        // A connection from the idle pool may have been closed by the upstream since the
+        // check that took it; a request it did not send is sent once more on a new one.
+        let mut fresh = false;
+        loop {
+            if !lane.claim() {
+                return self.shared_h1(origin, req).await;
+            }
+            let pooled = if fresh { None } else { self.idle.take(origin) };
+            let reused = pooled.is_some();
+            let io = match pooled {
+                Some(io) => io,
+                None => match self.h1_connector.clone().connect(origin.uri()).await {
+                    Ok(io) => io,
+                    Err(e) => {
+                        lane.unclaim();
+                        return Err(connect_error(origin.host().to_string(), e));
+                    }
+                },
+            };
+            let (sender, conn) = match hyper::client::conn::http1::Builder::new()
+                .handshake(io)
+                .await
+            {
+                Ok(pair) => pair,
+                Err(e) => {
+                    lane.unclaim();
+                    return Err(protocol(e));
+                }
+            };
+            lane.install(Pinned {
+                origin: origin.key(),
+                sender,
+                conn,
+                pool: self.idle.clone(),
+            });
+            match lane.send(origin, req, true).await {
+                Sent::Done(res) => return res.map_err(protocol),
+                Sent::Back(r) | Sent::Busy(r) if reused => {
+                    req = r;
+                    fresh = true;
+                }
+                Sent::Back(_) | Sent::Busy(_) => {
+                    return Err(UpstreamError::Protocol {
+                        host: origin.host().to_string(),
+                        reason: "the connection closed before the request was sent".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// `req` through the shared HTTP/1.1 pool, for a lane that is busy.
+    async fn shared_h1(
+        &self,
+        origin: &Origin,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut uri = std::mem::take(req.uri_mut()).into_parts();
+        uri.scheme = Some(origin.scheme.clone());
+        uri.authority = Some(origin.authority.clone());
+        *req.uri_mut() = Uri::from_parts(uri).map_err(|e| UpstreamError::Request(e.to_string()))?;
+        self.h1
+            .request(req)
+            .await
+            .map_err(|e| classify_client_error(origin.host().to_string(), e))
+    }
+
+    /// Counts and times an exchange's outcome.
+    fn observed(
+        &self,
+        res: Result<Response<Incoming>, UpstreamError>,
+        start: Instant,
+        label: &str,
+    ) -> Result<(Response<Incoming>, Duration), UpstreamError> {
+        let elapsed = start.elapsed();
         let outcome = match &res {
             Ok(r) => crate::telemetry::metrics::status_class(r.status().as_u16()),
             Err(e) => e.kind(),
@@ -188,21 +328,19 @@ impl UpstreamClient {
     }
 }
 
+fn connect_error(host: String, e: ConnectError) -> UpstreamError {
+    match e {
+        ConnectError::Tcp(reason) => UpstreamError::Connect { host, reason },
+        ConnectError::Tls(reason) => UpstreamError::Tls { host, reason },
+        ConnectError::Timeout(timeout) => UpstreamError::Timeout { host, timeout },
+    }
+}
+
 fn classify_client_error(host: String, e: hyper_util::client::legacy::Error) -> UpstreamError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
     while let Some(s) = source {
         if let Some(ce) = s.downcast_ref::<ConnectError>() {
-            return match ce {
-                ConnectError::Tcp(reason) => UpstreamError::Connect {
-                    host,
-                    reason: reason.clone(),
-                },
-                ConnectError::Tls(reason) => UpstreamError::Tls {
-                    host,
-                    reason: reason.clone(),
-                },
-                ConnectError::Timeout(t) => UpstreamError::Timeout { host, timeout: *t },
-            };
+            return connect_error(host, ce.clone());
         }
         source = s.source();
     }
@@ -423,6 +561,20 @@ impl std::fmt::Debug for UpstreamIo {
         f.debug_struct("UpstreamIo")
             .field("h2", &self.h2)
             .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamIo {
+    /// Whether the upstream has neither closed this idle connection nor sent anything on it
+    /// (a read that would block). Anything else — end of stream, an error, stray bytes — and
+    /// the connection is not to be reused.
+    pub(super) fn is_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        Pin::new(self.inner.inner_mut())
+            .poll_read(&mut cx, &mut buf)
+            .is_pending()
     }
 }
 

@@ -8,6 +8,7 @@
 //! (renewed like every leaf); plain HTTP only when `endpoint.plain_http` says so. With
 //! `auth.users`, every request needs `Authorization: Basic` or `Bearer` (401 otherwise).
 
+use crate::egress::lane::Lane;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,7 +120,7 @@ async fn serve_conn(
     let conn = ConnCtx::new(peer, Mode::Endpoint, String::new(), port);
     let span = conn.span.clone();
     let handler_state = state.clone();
-    let handler = move |req, ctx| request(req, ctx, handler_state.clone());
+    let handler = move |req, ctx, lane| request(req, ctx, handler_state.clone(), lane);
     async move {
         if matches!(*tls, EndpointTls::Off) {
             crate::ingress::mitm::serve_http(stream, conn, state, started, handler).await;
@@ -206,6 +207,7 @@ async fn request(
     mut req: Request<Incoming>,
     mut ctx: ReqCtx,
     state: Arc<State>,
+    lane: Arc<Lane>,
 ) -> Result<Response<Body>, Infallible> {
     if let Some(auth) = state.auth.load_full() {
         let verdict = auth
@@ -278,7 +280,7 @@ async fn request(
             }
         }
     }
-    crate::serve::dispatch(req, ctx, state.serve.clone()).await
+    crate::serve::dispatch(req, ctx, state.serve.clone(), lane).await
 }
 
 /// An answer made here (no route was taken): observed like every other.

@@ -6,6 +6,7 @@
 //! anything else, including bytes that are not TLS, ends the connection with a clear refusal.
 //! This is the one place a [`ReqCtx`] is created.
 
+use crate::egress::lane::Lane;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -71,7 +72,7 @@ where
         .with_label_values(&["client"])
         .observe(started.elapsed().as_secs_f64());
     let serve_state = state.serve.clone();
-    let handler = move |req, ctx| crate::serve::dispatch(req, ctx, serve_state.clone());
+    let handler = move |req, ctx, lane| crate::serve::dispatch(req, ctx, serve_state.clone(), lane);
     Box::pin(serve_http(tls, conn, state, started, handler)).await
 }
 
@@ -86,7 +87,7 @@ pub async fn serve_http<IO, H, F>(
     handler: H,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(http::Request<hyper::body::Incoming>, ReqCtx) -> F + Send + Sync + 'static,
+    H: Fn(http::Request<hyper::body::Incoming>, ReqCtx, Arc<Lane>) -> F + Send + Sync + 'static,
     F: std::future::Future<
             Output = Result<http::Response<crate::body::Body>, std::convert::Infallible>,
         > + Send
@@ -101,6 +102,10 @@ pub async fn serve_http<IO, H, F>(
     let last_active = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let svc_last_active = last_active.clone();
     let max_streams = state.serve.config.intercept.h2_max_concurrent_streams;
+    // This connection's own upstream connection for forwarded requests, driven below beside
+    // the HTTP server (egress::lane).
+    let lane = Arc::new(Lane::default());
+    let svc_lane = lane.clone();
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         use std::sync::atomic::Ordering;
         svc_last_active.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -118,7 +123,7 @@ pub async fn serve_http<IO, H, F>(
         let ctx = ReqCtx::for_request(svc_conn.clone(), &req, svc_state.serve.metrics.clone());
         // Boxed: hyper keeps a slot the size of this future for every HTTP/1.1 connection,
         // in use or idle; the request's state machine is large, the box is a pointer.
-        let fut = Box::pin(handler(req, ctx));
+        let fut = Box::pin(handler(req, ctx, svc_lane.clone()));
         async move {
             let res = fut.await;
             inflight.fetch_sub(1, Ordering::Relaxed);
@@ -155,25 +160,38 @@ pub async fn serve_http<IO, H, F>(
             tokio::time::sleep(idle / 4).await;
             let quiet_ms =
                 started.elapsed().as_millis() as u64 - last_active.load(Ordering::Relaxed);
-            if watch_inflight.load(Ordering::Relaxed) == 0 && quiet_ms >= idle.as_millis() as u64 {
+            if watch_inflight.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            if quiet_ms >= idle.as_millis() as u64 {
                 return;
+            }
+            // Quiet for a while: the pinned upstream connection goes back to the pool.
+            if quiet_ms >= (idle / 4).as_millis() as u64 {
+                lane.park_if_idle();
+            }
+        }
+    };
+    let serving = async {
+        tokio::select! {
+            res = http.as_mut() => res,
+            close = async {
+                tokio::select! {
+                    _ = idle_watch => true,
+                    _ = state.shutdown.cancelled() => false,
+                }
+            } => {
+                if close {
+                    state.serve.metrics.limit_hits.with_label_values(&["idle_timeout"]).inc();
+                }
+                drop(closer);
+                http.await
             }
         }
     };
     let res = tokio::select! {
-        res = http.as_mut() => res,
-        close = async {
-            tokio::select! {
-                _ = idle_watch => true,
-                _ = state.shutdown.cancelled() => false,
-            }
-        } => {
-            if close {
-                state.serve.metrics.limit_hits.with_label_values(&["idle_timeout"]).inc();
-            }
-            drop(closer);
-            http.await
-        }
+        res = serving => res,
+        never = lane.drive() => match never {},
     };
     if let Err(e) = res {
         if let Some(he) = e.downcast_ref::<hyper::Error>() {

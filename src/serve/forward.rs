@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
+use crate::egress::lane::Lane;
 use crate::egress::upstream::Wire;
 use tracing::Instrument as _;
 
@@ -63,6 +64,7 @@ pub async fn intercepted(
     ctx: &mut ReqCtx,
     state: &State,
     dynamic: &crate::serve::Live,
+    lane: &Lane,
 ) -> Result<Response<Body>, ServeError> {
     let upstream = dynamic
         .memo
@@ -72,21 +74,31 @@ pub async fn intercepted(
             Ok((base, label.to_string()))
         })
         .map_err(|e: modgate_core::base_url::UrlError| ServeError::Internal(e.to_string()))?;
-    let (base, label) = (&upstream.base, &*upstream.label);
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    parts.uri = base.join(path).map_err(|e| {
-        ServeError::ClientBadRequest(format!("modgate: invalid request target: {e}"))
-    })?;
+    // Origin-form under the upstream's path prefix, with the upstream's Host (an HTTP/2
+    // request's URI also names its scheme and authority).
+    let pq = parts.uri.path_and_query().cloned();
+    let prefix = upstream.base.prefix();
+    parts.uri = match pq {
+        Some(pq) if prefix.is_empty() => Uri::from(pq),
+        pq => {
+            let path = pq.as_ref().map_or("/", |p| p.as_str());
+            Uri::try_from(format!("{prefix}{path}")).map_err(|e| {
+                ServeError::ClientBadRequest(format!("modgate: invalid request target: {e}"))
+            })?
+        }
+    };
+    let sequential = parts.version != Version::HTTP_2;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::HOST);
+    parts
+        .headers
+        .insert(header::HOST, upstream.origin.host.clone());
     let out = Request::from_parts(parts, body::boxed(body));
-    let (resp, waited) = state.upstream.send_on(Wire::Http1, out, label).await?;
+    let (resp, waited) = state
+        .upstream
+        .forward(lane, &upstream.origin, out, &upstream.label, sequential)
+        .await?;
     ctx.upstream_time = Some(waited);
     Ok(into_client_response(resp))
 }

@@ -33,6 +33,8 @@ pub struct Upstream {
     host: Box<str>,
     port: u16,
     pub base: modgate_core::base_url::BaseUrl,
+    /// `base`'s scheme and authority, for the client connection's lane.
+    pub origin: crate::egress::lane::Origin,
     pub label: Box<str>,
 }
 
@@ -76,6 +78,7 @@ impl Memo {
         let u = Arc::new(Upstream {
             host: host.into(),
             port,
+            origin: crate::egress::lane::Origin::new(base.scheme(), base.authority()),
             base,
             label: label.into(),
         });

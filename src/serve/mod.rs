@@ -24,6 +24,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
+use crate::egress::lane::Lane;
 use crate::serve::cached::{Source, Spec};
 use crate::serve::respond::ServeError;
 use crate::telemetry::access_log;
@@ -37,13 +38,15 @@ use modgate_core::policy::classify::{ProxyOp, SumDbOp, Target};
 use modgate_core::policy::route::{PublicFetch, Route, SumDbFetch};
 
 /// Handles one intercepted request and arranges for it to be observed when its body ends.
+/// `lane` is the client connection's own upstream connection for pass-through forwarding.
 pub async fn dispatch(
     req: Request<Incoming>,
     mut ctx: ReqCtx,
     state: Arc<State>,
+    lane: Arc<Lane>,
 ) -> Result<Response<Body>, Infallible> {
     let span = ctx.span.clone();
-    let resp = match handle(req, &mut ctx, &state).instrument(span).await {
+    let resp = match handle(req, &mut ctx, &state, &lane).instrument(span).await {
         Ok(resp) => resp,
         Err(e) => {
             ctx.reason = Some(e.to_string());
@@ -57,6 +60,7 @@ async fn handle(
     req: Request<Incoming>,
     ctx: &mut ReqCtx,
     state: &Arc<State>,
+    lane: &Lane,
 ) -> Result<Response<Body>, ServeError> {
     let dynamic = state.live();
     let endpoint = ctx.conn.mode == Mode::Endpoint;
@@ -131,7 +135,7 @@ async fn handle(
     describe(&target, ctx);
     match route {
         Route::Public(f) if dynamic.policy.firewall.is_active() => {
-            firewall::public(f, ctx, state, &dynamic, req.method()).await
+            Box::pin(firewall::public(f, ctx, state, &dynamic, req.method())).await
         }
         Route::Public(f) => {
             let spec = public_spec(&f, &dynamic);
@@ -154,18 +158,18 @@ async fn handle(
             );
             Err(refuse_private(state, kind, message))
         }
-        Route::Private(f) => private::serve(f, ctx, state, &dynamic, req.method()).await,
+        Route::Private(f) => Box::pin(private::serve(f, ctx, state, &dynamic, req.method())).await,
         Route::GoGetAnswer { root } => Ok(private::go_get_answer(&root)),
         Route::GitForward {
             repo,
             request_prefix,
         } => git::forward(req, &repo, &request_prefix, ctx, &dynamic).await,
-        Route::VulnDb(f) => vulndb::serve(f, ctx, state, &dynamic, req.method()).await,
+        Route::VulnDb(f) => Box::pin(vulndb::serve(f, ctx, state, &dynamic, req.method())).await,
         Route::Forward => {
             if let Some(refusal) = direct_refusal(&target, req.uri().path(), state, &dynamic) {
                 return refusal;
             }
-            forward::intercepted(req, ctx, state, &dynamic).await
+            forward::intercepted(req, ctx, state, &dynamic, lane).await
         }
     }
 }

@@ -84,7 +84,7 @@ fn request_id(conn: u64, req: u64) -> String {
     for i in 0..6 {
         out[14 - i] = HEX[((req >> (4 * i)) & 0xf) as usize];
     }
-    out.iter().map(|&b| b as char).collect()
+    String::from_utf8(out.to_vec()).expect("hex digits and '-' are ASCII")
 }
 
 /// One request, from head received to body sent.

@@ -88,6 +88,14 @@ impl BaseUrl {
         }
     }
 
+    pub fn scheme(&self) -> &http::uri::Scheme {
+        &self.scheme
+    }
+
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+
     /// The path prefix (`""` or `/path`, no trailing slash).
     pub fn prefix(&self) -> &str {
         &self.prefix
