@@ -133,6 +133,8 @@ async fn handle(
     };
     ctx.set_route(route.name(), target.kind());
     describe(&target, ctx);
+    // The routes taken less often are boxed: this future's size is its largest branch's, and
+    // every request's future is moved into hyper's slot, so the hot routes stay small.
     match route {
         Route::Public(f) if dynamic.policy.firewall.is_active() => {
             Box::pin(firewall::public(f, ctx, state, &dynamic, req.method())).await
@@ -149,7 +151,7 @@ async fn handle(
             cached::serve(spec, ctx, state, req.method()).await
         }
         Route::SumDbSupported => Ok(Response::new(crate::body::empty())),
-        Route::OwnSumDb(op) => ownsum::serve(op, state, &dynamic).await,
+        Route::OwnSumDb(op) => Box::pin(ownsum::serve(op, state, &dynamic)).await,
         Route::PrivateRefused { kind, message, .. } => {
             tracing::info!(
                 module = ctx.module.as_deref(),
@@ -163,7 +165,7 @@ async fn handle(
         Route::GitForward {
             repo,
             request_prefix,
-        } => git::forward(req, &repo, &request_prefix, ctx, &dynamic).await,
+        } => Box::pin(git::forward(req, &repo, &request_prefix, ctx, &dynamic)).await,
         Route::VulnDb(f) => Box::pin(vulndb::serve(f, ctx, state, &dynamic, req.method())).await,
         Route::Forward => {
             if let Some(refusal) = direct_refusal(&target, req.uri().path(), state, &dynamic) {
