@@ -392,3 +392,50 @@ async fn an_upstream_connection_the_upstream_closed_is_not_used_again() {
     assert_eq!(up.accepted(), 3);
     assert_eq!(up.paths(), ["/1", "/2", "/3"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_http1_connection_hibernates_and_wakes_on_its_next_request() {
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca, fixed("awake")).await;
+    let gw = gateway_for(&up, &ca).await;
+    let (stream, head) = connect(gw.proxy, "files.test:443", "").await;
+    assert_eq!(status(&head), 200, "{head}");
+    let mut a = tls_connect(stream, "files.test", gw.roots(), Alpn::H1)
+        .await
+        .expect("TLS with gateway");
+    a.write_all(b"GET /1 HTTP/1.1\r\nHost: files.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (s, _, body) = read_response(&mut a).await;
+    assert_eq!((s, body.as_str()), (200, "awake"));
+    // Half a request head, then quiet past the hibernation delay (1 s): the connection lets go
+    // of hyper's state and of its upstream connection, which another client connection now
+    // forwards on.
+    a.write_all(b"GET /2 HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut b = h1_through(&gw, "files.test").await;
+    assert_eq!(get_on(&mut b, "files.test", "/b").await.0, 200);
+    assert_eq!(
+        up.accepted(),
+        1,
+        "the hibernated connection gave its upstream connection back"
+    );
+    // The rest of the head arrives: the request is whole (the half kept across hibernation),
+    // answered, and the connection stays open for the next one.
+    a.write_all(b"st: files.test\r\n\r\n").await.unwrap();
+    let (s, head, body) = read_response(&mut a).await;
+    assert_eq!((s, body.as_str()), (200, "awake"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    a.write_all(b"GET /3 HTTP/1.1\r\nHost: files.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (s, _, body) = read_response(&mut a).await;
+    assert_eq!((s, body.as_str()), (200, "awake"));
+    let mut paths = up.paths();
+    paths.sort();
+    assert_eq!(paths, ["/1", "/2", "/3", "/b"]);
+}

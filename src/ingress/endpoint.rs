@@ -123,7 +123,7 @@ async fn serve_conn(
     let handler = move |req, ctx, lane| request(req, ctx, handler_state.clone(), lane);
     async move {
         if matches!(*tls, EndpointTls::Off) {
-            crate::ingress::mitm::serve_http(stream, conn, state, started, handler).await;
+            crate::ingress::mitm::serve_http(stream, conn, state, handler).await;
             return;
         }
         let timeout = state.serve.config.intercept.tls_handshake_timeout;
@@ -139,8 +139,7 @@ async fn serve_conn(
                     .tls_handshake_duration
                     .with_label_values(&["client"])
                     .observe(started.elapsed().as_secs_f64());
-                let serving =
-                    crate::ingress::mitm::serve_http(stream, conn, state, started, handler);
+                let serving = crate::ingress::mitm::serve_http(stream, conn, state, handler);
                 Box::pin(serving).await;
                 return;
             }

@@ -19,6 +19,23 @@ impl<IO> Prefixed<IO> {
     pub fn new(prefix: Bytes, inner: IO) -> Self {
         Prefixed { prefix, inner }
     }
+
+    /// Puts `bytes` back in front of whatever is still to be read.
+    pub fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.prefix = if self.prefix.is_empty() {
+            bytes
+        } else {
+            [bytes, std::mem::take(&mut self.prefix)].concat().into()
+        };
+    }
+
+    /// Whether bytes put back are still to be read.
+    pub fn has_unread(&self) -> bool {
+        !self.prefix.is_empty()
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {

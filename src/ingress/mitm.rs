@@ -6,9 +6,13 @@
 //! anything else, including bytes that are not TLS, ends the connection with a clear refusal.
 //! This is the one place a [`ReqCtx`] is created.
 
-use crate::egress::lane::Lane;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use crate::egress::lane::Lane;
 
 use bytes::Bytes;
 use hyper::service::service_fn;
@@ -21,7 +25,7 @@ use tokio_rustls::server::TlsStream;
 use crate::body::Answer;
 use crate::ingress::Ingress as State;
 use crate::ingress::io::Prefixed;
-use crate::telemetry::ctx::{ConnCtx, ReqCtx};
+use crate::telemetry::ctx::{ConnActivity, ConnCtx, ReqCtx};
 use hyper_util::server::graceful::GracefulShutdown;
 use modgate_core::policy::host::normalize_host;
 
@@ -73,64 +77,27 @@ where
         .observe(started.elapsed().as_secs_f64());
     let serve_state = state.serve.clone();
     let handler = move |req, ctx, lane| crate::serve::dispatch(req, ctx, serve_state.clone(), lane);
-    Box::pin(serve_http(tls, conn, state, started, handler)).await
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        Box::pin(serve_http(tls, conn, state, handler)).await
+    } else {
+        Box::pin(serve_h1(tls, conn, state, handler)).await
+    }
 }
 
 /// Serves the requests of a connection modgate terminated (an intercepted one once its TLS is
 /// established, or one to the GOPROXY endpoint), each by `handler`, HTTP/1.1 or HTTP/2, until
 /// it closes, idles out or the gateway drains.
-pub async fn serve_http<IO, H, F>(
-    io: IO,
-    conn: Arc<ConnCtx>,
-    state: Arc<State>,
-    started: Instant,
-    handler: H,
-) where
+pub async fn serve_http<IO, H, F>(io: IO, conn: Arc<ConnCtx>, state: Arc<State>, handler: H)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(http::Request<hyper::body::Incoming>, ReqCtx, Arc<Lane>) -> F + Send + Sync + 'static,
-    F: std::future::Future<
-            Output = Result<http::Response<crate::body::Body>, std::convert::Infallible>,
-        > + Send
-        + 'static,
+    F: Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send + 'static,
 {
-    let svc_state = state.clone();
-    let svc_conn = conn.clone();
-    // Requests in flight on this connection: reaching the HTTP/2 stream limit is counted.
-    let inflight = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let watch_inflight = inflight.clone();
-    // Milliseconds since `started` at the last request start or end (idle-timeout clock).
-    let last_active = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let svc_last_active = last_active.clone();
-    let max_streams = state.serve.config.intercept.h2_max_concurrent_streams;
+    let activity = ConnActivity::new();
     // This connection's own upstream connection for forwarded requests, driven below beside
     // the HTTP server (egress::lane).
     let lane = Arc::new(Lane::default());
-    let svc_lane = lane.clone();
-    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        use std::sync::atomic::Ordering;
-        svc_last_active.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let n = inflight.fetch_add(1, Ordering::Relaxed) + 1;
-        if req.version() == http::Version::HTTP_2 && n >= max_streams {
-            svc_state
-                .serve
-                .metrics
-                .limit_hits
-                .with_label_values(&["h2_streams"])
-                .inc();
-        }
-        let inflight = inflight.clone();
-        let last_active = svc_last_active.clone();
-        let ctx = ReqCtx::for_request(svc_conn.clone(), &req, svc_state.serve.metrics.clone());
-        // Boxed: hyper keeps a slot the size of this future for every HTTP/1.1 connection,
-        // in use or idle; the request's state machine is large, the box is a pointer.
-        let fut = Box::pin(handler(req, ctx, svc_lane.clone()));
-        async move {
-            let res = fut.await;
-            inflight.fetch_sub(1, Ordering::Relaxed);
-            last_active.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-            res
-        }
-    });
+    let svc = service(&conn, &state, &activity, &lane, handler);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -155,19 +122,16 @@ pub async fn serve_http<IO, H, F>(
     tokio::pin!(http);
     let idle = state.serve.config.proxy.idle_timeout;
     let idle_watch = async {
-        use std::sync::atomic::Ordering;
         loop {
             tokio::time::sleep(idle / 4).await;
-            let quiet_ms =
-                started.elapsed().as_millis() as u64 - last_active.load(Ordering::Relaxed);
-            if watch_inflight.load(Ordering::Relaxed) != 0 {
+            if activity.inflight() != 0 {
                 continue;
             }
-            if quiet_ms >= idle.as_millis() as u64 {
+            if activity.quiet() >= idle {
                 return;
             }
             // Quiet for a while: the pinned upstream connection goes back to the pool.
-            if quiet_ms >= (idle / 4).as_millis() as u64 {
+            if activity.quiet() >= idle / 4 {
                 lane.park_if_idle();
             }
         }
@@ -207,6 +171,154 @@ pub async fn serve_http<IO, H, F>(
         }
         tracing::debug!(client = %conn.client, host = %conn.host, error = %e, "intercepted connection ended with error");
     }
+}
+
+/// How long an HTTP/1.1 connection is quiet (no request in flight) before it hibernates.
+const HIBERNATE_AFTER: Duration = Duration::from_secs(1);
+
+/// Like [`serve_http`], for a connection that speaks HTTP/1.1 only (its ALPN said so): after
+/// [`HIBERNATE_AFTER`] with no request in flight, hyper's connection (its read and write
+/// buffers, 16 KiB) is taken apart and only the TLS stream is kept, waiting for the client's
+/// next byte; that byte and anything hyper had read but not parsed start a new hyper
+/// connection on the same stream. An idle connection is still closed `proxy.header_read_timeout`
+/// after its last request, as hyper closes one.
+pub async fn serve_h1<IO, H, F>(io: IO, conn: Arc<ConnCtx>, state: Arc<State>, handler: H)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(http::Request<hyper::body::Incoming>, ReqCtx, Arc<Lane>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send + 'static,
+{
+    let activity = ConnActivity::new();
+    let lane = Arc::new(Lane::default());
+    let svc = service(&conn, &state, &activity, &lane, handler);
+    let header_timeout = state.serve.config.proxy.header_read_timeout;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(state.serve.config.proxy.max_head_size.as_u64() as usize)
+        .max_headers(state.serve.config.proxy.max_headers);
+    let serving = async {
+        let mut io = Prefixed::new(Bytes::new(), io);
+        loop {
+            let mut http = builder.serve_connection(TokioIo::new(io), svc.clone());
+            let done_before = activity.done();
+            let (mut asked, mut hibernate) = (false, false);
+            let mut check = Box::pin(tokio::time::sleep(HIBERNATE_AFTER));
+            let res = {
+                let mut drain = std::pin::pin!(state.shutdown.cancelled());
+                std::future::poll_fn(|cx| {
+                    if !asked {
+                        if drain.as_mut().poll(cx).is_ready() {
+                            Pin::new(&mut http).graceful_shutdown();
+                            asked = true;
+                        } else if check.as_mut().poll(cx).is_ready() {
+                            // Only between exchanges: hyper closes an idle connection at once,
+                            // and one that has served nothing yet would answer its first
+                            // request with `Connection: close` instead.
+                            let quiet = activity.quiet();
+                            if activity.inflight() == 0
+                                && activity.done() > done_before
+                                && quiet >= HIBERNATE_AFTER
+                            {
+                                Pin::new(&mut http).graceful_shutdown();
+                                (asked, hibernate) = (true, true);
+                            } else {
+                                let wait = HIBERNATE_AFTER.saturating_sub(quiet);
+                                check.as_mut().reset(
+                                    tokio::time::Instant::now() + wait.max(HIBERNATE_AFTER / 4),
+                                );
+                                let _ = check.as_mut().poll(cx);
+                            }
+                        }
+                    }
+                    http.poll_without_shutdown(cx)
+                })
+                .await
+            };
+            if let Err(e) = res {
+                crate::ingress::conn::count_conn_error(&state, &e);
+                tracing::debug!(client = %conn.client, host = %conn.host, error = %e, "intercepted connection ended with error");
+                return;
+            }
+            let parts = http.into_parts();
+            io = parts.io.into_inner();
+            io.unread(parts.read_buf);
+            if !hibernate {
+                // The client closed, or the gateway drains: close our side too.
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                return;
+            }
+            // Hibernating: the pinned upstream connection goes back to the pool, and the
+            // connection waits for the client holding nothing but its TLS session (or starts
+            // again at once with what hyper had read of the next request).
+            lane.park_if_idle();
+            if io.has_unread() {
+                continue;
+            }
+            let left = header_timeout.saturating_sub(activity.quiet());
+            let mut first = [0u8; 1];
+            let woke = tokio::select! {
+                r = io.read(&mut first) => r.ok().filter(|&n| n > 0),
+                _ = tokio::time::sleep(left) => {
+                    state.serve.metrics.limit_hits.with_label_values(&["header_timeout"]).inc();
+                    None
+                }
+                _ = state.shutdown.cancelled() => None,
+            };
+            if woke.is_none() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                return;
+            }
+            io.unread(Bytes::copy_from_slice(&first));
+        }
+    };
+    tokio::select! {
+        () = serving => {}
+        never = lane.drive() => match never {},
+    }
+}
+
+/// The service of one connection: counts each request in `activity` (until its response body
+/// is sent) and the HTTP/2 stream limit, makes the request's context and runs `handler`.
+fn service<H, F>(
+    conn: &Arc<ConnCtx>,
+    state: &Arc<State>,
+    activity: &Arc<ConnActivity>,
+    lane: &Arc<Lane>,
+    handler: H,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::body::Body>,
+    Error = Infallible,
+    Future = Pin<Box<F>>,
+> + Clone
++ Send
++ 'static
+where
+    H: Fn(http::Request<hyper::body::Incoming>, ReqCtx, Arc<Lane>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send + 'static,
+{
+    let (conn, state, activity, lane) =
+        (conn.clone(), state.clone(), activity.clone(), lane.clone());
+    let handler = Arc::new(handler);
+    let max_streams = state.serve.config.intercept.h2_max_concurrent_streams;
+    service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (n, guard) = activity.begin();
+        if req.version() == http::Version::HTTP_2 && n >= max_streams {
+            state
+                .serve
+                .metrics
+                .limit_hits
+                .with_label_values(&["h2_streams"])
+                .inc();
+        }
+        let mut ctx = ReqCtx::for_request(conn.clone(), &req, state.serve.metrics.clone());
+        ctx.activity = Some(guard);
+        // Boxed: hyper keeps a slot the size of this future for every HTTP/1.1 connection,
+        // in use or idle; the request's state machine is large, the box is a pointer.
+        Box::pin((*handler)(req, ctx, lane.clone()))
+    })
 }
 
 /// Whether a connection error is HTTP/2's own protection against a reset flood (the server sent

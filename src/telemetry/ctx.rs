@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Method;
@@ -87,6 +87,69 @@ fn request_id(conn: u64, req: u64) -> String {
     String::from_utf8(out.to_vec()).expect("hex digits and '-' are ASCII")
 }
 
+/// The requests of one connection: how many are in flight (head received, body not yet all
+/// sent), how many have finished, and when the last one started or finished. The connection's
+/// idle decisions read it.
+#[derive(Debug)]
+pub struct ConnActivity {
+    started: Instant,
+    inflight: AtomicU32,
+    done: AtomicU64,
+    /// Milliseconds after `started`.
+    last: AtomicU64,
+}
+
+impl ConnActivity {
+    pub fn new() -> Arc<ConnActivity> {
+        Arc::new(ConnActivity {
+            started: Instant::now(),
+            inflight: AtomicU32::new(0),
+            done: AtomicU64::new(0),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Counts a request in; it counts until the guard is dropped. Returns the number now in
+    /// flight, this one included.
+    pub fn begin(self: &Arc<Self>) -> (u32, ActivityGuard) {
+        self.touch();
+        let n = self.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        (n, ActivityGuard(self.clone()))
+    }
+
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Requests finished so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Time since a request last started or finished (or since the connection began).
+    pub fn quiet(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+/// One request counted in a [`ConnActivity`]; dropping it counts the request out.
+#[derive(Debug)]
+pub struct ActivityGuard(Arc<ConnActivity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.done.fetch_add(1, Ordering::Relaxed);
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One request, from head received to body sent.
 #[derive(Debug)]
 pub struct ReqCtx {
@@ -114,6 +177,9 @@ pub struct ReqCtx {
     pub user: Option<Arc<str>>,
     /// `request{request_id, route, kind, module}`, a child of the connection's span.
     pub span: tracing::Span,
+    /// Counts the request in its connection's [`ConnActivity`] until the context is dropped,
+    /// which is when the response body has been sent (or abandoned).
+    pub activity: Option<ActivityGuard>,
     metrics: Arc<Metrics>,
     recorded: bool,
 }
@@ -158,6 +224,7 @@ impl ReqCtx {
             op: "",
             reason: None,
             span,
+            activity: None,
             metrics,
             recorded: false,
         }
