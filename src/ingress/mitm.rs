@@ -84,20 +84,39 @@ where
     }
 }
 
+/// What answers one request of a connection modgate terminated: `dispatch`, or the endpoint's
+/// handler in front of it.
+pub trait Handler<F>:
+    Fn(http::Request<hyper::body::Incoming>, ReqCtx, Arc<Lane>) -> F + Send + Sync + 'static
+{
+}
+
+impl<T, F> Handler<F> for T where
+    T: Fn(http::Request<hyper::body::Incoming>, ReqCtx, Arc<Lane>) -> F + Send + Sync + 'static
+{
+}
+
+/// A [`Handler`]'s answer.
+pub trait Handled:
+    Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send + 'static
+{
+}
+
+impl<T> Handled for T where
+    T: Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send + 'static
+{
+}
+
 /// Serves the requests of a connection modgate terminated (an intercepted one once its TLS is
 /// established, or one to the GOPROXY endpoint), each by `handler`, HTTP/1.1 or HTTP/2, until
 /// it closes, idles out or the gateway drains.
 pub async fn serve_http<IO, H, F>(io: IO, conn: Arc<ConnCtx>, state: Arc<State>, handler: H)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(http::Request<hyper::body::Incoming>, ReqCtx, Arc<Lane>) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send + 'static,
+    H: Handler<F>,
+    F: Handled,
 {
-    let activity = ConnActivity::new();
-    // This connection's own upstream connection for forwarded requests, driven below beside
-    // the HTTP server (egress::lane).
-    let lane = Arc::new(Lane::default());
-    let svc = service(&conn, &state, &activity, &lane, handler);
+    let (svc, activity, lane) = service(&conn, &state, handler);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -185,12 +204,10 @@ const HIBERNATE_AFTER: Duration = Duration::from_secs(1);
 pub async fn serve_h1<IO, H, F>(io: IO, conn: Arc<ConnCtx>, state: Arc<State>, handler: H)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(http::Request<hyper::body::Incoming>, ReqCtx, Arc<Lane>) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send + 'static,
+    H: Handler<F>,
+    F: Handled,
 {
-    let activity = ConnActivity::new();
-    let lane = Arc::new(Lane::default());
-    let svc = service(&conn, &state, &activity, &lane, handler);
+    let (svc, activity, lane) = service(&conn, &state, handler);
     let header_timeout = state.serve.config.proxy.header_read_timeout;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -279,32 +296,38 @@ where
     }
 }
 
-/// The service of one connection: counts each request in `activity` (until its response body
-/// is sent) and the HTTP/2 stream limit, makes the request's context and runs `handler`.
+/// The service of one connection, with the connection's [`ConnActivity`] (each request counts
+/// until its response body is sent) and its own upstream connection for forwarded requests
+/// (`egress::lane`, to be driven beside the HTTP server). The service counts the HTTP/2 stream
+/// limit, makes each request's context and runs `handler`.
+#[allow(clippy::type_complexity)]
 fn service<H, F>(
     conn: &Arc<ConnCtx>,
     state: &Arc<State>,
-    activity: &Arc<ConnActivity>,
-    lane: &Arc<Lane>,
     handler: H,
-) -> impl hyper::service::Service<
-    http::Request<hyper::body::Incoming>,
-    Response = http::Response<crate::body::Body>,
-    Error = Infallible,
-    Future = Pin<Box<F>>,
-> + Clone
-+ Send
-+ 'static
+) -> (
+    impl hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<crate::body::Body>,
+        Error = Infallible,
+        Future = Pin<Box<F>>,
+    > + Clone
+    + Send
+    + 'static,
+    Arc<ConnActivity>,
+    Arc<Lane>,
+)
 where
-    H: Fn(http::Request<hyper::body::Incoming>, ReqCtx, Arc<Lane>) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send + 'static,
+    H: Handler<F>,
+    F: Handled,
 {
-    let (conn, state, activity, lane) =
-        (conn.clone(), state.clone(), activity.clone(), lane.clone());
+    let (activity, lane) = (ConnActivity::new(), Arc::new(Lane::default()));
+    let (conn, state) = (conn.clone(), state.clone());
+    let (svc_activity, svc_lane) = (activity.clone(), lane.clone());
     let handler = Arc::new(handler);
     let max_streams = state.serve.config.intercept.h2_max_concurrent_streams;
-    service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let (n, guard) = activity.begin();
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (n, guard) = svc_activity.begin();
         if req.version() == http::Version::HTTP_2 && n >= max_streams {
             state
                 .serve
@@ -317,8 +340,9 @@ where
         ctx.activity = Some(guard);
         // Boxed: hyper keeps a slot the size of this future for every HTTP/1.1 connection,
         // in use or idle; the request's state machine is large, the box is a pointer.
-        Box::pin((*handler)(req, ctx, lane.clone()))
-    })
+        Box::pin((*handler)(req, ctx, svc_lane.clone()))
+    });
+    (svc, activity, lane)
 }
 
 /// Whether a connection error is HTTP/2's own protection against a reset flood (the server sent
