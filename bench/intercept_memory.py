@@ -5,7 +5,7 @@ from the cache (HTTP/1.1 keep-alive) and stay open and idle; modgate's resident 
 before, with all N idle, and after they closed.
 
     cargo build --release -p modgate -p loadgen
-    python3 bench/intercept_memory.py --connections 4000 [--binary /tmp/modgate-before] [--peers]
+    python3 bench/intercept_memory.py --connections 4000 [--binary /tmp/modgate-before] [--peers] [--h2]
 
 With --peers, Squid with ssl_bump (Debian's squid-openssl) holds the same connections in the same
 run, to https://localhost:<upstream>/... (Squid has no cache here and fetches each zip from the
@@ -31,7 +31,7 @@ def measure(name, rss, pid, url, proxy, ca, a):
     subprocess.run(["curl", "-sS", "-o", "/dev/null", "--fail", "--proxy", f"http://{proxy}", "--cacert", ca, url], check=True)
     time.sleep(1)
     before = rss(pid)
-    idle = subprocess.Popen([LOADGEN, "idle", "--url", url, "--proxy", proxy, "--ca", ca, "--count", str(a.connections), "--parallel", "64", "--hold", f"{a.hold + 4}s"],
+    idle = subprocess.Popen([LOADGEN, "idle", "--url", url, "--proxy", proxy, "--ca", ca, "--count", str(a.connections), "--parallel", "64", "--hold", f"{a.hold + 4}s"] + (["--h2"] if a.h2 else []),
                             stdout=subprocess.PIPE, text=True)
     line = idle.stdout.readline()
     print(f"{name} loadgen: {line.strip()}")
@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--connections", type=int, default=4000)
     ap.add_argument("--binary", default=common.MODGATE)
     ap.add_argument("--peers", action="store_true", help="also Squid with ssl_bump")
+    ap.add_argument("--h2", action="store_true", help="the connections speak HTTP/2 (the go command's protocol with a module proxy) instead of HTTP/1.1")
     ap.add_argument("--hold", type=int, default=5, help="seconds idle before the reading (less than proxy.header_read_timeout, 10 s, which closes idle HTTP/1.1 connections)")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

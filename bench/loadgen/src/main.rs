@@ -128,6 +128,9 @@ struct IdleArgs {
     /// How long to hold them once all are open.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     hold: Duration,
+    /// HTTP/2 (ALPN h2) instead of HTTP/1.1.
+    #[arg(long)]
+    h2: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -461,7 +464,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     let t = Arc::new(parse_url(&args.url)?);
-    let tls = tls_config(&args.ca, false)?;
+    let tls = tls_config(&args.ca, args.h2)?;
     let start = Instant::now();
     let gate = Arc::new(tokio::sync::Semaphore::new(args.parallel.max(1)));
     let received = Arc::new(AtomicU64::new(0));
@@ -474,9 +477,10 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
             received.clone(),
             args.proxy.clone(),
         );
+        let h2 = args.h2;
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            let mut s = open(&t, proxy.as_deref(), false, &tls).await?;
+            let mut s = open(&t, proxy.as_deref(), h2, &tls).await?;
             one(&mut s, &t, &received).await?;
             anyhow::Ok(s)
         }));
