@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::util::modgate_command;
+use crate::util::{modgate_command, read_banner};
 
 const BIN: &str = env!("CARGO_BIN_EXE_modgate");
 
@@ -39,22 +39,12 @@ fn serve(dir: &std::path::Path, config: &str, stderr: Stdio) -> Served {
         .stderr(stderr)
         .spawn()
         .unwrap();
-    let mut banner = vec![];
-    let (mut proxy, mut admin) = (String::new(), String::new());
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.split_once("admin on http://") {
-            admin = rest.1.split_whitespace().next().unwrap().to_string();
-        }
-        if let Some(p) = line.strip_prefix("export HTTPS_PROXY=http://") {
-            proxy = p.to_string();
-        }
-        let done = line.starts_with("export GIT_SSL_CAINFO=");
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
+    let (banner, proxy) = read_banner(&mut child);
+    let admin = banner
+        .iter()
+        .find_map(|l| l.split_once("admin on http://"))
+        .map(|(_, rest)| rest.split_whitespace().next().unwrap().to_string())
+        .unwrap_or_default();
     Served {
         child,
         banner,

@@ -60,7 +60,6 @@ fn spawn_modgate(
     upstream: &str,
     ca: &std::path::Path,
 ) -> (std::process::Child, String) {
-    use std::io::BufRead;
     std::fs::write(
         dir.join("c.toml"),
         format!(
@@ -82,14 +81,7 @@ fn spawn_modgate(
         .stderr(log)
         .spawn()
         .unwrap();
-    let mut proxy = String::new();
-    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(p) = line.strip_prefix("export HTTPS_PROXY=http://") {
-            proxy = p.to_string();
-            break;
-        }
-    }
+    let (_, proxy) = read_banner(&mut child);
     (child, proxy)
 }
 

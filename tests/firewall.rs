@@ -882,7 +882,6 @@ async fn retracted_versions_are_left_out_of_choices_but_still_served_to_builds_t
 /// verdict.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_decision_leaves_one_audit_line() {
-    use std::io::BufRead as _;
     let ca = TestCa::new();
     let tree = tempfile::tempdir().unwrap();
     write_tree(tree.path());
@@ -936,16 +935,7 @@ modules = ["example.com/watched"]
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut proxy = String::new();
-    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(p) = line.strip_prefix("export HTTPS_PROXY=http://") {
-            proxy = p.to_string();
-        }
-        if line.starts_with("export GIT_SSL_CAINFO=") {
-            break;
-        }
-    }
+    let (_, proxy) = read_banner(&mut child);
     let curl = |path: &str| {
         let out = std::process::Command::new(tool("curl"))
             .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])

@@ -2,7 +2,6 @@
 //! (right and wrong passwords), a private route whose password comes from the environment, proxy
 //! mode and git forwarding; then the whole log is searched for every secret.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
@@ -58,14 +57,7 @@ password_env = "MODGATE_TEST_GIT_PASSWORD"
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    let mut proxy = String::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(p) = line.strip_prefix("export HTTPS_PROXY=http://") {
-            proxy = p.to_string();
-            break;
-        }
-    }
+    let (_, proxy) = read_banner(&mut child);
     let gw_ca = dir.path().join("certs/ca.pem");
     let curl = |user: &str, url: &str| {
         let out = Command::new(tool("curl"))

@@ -1252,6 +1252,26 @@ fn sumdb_fixture_binary() -> PathBuf {
 /// A command for the modgate binary that is killed (SIGKILL) when the thread that started it
 /// exits, so a gateway never outlives its test, even when nextest cancels a run. Start it from
 /// the test's own thread (or a runtime worker), not from a short-lived one.
+/// What a `modgate serve` child prints on stdout, read up to the banner's last line (`export
+/// GIT_SSL_CAINFO=`, printed once it serves), and the proxy address the banner names.
+pub fn read_banner(child: &mut std::process::Child) -> (Vec<String>, String) {
+    use std::io::BufRead;
+    let (mut banner, mut proxy) = (vec![], String::new());
+    let out = child.stdout.take().expect("stdout is piped");
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.unwrap();
+        if let Some(p) = line.strip_prefix("export HTTPS_PROXY=http://") {
+            proxy = p.to_string();
+        }
+        let done = line.starts_with("export GIT_SSL_CAINFO=");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    (banner, proxy)
+}
+
 pub fn modgate_command() -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_modgate"));
