@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -107,9 +108,35 @@ def cleanup(d):
     shutil.rmtree(d, ignore_errors=True)
 
 
-def start_modgate(procs, work, name, extra=""):
+def drain(p):
+    """Reads a child's stdout to the end in a thread, so a chatty child never blocks on a pipe."""
+    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
+
+
+def loopback_upstream(up_ca, up_port):
+    """modgate settings for a bench whose upstream is the HTTPS file server on loopback at
+    `up_port` (certificate from `up_ca`): `localhost` is intercepted, proxy.golang.org is served
+    from it, the checksum database is not consulted (the bench's modules are in none, and nothing
+    may leave loopback), and loopback is the one address exception agents' traffic needs."""
+    return f"""
+[intercept]
+hosts = ["localhost"]
+[sumdb]
+verify = "off"
+[egress]
+allow_addresses = ["127.0.0.0/8"]
+connect_ports = ["1-65535"]
+[upstream]
+extra_ca_file = "{up_ca}"
+[upstream.overrides]
+"proxy.golang.org" = "https://localhost:{up_port}"
+"""
+
+
+def start_modgate(procs, work, name, extra="", wrap=(), ready_timeout=20):
     """Starts a release modgate on ephemeral loopback ports with its data and CA under
-    work/<name>-data and work/<name>-ca, plus `extra` TOML. Returns (process, proxy, admin, ca)."""
+    work/<name>-data and work/<name>-ca, plus `extra` TOML, run under the command `wrap` if
+    given (valgrind, say). Returns (process, proxy, admin, ca)."""
     cfg = os.path.join(work, f"{name}.toml")
     with open(cfg, "w") as f:
         f.write(f"""
@@ -126,7 +153,7 @@ level = "warn"
 access_log = false
 {extra}
 """)
-    p = procs.start([MODGATE, "serve", "--config", cfg])
+    p = procs.start([*wrap, MODGATE, "serve", "--config", cfg])
     proxy = admin = None
     for line in p.stdout:
         if "admin on http://" in line:
@@ -134,7 +161,7 @@ access_log = false
             proxy = line.split("proxy on ")[1].split(",")[0]
         if line.startswith("export GIT_SSL_CAINFO"):
             break
-    wait_http(f"http://{admin}/readyz")
+    wait_http(f"http://{admin}/readyz", ready_timeout)
     return p, proxy, admin, f"{work}/{name}-ca/ca.pem"
 
 

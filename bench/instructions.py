@@ -67,46 +67,13 @@ def main():
             f.write(os.urandom(1024))
         with open(os.path.join(tree, "big.bin"), "wb") as f:
             f.write(os.urandom(16 << 20))
-        certs = os.path.join(work, "certs")
-        subprocess.run([LOADGEN, "certs", "--dir", certs], check=True)
-        up = procs.start([LOADGEN, "serve", "--dir", tree, "--cert", f"{certs}/cert.pem", "--key", f"{certs}/key.pem"])
-        port = int(up.stdout.readline().strip().rsplit(":", 1)[1])
-        cfg = os.path.join(work, "modgate.toml")
-        with open(cfg, "w") as f:
-            f.write(f"""
-[proxy]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[storage]
-data_dir = "{work}/data"
-[ca]
-dir = "{work}/ca"
-[log]
-level = "warn"
-access_log = false
-[intercept]
-hosts = ["localhost"]
-[sumdb]
-verify = "off"
-[egress]
-allow_addresses = ["127.0.0.0/8"]
-connect_ports = ["1-65535"]
-[upstream]
-extra_ca_file = "{certs}/ca.pem"
-[upstream.overrides]
-"proxy.golang.org" = "https://localhost:{port}"
-""")
+        up, certs = common.start_file_server(procs, work, tree)
+        port = int(up.rsplit(":", 1)[1])
         out = os.path.join(work, "callgrind.out")
-        mg = procs.start(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", a.modgate, "serve", "--config", cfg])
-        proxy = None
-        for line in mg.stdout:
-            if "proxy on " in line:
-                proxy = line.split("proxy on ")[1].split(",")[0].strip()
-            if line.startswith("export GIT_SSL_CAINFO"):
-                break
-        threading_drain(mg)
-        ca = f"{work}/ca/ca.pem"
+        callgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+        common.MODGATE = a.modgate
+        mg, proxy, _, ca = common.start_modgate(procs, work, "ir", common.loopback_upstream(f"{certs}/ca.pem", port), wrap=callgrind, ready_timeout=180)
+        common.drain(mg)
         small = ["https://proxy.golang.org/example.com/ir/@v/v1.0.0.mod", "https://proxy.golang.org/example.com/ir/@v/v1.0.0.info"]
         # Fill the cache (and warm the leaf certificates) before anything is counted.
         subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", "--proxy", f"http://{proxy}", "--cacert", ca, small[0], small[1]], check=True)
@@ -181,11 +148,6 @@ def top_functions(dump_n, dump_2n, units):
     a, b = function_costs(dump_n), function_costs(dump_2n)
     diff = {fn: (b.get(fn, 0) - a.get(fn, 0)) / units for fn in set(a) | set(b)}
     return sorted(diff.items(), key=lambda kv: -kv[1])
-
-
-def threading_drain(p):
-    import threading
-    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
 
 
 if __name__ == "__main__":

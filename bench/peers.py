@@ -41,13 +41,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import common
 import gomodtree
 import peerprocs as pp
-from common import LOADGEN, Procs, build, cleanup, start_modgate, tmpdir
+from common import LOADGEN, Procs, build, cleanup, drain, start_modgate, tmpdir
 
 GO = "/usr/lib/go-1.19/bin/go"
 
@@ -58,11 +57,6 @@ LIMITS = ["direct", "nginx"]
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def drain(p):
-    """Reads a child's stdout to the end in a thread, so a chatty child never blocks on a pipe."""
-    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
 
 
 def cpu_busy(interval=0.5):
@@ -154,21 +148,7 @@ class Bench:
             self.peers["tinyproxy"] = pp.start_tinyproxy(self.procs, w)
 
     def start_modgate(self, procs, work, name):
-        p, proxy, admin, ca = start_modgate(procs, work, name, f"""
-[intercept]
-hosts = ["localhost"]
-[sumdb]
-# The bench's modules are in no checksum database (and nothing may leave loopback).
-verify = "off"
-[egress]
-# The upstream listens on loopback, at a random port: the exception agents' traffic needs.
-allow_addresses = ["127.0.0.0/8"]
-connect_ports = ["1-65535"]
-[upstream]
-extra_ca_file = "{self.up_ca}"
-[upstream.overrides]
-"proxy.golang.org" = "https://localhost:{self.up_port}"
-""")
+        p, proxy, admin, ca = start_modgate(procs, work, name, common.loopback_upstream(self.up_ca, self.up_port))
         drain(p)
         return pp.Peer("modgate", p, proxy, ca)
 
