@@ -6,12 +6,15 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use crate::config::Config;
+use crate::store::disk::DiskCache;
+use modgate_core::cache_key::{CacheKey, VulnDbPath};
 use modgate_core::gomod::osv;
-use modgate_core::gomod::path::{escape_path, escape_version};
+use modgate_core::gomod::path::{ModulePath, escape_path};
+use modgate_core::policy::classify::ProxyOp;
 use modgate_core::policy::firewall::{Client, Decision, Facts, Firewall, Purpose, Verdict};
 
 /// Who a decision is for (`--as USER`, `--from ADDR`).
@@ -53,12 +56,10 @@ impl Offline {
     }
 }
 
-fn cache_file(config: &Config, key: &str) -> PathBuf {
-    config.storage.data_dir.join("cache").join(key)
-}
-
-fn read(path: &Path) -> Option<Vec<u8>> {
-    std::fs::read(path).ok()
+/// The cached bytes of `key`, if the cache holds them.
+fn cached(config: &Config, key: &CacheKey) -> Option<Vec<u8>> {
+    let file = DiskCache::file_in(&config.storage.data_dir, key.as_str())?;
+    std::fs::read(file).ok()
 }
 
 /// Decides `module@version` for `who` from the local cache.
@@ -74,12 +75,8 @@ pub fn decide(
     let mut facts = Facts::default();
     let mut missing = vec![];
     if needs.published {
-        let key = format!(
-            "mod/{}/@v/{}.info",
-            escape_path(module)?,
-            escape_version(version)?
-        );
-        facts.published = read(&cache_file(config, &key))
+        let key = CacheKey::proxy(&ModulePath::new(module)?, &ProxyOp::Info(version.into()));
+        facts.published = cached(config, &key)
             .as_deref()
             .and_then(modgate_core::policy::firewall::info_time);
         if facts.published.is_none() {
@@ -112,17 +109,18 @@ fn advisories(config: &Config, module: &str, version: &str) -> Result<Vec<osv::A
         .map_err(|e| e.to_string())?
         .ok_or("no vulnerability database is configured (vulndb.url)")?;
     let host = modgate_core::policy::host::normalize_host(base.host());
-    let file = |p: &str| cache_file(config, &format!("vulndb/{host}/{p}"));
+    // A path the cache could not hold (an odd id in the index) is simply not cached.
+    let db_file = |p: &str| cached(config, &CacheKey::vulndb(&host, VulnDbPath::new(p)?));
     let not_cached = || {
         format!(
             "the vulnerability database's index (not in the cache: run govulncheck or a build through the gateway once, or let the gateway fetch {})",
             config.vulndb.url
         )
     };
-    if let Some(index) = read(&file("index/modules.json")) {
+    if let Some(index) = db_file("index/modules.json") {
         let mut out = vec![];
         for id in osv::index_ids(&index, module).map_err(|e| e.to_string())? {
-            let entry = read(&file(&format!("ID/{id}.json")))
+            let entry = db_file(&format!("ID/{id}.json"))
                 .ok_or_else(|| format!("advisory {id} (not in the cache)"))?;
             if let Some(a) = osv::affects(&entry, module, version).map_err(|e| e.to_string())? {
                 out.push(a);
@@ -131,9 +129,9 @@ fn advisories(config: &Config, module: &str, version: &str) -> Result<Vec<osv::A
         return Ok(out);
     }
     let escaped = escape_path(module).map_err(|e| e.to_string())?;
-    match read(&file(&format!("{escaped}.json"))) {
+    match db_file(&format!("{escaped}.json")) {
         Some(entries) => osv::affects_all(&entries, module, version).map_err(|e| e.to_string()),
-        None if read(&file("index.json")).is_some() => Ok(vec![]),
+        None if db_file("index.json").is_some() => Ok(vec![]),
         None => Err(not_cached()),
     }
 }

@@ -126,6 +126,27 @@ const SETTLE_WAIT: Duration = Duration::from_secs(5);
 pub const HOT_ENTRY_MAX: u64 = 64 * 1024;
 const HOT_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Where a cache under `data_dir` keeps its entries.
+fn entries_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("cache")
+}
+
+/// The file of `key` under `root`: a relative `/`-separated path with no empty, `.` or `..`
+/// element, NUL or backslash.
+fn key_path(root: &Path, key: &str) -> Result<PathBuf, StoreError> {
+    if key.is_empty()
+        || key.starts_with('/')
+        || key.contains('\0')
+        || key.contains('\\')
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(StoreError::BadKey(key.to_string()));
+    }
+    Ok(root.join(key))
+}
+
 impl DiskCache {
     /// Opens (creating) the cache under `data_dir` for the gateway, as
     /// [`open_indexing`](Self::open_indexing) does, and returns once the index is built.
@@ -274,6 +295,12 @@ impl DiskCache {
         self.path_of(key).ok()
     }
 
+    /// The file behind `key` in the cache under `data_dir`, without opening it (for offline
+    /// readers such as `modgate policy check`); `None` for a key the cache would refuse.
+    pub fn file_in(data_dir: &Path, key: &str) -> Option<PathBuf> {
+        key_path(&entries_dir(data_dir), key).ok()
+    }
+
     /// Number of entries and bytes held.
     pub fn usage(&self) -> (usize, u64) {
         let idx = self.index.lock().expect("index poisoned");
@@ -281,17 +308,7 @@ impl DiskCache {
     }
 
     fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
-        if key.is_empty()
-            || key.starts_with('/')
-            || key.contains('\0')
-            || key.contains('\\')
-            || key
-                .split('/')
-                .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return Err(StoreError::BadKey(key.to_string()));
-        }
-        Ok(self.root.join(key))
+        key_path(&self.root, key)
     }
 
     /// The entry for `key`, marking it used. Entries that vanished from disk are dropped. The

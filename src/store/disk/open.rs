@@ -65,7 +65,7 @@ impl DiskCache {
         metrics: StoreMetrics,
         gateway: bool,
     ) -> Result<DiskCache, StoreError> {
-        let root = data_dir.join("cache");
+        let root = super::entries_dir(data_dir);
         let tmp = data_dir.join("tmp");
         fs::create_dir_all(&root).map_err(io_err(&root))?;
         if gateway && tmp.exists() {
