@@ -32,10 +32,11 @@ use tracing::Instrument as _;
 
 use crate::telemetry::ctx::ReqCtx;
 use crate::telemetry::labels::{CacheOutcome, Mode};
+use modgate_core::base_url::BaseUrl;
 use modgate_core::cache_key::CacheKey;
 use modgate_core::policy::Entry;
 use modgate_core::policy::classify::{ProxyOp, SumDbOp, Target};
-use modgate_core::policy::route::{PublicFetch, Route, SumDbFetch};
+use modgate_core::policy::route::{CacheClass, Content, PublicFetch, Route, SumDbFetch};
 
 /// Handles one intercepted request and arranges for it to be observed when its body ends.
 /// `lane` is the client connection's own upstream connection for pass-through forwarding.
@@ -297,20 +298,40 @@ fn sumdb_spec(f: &SumDbFetch, dynamic: &Live) -> Result<Spec, ServeError> {
             f.db()
         ))
     })?;
-    Ok(Spec {
-        key: f.key().clone(),
-        class: f.class(),
-        content: f.content(),
+    Ok(single_source_spec(
+        f.key().clone(),
+        f.class(),
+        f.content(),
+        base,
+        f.upstream_path(),
+        dynamic,
+    ))
+}
+
+/// The spec of an entry with one upstream, the configured URL `base` (overrides applied), at
+/// `path`: checksum-database and vulnerability-database files.
+pub(crate) fn single_source_spec(
+    key: CacheKey,
+    class: CacheClass,
+    content: Content,
+    base: &BaseUrl,
+    path: &str,
+    dynamic: &Live,
+) -> Spec {
+    Spec {
+        key,
+        class,
+        content,
         max_len: dynamic.config.modules.max_file_size.as_u64(),
         sources: vec![Source::Url {
             label: base.host().to_string(),
             base: dynamic.resolve(base),
             on_any_error: false,
         }],
-        path: f.upstream_path().to_string(),
+        path: path.to_string(),
         prove: None,
         direct: None,
-    })
+    }
 }
 
 /// A partial hash tile is a prefix of every wider version of the same tile (the tree only

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Method, Response};
 
 use crate::body::Body;
-use crate::serve::cached::{self, Source, Spec};
+use crate::serve::cached::{self, Spec};
 use crate::serve::respond::ServeError;
 use crate::serve::{Live, State};
 use crate::telemetry::ctx::ReqCtx;
@@ -24,20 +24,14 @@ fn spec(f: &VulnDbFetch, dynamic: &Live) -> Result<Spec, ServeError> {
     let base = dynamic.vulndb.as_ref().ok_or_else(|| {
         ServeError::ClientNotFound("not found: no vulnerability database is configured".into())
     })?;
-    Ok(Spec {
-        key: f.key().clone(),
-        class: CacheClass::Mutable,
-        content: Content::Json,
-        max_len: dynamic.config.modules.max_file_size.as_u64(),
-        sources: vec![Source::Url {
-            label: base.host().to_string(),
-            base: dynamic.resolve(base),
-            on_any_error: false,
-        }],
-        path: f.upstream_path().to_string(),
-        prove: None,
-        direct: None,
-    })
+    Ok(super::single_source_spec(
+        f.key().clone(),
+        CacheClass::Mutable,
+        Content::Json,
+        base,
+        f.upstream_path(),
+        dynamic,
+    ))
 }
 
 /// Serves an agent's request for a database file.
