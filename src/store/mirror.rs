@@ -240,31 +240,46 @@ fn fetch(dir: &Path, access: &GitAccess, timeout: Duration) -> Result<(), Mirror
     }
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     let msg = scrub(&err, access);
-    let lower = err.to_ascii_lowercase();
-    Err(
-        if lower.contains("401")
-            || lower.contains("403")
-            || lower.contains("authentication")
-            || lower.contains("could not read username")
-        {
-            MirrorError::Auth(msg)
-        } else if lower.contains("404")
-            || lower.contains("not found")
-            || lower.contains("does not appear to be a git repository")
-        {
-            MirrorError::NotFound(msg)
-        } else if lower.contains("could not resolve")
-            || lower.contains("failed to connect")
-            || lower.contains("connection")
-            || lower.contains("timed out")
-            || lower.contains("ssl")
-            || lower.contains("certificate")
-        {
-            MirrorError::Unreachable(msg)
-        } else {
-            MirrorError::Git(msg)
-        },
-    )
+    Err(classify(&err)(msg))
+}
+
+/// Which [`MirrorError`] a failed fetch's stderr describes. git quotes the URLs it names
+/// (`repository 'https://host:40115/x/' not found`); they are dropped before matching, so a port,
+/// host or repository name (`40115`, `ssl-tools`) never decides the kind.
+fn classify(stderr: &str) -> fn(String) -> MirrorError {
+    let lower = stderr
+        .split('\'')
+        .step_by(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase();
+    let has = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+    if has(&[
+        "returned error: 401",
+        "returned error: 403",
+        "authentication",
+        "could not read username",
+        "could not read password",
+    ]) {
+        MirrorError::Auth
+    } else if has(&[
+        "returned error: 404",
+        "not found",
+        "does not appear to be a git repository",
+    ]) {
+        MirrorError::NotFound
+    } else if has(&[
+        "could not resolve",
+        "failed to connect",
+        "connection",
+        "timed out",
+        "ssl",
+        "certificate",
+    ]) {
+        MirrorError::Unreachable
+    } else {
+        MirrorError::Git
+    }
 }
 
 fn run_with_timeout(mut cmd: Command, timeout: Duration) -> std::io::Result<Option<Output>> {
@@ -437,5 +452,55 @@ impl CodeHost for Mirror {
             .lines()
             .map(str::to_string)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_failures_are_classified_by_what_git_says_not_by_the_url() {
+        let kind = |stderr: &str| classify(stderr)(String::new());
+        for (stderr, want) in [
+            (
+                "fatal: repository 'https://127.0.0.1:40115/team/nope/' not found",
+                MirrorError::NotFound(String::new()),
+            ),
+            (
+                "fatal: repository 'https://127.0.0.1:40315/ssl-connection/' not found",
+                MirrorError::NotFound(String::new()),
+            ),
+            (
+                "fatal: Authentication failed for 'https://127.0.0.1:40404/team/alpha/'",
+                MirrorError::Auth(String::new()),
+            ),
+            (
+                "fatal: could not read Username for 'https://git.internal': terminal prompts disabled",
+                MirrorError::Auth(String::new()),
+            ),
+            (
+                "fatal: unable to access 'https://h:40404/x/': The requested URL returned error: 403",
+                MirrorError::Auth(String::new()),
+            ),
+            (
+                "fatal: unable to access 'https://h:40115/x/': The requested URL returned error: 404",
+                MirrorError::NotFound(String::new()),
+            ),
+            (
+                "fatal: unable to access 'https://h:1/x/': Failed to connect to h port 1: Connection refused",
+                MirrorError::Unreachable(String::new()),
+            ),
+            (
+                "fatal: unable to access 'https://h/x/': SSL certificate problem: unable to get local issuer certificate",
+                MirrorError::Unreachable(String::new()),
+            ),
+            (
+                "error: object file is empty",
+                MirrorError::Git(String::new()),
+            ),
+        ] {
+            assert_eq!(kind(stderr), want, "{stderr}");
+        }
     }
 }
