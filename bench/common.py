@@ -173,11 +173,11 @@ def start_file_server(procs, work, tree):
     return up.stdout.readline().strip(), certs
 
 
-def gateway_for(procs, work, up_addr, certs):
-    """A modgate that serves proxy.golang.org from the file server at `up_addr`. The checksum
-    database is neither consulted nor reachable (a closed loopback port): nothing leaves
-    loopback."""
-    return start_modgate(procs, work, "modgate", f"""
+def gateway_for(procs, work, up_addr, certs, wrap=()):
+    """A modgate that serves proxy.golang.org from the file server at `up_addr`, run under
+    `wrap` if given. The checksum database is neither consulted nor reachable (a closed
+    loopback port): nothing leaves loopback."""
+    return start_modgate(procs, work, "modgate", wrap=wrap, extra=f"""
 [sumdb]
 verify = "off"
 [upstream]

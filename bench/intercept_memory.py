@@ -54,6 +54,7 @@ def main():
     ap.add_argument("--binary", default=common.MODGATE)
     ap.add_argument("--peers", action="store_true", help="also Squid with ssl_bump")
     ap.add_argument("--h2", action="store_true", help="the connections speak HTTP/2 (the go command's protocol with a module proxy) instead of HTTP/1.1")
+    ap.add_argument("--wrap", default="", help="run modgate under this command, e.g. 'heaptrack -o /tmp/icmem' to see what the idle connections hold")
     ap.add_argument("--hold", type=int, default=5, help="seconds idle before the reading (less than proxy.header_read_timeout, 10 s, which closes idle HTTP/1.1 connections)")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -70,7 +71,7 @@ def main():
         subprocess.run([LOADGEN, "mkzip", "--module", "example.com/m", "--version", "v1.0.0", "--size", str(1 << 20), "--out", os.path.join(zdir, "v1.0.0.zip")], check=True)
         up, certs = common.start_file_server(procs, work, tree)
         os.environ["MODGATE_PROXY__MAX_CONNECTIONS"] = str(a.connections + 100)
-        p, proxy, admin, ca = common.gateway_for(procs, work, up, certs)
+        p, proxy, admin, ca = common.gateway_for(procs, work, up, certs, wrap=a.wrap.split())
         measure("modgate", common.rss_mib, p.pid, "https://proxy.golang.org/example.com/m/@v/v1.0.0.zip", proxy, ca, a)
         if a.peers:
             procs.stop()
