@@ -394,6 +394,104 @@ async fn an_upstream_connection_the_upstream_closed_is_not_used_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_idle_http2_connection_lets_go_of_its_read_and_write_buffers() {
+    // HTTP/2 clients hold open connections between requests (the go command's, up to 90 s):
+    // one quiet for a second keeps no h2 read (8 KiB), write (16 KiB) or HPACK scratch (4 KiB)
+    // buffer.
+    // The clients run on a thread of their own whose allocations are not counted, so the heap
+    // counted is the gateway's.
+    const N: isize = 64;
+    let ca = TestCa::new();
+    let gw = TestGateway::start(&ca, |_| {}).await;
+    let (proxy, roots) = (gw.proxy, gw.roots());
+    let (opened_tx, opened) = std::sync::mpsc::channel::<Vec<u16>>();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let (close_tx, close) = std::sync::mpsc::channel::<()>();
+    let clients = std::thread::spawn(move || {
+        let _uncounted = Uncounted::enter();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut held = Vec::new();
+            for n in [1, N] {
+                if n == N {
+                    go.recv().unwrap();
+                }
+                let mut statuses = Vec::new();
+                for _ in 0..n {
+                    let (stream, head) = connect(proxy, "proxy.golang.org:443", "").await;
+                    assert_eq!(status(&head), 200, "{head}");
+                    let tls = tls_connect(stream, "proxy.golang.org", roots.clone(), Alpn::H2)
+                        .await
+                        .expect("TLS with gateway");
+                    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+                    let (mut send, conn) = hyper::client::conn::http2::handshake(
+                        hyper_util::rt::TokioExecutor::new(),
+                        hyper_util::rt::TokioIo::new(tls),
+                    )
+                    .await
+                    .unwrap();
+                    let conn = tokio::spawn(conn);
+                    // Answered by the gateway itself (not a module path): no upstream in play.
+                    let req = http::Request::builder()
+                        .uri("https://proxy.golang.org/not-a-module-path")
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    let resp = send.send_request(req).await.unwrap();
+                    statuses.push(resp.status().as_u16());
+                    http_body_util::BodyExt::collect(resp.into_body())
+                        .await
+                        .unwrap();
+                    held.push((send, conn));
+                }
+                opened_tx.send(statuses).unwrap();
+            }
+            while close.try_recv().is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for (send, conn) in held {
+                drop(send);
+                conn.await.unwrap().unwrap();
+            }
+        })
+    });
+    // One connection first, so what the gateway keeps once (its leaf certificate, lazily built
+    // state) is in the baseline.
+    let first = opened.recv().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = heap_live();
+    go_tx.send(()).unwrap();
+    let statuses = opened.recv().unwrap();
+    assert!(
+        first
+            .iter()
+            .chain(&statuses)
+            .all(|s| (400..500).contains(s)),
+        "{first:?} {statuses:?}"
+    );
+    // Quiet past the hibernation delay (1 s), as for HTTP/1.1.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let per_connection = (heap_live() - before) / N;
+    assert!(
+        per_connection < 36 * 1024,
+        "each idle HTTP/2 connection holds {per_connection} bytes of the gateway's heap"
+    );
+    close_tx.send(()).unwrap();
+    tokio::task::spawn_blocking(move || clients.join().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left = (heap_live() - before) / N;
+    assert!(
+        left < 1024,
+        "{left} bytes per connection stayed after the connections closed"
+    );
+    eprintln!("idle HTTP/2 connection: {per_connection} bytes of heap; after close {left}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_quiet_http1_connection_hibernates_and_wakes_on_its_next_request() {
     let ca = TestCa::new();
     let up = Upstream::tls(&ca, fixed("awake")).await;

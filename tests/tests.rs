@@ -3,6 +3,9 @@
 
 mod util;
 
+#[global_allocator]
+static ALLOC: util::CountingAlloc = util::CountingAlloc;
+
 /// Admin endpoints, metrics and lifecycle.
 mod admin;
 /// The modgate binary's commands.

@@ -631,6 +631,78 @@ where
     (parts.status, parts.headers, body)
 }
 
+// === Heap accounting ===
+
+/// The test binary's allocator: the system's, counting the bytes live that threads other than
+/// [`Uncounted`] ones allocated, so a test can weigh what the gateway (in this process) holds
+/// per connection without the clients that hold them open.
+pub struct CountingAlloc;
+
+static HEAP_LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+thread_local! {
+    static UNCOUNTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn counted() -> bool {
+    UNCOUNTED.try_with(|u| !u.get()).unwrap_or(false)
+}
+
+fn count(delta: isize) {
+    if counted() {
+        HEAP_LIVE.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call goes to `System` unchanged; only a counter is updated beside it.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            count(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        count(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new) };
+        if !p.is_null() {
+            count(new as isize - layout.size() as isize);
+        }
+        p
+    }
+}
+
+/// Bytes live on the heap, allocated by counted threads (see [`CountingAlloc`]).
+pub fn heap_live() -> isize {
+    HEAP_LIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// While alive, this thread's allocations are not counted (a client's side of connections).
+/// Blocks allocated by a thread should be freed by it, as a client's and a server's are.
+pub struct Uncounted(());
+
+impl Uncounted {
+    pub fn enter() -> Uncounted {
+        UNCOUNTED.with(|u| u.set(true));
+        Uncounted(())
+    }
+}
+
+impl Drop for Uncounted {
+    fn drop(&mut self) {
+        UNCOUNTED.with(|u| u.set(false));
+    }
+}
+
 // === Tools ===
 
 /// The go commands the end-to-end tests run with: Debian bookworm's Go 1.19 and Go 1.23 from
