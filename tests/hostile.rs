@@ -574,17 +574,7 @@ async fn hostile_wire_and_tls_input_on_the_goproxy_endpoint() {
 async fn h2_abuse_is_contained() {
     let env = env().await;
     // Open many streams and reset them at once (the "rapid reset" pattern).
-    let (stream, _) = connect(env.gw.proxy, "proxy.golang.org:443", "").await;
-    let tls = tls_connect(stream, "proxy.golang.org", env.gw.roots(), Alpn::H2)
-        .await
-        .unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    let conn_task = tokio::spawn(conn);
+    let (send, conn_task) = h2_through(env.gw.proxy, "proxy.golang.org", env.gw.roots()).await;
     let mut futs = vec![];
     for _ in 0..500 {
         let mut send = send.clone();
@@ -679,17 +669,7 @@ async fn h2_stream_limit_is_enforced_and_counted() {
         c.intercept.h2_max_concurrent_streams = 2;
     })
     .await;
-    let (stream, _) = connect(gw.proxy, "proxy.golang.org:443", "").await;
-    let tls = tls_connect(stream, "proxy.golang.org", gw.roots(), Alpn::H2)
-        .await
-        .unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (send, _conn) = h2_through(gw.proxy, "proxy.golang.org", gw.roots()).await;
     let mut tasks = vec![];
     for i in 0..6 {
         let mut send = send.clone();
@@ -733,17 +713,7 @@ async fn idle_intercepted_h2_connections_are_closed() {
         c.proxy.idle_timeout = Duration::from_millis(300);
     })
     .await;
-    let (stream, _) = connect(gw.proxy, "proxy.golang.org:443", "").await;
-    let tls = tls_connect(stream, "proxy.golang.org", gw.roots(), Alpn::H2)
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = h2_through(gw.proxy, "proxy.golang.org", gw.roots()).await;
     let req = || {
         http::Request::get("https://proxy.golang.org/example.com/m/@v/list")
             .body(http_body_util::Empty::<bytes::Bytes>::new())

@@ -421,19 +421,8 @@ async fn an_idle_http2_connection_lets_go_of_its_read_and_write_buffers() {
                 }
                 let mut statuses = Vec::new();
                 for _ in 0..n {
-                    let (stream, head) = connect(proxy, "proxy.golang.org:443", "").await;
-                    assert_eq!(status(&head), 200, "{head}");
-                    let tls = tls_connect(stream, "proxy.golang.org", roots.clone(), Alpn::H2)
-                        .await
-                        .expect("TLS with gateway");
-                    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-                    let (mut send, conn) = hyper::client::conn::http2::handshake(
-                        hyper_util::rt::TokioExecutor::new(),
-                        hyper_util::rt::TokioIo::new(tls),
-                    )
-                    .await
-                    .unwrap();
-                    let conn = tokio::spawn(conn);
+                    let (mut send, conn) =
+                        h2_through(proxy, "proxy.golang.org", roots.clone()).await;
                     // Answered by the gateway itself (not a module path): no upstream in play.
                     let req = http::Request::builder()
                         .uri("https://proxy.golang.org/not-a-module-path")

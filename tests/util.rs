@@ -577,6 +577,29 @@ where
         .await
 }
 
+/// An HTTP/2 client connection to `host` through the gateway at `proxy`: CONNECT, TLS trusting
+/// `roots` with ALPN h2 (asserted), the h2 handshake; its connection task is spawned.
+pub async fn h2_through(
+    proxy: SocketAddr,
+    host: &str,
+    roots: rustls::RootCertStore,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let (stream, head) = connect(proxy, &format!("{host}:443"), "").await;
+    assert_eq!(status(&head), 200, "CONNECT {host}: {head}");
+    let tls = tls_connect(stream, host, roots, Alpn::H2)
+        .await
+        .expect("TLS with gateway");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    (send, tokio::spawn(conn))
+}
+
 /// One GET over an established connection.
 pub async fn http_get<S>(
     io: S,
