@@ -480,6 +480,118 @@ async fn an_idle_http2_connection_lets_go_of_its_read_and_write_buffers() {
     eprintln!("idle HTTP/2 connection: {per_connection} bytes of heap; after close {left}");
 }
 
+/// One HTTP/2 frame: type, flags, stream, payload.
+type Frame = (u8, u8, u32, Vec<u8>);
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+async fn read_h2_frame<S: tokio::io::AsyncRead + Unpin>(io: &mut S) -> Frame {
+    let mut head = [0u8; 9];
+    io.read_exact(&mut head).await.expect("a frame");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0; len];
+    io.read_exact(&mut payload).await.unwrap();
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    (head[3], head[4], stream, payload)
+}
+
+/// Reads frames, acknowledging SETTINGS, until `stream` ends; every frame for it.
+async fn h2_stream_frames<S>(io: &mut S, stream: u32) -> Vec<Frame>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const RST_STREAM: u8 = 3;
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+    let mut got = Vec::new();
+    loop {
+        // A frame the gateway lost part of would leave it waiting for the rest, not answering.
+        let frame = tokio::time::timeout(Duration::from_secs(10), read_h2_frame(io))
+            .await
+            .unwrap_or_else(|_| panic!("no answer on stream {stream} within 10 s"));
+        assert_ne!(
+            frame.0, GOAWAY,
+            "the gateway ended the connection: {frame:?}"
+        );
+        if frame.0 == SETTINGS && frame.1 & 1 == 0 {
+            io.write_all(&h2_frame(SETTINGS, 1, 0, &[])).await.unwrap();
+        }
+        if frame.2 == stream {
+            assert_ne!(frame.0, RST_STREAM, "stream {stream} reset: {frame:?}");
+            let end = matches!(frame.0, DATA | HEADERS) && frame.1 & 1 != 0;
+            got.push(frame);
+            if end {
+                return got;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_connection_keeps_its_header_table_and_half_read_frames_across_idle_spells() {
+    // Raw frames, so that the second request names headers by the gateway's HPACK dynamic table
+    // and arrives in two halves around an idle spell: letting go of the idle connection's
+    // buffers (after 1 s quiet) keeps the table and any bytes of a frame not yet whole.
+    let ca = TestCa::new();
+    let gw = TestGateway::start(&ca, |_| {}).await;
+    let (stream, head) = connect(gw.proxy, "proxy.golang.org:443", "").await;
+    assert_eq!(status(&head), 200, "{head}");
+    let mut tls = tls_connect(stream, "proxy.golang.org", gw.roots(), Alpn::H2)
+        .await
+        .expect("TLS with gateway");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (headers, settings) = (1, 4);
+    let (end_stream_and_headers, none) = (0x5, 0);
+    let literal_indexed = |name_index: u8, value: &str| {
+        let mut b = vec![0x40 | name_index, value.len() as u8];
+        b.extend_from_slice(value.as_bytes());
+        b
+    };
+    // :method GET, :scheme https (static), :path and :authority added to the dynamic table.
+    let mut block = vec![0x82, 0x87];
+    block.extend(literal_indexed(4, "/not-a-module-path"));
+    block.extend(literal_indexed(1, "proxy.golang.org"));
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(settings, none, 0, &[]));
+    hello.extend(h2_frame(headers, end_stream_and_headers, 1, &block));
+    tls.write_all(&hello).await.unwrap();
+    let first = h2_stream_frames(&mut tls, 1).await;
+    assert_eq!(first[0].0, headers, "{first:?}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Stream 3 names :authority (dynamic 62) and :path (dynamic 63); its first half, then quiet
+    // past the release, then the rest.
+    let again = h2_frame(
+        headers,
+        end_stream_and_headers,
+        3,
+        &[0x82, 0x87, 0xbe, 0xbf],
+    );
+    tls.write_all(&again[..6]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tls.write_all(&again[6..]).await.unwrap();
+    let second = h2_stream_frames(&mut tls, 3).await;
+    assert_eq!(second[0].0, headers, "{second:?}");
+    // The same answer both times (the server's own HPACK state intact too: the same encoding
+    // of the same head, or a shorter one from its table).
+    let body = |frames: &[Frame]| -> Vec<u8> {
+        frames
+            .iter()
+            .filter(|f| f.0 == 0)
+            .flat_map(|f| f.3.clone())
+            .collect()
+    };
+    assert_eq!(body(&first), body(&second));
+    assert!(!body(&first).is_empty(), "{first:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quiet_http1_connection_hibernates_and_wakes_on_its_next_request() {
     let ca = TestCa::new();
