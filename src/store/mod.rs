@@ -6,6 +6,7 @@
 pub mod content;
 pub mod disk;
 pub mod durable;
+pub mod file_body;
 pub mod flight;
 pub mod growing;
 pub mod mirror;

@@ -92,19 +92,10 @@ async fn resolve(
         .map_err(|e| ServeError::Internal(format!("direct task failed: {e}")))??;
     let (len, body) = match built {
         Built::Bytes(data) => (data.len() as u64, crate::body::full(data)),
-        Built::File(file, len) => {
-            let stream = tokio_util::io::ReaderStream::with_capacity(
-                tokio::fs::File::from_std(file),
-                256 * 1024,
-            );
-            let body = http_body_util::StreamBody::new(futures_util::TryStreamExt::map_ok(
-                stream,
-                hyper::body::Frame::data,
-            ))
-            .map_err(crate::body::BoxError::from)
-            .boxed();
-            (len, body)
-        }
+        Built::File(file, len) => (
+            len,
+            crate::body::boxed(crate::store::file_body::FileBody::new(file, len)),
+        ),
     };
     let mut resp = Response::new(body);
     resp.headers_mut()

@@ -3,11 +3,10 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, Full};
 
 use super::{CACHE_HEADER, INLINE_MAX};
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 use crate::serve::respond::ServeError;
 use crate::store::disk::{DiskCache, Found};
 use crate::telemetry::labels::CacheOutcome;
@@ -60,13 +59,12 @@ pub async fn serve_found(
     } else {
         let file = tokio::fs::File::open(&found.path)
             .await
-            .map_err(|e| ServeError::Internal(format!("reading cache entry: {e}")))?;
-        // Large reads: each one is a hop to the blocking pool.
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 512 * 1024);
-        StreamBody::new(futures_util::StreamExt::map(stream, |r| {
-            r.map(Frame::data).map_err(|e| Box::new(e) as BoxError)
-        }))
-        .boxed()
+            .map_err(|e| ServeError::Internal(format!("reading cache entry: {e}")))?
+            .into_std()
+            .await;
+        // Read from the page cache on this thread; only what is on disk alone costs a hop to
+        // the blocking pool.
+        crate::body::boxed(crate::store::file_body::FileBody::new(file, found.len))
     };
     let mut resp = Response::new(body);
     set_headers(&mut resp, content, cache, Some(found.len));
