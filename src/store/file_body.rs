@@ -43,24 +43,25 @@ impl FileBody {
         }
     }
 
-    fn chunk(&mut self, data: Vec<u8>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn chunk(&mut self, mut data: Vec<u8>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if data.is_empty() {
-            let err = io::Error::new(
+            let left = self.left;
+            return self.fail(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!(
-                    "cache file ended {} bytes before its recorded length",
-                    self.left
-                ),
-            );
-            self.left = 0;
-            return Poll::Ready(Some(Err(err.into())));
+                format!("cache file ended {left} bytes before its recorded length"),
+            ));
         }
         let n = (data.len() as u64).min(self.left);
         self.offset += n;
         self.left -= n;
-        let mut data = data;
         data.truncate(n as usize);
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))))
+    }
+
+    /// Ends the body with `err`: nothing more is read.
+    fn fail(&mut self, err: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.left = 0;
+        Poll::Ready(Some(Err(err.into())))
     }
 }
 
@@ -122,14 +123,8 @@ impl hyper::body::Body for FileBody {
             this.pending = None;
             return match done {
                 Ok(Ok(data)) => this.chunk(data),
-                Ok(Err(e)) => {
-                    this.left = 0;
-                    Poll::Ready(Some(Err(e.into())))
-                }
-                Err(e) => {
-                    this.left = 0;
-                    Poll::Ready(Some(Err(e.into())))
-                }
+                Ok(Err(e)) => this.fail(e),
+                Err(e) => this.fail(e),
             };
         }
         if this.left == 0 {
@@ -140,10 +135,7 @@ impl hyper::body::Body for FileBody {
             match read_cached(&this.file, this.offset, want, &mut this.nowait) {
                 Ok(Some(data)) => return this.chunk(data),
                 Ok(None) => {}
-                Err(e) => {
-                    this.left = 0;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
+                Err(e) => return this.fail(e),
             }
         }
         let (file, offset) = (this.file.clone(), this.offset);
