@@ -12,6 +12,11 @@ the client's TLS handshakes cancel and what is left is the steady-state cost of 
   hit-h2      the same over h2
   intercept   intercepted 1 KB GET forwarded to the upstream (not cached), keep-alive, c=16
   tunnel-mb   blind CONNECT tunnel: one 16 MB GET (instructions per MB)
+  pair        no modgate: the same 1 KB keep-alive GET at c=16 straight from the load client
+              (bench/loadgen run: hyper + rustls client) to a second file server (loadgen
+              serve: hyper + rustls server), both counted. An intercepting proxy is a TLS
+              server and a TLS client in one; this is what the bare pair of them costs, the
+              reference for `intercept`.
 
 Usage:
   python3 bench/instructions.py [--requests 4000] [--modgate BINARY] [--top 25]
@@ -50,7 +55,7 @@ def main():
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--modgate", default=common.MODGATE)
     ap.add_argument("--top", type=int, default=0, help="show the N costliest functions per path")
-    ap.add_argument("--only", default="hit-h1,hit-h2,intercept,tunnel-mb")
+    ap.add_argument("--only", default="hit-h1,hit-h2,intercept,tunnel-mb,pair")
     ap.add_argument("--keep", metavar="DIR", help="copy each path's callgrind dump here (for callgrind_annotate or kcachegrind)")
     a = ap.parse_args()
     work = tmpdir("modgate-ir-")
@@ -103,6 +108,9 @@ def main():
             return total_ir(dump), dump
 
         for i, name in enumerate(p for p in a.only.split(",") if p):
+            if name == "pair":
+                results += bare_pair(procs, work, tree, a.requests)
+                continue
             args, n, unit = paths[name]
             # Every run opens its own client connections (16 TLS handshakes at c=16) and a
             # first run also fills the upstream pool: a warm-up run fills the pool, then the
@@ -126,9 +134,52 @@ def main():
         print("\n| path | instructions per unit | unit |\n|---|---:|---|")
         for name, v, unit in results:
             print(f"| {name} | {v:,.0f} | {unit} |")
+        got = dict((name, v) for name, v, _ in results)
+        if "intercept" in got and "pair-server" in got:
+            pair = got["pair-server"] + got["pair-client"]
+            print(f"\nintercept ÷ (pair-server + pair-client) = {got['intercept']:,.0f} ÷ {pair:,.0f} = {got['intercept'] / pair:.2f}x")
     finally:
         procs.stop()
         common.cleanup(work)
+
+
+def bare_pair(procs, work, tree, n):
+    """Steady-state instructions per 1 KB keep-alive GET (c=16) of a hyper + rustls server
+    (loadgen serve, counted from the load on, like modgate) and of a hyper + rustls client
+    (loadgen run, counted whole: the difference of a 2n and an n run cancels its start-up
+    and handshakes)."""
+    certs = os.path.join(work, "pair-certs")
+    subprocess.run([LOADGEN, "certs", "--dir", certs], check=True, capture_output=True)
+    out = os.path.join(work, "pair.out")
+    server = procs.start(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+                          LOADGEN, "serve", "--dir", tree, "--cert", f"{certs}/cert.pem", "--key", f"{certs}/key.pem"])
+    line = server.stdout.readline()
+    while line and "127.0.0.1:" not in line:
+        line = server.stdout.readline()
+    port = int(line.strip().rsplit(":", 1)[1])
+    common.drain(server)
+    args = ["--url", f"https://localhost:{port}/small.bin", "--ca", f"{certs}/ca.pem", "--concurrency", "16"]
+
+    def run(count, wrap=()):
+        r = subprocess.run([*wrap, LOADGEN, "run", *args, "--requests", str(count)], capture_output=True, text=True)
+        res = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+        if res is None or res["errors"]:
+            raise RuntimeError(f"loadgen pair: {r.stderr[-1000:]}")
+
+    run(max(n // 10, 32))
+    counts = []
+    for count in (n, 2 * n):
+        client_out = os.path.join(work, f"pair-client.{count}.out")
+        for cmd in ("--instr=on", "--zero"):
+            subprocess.run(["callgrind_control", cmd, str(server.pid)], check=True, capture_output=True)
+        run(count, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={client_out}"])
+        for cmd in ("--dump", "--instr=off"):
+            subprocess.run(["callgrind_control", cmd, str(server.pid)], check=True, capture_output=True)
+        dumps = sorted((f for f in os.listdir(work) if f.startswith("pair.out.")), key=lambda f: os.path.getmtime(os.path.join(work, f)))
+        counts.append((total_ir(os.path.join(work, dumps[-1])), total_ir(client_out)))
+    server_ir, client_ir = ((b - a) / n for a, b in zip(counts[0], counts[1]))
+    log(f"pair: hyper + rustls server {server_ir:,.0f}, client {client_ir:,.0f} instructions per request (steady state)")
+    return [("pair-server", server_ir, "request"), ("pair-client", client_ir, "request")]
 
 
 def function_costs(dump):

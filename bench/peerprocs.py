@@ -288,13 +288,20 @@ def status_kib(pid, field):
 def tree_cpu_seconds(pid):
     """User + system CPU seconds used so far by a process and its descendants (nginx's and
     squid's workers), those that are still running."""
-    total = 0.0
+    return sum(tree_cpu_split(pid))
+
+
+def tree_cpu_split(pid):
+    """(user, system) CPU seconds of a process and its running descendants."""
+    user = system = 0.0
     for p in children_of(pid):
         try:
-            total += common.cpu_seconds(p)
+            u, s = common.cpu_split(p)
         except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total
+            continue
+        user += u
+        system += s
+    return user, system
 
 
 def tree_rss_mib(pid):

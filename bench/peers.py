@@ -200,16 +200,20 @@ class Bench:
                 cache_mode = mode if not (mode == "cache" and t in LIMITS) else "intercept"
                 base, conn, pid = self.client_args(t, cache_mode)
                 urls = sum((["--url", base + p] for p in paths), [])
-                cpu0 = pp.tree_cpu_seconds(pid)
+                user0, sys0 = pp.tree_cpu_split(pid)
                 with pp.RssSampler(pid) as s:
                     res = loadgen_run(urls + conn + extra + ["--duration", f"{seconds}s", "--label", f"{sid}/{t}"])
                 # CPU of the serving process (the proxy; for direct, the upstream) per unit:
                 # ms per 1,000 requests, or s per GB.
-                cpu = pp.tree_cpu_seconds(pid) - cpu0
+                # The system (kernel) share alone too: the part no user-space change removes.
+                user1, sys1 = pp.tree_cpu_split(pid)
+                cpu, kernel = user1 - user0 + sys1 - sys0, sys1 - sys0
                 if unit == "MB/s":
-                    res["cpu_per_unit"] = round(cpu / max(res.get("bytes", 0), 1) * 1e9, 3)
+                    per = 1e9 / max(res.get("bytes", 0), 1)
+                    res["cpu_per_unit"], res["sys_per_unit"] = round(cpu * per, 3), round(kernel * per, 3)
                 else:
-                    res["cpu_per_unit"] = round(cpu * 1e6 / max(res["requests"], 1), 1)
+                    per = 1e6 / max(res["requests"], 1)
+                    res["cpu_per_unit"], res["sys_per_unit"] = round(cpu * per, 1), round(kernel * per, 1)
                 peaks[t] = max(peaks[t], s.peak)
                 runs[t].append(res)
         for t in targets:
@@ -224,6 +228,7 @@ class Bench:
                 "requests": sum(x["requests"] for x in rs),
                 "rss_mib": round(peaks[t], 1),
                 "cpu_per_unit": statistics.median(x["cpu_per_unit"] for x in rs),
+                "sys_per_unit": statistics.median(x["sys_per_unit"] for x in rs),
                 "cpu_unit": "s/GB" if unit == "MB/s" else "ms/1k req",
                 "runs": vals,
             }
@@ -237,7 +242,7 @@ class Bench:
             if row["id"] == sid:
                 cpu = f" cpu go {row['go_cpu_s']} server {row.get('server_cpu_s', '-')}" if "go_cpu_s" in row else ""
                 if "cpu_per_unit" in row:
-                    cpu += f" cpu {row['cpu_per_unit']} {row['cpu_unit']}"
+                    cpu += f" cpu {row['cpu_per_unit']} {row['cpu_unit']} (sys {row.get('sys_per_unit', '-')})"
                 log(f"  {row['scenario']:<58} {row['target']:<11} {row['value']:>10} {row['unit']:<7} p50 {row['p50_ms']} p99 {row['p99_ms']} rss {row['rss_mib']} err {row['errors']}{cpu}")
 
     def scenario_a(self):
@@ -475,6 +480,8 @@ class Bench:
             if "baseline_mib" in row:
                 extra = f" (idle process {row['baseline_mib']}; {row['open']} open)"
             cpu = f"{row['cpu_per_unit']} {row['cpu_unit']}" if "cpu_per_unit" in row else ""
+            if "sys_per_unit" in row:
+                cpu += f" (sys {row['sys_per_unit']})"
             out.append(f"| {row['scenario']} | {row['target']} | {row['value']}{extra} | {row['unit']} | {lat} | {cpu} | {row.get('rss_mib', '')} | {ratio} | {row['errors']} | {', '.join(str(v) for v in row['runs'])} |")
         out.append("")
         out.append("| target | required | measured | met? |")
