@@ -12,8 +12,9 @@ of four classes:
   other      the rest of user space: hyper, rustls' record layer, tokio, malloc, modgate
 
 "floor" is kernel + aes-gcm; the figure the issue names is modgate's CPU over that floor,
-total ÷ (kernel + aes-gcm). /proc gives the user and system CPU seconds per unit of the same
-window, so the split is also in microseconds.
+total ÷ (kernel + aes-gcm). A first load of the same length, without perf, gives modgate's user
+and system CPU per unit from /proc, and what the file server and the load client spent per unit
+beside it.
 
     cargo build --release -p modgate -p loadgen
     python3 bench/floor.py [--mode zip|small] [--concurrency 8] [--seconds 5] [--binary B]
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -73,6 +75,7 @@ def main():
         with open(os.path.join(tree, name), "wb") as f:
             f.write(os.urandom(100 << 20 if a.mode == "zip" else 1024))
         up, certs = common.start_file_server(procs, work, tree)
+        server = procs.procs[-1]
         port = int(up.rsplit(":", 1)[1])
         common.MODGATE = os.path.abspath(a.binary)
         mg, proxy, _, ca = common.start_modgate(procs, work, "floor", common.loopback_upstream(f"{certs}/ca.pem", port))
@@ -83,8 +86,10 @@ def main():
         # Two loads of --seconds: the first for /proc's CPU per unit (perf's sampling costs
         # modgate CPU of its own), the second for the profile, a second longer at each end.
         user0, sys0 = common.cpu_split(mg.pid)
+        server0, client0 = sum(common.cpu_split(server.pid)), children_cpu()
         result = run_load(load + ["--duration", f"{a.seconds}s"])
         user1, sys1 = common.cpu_split(mg.pid)
+        server1, client1 = sum(common.cpu_split(server.pid)), children_cpu()
         runner = threading.Thread(target=run_load, args=(load + ["--duration", f"{a.seconds + 2}s"],))
         runner.start()
         threading.Event().wait(1)
@@ -105,12 +110,19 @@ def main():
         per = "s per GB" if a.mode == "zip" else "µs per request"
         print(f"mode {a.mode}, c={a.concurrency}, {a.seconds} s: {rate}")
         print(f"modgate CPU {user + system:.3f} {per} (user {user:.3f}, system {system:.3f}) [/proc, the load without perf]")
+        print(f"in the same load: file server {(server1 - server0) / units:.3f}, load client {(client1 - client0) / units:.3f} {per}")
         for c in CLASSES:
             print(f"  {c:8} {share[c] / total * 100:5.1f}%")
         print(f"total ÷ (kernel + aes-gcm) = {total / floor:.2f}x  [perf, {total:.0f}% of samples classified]")
     finally:
         procs.stop()
         common.cleanup(work)
+
+
+def children_cpu():
+    """User + system CPU seconds of this script's waited-for children: the load client."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def run_load(cmd):
