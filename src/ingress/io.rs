@@ -48,6 +48,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // An empty slice still holds the buffer it was cut from (hyper's read buffer,
+                // say): let it go.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -17,6 +18,7 @@ use crate::body::Answer;
 use crate::body::Body;
 use crate::egress::upstream;
 use crate::ingress::Ingress as State;
+use crate::ingress::io::Prefixed;
 use crate::ingress::{conn, mitm, tunnel};
 use crate::serve::state::AddrRefused;
 use crate::telemetry::ctx::ConnCtx;
@@ -258,12 +260,21 @@ async fn connect(
                 async move {
                     let _permit = permit;
                     match hyper::upgrade::on(req).await {
-                        Ok(upgraded) => {
-                            let span = conn.span.clone();
-                            mitm::serve(TokioIo::new(upgraded), conn, task_state)
-                                .instrument(span)
-                                .await
-                        }
+                        // As for a tunnel, the client's socket itself with what hyper read past
+                        // the CONNECT head: TLS then reads and writes the socket, not hyper's
+                        // upgrade wrapper around it (the same stream type as transparent mode).
+                        Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                            Ok(parts) => {
+                                // Copied out, and hyper's read buffer (8 KiB) dropped here: the
+                                // slice would hold all of it for the connection's life.
+                                let early = Bytes::copy_from_slice(&parts.read_buf);
+                                let io = Prefixed::new(early, parts.io.into_inner());
+                                drop(parts.read_buf);
+                                let span = conn.span.clone();
+                                mitm::serve(io, conn, task_state).instrument(span).await
+                            }
+                            Err(_) => tracing::warn!("CONNECT upgrade is not a TCP stream"),
+                        },
                         Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
                     }
                 }
