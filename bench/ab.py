@@ -26,7 +26,6 @@ client and proxy), which tells what any proxy could reach.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 
@@ -117,11 +116,11 @@ extra_ca_file = "{certs}/ca.pem"
                 args += ["--concurrency", str(a.concurrency)] + (["--h2"] if a.h2 else [])
                 # fill: every URL once (misses); otherwise for --seconds
                 args += ["--requests", str(len(paths))] if a.mode == "fill" else ["--duration", f"{a.seconds}s"]
-                before, up_before, client_before = common.cpu_seconds(pid), common.cpu_seconds(up.pid), children_cpu()
+                before, up_before, client_before = common.cpu_seconds(pid), common.cpu_seconds(up.pid), common.children_cpu()
                 out = subprocess.run([LOADGEN, "run"] + args, capture_output=True, text=True, check=True)
                 used = common.cpu_seconds(pid) - before
                 # The other two ends: what a proxy adds is not only its own CPU.
-                others[n].append((common.cpu_seconds(up.pid) - up_before, children_cpu() - client_before))
+                others[n].append((common.cpu_seconds(up.pid) - up_before, common.children_cpu() - client_before))
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 if r["errors"]:
                     raise SystemExit(f"{n}: {r['errors']} requests failed")
@@ -151,12 +150,6 @@ extra_ca_file = "{certs}/ca.pem"
     finally:
         procs.stop()
         common.cleanup(work)
-
-
-def children_cpu():
-    """CPU seconds (user + system) of this script's waited-for children: the load client."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ load client, take medians, read peak RSS."""
 
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -64,6 +65,12 @@ def cpu_split(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def children_cpu():
+    """CPU seconds (user + system) of this script's waited-for children (the load client)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def rss_mib(pid):

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -86,10 +85,10 @@ def main():
         # Two loads of --seconds: the first for /proc's CPU per unit (perf's sampling costs
         # modgate CPU of its own), the second for the profile, a second longer at each end.
         user0, sys0 = common.cpu_split(mg.pid)
-        server0, client0 = sum(common.cpu_split(server.pid)), children_cpu()
+        server0, client0 = sum(common.cpu_split(server.pid)), common.children_cpu()
         result = run_load(load + ["--duration", f"{a.seconds}s"])
         user1, sys1 = common.cpu_split(mg.pid)
-        server1, client1 = sum(common.cpu_split(server.pid)), children_cpu()
+        server1, client1 = sum(common.cpu_split(server.pid)), common.children_cpu()
         runner = threading.Thread(target=run_load, args=(load + ["--duration", f"{a.seconds + 2}s"],))
         runner.start()
         threading.Event().wait(1)
@@ -117,12 +116,6 @@ def main():
     finally:
         procs.stop()
         common.cleanup(work)
-
-
-def children_cpu():
-    """User + system CPU seconds of this script's waited-for children: the load client."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def run_load(cmd):

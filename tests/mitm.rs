@@ -399,11 +399,7 @@ async fn an_idle_http2_connection_lets_go_of_its_read_and_write_buffers() {
     // HTTP/2 clients hold open connections between requests (the go command's, up to 90 s):
     // one quiet for a second keeps no h2 read (8 KiB), write (16 KiB) or HPACK scratch (4 KiB)
     // buffer.
-    let per_connection = idle_heap_per_connection(Alpn::H2).await;
-    assert!(
-        per_connection < 36 * 1024,
-        "each idle HTTP/2 connection holds {per_connection} bytes of the gateway's heap"
-    );
+    idle_heap_per_connection_below(Alpn::H2, 36 * 1024).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -412,18 +408,15 @@ async fn an_idle_http1_connection_keeps_only_its_tls_session() {
     // (8 and 8 KiB) go, and nothing is kept of the CONNECT exchange either (hyper's 8 KiB
     // read buffer of the proxy connection). About 17 KB stay: the TLS session, the
     // connection's task and contexts.
-    let per_connection = idle_heap_per_connection(Alpn::H1).await;
-    assert!(
-        per_connection < 20 * 1024,
-        "each idle HTTP/1.1 connection holds {per_connection} bytes of the gateway's heap"
-    );
+    idle_heap_per_connection_below(Alpn::H1, 20 * 1024).await;
 }
 
-/// The gateway's heap per idle intercepted connection: 64 clients each CONNECT, speak `alpn`,
-/// send one request and stay quiet past the hibernation delay. The clients run on a thread of
-/// their own whose allocations are not counted, so the heap counted is the gateway's. Also
-/// checks that the connections leave (almost) nothing behind once closed.
-async fn idle_heap_per_connection(alpn: Alpn) -> isize {
+/// Asserts the gateway's heap per idle intercepted connection is under `bound` bytes: 64
+/// clients each CONNECT, speak `alpn`, send one request and stay quiet past the hibernation
+/// delay. The clients run on a thread of their own whose allocations are not counted, so the
+/// heap counted is the gateway's. Also checks that the connections leave (almost) nothing
+/// behind once closed.
+async fn idle_heap_per_connection_below(alpn: Alpn, bound: isize) {
     const N: isize = 64;
     let ca = TestCa::new();
     let gw = TestGateway::start(&ca, |_| {}).await;
@@ -476,6 +469,10 @@ async fn idle_heap_per_connection(alpn: Alpn) -> isize {
     // Quiet past the hibernation delay (1 s).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let per_connection = (heap_live() - before) / N;
+    assert!(
+        per_connection < bound,
+        "each idle {alpn:?} connection holds {per_connection} bytes of the gateway's heap"
+    );
     close_tx.send(()).unwrap();
     tokio::task::spawn_blocking(move || clients.join().unwrap())
         .await
@@ -487,7 +484,6 @@ async fn idle_heap_per_connection(alpn: Alpn) -> isize {
         "{left} bytes per connection stayed after the connections closed"
     );
     eprintln!("idle {alpn:?} connection: {per_connection} bytes of heap; after close {left}");
-    per_connection
 }
 
 /// A client connection to proxy.golang.org through `proxy` that has had one answer (its
@@ -508,19 +504,20 @@ async fn idle_client(
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap()
     };
-    match alpn {
+    let (status, close): (
+        u16,
+        std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+    ) = match alpn {
         Alpn::H2 => {
             let (mut send, conn) = h2_through(proxy, "proxy.golang.org", roots).await;
-            let resp = send.send_request(req()).await.unwrap();
-            let status = resp.status().as_u16();
-            http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .unwrap();
-            let close = async move {
-                drop(send);
-                conn.await.unwrap().unwrap();
-            };
-            (status, Box::pin(close))
+            let status = answered(send.send_request(req()).await.unwrap()).await;
+            (
+                status,
+                Box::pin(async move {
+                    drop(send);
+                    conn.await.unwrap().unwrap();
+                }),
+            )
         }
         Alpn::H1 => {
             let (stream, head) = connect(proxy, "proxy.golang.org:443", "").await;
@@ -533,18 +530,26 @@ async fn idle_client(
                     .await
                     .unwrap();
             let conn = tokio::spawn(conn);
-            let resp = send.send_request(req()).await.unwrap();
-            let status = resp.status().as_u16();
-            http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .unwrap();
-            let close = async move {
-                drop(send);
-                conn.await.unwrap().unwrap();
-            };
-            (status, Box::pin(close))
+            let status = answered(send.send_request(req()).await.unwrap()).await;
+            (
+                status,
+                Box::pin(async move {
+                    drop(send);
+                    conn.await.unwrap().unwrap();
+                }),
+            )
         }
-    }
+    };
+    (status, close)
+}
+
+/// The status of a response whose body has been read to the end.
+async fn answered(resp: http::Response<hyper::body::Incoming>) -> u16 {
+    let status = resp.status().as_u16();
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    status
 }
 
 /// One HTTP/2 frame: type, flags, stream, payload.
