@@ -19,7 +19,7 @@ the client's TLS handshakes cancel and what is left is the steady-state cost of 
               reference for `intercept`.
 
 Usage:
-  python3 bench/instructions.py [--requests 4000] [--modgate BINARY] [--top 25]
+  python3 bench/instructions.py [--requests 4000] [--modgate BINARY] [--top 25] [--nginx]
 Prints instructions per request (or per MB) for each path and, with --top, the functions that
 cost the most on each path (callgrind_annotate, exclusive).
 """
@@ -56,6 +56,7 @@ def main():
     ap.add_argument("--modgate", default=common.MODGATE)
     ap.add_argument("--top", type=int, default=0, help="show the N costliest functions per path")
     ap.add_argument("--only", default="hit-h1,hit-h2,intercept,tunnel-mb,pair")
+    ap.add_argument("--nginx", action="store_true", help="nginx as the upstream file server instead of bench/loadgen's")
     ap.add_argument("--keep", metavar="DIR", help="copy each path's callgrind dump here (for callgrind_annotate or kcachegrind)")
     a = ap.parse_args()
     work = tmpdir("modgate-ir-")
@@ -72,7 +73,17 @@ def main():
             f.write(os.urandom(1024))
         with open(os.path.join(tree, "big.bin"), "wb") as f:
             f.write(os.urandom(16 << 20))
-        up, certs = common.start_file_server(procs, work, tree)
+        if a.nginx:
+            # nginx answers with the headers of a real web server (nine, `Connection:
+            # keep-alive` among them) over TLS 1.2, where bench/loadgen's server sends two.
+            import peerprocs
+            os.chmod(work, 0o755)
+            os.chmod(tree, 0o755)
+            certs = os.path.join(work, "up-certs")
+            subprocess.run([LOADGEN, "certs", "--dir", certs], check=True, capture_output=True)
+            up = peerprocs.start_nginx(procs, work, tree, certs).addr
+        else:
+            up, certs = common.start_file_server(procs, work, tree)
         port = int(up.rsplit(":", 1)[1])
         out = os.path.join(work, "callgrind.out")
         callgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]

@@ -45,17 +45,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // One more pass picks the names to drop (usually `Connection` alone, or with `Keep-Alive`),
+    // so only those are hashed and removed and no name is parsed from `Connection`'s tokens.
+    let present: Vec<HeaderName> = {
+        let named: Vec<&str> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        headers
+            .keys()
+            .filter(|k| {
+                HOP_BY_HOP.contains(k)
+                    || *k == "proxy-connection"
+                    || named.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))
+            })
+            .cloned()
+            .collect()
+    };
+    for name in &present {
         headers.remove(name);
     }
-    headers.remove("proxy-connection");
 }
 
 /// Forwards an intercepted request to its upstream.
@@ -245,5 +258,29 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn connection_tokens_match_names_in_any_case_and_every_value_counts() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "Keep-Alive".parse().unwrap());
+        h.append(header::CONNECTION, " X-Hop ,, ".parse().unwrap());
+        h.append("x-hop", "1".parse().unwrap());
+        h.append("x-hop", "2".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert("x-kept", "3".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "4".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-length", "x-kept"], "{h:?}");
+
+        // Nothing hop-by-hop: untouched.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        h.insert("x-connection", "close".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
     }
 }
