@@ -438,17 +438,18 @@ async fn idle_heap_per_connection_below(alpn: Alpn, bound: isize) {
                 }
                 let mut statuses = Vec::new();
                 for _ in 0..n {
-                    let (status, conn) = idle_client(proxy, roots.clone(), alpn).await;
+                    let (status, send, conn) = idle_client(proxy, roots.clone(), alpn).await;
                     statuses.push(status);
-                    held.push(conn);
+                    held.push((send, conn));
                 }
                 opened_tx.send(statuses).unwrap();
             }
             while close.try_recv().is_err() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            for close in held {
-                close.await;
+            for (send, conn) in held {
+                drop(send);
+                conn.await.unwrap().unwrap();
             }
         })
     });
@@ -486,38 +487,29 @@ async fn idle_heap_per_connection_below(alpn: Alpn, bound: isize) {
     eprintln!("idle {alpn:?} connection: {per_connection} bytes of heap; after close {left}");
 }
 
-/// A client connection to proxy.golang.org through `proxy` that has had one answer (its
-/// status) and is kept open: the future closes it.
+/// A client connection to proxy.golang.org through `proxy` that has had one answer, kept open:
+/// the answer's status, the connection's request handle and its task. Dropping the handle
+/// ends the connection; the task then returns.
 async fn idle_client(
     proxy: std::net::SocketAddr,
     roots: rustls::RootCertStore,
     alpn: Alpn,
 ) -> (
     u16,
-    std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+    Box<dyn std::any::Any>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
 ) {
     // Answered by the gateway itself (not a module path): no upstream in play.
-    let req = || {
-        http::Request::builder()
-            .uri("https://proxy.golang.org/not-a-module-path")
-            .header("host", "proxy.golang.org")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap()
-    };
-    let (status, close): (
-        u16,
-        std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
-    ) = match alpn {
+    let req = http::Request::builder()
+        .uri("https://proxy.golang.org/not-a-module-path")
+        .header("host", "proxy.golang.org")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    match alpn {
         Alpn::H2 => {
             let (mut send, conn) = h2_through(proxy, "proxy.golang.org", roots).await;
-            let status = answered(send.send_request(req()).await.unwrap()).await;
-            (
-                status,
-                Box::pin(async move {
-                    drop(send);
-                    conn.await.unwrap().unwrap();
-                }),
-            )
+            let status = answered(send.send_request(req).await.unwrap()).await;
+            (status, Box::new(send), conn)
         }
         Alpn::H1 => {
             let (stream, head) = connect(proxy, "proxy.golang.org:443", "").await;
@@ -530,17 +522,10 @@ async fn idle_client(
                     .await
                     .unwrap();
             let conn = tokio::spawn(conn);
-            let status = answered(send.send_request(req()).await.unwrap()).await;
-            (
-                status,
-                Box::pin(async move {
-                    drop(send);
-                    conn.await.unwrap().unwrap();
-                }),
-            )
+            let status = answered(send.send_request(req).await.unwrap()).await;
+            (status, Box::new(send), conn)
         }
-    };
-    (status, close)
+    }
 }
 
 /// The status of a response whose body has been read to the end.
